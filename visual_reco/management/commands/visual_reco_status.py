@@ -1,0 +1,38 @@
+"""``manage.py visual_reco_status``: embedding counts per status; ``--wait`` for the workers."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from visual_reco import indexing
+from visual_reco.embedders import get_embedder
+from visual_reco.fields import embedded_models
+
+
+class Command(BaseCommand):
+    """Print how many rows are ready, pending, failed, stale or without image."""
+
+    help = "Show embedding status counts; --wait until no row is pending or stale."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--wait", action="store_true",
+                            help="wait, with a progress bar, until nothing is pending or stale")
+        parser.add_argument("--timeout", type=float, default=3600.0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(f"embedder: {get_embedder().fingerprint}")
+        for model in embedded_models():
+            if options["wait"]:
+                pks = list(indexing.select(model, indexing.WAITING).values_list("pk", flat=True))
+                if pks and not self._wait(model, pks, options["timeout"]):
+                    raise CommandError("Timed out waiting for the workers. Is a worker running?")
+            counts = indexing.status_counts(model)
+            summary = "  ".join(f"{status}={n}" for status, n in counts.items())
+            self.stdout.write(f"{model._meta.label}: {summary}")
+
+    def _wait(self, model: Any, pks: list[Any], timeout: float) -> bool:
+        with tqdm(total=len(pks), desc=f"Embedding {model._meta.verbose_name_plural}",
+                  unit="img") as bar:
+            return indexing.wait_until_done(
+                model, pks, timeout=timeout, progress=lambda done, total: bar.update(done - bar.n))

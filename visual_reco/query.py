@@ -1,0 +1,105 @@
+"""Nearest-neighbour queries on `ImageEmbeddingField` columns.
+
+``Product.objects.filter(in_stock=True).visually_similar(product, limit=8)`` orders by cosine
+distance through the HNSW index. pgvector 0.8's iterative index scan keeps scanning until
+``limit`` rows pass the filters, so a selective filter does not silently return fewer.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Self
+
+import numpy as np
+from django.db import connections, models, transaction
+from pgvector import HalfVector
+from pgvector.django import CosineDistance
+
+from visual_reco.conf import reco_settings
+from visual_reco.fields import get_embedding_field
+
+DISTANCE = "visual_distance"
+
+
+def vector_of(obj: models.Model, field: str | None = None) -> np.ndarray | None:
+    """The stored embedding of ``obj`` as float32 (read from the database if deferred)."""
+    embedding = get_embedding_field(type(obj), field)
+    if embedding.attname in obj.__dict__:
+        value = obj.__dict__[embedding.attname]
+    else:
+        value = type(obj)._base_manager.filter(pk=obj.pk).values_list(
+            embedding.attname, flat=True).first()
+    if value is None:
+        return None
+    if isinstance(value, HalfVector):
+        return value.to_numpy().astype(np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+class VisualQuerySet(models.QuerySet):
+    """A QuerySet with ``visually_similar``, ``similar_to_vector`` and ``similar_to_image``."""
+
+    _visual_search = False
+
+    def _clone(self) -> Self:
+        clone = super()._clone()
+        clone._visual_search = self._visual_search
+        return clone
+
+    def similar_to_vector(self, vector: Any, limit: int | None = None, *,
+                          field: str | None = None) -> Self:
+        """The ``limit`` rows nearest to ``vector``, annotated with ``visual_distance``
+        (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance)."""
+        embedding = get_embedding_field(self.model, field)
+        limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+        query = HalfVector(np.asarray(vector, dtype=np.float32))
+        qs = (self.filter(**{f"{embedding.attname}__isnull": False})
+              .annotate(**{DISTANCE: CosineDistance(embedding.attname, query)})
+              .annotate(visual_score=1.0 - models.F(DISTANCE))
+              .order_by(DISTANCE)[:limit])
+        qs._visual_search = True
+        return qs
+
+    def visually_similar(self, obj: models.Model, limit: int | None = None, *,
+                         field: str | None = None) -> Self:
+        """Rows that look like ``obj`` (itself excluded), nearest first.
+
+        Empty when ``obj`` has no embedding yet.
+        """
+        vector = vector_of(obj, field)
+        if vector is None:
+            return self.none()
+        return self.exclude(pk=obj.pk).similar_to_vector(vector, limit, field=field)
+
+    def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
+                         field: str | None = None) -> Self:
+        """Rows that look like the image in ``file``, embedded in this process.
+
+        Raises `visual_reco.images.ImageError` for a file that is not a usable image.
+        """
+        from visual_reco.embedders import get_embedder
+        from visual_reco.images import open_image
+
+        vector = get_embedder().embed([open_image(file)])[0]
+        return self.similar_to_vector(vector, limit, field=field)
+
+    def _fetch_all(self) -> None:
+        if not self._visual_search or self._result_cache is not None:
+            return super()._fetch_all()
+        with transaction.atomic(using=self.db, savepoint=False):
+            with connections[self.db].cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('hnsw.ef_search', %s, true),"
+                    " set_config('hnsw.iterative_scan', %s, true),"
+                    " set_config('hnsw.max_scan_tuples', %s, true)",
+                    [str(reco_settings.HNSW_EF_SEARCH), reco_settings.HNSW_ITERATIVE_SCAN,
+                     str(reco_settings.HNSW_MAX_SCAN_TUPLES)],
+                )
+            super()._fetch_all()
+        # relaxed_order may return neighbours slightly out of order; the page is small.
+        if self._result_cache and isinstance(self._result_cache[0], models.Model):
+            self._result_cache.sort(key=lambda row: getattr(row, DISTANCE))
+        elif self._result_cache and isinstance(self._result_cache[0], dict):
+            self._result_cache.sort(key=lambda row: row.get(DISTANCE, 0.0))
+
+
+VisualManager = models.Manager.from_queryset(VisualQuerySet)

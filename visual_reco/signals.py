@@ -1,0 +1,145 @@
+"""Keep embeddings in step with their source images.
+
+Each model with an `ImageEmbeddingField` gets three receivers: ``post_init`` remembers the
+source file name, ``pre_save`` notices a new or changed image and marks the row pending,
+and ``post_save`` queues an embedding task once the transaction commits. Raw saves (fixture
+loads) and saves that leave the image alone queue nothing.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from django.core.files import File
+from django.db import connections, transaction
+from django.db.models.fields.files import FieldFile
+from django.db.models.signals import class_prepared, post_init, post_save, pre_save
+from django.utils import timezone
+
+from visual_reco.models import EmbeddingStatus
+
+SOURCES = "_visual_reco_sources"
+CHANGED = "_visual_reco_changed"
+BUFFER = "_visual_reco_queue"
+UNKNOWN = object()
+
+
+def _file_name(value: Any) -> str:
+    if isinstance(value, File):
+        return value.name or ""
+    return value or ""
+
+
+def _is_new_upload(value: Any) -> bool:
+    if isinstance(value, FieldFile):
+        return bool(value) and not value._committed
+    return isinstance(value, File)
+
+
+def _source_attname(instance: Any, field: Any) -> str:
+    return instance._meta.get_field(field.source).attname
+
+
+def remember_sources(sender: type, instance: Any, **kwargs: Any) -> None:
+    """Record the source file names an instance was loaded with."""
+    from visual_reco.fields import embedding_fields
+
+    sources = {}
+    for field in embedding_fields(sender):
+        attname = _source_attname(instance, field)
+        loaded = attname in instance.__dict__
+        sources[field.name] = _file_name(instance.__dict__[attname]) if loaded else UNKNOWN
+    instance.__dict__[SOURCES] = sources
+
+
+def detect_source_change(sender: type, instance: Any, raw: bool = False,
+                         update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
+    """Mark embeddings whose source image is new or changed as pending (no vector)."""
+    if raw:
+        return
+    from visual_reco.fields import embedding_fields
+
+    remembered = instance.__dict__.get(SOURCES, {})
+    changed = []
+    for field in embedding_fields(sender):
+        attname = _source_attname(instance, field)
+        if update_fields is not None and field.source not in update_fields:
+            continue
+        if attname not in instance.__dict__:
+            continue  # deferred and never touched
+        value = instance.__dict__[attname]
+        name = _file_name(value)
+        before = remembered.get(field.name, UNKNOWN)
+        if not (instance._state.adding or _is_new_upload(value) or name != before):
+            continue
+        changed.append(field)
+        for attr, new in _reset_values(field, bool(name)).items():
+            setattr(instance, attr, new)
+    instance.__dict__[CHANGED] = changed
+
+
+def _reset_values(field: Any, has_image: bool) -> dict[str, Any]:
+    return {
+        field.attname: None,
+        field.status_name: EmbeddingStatus.PENDING if has_image else EmbeddingStatus.NO_IMAGE,
+        field.error_name: "",
+        field.fingerprint_name: "",
+        field.updated_at_name: timezone.now() if not has_image else None,
+    }
+
+
+def schedule_embedding(sender: type, instance: Any, raw: bool = False, using: str = "default",
+                       update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
+    """After a save that changed an image, queue its embedding once the transaction commits."""
+    changed = instance.__dict__.pop(CHANGED, [])
+    if raw or not changed:
+        return
+    sources = instance.__dict__.setdefault(SOURCES, {})
+    for field in changed:
+        name = getattr(instance, field.source).name or ""
+        sources[field.name] = name
+        if update_fields is not None:
+            # The companion columns were not in update_fields: write them now.
+            values = {attr: getattr(instance, attr) for attr in _reset_values(field, bool(name))}
+            sender._base_manager.using(using).filter(pk=instance.pk).update(**values)
+        if name:
+            _buffer(using).setdefault((sender, field.name), []).append(instance.pk)
+            transaction.on_commit(partial(flush_queue, using), using=using, robust=True)
+
+
+def _buffer(using: str) -> dict[tuple[type, str], list[Any]]:
+    connection = connections[using]
+    if not hasattr(connection, BUFFER):
+        setattr(connection, BUFFER, {})
+    return getattr(connection, BUFFER)
+
+
+def flush_queue(using: str = "default") -> None:
+    """Queue every object saved with a changed image, in `BATCH_SIZE` tasks.
+
+    Each such save registers this on commit; the first to run sends all buffered objects, so a
+    transaction that saves many products sends few tasks. Objects from a rolled-back savepoint
+    may be sent too: the task skips rows that are gone or already embedded.
+    """
+    from visual_reco.indexing import queue_embeddings
+
+    buffered = _buffer(using)
+    while buffered:
+        (model, field), pks = buffered.popitem()
+        queue_embeddings(model, list(dict.fromkeys(pks)), field=field, using=using)
+
+
+def watch_model(sender: type, **kwargs: Any) -> None:
+    """``class_prepared`` hook: connect the receivers for models with embedding fields."""
+    from visual_reco.fields import embedding_fields
+
+    if sender._meta.abstract or not embedding_fields(sender):
+        return
+    uid = f"visual_reco:{sender._meta.label_lower}:{id(sender)}"
+    post_init.connect(remember_sources, sender=sender, dispatch_uid=uid)
+    pre_save.connect(detect_source_change, sender=sender, dispatch_uid=uid)
+    post_save.connect(schedule_embedding, sender=sender, dispatch_uid=uid)
+
+
+class_prepared.connect(watch_model, dispatch_uid="visual_reco.watch_model")

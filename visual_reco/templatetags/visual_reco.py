@@ -1,0 +1,40 @@
+"""Template tags: ``{% load visual_reco %}{% visually_similar product limit=8 %}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.template.loader import render_to_string
+
+from visual_reco.conf import reco_settings
+from visual_reco.fields import get_embedding_field
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def visually_similar(context: template.Context, obj: Any, limit: int | None = None,
+                     queryset: Any = None, template_name: str | None = None,
+                     title: str = "You may also like") -> str:
+    """Render the products that look like ``obj`` with ``visual_reco/similar.html``.
+
+    ``queryset`` restricts the candidates (e.g. ``in_stock`` products); the template can be
+    overridden per call with ``template_name`` or globally in your templates directory.
+    """
+    model = type(obj)
+    candidates = queryset if queryset is not None else model._default_manager.all()
+    products = list(candidates.visually_similar(obj, limit=limit))
+    embedding = get_embedding_field(model)
+    return render_to_string(
+        template_name or reco_settings.SIMILAR_TEMPLATE,
+        {"source": obj, "products": products, "title": title, "image_field": embedding.source,
+         "status": getattr(obj, embedding.status_name)},
+        request=context.get("request"),
+    )
+
+
+@register.filter
+def field_file(obj: Any, name: str) -> Any:
+    """``obj|field_file:"image"``: the file of a field named at run time."""
+    return getattr(obj, name, None)
