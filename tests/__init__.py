@@ -1,0 +1,5 @@
+"""visual_reco's test suite."""
+
+from tests.celery_app import app as celery_app
+
+__all__ = ["celery_app"]

