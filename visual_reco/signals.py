@@ -8,7 +8,6 @@ loads) and saves that leave the image alone queue nothing.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from django.core.files import File
@@ -21,7 +20,7 @@ from visual_reco.models import EmbeddingStatus
 
 SOURCES = "_visual_reco_sources"
 CHANGED = "_visual_reco_changed"
-BUFFER = "_visual_reco_queue"
+BATCH = "_visual_reco_commit_batch"
 UNKNOWN = object()
 
 
@@ -104,30 +103,47 @@ def schedule_embedding(sender: type, instance: Any, raw: bool = False, using: st
             values = {attr: getattr(instance, attr) for attr in _reset_values(field, bool(name))}
             sender._base_manager.using(using).filter(pk=instance.pk).update(**values)
         if name:
-            _buffer(using).setdefault((sender, field.name), []).append(instance.pk)
-            transaction.on_commit(partial(flush_queue, using), using=using, robust=True)
+            _add_to_commit_batch(using, sender, field.name, instance.pk)
 
 
-def _buffer(using: str) -> dict[tuple[type, str], list[Any]]:
-    connection = connections[using]
-    if not hasattr(connection, BUFFER):
-        setattr(connection, BUFFER, {})
-    return getattr(connection, BUFFER)
+class CommitBatch:
+    """The objects whose images changed in one transaction; queued together on commit.
 
-
-def flush_queue(using: str = "default") -> None:
-    """Queue every object saved with a changed image, in `BATCH_SIZE` tasks.
-
-    Each such save registers this on commit; the first to run sends all buffered objects, so a
-    transaction that saves many products sends few tasks. Objects from a rolled-back savepoint
-    may be sent too: the task skips rows that are gone or already embedded.
+    One batch is registered with ``on_commit`` per transaction, so saving many products in
+    one transaction sends ``len / BATCH_SIZE`` tasks, not one per product. When the
+    transaction rolls back, Django drops the callback and the batch with it. Objects saved in
+    a rolled-back savepoint stay in the batch; their task finds nothing to do.
     """
-    from visual_reco.indexing import queue_embeddings
 
-    buffered = _buffer(using)
-    while buffered:
-        (model, field), pks = buffered.popitem()
-        queue_embeddings(model, list(dict.fromkeys(pks)), field=field, using=using)
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.items: dict[tuple[type, str], list[Any]] = {}
+        self.sent = False
+
+    def add(self, model: type, field: str, pk: Any) -> None:
+        """Add one object to the batch."""
+        self.items.setdefault((model, field), []).append(pk)
+
+    def __call__(self) -> None:
+        from visual_reco.indexing import queue_embeddings
+
+        self.sent = True
+        for (model, field), pks in self.items.items():
+            queue_embeddings(model, list(dict.fromkeys(pks)), field=field, using=self.using)
+
+
+def _add_to_commit_batch(using: str, model: type, field: str, pk: Any) -> None:
+    connection = connections[using]
+    batch = getattr(connection, BATCH, None)
+    if (batch is not None and not batch.sent
+            and any(entry[1] is batch for entry in connection.run_on_commit)):
+        batch.add(model, field, pk)
+        return
+    batch = CommitBatch(using)
+    batch.add(model, field, pk)
+    setattr(connection, BATCH, batch)
+    # Outside a transaction this runs at once.
+    transaction.on_commit(batch, using=using, robust=True)
 
 
 def watch_model(sender: type, **kwargs: Any) -> None:
