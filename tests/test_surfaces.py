@@ -1,0 +1,145 @@
+"""What shop developers and staff see: the template tag, the API, the schema, the admin."""
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+from django.template import Context, Template
+from django.test import RequestFactory
+
+from tests.conftest import upload
+from tests.testapp.models import Item
+from visual_reco.models import EmbeddingStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def items(photos):
+    """Six items with photos; item i's vector leans towards the first axis by 1/(i+1)."""
+    rng = np.random.default_rng(1)
+    base = rng.random(2048)
+    made = []
+    for i in range(6):
+        vector = base + rng.random(2048) * (i * 0.3)
+        item = Item.objects.create(name=f"item {i}", category="cups" if i % 2 else "plates",
+                                   in_stock=i != 2, photo=upload(photos[i].path))
+        Item.objects.filter(pk=item.pk).update(embedding=vector / np.linalg.norm(vector),
+                                               embedding_status=EmbeddingStatus.READY)
+        made.append(Item.objects.get(pk=item.pk))
+    return made
+
+
+def render(template: str, **context) -> str:
+    request = RequestFactory().get("/")
+    return Template("{% load visual_reco %}" + template).render(
+        Context({"request": request, **context}))
+
+
+def test_template_tag_renders_neighbours_in_order(items):
+    html = render("{% visually_similar item limit=3 %}", item=items[0])
+    assert html.count('class="visual-reco__item"') == 3
+    positions = [html.index(f">item {i}<") for i in (1, 2, 3)]
+    assert positions == sorted(positions)
+    assert ">item 0<" not in html
+    assert items[1].photo.url in html
+
+
+def test_template_tag_takes_a_queryset_and_template(items):
+    html = render("{% visually_similar item limit=5 queryset=qs %}", item=items[0],
+                  qs=Item.objects.filter(in_stock=True))
+    assert ">item 2<" not in html
+    assert html.count('class="visual-reco__item"') == 4
+
+
+def test_template_tag_explains_a_pending_product(items, photos):
+    item = Item.objects.create(name="new", photo=upload(photos[0].path))
+    html = render("{% visually_similar item %}", item=item)
+    assert "pending" in html
+    assert 'class="visual-reco__item"' not in html
+
+
+def test_api_returns_similar_products(client, items):
+    response = client.get(f"/api/visual-reco/products/{items[0].pk}/similar/?limit=3")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == str(items[0].pk)
+    assert body["embedding_status"] == "ready"
+    assert [r["id"] for r in body["results"]] == [str(items[i].pk) for i in (1, 2, 3)]
+    first = body["results"][0]
+    assert first["name"] == "item 1"
+    assert first["image"].startswith("http://testserver/media/items/")
+    assert first["url"] == f"http://testserver/items/{items[1].pk}/"
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "101"])
+def test_api_rejects_bad_limits(client, items, limit):
+    response = client.get(f"/api/visual-reco/products/{items[0].pk}/similar/?limit={limit}")
+    assert response.status_code == 400
+    assert "limit" in response.json()
+
+
+def test_api_unknown_product_is_404(client, items):
+    assert client.get("/api/visual-reco/products/987654/similar/").status_code == 404
+
+
+def test_openapi_schema_describes_the_endpoint(client):
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    operation = schema["paths"]["/api/visual-reco/products/{id}/similar/"]["get"]
+    assert any(p["name"] == "limit" for p in operation["parameters"])
+
+
+@pytest.fixture
+def staff_client(client):
+    user = get_user_model().objects.create_superuser("staff", "staff@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_admin_shows_status_column_and_filter(staff_client, items):
+    Item.objects.filter(pk=items[3].pk).update(embedding_status="failed",
+                                               embedding_error="The file is empty (0 bytes).")
+    page = staff_client.get("/admin/testapp/item/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Image embedding" in html and "The file is empty (0 bytes)." in html
+    failed = staff_client.get("/admin/testapp/item/?embedding_status__exact=failed")
+    assert failed.context["cl"].result_count == 1
+
+
+def test_admin_change_form_shows_the_error(staff_client, items):
+    Item.objects.filter(pk=items[3].pk).update(embedding_status="failed",
+                                               embedding_error="The image is too large.")
+    page = staff_client.get(f"/admin/testapp/item/{items[3].pk}/change/")
+    assert "The image is too large." in page.content.decode()
+
+
+def test_admin_action_queues_and_reports_counts(staff_client, items, monkeypatch):
+    sent = []
+    monkeypatch.setattr("visual_reco.tasks.embed_task.apply_async",
+                        lambda args, **kwargs: sent.append(args[2]))
+    no_photo = Item.objects.create(name="no photo")
+    selected = [items[0].pk, items[1].pk, no_photo.pk]
+    response = staff_client.post("/admin/testapp/item/", {
+        "action": "recompute_embeddings", "_selected_action": selected}, follow=True)
+    messages = [str(m) for m in response.context["messages"]]
+    assert messages == ["Queued 2 objects for embedding in 1 task; 1 without an image were "
+                        "skipped."]
+    assert sorted(sent[0]) == sorted(selected[:2])
+    assert Item.objects.get(pk=items[0].pk).embedding_status == EmbeddingStatus.PENDING
+
+
+def test_admin_action_with_broker_down_warns_and_keeps_rows_pending(staff_client, items,
+                                                                   monkeypatch):
+    def down(*args, **kwargs):
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr("visual_reco.tasks.embed_task.apply_async", down)
+    response = staff_client.post("/admin/testapp/item/", {
+        "action": "recompute_embeddings", "_selected_action": [items[0].pk]}, follow=True)
+    (message,) = [str(m) for m in response.context["messages"]]
+    assert "task queue is unavailable" in message and "stay pending" in message
+    assert Item.objects.get(pk=items[0].pk).embedding_status == EmbeddingStatus.PENDING
