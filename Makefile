@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/python demo_shop/services.py demo --port $(PORT) $(if $(CATALOG),--catalog "$(abspath $(CATALOG))")
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

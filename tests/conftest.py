@@ -16,7 +16,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from tests.celery_app import app as celery_app
 from visual_reco.samples import kitchenware_photos
 
-
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
 WORKER_START_TIMEOUT = 180

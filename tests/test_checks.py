@@ -6,7 +6,8 @@ from visual_reco.embedders import build_embedder
 
 
 def _errors():
-    return [e for e in checks.run_checks(tags=[checks.Tags.models]) if e.id.startswith("visual_reco")]
+    found = checks.run_checks(tags=[checks.Tags.models])
+    return [e for e in found if e.id.startswith("visual_reco")]
 
 
 def test_default_configuration_passes():

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from kombu import pools
 from django.core.management import call_command
 from django.db import transaction
+from kombu import pools
 from PIL import Image
 
 from tests.celery_app import app as celery_app

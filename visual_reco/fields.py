@@ -83,7 +83,8 @@ class ImageEmbeddingField(HalfVectorField):
                 f"{self.model.__name__}.{self.name}: source field {self.source!r} does not exist"
             ) from None
 
-    def contribute_to_class(self, cls: type[models.Model], name: str, private_only: bool = False) -> None:
+    def contribute_to_class(self, cls: type[models.Model], name: str,
+                            private_only: bool = False) -> None:
         super().contribute_to_class(cls, name, private_only=private_only)
         if cls._meta.abstract or not self.with_companions:
             return
@@ -123,7 +124,8 @@ def get_embedding_field(model: type[models.Model], name: str | None = None) -> I
     if name is not None:
         fields = [f for f in fields if f.name == name]
     if len(fields) != 1:
-        what = f"an ImageEmbeddingField named {name!r}" if name else "exactly one ImageEmbeddingField"
+        what = (f"an ImageEmbeddingField named {name!r}" if name
+                else "exactly one ImageEmbeddingField")
         raise ImproperlyConfigured(f"{model._meta.label} must have {what}")
     return fields[0]
 

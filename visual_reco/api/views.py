@@ -20,7 +20,7 @@ from visual_reco.fields import embedded_models, get_embedding_field
 try:
     from drf_spectacular.utils import OpenApiParameter, extend_schema
 except ImportError:  # the schema is optional
-    def extend_schema(*args: Any, **kwargs: Any):  # type: ignore[no-redef]
+    def extend_schema(*args: Any, **kwargs: Any):  # type: ignore[no-redef]  # noqa: D103
         return lambda view: view
 
     OpenApiParameter = None  # type: ignore[assignment,misc]
@@ -58,8 +58,8 @@ class SimilarProductsView(APIView):
         params.is_valid(raise_exception=True)
         limit = params.validated_data.get("limit", reco_settings.DEFAULT_LIMIT)
         if limit > reco_settings.MAX_LIMIT:
-            raise serializers.ValidationError(
-                {"limit": [f"Ensure this value is less than or equal to {reco_settings.MAX_LIMIT}."]})
+            message = f"Ensure this value is less than or equal to {reco_settings.MAX_LIMIT}."
+            raise serializers.ValidationError({"limit": [message]})
         model = product_model()
         product = get_object_or_404(model._default_manager.all(), pk=pk)
         embedding = get_embedding_field(model)

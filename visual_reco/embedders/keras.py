@@ -41,7 +41,8 @@ class KerasApplicationEmbedder(Embedder):
                  input_size: int = 299, pooling: str = "avg", batch_size: int = 16,
                  resize: str | None = None) -> None:
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"Unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
         if pooling not in ("avg", "max"):
             raise ValueError("pooling must be 'avg' or 'max'")
         self.architecture = architecture
@@ -68,7 +69,8 @@ class KerasApplicationEmbedder(Embedder):
         parts = [self.architecture, self.input_size, self.pooling, self.resize,
                  weights_id, PREPROCESSING_VERSION]
         digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-        return f"{self.architecture.lower()}-{self.input_size}-{self.pooling}-{self.resize}:{digest}"
+        name = f"{self.architecture.lower()}-{self.input_size}-{self.pooling}-{self.resize}"
+        return f"{name}:{digest}"
 
     def load(self) -> None:
         """Build the backbone and load its weights (once per process)."""
@@ -93,7 +95,8 @@ class KerasApplicationEmbedder(Embedder):
         if source == "imagenet":
             return application(include_top=False, weights="imagenet", input_shape=shape,
                                pooling=self.pooling), preprocess
-        model = application(include_top=False, weights=None, input_shape=shape, pooling=self.pooling)
+        model = application(include_top=False, weights=None, input_shape=shape,
+                            pooling=self.pooling)
         if str(source).endswith(".keras"):
             saved = keras.saving.load_model(source, compile=False)
             donor = saved.get_layer(layer) if layer else saved

@@ -77,7 +77,8 @@ class Command(BaseCommand):
                 totals.embedded += result.embedded
                 totals.failed += result.failed
                 bar.update(len(chunk))
-        self.stdout.write(f"{model._meta.label}: {totals.embedded} embedded, {totals.failed} failed.")
+        self.stdout.write(
+            f"{model._meta.label}: {totals.embedded} embedded, {totals.failed} failed.")
 
     def _wait(self, model: Any, field: str, pks: list[Any], timeout: float) -> None:
         with tqdm(total=len(pks), desc=f"{model._meta.label} (workers)", unit="img") as bar:
