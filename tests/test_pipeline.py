@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from celery import current_app
 from django.core.management import call_command
 from django.db import transaction
 from kombu import pools
@@ -71,6 +72,8 @@ def broker_down():
 
     Yields a function that brings the broker back; it is also called at teardown.
     """
+    # Tasks are sent through the current app; it must be the one reconfigured here.
+    assert current_app._get_current_object() is celery_app
     original = celery_app.conf.broker_write_url
 
     def use_broker(url: str) -> None:
