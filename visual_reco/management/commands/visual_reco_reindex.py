@@ -11,6 +11,7 @@ from tqdm import tqdm
 from visual_reco import indexing
 from visual_reco.conf import reco_settings
 from visual_reco.fields import embedded_models, get_embedding_field
+from visual_reco.management.progress import wait_with_progress
 from visual_reco.models import EmbeddingStatus
 
 
@@ -81,12 +82,7 @@ class Command(BaseCommand):
             f"{model._meta.label}: {totals.embedded} embedded, {totals.failed} failed.")
 
     def _wait(self, model: Any, field: str, pks: list[Any], timeout: float) -> None:
-        with tqdm(total=len(pks), desc=f"{model._meta.label} (workers)", unit="img") as bar:
-            def progress(done: int, total: int) -> None:
-                bar.update(done - bar.n)
-
-            finished = indexing.wait_until_done(model, pks, field=field, timeout=timeout,
-                                                progress=progress)
+        finished = wait_with_progress(model, pks, timeout, field=field)
         counts = indexing.status_counts(model, field=field)
         summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
         if not finished:

@@ -3,11 +3,11 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from visual_reco import indexing
 from visual_reco.embedders import get_embedder
 from visual_reco.fields import embedded_models
+from visual_reco.management.progress import wait_with_progress
 
 
 class Command(BaseCommand):
@@ -25,14 +25,8 @@ class Command(BaseCommand):
         for model in embedded_models():
             if options["wait"]:
                 pks = list(indexing.select(model, indexing.WAITING).values_list("pk", flat=True))
-                if pks and not self._wait(model, pks, options["timeout"]):
+                if pks and not wait_with_progress(model, pks, options["timeout"]):
                     raise CommandError("Timed out waiting for the workers. Is a worker running?")
             counts = indexing.status_counts(model)
             summary = "  ".join(f"{status}={n}" for status, n in counts.items())
             self.stdout.write(f"{model._meta.label}: {summary}")
-
-    def _wait(self, model: Any, pks: list[Any], timeout: float) -> bool:
-        with tqdm(total=len(pks), desc=f"Embedding {model._meta.verbose_name_plural}",
-                  unit="img") as bar:
-            return indexing.wait_until_done(
-                model, pks, timeout=timeout, progress=lambda done, total: bar.update(done - bar.n))

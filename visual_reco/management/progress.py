@@ -1,0 +1,17 @@
+"""A progress bar over `indexing.wait_until_done`, shared by the management commands."""
+
+from typing import Any
+
+from tqdm import tqdm
+
+from visual_reco import indexing
+
+
+def wait_with_progress(model: Any, pks: list[Any], timeout: float, *,
+                       field: str | None = None) -> bool:
+    """Show how many of ``pks`` the workers have finished; True when all are done in time."""
+    with tqdm(total=len(pks), desc=f"Embedding {model._meta.verbose_name_plural}",
+              unit="img") as bar:
+        return indexing.wait_until_done(
+            model, pks, field=field, timeout=timeout,
+            progress=lambda done, total: bar.update(done - bar.n))
