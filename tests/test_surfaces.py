@@ -143,3 +143,11 @@ def test_admin_action_with_broker_down_warns_and_keeps_rows_pending(staff_client
     (message,) = [str(m) for m in response.context["messages"]]
     assert "task queue is unavailable" in message and "stay pending" in message
     assert Item.objects.get(pk=items[0].pk).embedding_status == EmbeddingStatus.PENDING
+
+
+def test_plain_querysets_work_in_the_tag(items):
+    from django.db.models import QuerySet
+
+    plain = QuerySet(model=Item).filter(in_stock=True)
+    html = render("{% visually_similar item limit=5 queryset=qs %}", item=items[0], qs=plain)
+    assert html.count('class="visual-reco__item"') == 4

@@ -103,3 +103,11 @@ class VisualQuerySet(models.QuerySet):
 
 
 VisualManager = models.Manager.from_queryset(VisualQuerySet)
+
+
+def visual(queryset: models.QuerySet) -> VisualQuerySet:
+    """``queryset`` as a `VisualQuerySet` (same filters), for models with a plain manager."""
+    if isinstance(queryset, VisualQuerySet):
+        return queryset
+    return VisualQuerySet(model=queryset.model, query=queryset.query.chain(),
+                          using=queryset._db, hints=queryset._hints)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
@@ -12,6 +13,8 @@ from django.db import InterfaceError, OperationalError
 from visual_reco import indexing
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
+
+logger = logging.getLogger("visual_reco")
 
 
 @shared_task(name="visual_reco.embed", acks_late=True, reject_on_worker_lost=True,
@@ -32,5 +35,10 @@ def sweep_task() -> dict[str, int]:
 @worker_process_init.connect
 def _warm_model(**kwargs: Any) -> None:
     # TensorFlow must not be initialised before the pool forks; each child loads its own.
-    if reco_settings.WARM_WORKERS:
+    if not reco_settings.WARM_WORKERS:
+        return
+    try:
         get_embedder().load()
+    except Exception:
+        # A child that dies here is restarted in a loop; fail the tasks instead, visibly.
+        logger.exception("Could not load the embedding model; tasks will retry loading it")

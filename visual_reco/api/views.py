@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from visual_reco.api.serializers import SimilarQuerySerializer, SimilarResponseSerializer
 from visual_reco.conf import reco_settings
 from visual_reco.fields import embedded_models, get_embedding_field
+from visual_reco.query import visual
 
 try:
     from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -63,7 +64,7 @@ class SimilarProductsView(APIView):
         model = product_model()
         product = get_object_or_404(model._default_manager.all(), pk=pk)
         embedding = get_embedding_field(model)
-        results = self.get_queryset().visually_similar(product, limit=limit)
+        results = visual(self.get_queryset()).visually_similar(product, limit=limit)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
         return Response({
