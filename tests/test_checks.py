@@ -37,5 +37,6 @@ def test_fingerprint_changes_with_preprocessing_and_weights():
     assert default != build_embedder({**base, "OPTIONS": {"weights": "imagenet",
                                                           "input_size": 224}}).fingerprint
     assert default != build_embedder({**base, "OPTIONS": {"weights": "imagenet",
-                                                          "resize": "crop"}}).fingerprint
+                                                          "preprocessing": {"RESIZE": "crop"}}}
+                                          ).fingerprint
     assert default != build_embedder({**base, "OPTIONS": {}}).fingerprint.replace("x", "y")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visual_reco.images import ImageError, fit_square, open_image
+from visual_reco.images import ImageError, open_image
+from visual_reco.preprocessing import fit_square
 
 
 def _bytes(image, fmt="PNG", **kwargs):
@@ -64,7 +65,7 @@ def test_exif_orientation_is_applied():
 
 
 def test_sixteen_bit_greyscale_keeps_its_contrast():
-    array = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    array = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
     sixteen_bit = Image.fromarray(array)
     assert sixteen_bit.mode == "I;16"
     loaded = open_image(io.BytesIO(_bytes(sixteen_bit)))

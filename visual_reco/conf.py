@@ -42,11 +42,23 @@ DEFAULTS: dict[str, Any] = {
     "WARM_WORKERS": True,
     # Celery queue for embedding tasks; None uses the default queue.
     "TASK_QUEUE": None,
-    # Uploads larger than these are refused with a readable message.
+    # Uploads outside these limits are refused with a readable message.
     "MAX_IMAGE_BYTES": 25 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
-    # How a photo is fitted into the model's square input: "pad" (white borders) or "crop".
-    "RESIZE": "pad",
+    "MIN_IMAGE_SIDE": 16,
+    # Decoders allowed to read uploads (Pillow format names).
+    "IMAGE_FORMATS": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"],
+    # The pixel pipeline (see visual_reco.preprocessing); keys merge with these defaults.
+    "PREPROCESSING": {
+        "EXIF_ORIENTATION": True,
+        "TRIM_BACKGROUND": True,
+        "TRIM_TOLERANCE": 24,
+        "OBJECT_CROP": None,
+        "CENTER_CROP_FRACTION": 0.8,
+        "AUTOCONTRAST": False,
+        "DENOISE": False,
+        "RESIZE": "pad",
+    },
     # HNSW search: candidate list size, and pgvector 0.8's iterative scan so that
     # filtered queries still return `limit` rows ("off", "relaxed_order", "strict_order").
     "HNSW_EF_SEARCH": 100,
@@ -62,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
+# Dict settings whose keys are merged with the defaults rather than replacing them.
+MERGED_DICTS = {"PREPROCESSING"}
 
 
 class VisualRecoSettings:
@@ -80,6 +94,8 @@ class VisualRecoSettings:
         if attr not in self.defaults:
             raise AttributeError(f"Invalid visual_reco setting: {attr!r}")
         value = self.user_settings.get(attr, self.defaults[attr])
+        if attr in MERGED_DICTS:
+            value = {**self.defaults[attr], **value}
         if attr in IMPORT_STRINGS and isinstance(value, str):
             value = import_string(value)
         self._cached.add(attr)

@@ -1,4 +1,9 @@
-"""Safe image loading and the preprocessing shared by indexing and querying."""
+"""Safe decoding of uploads into upright RGB images, with messages for people.
+
+`open_image` checks sizes before decoding, accepts only photo formats, reads the first frame
+of animations, applies the EXIF orientation, flattens transparency onto white and converts
+CMYK, palette and 16-bit images to 8-bit RGB. What it cannot use raises `ImageError`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visual_reco.conf import reco_settings
 
-# Bump when the pixels handed to the model change, so stored vectors go stale.
-PREPROCESSING_VERSION = "1"
+# Recognisable non-photo uploads, for a message better than "not an image".
+_SIGNATURES = [
+    (b"%PDF", "a PDF document"),
+    (b"<svg", "an SVG drawing"),
+    (b"<?xml", "an XML/SVG document"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"PK\x03\x04", "a ZIP archive or office document"),
+]
 
 
 class ImageError(ValueError):
@@ -34,66 +46,59 @@ def read_limited(fileobj: IO[bytes], max_bytes: int | None = None) -> bytes:
     return data
 
 
+def _not_a_photo(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature.lower()) or (signature == b"<svg" and signature in head):
+            return f"The file is {what}, not a photo. Upload a JPEG, PNG, WebP or GIF image."
+    return "The file is not an image that can be read. Upload a JPEG, PNG, WebP or GIF image."
+
+
 def open_image(fileobj: IO[bytes], *, max_bytes: int | None = None,
                max_pixels: int | None = None) -> Image.Image:
-    """Decode an upload into an RGB image, or raise `ImageError` saying what is wrong.
-
-    Checks size before decoding (zero bytes, byte limit, pixel limit), reads only the first
-    frame, applies the EXIF orientation and flattens transparency onto white.
-    """
+    """Decode an upload into an upright RGB image, or raise `ImageError` saying what is wrong."""
     data = read_limited(fileobj, max_bytes)
     pixel_limit = reco_settings.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    min_side = reco_settings.MIN_IMAGE_SIDE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            Image.init()  # register every plugin so the formats below are known
+            image = Image.open(io.BytesIO(data), formats=reco_settings.IMAGE_FORMATS)
             width, height = image.size
             if width * height > pixel_limit:
-                raise ImageError(
-                    f"The image is {width}x{height} pixels; the limit is "
-                    f"{pixel_limit / 1e6:.0f} megapixels."
-                )
-            image.seek(0)
+                raise ImageError(f"The image is {width}x{height} pixels; the limit is "
+                                 f"{pixel_limit / 1e6:.0f} megapixels.")
+            if min(width, height) < min_side:
+                raise ImageError(f"The image is {width}x{height} pixels; it must be at least "
+                                 f"{min_side} pixels on each side.")
+            image.seek(0)  # first frame of an animation
             image.load()
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(
-            "The file is not an image that can be read (JPEG, PNG, WebP, GIF, ...)."
-        ) from None
+        raise ImageError(_not_a_photo(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("The image is too large to decode safely.") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The image file is truncated or corrupt ({exc}).") from None
     return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB version of ``image``, with transparency composited onto white."""
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Upright 8-bit RGB version of ``image``; transparency is composited onto white."""
+    if reco_settings.PREPROCESSING.get("EXIF_ORIENTATION", True):
+        image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit greyscale: scale down to 8 bits before converting.
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit or float greyscale: scale to the 8-bit range before converting.
         array = np.asarray(image, dtype=np.float64)
-        array = array / max(array.max(), 1.0) * 255.0
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) / max(high - low, 1.0) * 255.0
         return Image.fromarray(array.astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
-
-
-def fit_square(image: Image.Image, size: int, mode: str | None = None) -> np.ndarray:
-    """Resize ``image`` to ``size`` x ``size``: pad with white ("pad") or centre-crop ("crop").
-
-    Returns a uint8 array of shape (size, size, 3).
-    """
-    mode = mode or reco_settings.RESIZE
-    if mode == "crop":
-        fitted = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-    elif mode == "pad":
-        fitted = ImageOps.pad(image, (size, size), Image.Resampling.BICUBIC, color=(255, 255, 255))
-    else:
-        raise ValueError(f"Unknown RESIZE mode {mode!r}; use 'pad' or 'crop'.")
-    return np.asarray(fitted, dtype=np.uint8)

