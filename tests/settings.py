@@ -66,4 +66,5 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
-VISUAL_RECO = {"BATCH_SIZE": 16}
+# A small byte limit so the "over the limit" upload stays small; the worker shares it.
+VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024}

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_BYTES": 25 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
     "MIN_IMAGE_SIDE": 16,
+    "MAX_IMAGE_SIDE": 12_000,
     # Decoders allowed to read uploads (Pillow format names).
     "IMAGE_FORMATS": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"],
     # The pixel pipeline (see visual_reco.preprocessing); keys merge with these defaults.
@@ -64,6 +65,20 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_EF_SEARCH": 100,
     "HNSW_ITERATIVE_SCAN": "relaxed_order",
     "HNSW_MAX_SCAN_TUPLES": 20_000,
+    # Photo search: where the query photo is embedded ("process": this web process, model
+    # loaded once and kept warm; "worker": a Celery task, needs a result backend) and how
+    # long to wait for a worker before answering 503.
+    "QUERY_EMBEDDING": "process",
+    "QUERY_TIMEOUT": 10.0,
+    # Category prediction: the products' category field, how many neighbours vote, and the
+    # softmax temperature of their similarity-weighted vote.
+    "CATEGORY_FIELD": "category",
+    "CATEGORY_NEIGHBOURS": 15,
+    "CATEGORY_TEMPERATURE": 0.05,
+    # Trained category head (manage.py visual_reco_train_classifier); None: in CACHE_DIR.
+    "CLASSIFIER_PATH": None,
+    # Fields a photo search may be filtered on (when the model has them).
+    "SEARCH_FILTERS": ["category", "in_stock"],
     # The model the API serves ("app_label.ModelName"); None: the only model with an
     # ImageEmbeddingField.
     "PRODUCT_MODEL": None,

@@ -69,6 +69,9 @@ def open_image(fileobj: IO[bytes], *, max_bytes: int | None = None,
             if width * height > pixel_limit:
                 raise ImageError(f"The image is {width}x{height} pixels; the limit is "
                                  f"{pixel_limit / 1e6:.0f} megapixels.")
+            if max(width, height) > reco_settings.MAX_IMAGE_SIDE:
+                raise ImageError(f"The image is {width}x{height} pixels; no side may exceed "
+                                 f"{reco_settings.MAX_IMAGE_SIDE} pixels.")
             if min(width, height) < min_side:
                 raise ImageError(f"The image is {width}x{height} pixels; it must be at least "
                                  f"{min_side} pixels on each side.")
@@ -79,7 +82,8 @@ def open_image(fileobj: IO[bytes], *, max_bytes: int | None = None,
     except UnidentifiedImageError:
         raise ImageError(_not_a_photo(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("The image is too large to decode safely.") from None
+        raise ImageError("The image has too many pixels to decode safely "
+                         "(a decompression bomb?).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The image file is truncated or corrupt ({exc}).") from None
     return to_rgb(image)

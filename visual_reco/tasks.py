@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 from typing import Any
 
@@ -13,6 +15,7 @@ from django.db import InterfaceError, OperationalError
 from visual_reco import indexing
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
+from visual_reco.images import open_image
 
 logger = logging.getLogger("visual_reco")
 
@@ -24,6 +27,13 @@ def embed_task(model_label: str, field: str, pks: list[Any]) -> dict[str, int]:
     """Embed ``pks`` of ``model_label`` (idempotent: done rows are skipped)."""
     result = indexing.embed_objects(apps.get_model(model_label), pks, field=field)
     return vars(result)
+
+
+@shared_task(name="visual_reco.embed_query", acks_late=False)
+def embed_query_task(image_base64: str) -> list[float]:
+    """Embed a search photo (base64 bytes) and return its vector (needs a result backend)."""
+    image = open_image(io.BytesIO(base64.b64decode(image_base64)))
+    return get_embedder().embed([image])[0].tolist()
 
 
 @shared_task(name="visual_reco.sweep")

@@ -48,3 +48,27 @@ class SimilarQuerySerializer(serializers.Serializer):
     """Query parameters of the similar-products endpoint."""
 
     limit = serializers.IntegerField(required=False, min_value=1)
+
+
+class PhotoSearchRequestSerializer(serializers.Serializer):
+    """A photo search: the photo, how many results, and whether to stay in its category."""
+
+    image = serializers.FileField(allow_empty_file=True, use_url=False)
+    limit = serializers.IntegerField(required=False, min_value=1)
+    filter_by_predicted_category = serializers.BooleanField(required=False, default=False)
+
+
+class CategorySerializer(serializers.Serializer):
+    """A predicted category and its confidence."""
+
+    name = serializers.CharField(source="category")
+    confidence = serializers.FloatField()
+    method = serializers.CharField()
+
+
+class PhotoSearchResponseSerializer(serializers.Serializer):
+    """Photo search results, the predicted category and where the time went."""
+
+    predicted_category = CategorySerializer(allow_null=True)
+    results = SimilarItemSerializer(many=True)
+    timings_ms = serializers.DictField(child=serializers.FloatField())

@@ -2,10 +2,11 @@
 
 from django.urls import path
 
-from visual_reco.api.views import SimilarProductsView
+from visual_reco.api.views import PhotoSearchView, SimilarProductsView
 
 app_name = "visual_reco"
 
 urlpatterns = [
     path("products/<str:pk>/similar/", SimilarProductsView.as_view(), name="similar"),
+    path("search/", PhotoSearchView.as_view(), name="search"),
 ]

@@ -1,0 +1,149 @@
+"""Search by photo through the API, and every awkward upload through the API and a save."""
+
+import io
+import re
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
+from PIL import Image
+
+from tests.bad_uploads import UPLOADS
+from tests.conftest import upload, wait_for_status
+from tests.testapp.models import Item
+from visual_reco.embedders import get_embedder
+from visual_reco.images import open_image
+from visual_reco.indexing import embed_objects
+from visual_reco.models import EmbeddingStatus
+from visual_reco.query import vector_of
+
+SEARCH = "/api/visual-reco/search/"
+
+
+@pytest.fixture(scope="session")
+def photo_vectors(photos):
+    """Embeddings of the 18 photos, computed once with the real indexing code path."""
+    vectors = []
+    for photo in photos:
+        with open(photo.path, "rb") as handle:
+            vectors.append(get_embedder().embed([open_image(handle)])[0])
+    return vectors
+
+
+@pytest.fixture
+def catalog(photos, photo_vectors, db):
+    """The 18 kitchenware photos as items with their real embeddings."""
+    items = [Item.objects.create(name=f"{p.label} {p.ident}", category=p.label,
+                                 in_stock=i % 3 != 0, photo=upload(p.path))
+             for i, p in enumerate(photos)]
+    for item, vector in zip(items, photo_vectors, strict=True):
+        Item.objects.filter(pk=item.pk).update(
+            embedding=vector, embedding_status=EmbeddingStatus.READY,
+            embedding_fingerprint=get_embedder().fingerprint)
+    return items
+
+
+def test_indexing_code_gives_the_same_vectors(catalog, photo_vectors):
+    embed_objects(Item, [catalog[0].pk], force=True)
+    catalog[0].refresh_from_db()
+    assert float(vector_of(catalog[0]) @ photo_vectors[0]) > 0.999
+
+
+def customer_photo(path) -> bytes:
+    """The catalog photo as a customer might send it: mirrored, smaller, re-encoded."""
+    with Image.open(path) as image:
+        image = image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image = image.resize((image.width // 2, image.height // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def post_photo(client, data: bytes, name="photo.jpg", **fields):
+    return client.post(SEARCH, {"image": SimpleUploadedFile(name, data), **fields})
+
+
+def test_search_finds_the_photographed_product_first(client, catalog, photos):
+    for index in (1, 5, 9, 13):
+        response = post_photo(client, customer_photo(photos[index].path), limit="5")
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["results"][0]["id"] == str(catalog[index].pk)
+        assert len(body["results"]) == 5
+        assert body["timings_ms"]["total"] > 0
+
+
+def test_search_predicts_the_category(client, catalog, photos):
+    labelled = [i for i, p in enumerate(photos) if p.label != "kitchenware"]
+    correct = 0
+    for index in labelled:
+        body = post_photo(client, customer_photo(photos[index].path)).json()
+        category = body["predicted_category"]
+        assert 0 < category["confidence"] <= 1 and category["method"] == "knn"
+        correct += category["name"] == photos[index].label
+    assert correct / len(labelled) >= 0.8
+
+
+def test_search_filters_and_predicted_category(client, catalog, photos):
+    body = post_photo(client, customer_photo(photos[4].path), in_stock="true",
+                      filter_by_predicted_category="true").json()
+    assert "predicted_category" in body, body
+    predicted = body["predicted_category"]["name"]
+    ids = {r["id"] for r in body["results"]}
+    in_stock_same_category = {str(i.pk) for i in catalog if i.in_stock and i.category == predicted}
+    assert ids and ids <= in_stock_same_category
+
+
+def test_search_rejects_a_bad_filter_value(client, catalog, photos):
+    response = post_photo(client, customer_photo(photos[0].path), in_stock="maybe")
+    assert response.status_code == 400
+    assert "in_stock" in response.json()
+
+
+def test_search_without_a_file_is_400(client, catalog):
+    response = client.post(SEARCH, {"image_url": "http://169.254.169.254/latest/meta-data/"})
+    assert response.status_code == 400
+    assert "image" in response.json()
+
+
+def test_search_is_503_not_a_hang_when_no_worker_answers(client, catalog, photos, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker",
+                            "QUERY_TIMEOUT": 1.0}
+    response = post_photo(client, customer_photo(photos[0].path))
+    assert response.status_code == 503
+    assert "unavailable" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("case", UPLOADS, ids=[u.kind for u in UPLOADS])
+def test_every_awkward_upload_through_the_api(client, catalog, photos, case):
+    response = post_photo(client, case.make(photos[3].path), name=case.filename)
+    if case.refused:
+        assert response.status_code == 400, case.kind
+        (message,) = response.json()["image"]
+        assert re.search(case.refused, message), message
+    else:
+        assert response.status_code == 200, response.content
+        assert response.json()["results"], case.kind
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_awkward_upload_through_a_product_save(celery_worker, photos):
+    with transaction.atomic():  # one commit: the bad files share tasks with good ones
+        items = {case.kind: Item.objects.create(
+                     name=case.kind, photo=SimpleUploadedFile(case.filename,
+                                                              case.make(photos[3].path)))
+                 for case in UPLOADS}
+        good = Item.objects.create(name="good", photo=upload(photos[5].path))
+    for item in [*items.values(), good]:
+        wait_for_status(item, {EmbeddingStatus.READY, EmbeddingStatus.FAILED})
+
+    for case in UPLOADS:
+        item = items[case.kind]
+        assert Item.objects.filter(pk=item.pk).exists()  # the product is kept
+        if case.refused:
+            assert item.embedding_status == EmbeddingStatus.FAILED, case.kind
+            assert re.search(case.refused, item.embedding_error), item.embedding_error
+        else:
+            assert item.embedding_status == EmbeddingStatus.READY, (case.kind,
+                                                                     item.embedding_error)
+    assert good.embedding_status == EmbeddingStatus.READY

@@ -1,0 +1,64 @@
+"""Category prediction for a photo: a similarity-weighted vote of its nearest catalog
+products, or a trained classifier head on the frozen embeddings when one exists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.db import models
+
+from visual_reco.conf import reco_settings
+
+
+@dataclass
+class CategoryPrediction:
+    """The predicted category, its confidence (0-1) and how it was obtained."""
+
+    category: str | None
+    confidence: float
+    method: str
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def vote(neighbours: Iterable[tuple[str | None, float]],
+         temperature: float | None = None) -> CategoryPrediction:
+    """Softmax-weighted vote of ``(category, similarity)`` pairs; empty categories abstain."""
+    temperature = reco_settings.CATEGORY_TEMPERATURE if temperature is None else temperature
+    pairs = [(c, s) for c, s in neighbours if c]
+    if not pairs:
+        return CategoryPrediction(None, 0.0, "knn")
+    similarities = np.array([s for _, s in pairs], dtype=np.float64)
+    weights = np.exp((similarities - similarities.max()) / temperature)
+    scores: dict[str, float] = {}
+    for (category, _), weight in zip(pairs, weights, strict=True):
+        scores[category] = scores.get(category, 0.0) + float(weight)
+    total = sum(scores.values())
+    scores = {c: w / total for c, w in sorted(scores.items(), key=lambda kv: -kv[1])}
+    best = next(iter(scores))
+    return CategoryPrediction(best, scores[best], "knn", scores)
+
+
+def category_field(model: type[models.Model]) -> str | None:
+    """The configured category field if ``model`` has it."""
+    name = reco_settings.CATEGORY_FIELD
+    if name and any(f.name == name for f in model._meta.fields):
+        return name
+    return None
+
+
+def predict_category(vector: np.ndarray, queryset: models.QuerySet) -> CategoryPrediction | None:
+    """Predict the category of ``vector`` among ``queryset``'s products (None: no field)."""
+    from visual_reco.classifier import load_classifier
+    from visual_reco.query import DISTANCE, visual
+
+    name = category_field(queryset.model)
+    if name is None:
+        return None
+    classifier = load_classifier(queryset.model)
+    if classifier is not None:
+        return classifier.predict(vector)
+    neighbours = visual(queryset).similar_to_vector(
+        vector, reco_settings.CATEGORY_NEIGHBOURS).values_list(name, DISTANCE)
+    return vote((category, 1.0 - distance) for category, distance in neighbours)

@@ -1,0 +1,148 @@
+"""An optional trained category head: a small Keras classifier on the frozen embeddings.
+
+``manage.py visual_reco_train_classifier`` trains it on the catalog's ready embeddings and
+saves it next to a JSON file naming its labels and the embedder fingerprint; the search uses
+it instead of the neighbour vote while that fingerprint matches the configured embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.db import models
+from django.utils import timezone
+
+from visual_reco.categories import CategoryPrediction, category_field
+from visual_reco.conf import reco_settings
+from visual_reco.embedders import get_embedder
+from visual_reco.fields import get_embedding_field
+from visual_reco.models import EmbeddingStatus
+
+_lock = threading.Lock()
+_loaded: dict[Path, tuple[float, CategoryClassifier]] = {}
+
+
+@dataclass
+class CategoryClassifier:
+    """A trained head: Keras model plus the label of each output."""
+
+    network: Any
+    labels: list[str]
+    fingerprint: str
+
+    def predict(self, vector: np.ndarray) -> CategoryPrediction:
+        """Class probabilities for one embedding."""
+        probabilities = np.asarray(self.network(np.asarray(vector, np.float32)[None],
+                                                training=False))[0]
+        order = np.argsort(-probabilities)
+        scores = {self.labels[i]: float(probabilities[i]) for i in order}
+        best = self.labels[order[0]]
+        return CategoryPrediction(best, scores[best], "classifier", scores)
+
+
+@dataclass
+class TrainingReport:
+    """What `train_classifier` produced."""
+
+    path: Path
+    classes: int
+    examples: int
+    validation_accuracy: float
+
+
+def classifier_path(model: type[models.Model]) -> Path:
+    """Where the classifier for ``model`` is saved (``CLASSIFIER_PATH`` or the cache dir)."""
+    if reco_settings.CLASSIFIER_PATH:
+        return Path(reco_settings.CLASSIFIER_PATH)
+    return reco_settings.cache_dir / "classifiers" / f"{model._meta.label_lower}.keras"
+
+
+def _metadata_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def training_data(model: type[models.Model]) -> tuple[np.ndarray, np.ndarray]:
+    """Ready embeddings of the current embedder and their categories."""
+    embedding = get_embedding_field(model)
+    name = category_field(model)
+    if name is None:
+        raise ValueError(f"{model._meta.label} has no field {reco_settings.CATEGORY_FIELD!r}")
+    rows = model._base_manager.filter(**{
+        embedding.status_name: EmbeddingStatus.READY,
+        embedding.fingerprint_name: get_embedder().fingerprint,
+    }).exclude(**{name: ""}).values_list(embedding.attname, name)
+    vectors, labels = [], []
+    for vector, label in rows.iterator(chunk_size=1000):
+        vectors.append(vector.to_numpy())
+        labels.append(label)
+    return np.asarray(vectors, dtype=np.float32), np.asarray(labels)
+
+
+def train_classifier(model: type[models.Model], *, epochs: int = 60, hidden: int = 256,
+                     validation: float = 0.2, seed: int = 0) -> TrainingReport:
+    """Train, evaluate on a held-out split, then fit on everything and save."""
+    import keras
+
+    vectors, labels = training_data(model)
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError("Need at least two categories with ready embeddings to train.")
+    targets = np.searchsorted(classes, labels)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(vectors))
+    cut = int(len(order) * (1 - validation))
+    keras.utils.set_random_seed(seed)
+
+    def build():
+        network = keras.Sequential([
+            keras.Input((vectors.shape[1],)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(len(classes), activation="softmax"),
+        ])
+        network.compile(optimizer=keras.optimizers.Adam(1e-3),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return network
+
+    held_out = build()
+    held_out.fit(vectors[order[:cut]], targets[order[:cut]], epochs=epochs, batch_size=32,
+                 verbose=0)
+    _, accuracy = held_out.evaluate(vectors[order[cut:]], targets[order[cut:]], verbose=0)
+    network = build()
+    network.fit(vectors, targets, epochs=epochs, batch_size=32, verbose=0)
+    path = classifier_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network.save(path)
+    _metadata_path(path).write_text(json.dumps({
+        "labels": classes, "fingerprint": get_embedder().fingerprint,
+        "examples": len(vectors), "validation_accuracy": float(accuracy),
+        "trained_at": timezone.now().isoformat(),
+    }, indent=2))
+    return TrainingReport(path, len(classes), len(vectors), float(accuracy))
+
+
+def load_classifier(model: type[models.Model]) -> CategoryClassifier | None:
+    """The saved classifier for ``model`` if it exists and matches the current embedder."""
+    path = classifier_path(model)
+    meta_path = _metadata_path(path)
+    if not path.exists() or not meta_path.exists():
+        return None
+    mtime = path.stat().st_mtime
+    with _lock:
+        cached = _loaded.get(path)
+        if cached is None or cached[0] != mtime:
+            import keras
+
+            meta = json.loads(meta_path.read_text())
+            classifier = CategoryClassifier(keras.saving.load_model(path), meta["labels"],
+                                            meta["fingerprint"])
+            _loaded[path] = cached = (mtime, classifier)
+    classifier = cached[1]
+    if classifier.fingerprint != get_embedder().fingerprint:
+        return None
+    return classifier

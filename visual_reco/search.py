@@ -1,0 +1,78 @@
+"""Search by photo: embed the customer's photo, predict its category, rank the catalog."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+from django.db import models
+
+from visual_reco.categories import CategoryPrediction, category_field, predict_category
+from visual_reco.conf import reco_settings
+from visual_reco.embedders import get_embedder
+from visual_reco.images import open_image, read_limited
+from visual_reco.query import visual
+
+
+class SearchUnavailable(RuntimeError):
+    """The query photo could not be embedded right now (no worker answered, broker down)."""
+
+
+@dataclass
+class PhotoSearch:
+    """The outcome of a photo search."""
+
+    results: list[models.Model]
+    category: CategoryPrediction | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def embed_query(file: IO[bytes]) -> np.ndarray:
+    """Embed an uploaded photo where ``QUERY_EMBEDDING`` says.
+
+    Raises `visual_reco.images.ImageError` for a bad upload (checked in this process in
+    both modes, so a bad file never reaches a worker) and `SearchUnavailable` when a worker
+    does not answer within ``QUERY_TIMEOUT`` seconds.
+    """
+    data = read_limited(file)
+    image = open_image(io.BytesIO(data))
+    if reco_settings.QUERY_EMBEDDING == "process":
+        return get_embedder().embed([image])[0]
+    if reco_settings.QUERY_EMBEDDING != "worker":
+        raise ValueError("QUERY_EMBEDDING must be 'process' or 'worker'")
+    from visual_reco.tasks import embed_query_task
+
+    try:
+        result = embed_query_task.apply_async(
+            args=(base64.b64encode(data).decode(),), retry=False, ignore_result=False,
+            expires=reco_settings.QUERY_TIMEOUT)
+        vector = result.get(timeout=reco_settings.QUERY_TIMEOUT)
+    except Exception as exc:  # broker down, no worker, no result backend
+        raise SearchUnavailable(
+            f"Photo search is unavailable right now ({type(exc).__name__}). Try again soon."
+        ) from exc
+    return np.asarray(vector, dtype=np.float32)
+
+
+def search_by_photo(file: IO[bytes], queryset: models.QuerySet, *, limit: int | None = None,
+                    filter_by_predicted_category: bool = False,
+                    filters: dict[str, Any] | None = None) -> PhotoSearch:
+    """The products of ``queryset`` that look most like the photo in ``file``."""
+    started = time.perf_counter()
+    vector = embed_query(file)
+    embedded = time.perf_counter()
+    queryset = queryset.filter(**(filters or {}))
+    prediction = predict_category(vector, queryset)
+    predicted = time.perf_counter()
+    name = category_field(queryset.model)
+    if filter_by_predicted_category and prediction and prediction.category and name:
+        queryset = queryset.filter(**{name: prediction.category})
+    results = list(visual(queryset).similar_to_vector(vector, limit))
+    done = time.perf_counter()
+    return PhotoSearch(results, prediction, {
+        "embed": (embedded - started) * 1000, "category": (predicted - embedded) * 1000,
+        "rank": (done - predicted) * 1000, "total": (done - started) * 1000})
