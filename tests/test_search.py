@@ -11,6 +11,7 @@ from PIL import Image
 from tests.bad_uploads import UPLOADS
 from tests.conftest import upload, wait_for_status
 from tests.testapp.models import Item
+from visual_reco.classifier import load_classifier
 from visual_reco.embedders import get_embedder
 from visual_reco.images import open_image
 from visual_reco.indexing import embed_objects
@@ -147,3 +148,20 @@ def test_every_awkward_upload_through_a_product_save(celery_worker, photos):
             assert item.embedding_status == EmbeddingStatus.READY, (case.kind,
                                                                      item.embedding_error)
     assert good.embedding_status == EmbeddingStatus.READY
+
+
+def test_trained_classifier_is_used_when_present(client, catalog, photos, settings, tmp_path):
+    from django.core.management import call_command
+
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "CLASSIFIER_PATH": str(tmp_path / "c.keras")}
+    call_command("visual_reco_train_classifier", "--epochs", "30")
+    assert (tmp_path / "c.keras").exists() and (tmp_path / "c.json").exists()
+
+    body = post_photo(client, customer_photo(photos[4].path)).json()
+    assert body["predicted_category"]["method"] == "classifier"
+    assert body["predicted_category"]["name"] == photos[4].label
+
+    # A classifier trained on another embedder's vectors is ignored.
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO,
+                            "PREPROCESSING": {"RESIZE": "crop"}}
+    assert load_classifier(Item) is None

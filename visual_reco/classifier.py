@@ -22,6 +22,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.fields import get_embedding_field
 from visual_reco.models import EmbeddingStatus
+from visual_reco.query import to_array
 
 _lock = threading.Lock()
 _loaded: dict[Path, tuple[float, CategoryClassifier]] = {}
@@ -78,7 +79,7 @@ def training_data(model: type[models.Model]) -> tuple[np.ndarray, np.ndarray]:
     }).exclude(**{name: ""}).values_list(embedding.attname, name)
     vectors, labels = [], []
     for vector, label in rows.iterator(chunk_size=1000):
-        vectors.append(vector.to_numpy())
+        vectors.append(to_array(vector))
         labels.append(label)
     return np.asarray(vectors, dtype=np.float32), np.asarray(labels)
 

@@ -28,6 +28,11 @@ def vector_of(obj: models.Model, field: str | None = None) -> np.ndarray | None:
     else:
         value = type(obj)._base_manager.filter(pk=obj.pk).values_list(
             embedding.attname, flat=True).first()
+    return to_array(value)
+
+
+def to_array(value: Any) -> np.ndarray | None:
+    """A stored vector (HalfVector, list or array) as float32, or None."""
     if value is None:
         return None
     if isinstance(value, HalfVector):
