@@ -11,6 +11,7 @@ from demo_shop.shop import views
 urlpatterns = [
     path("", views.product_list, name="product-list"),
     path("products/<int:pk>/", views.product_detail, name="product-detail"),
+    path("search/", views.photo_search, name="photo-search"),
     path("admin/", admin.site.urls),
     path("api/visual-reco/", include("visual_reco.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

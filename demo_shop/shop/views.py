@@ -1,10 +1,15 @@
 """Pages of the demo shop."""
 
+import base64
+import io
+
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from demo_shop.shop.models import Product
+from visual_reco.images import ImageError, open_image
+from visual_reco.search import SearchUnavailable, search_by_photo
 
 
 def product_list(request: HttpRequest) -> HttpResponse:
@@ -23,3 +28,31 @@ def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One product, with visually similar products below it."""
     product = get_object_or_404(Product, pk=pk)
     return render(request, "shop/product_detail.html", {"product": product})
+
+
+def _thumbnail_data_uri(data: bytes) -> str:
+    image = open_image(io.BytesIO(data))
+    image.thumbnail((360, 360))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def photo_search(request: HttpRequest) -> HttpResponse:
+    """Search by photo: upload or snap a photo, see the products that look like it."""
+    context: dict = {"in_stock": request.POST.get("in_stock") == "on",
+                     "same_category": request.POST.get("same_category") == "on"}
+    upload = request.FILES.get("photo")
+    if request.method == "POST" and upload is None:
+        context["error"] = "Choose a photo first."
+    elif upload is not None:
+        data = upload.read()
+        try:
+            found = search_by_photo(
+                io.BytesIO(data), Product.objects.all(), limit=12,
+                filter_by_predicted_category=context["same_category"],
+                filters={"in_stock": True} if context["in_stock"] else None)
+            context.update(found=found, preview=_thumbnail_data_uri(data))
+        except (ImageError, SearchUnavailable) as exc:
+            context["error"] = str(exc)
+    return render(request, "shop/photo_search.html", context)
