@@ -8,7 +8,7 @@ CATALOG ?=
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py migrate -v 0
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
 
 lint: install
 	$(BIN)/ruff check .

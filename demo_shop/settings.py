@@ -64,6 +64,9 @@ SPECTACULAR_SETTINGS = {"TITLE": "visual_reco demo shop API", "VERSION": "0.1.0"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
 CELERY_TASK_IGNORE_RESULT = True
+# Only for QUERY_EMBEDDING="worker" (photo search through a worker) and its benchmark.
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+CELERY_RESULT_EXPIRES = 300
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "visual-reco-sweep": {"task": "visual_reco.sweep", "schedule": 300.0},

@@ -1,0 +1,118 @@
+"""``manage.py bench_query_embedding``: latency of embedding a search photo in the web
+process (warm model) versus in a Celery worker (task + result), on real photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.test import override_settings
+
+from demo_shop.celery import app
+from visual_reco.conf import reco_settings
+from visual_reco.embedders import get_embedder, reset_embedder
+from visual_reco.samples import kitchenware_photos
+from visual_reco.search import embed_query
+
+QUEUE = "bench_query_embedding"
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    values = np.asarray(samples) * 1000
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "mean": float(values.mean())}
+
+
+class Command(BaseCommand):
+    """Measure both QUERY_EMBEDDING modes and write the table to docs/BENCHMARKS.md."""
+
+    help = "Benchmark photo-search query embedding: web process vs Celery worker."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--rounds", type=int, default=3, help="passes over the 18 photos")
+        parser.add_argument("--out", default=str(Path(settings.BASE_DIR) / "docs" /
+                                                 "BENCHMARKS.md"))
+
+    def handle(self, *args: Any, rounds: int, out: str, **options: Any) -> None:
+        payloads = [p.path.read_bytes() for p in kitchenware_photos()]
+        reset_embedder()
+        started = time.perf_counter()
+        embed_query(io.BytesIO(payloads[0]))
+        cold = time.perf_counter() - started
+        process = self._measure(payloads, rounds)
+        self.stdout.write(f"process: cold {cold * 1000:.0f} ms, {process}")
+
+        worker = self._start_worker()
+        try:
+            with override_settings(VISUAL_RECO={**getattr(settings, "VISUAL_RECO", {}),
+                                                "QUERY_EMBEDDING": "worker",
+                                                "QUERY_TIMEOUT": 60.0}):
+                app.conf.task_routes = {"visual_reco.embed_query": {"queue": QUEUE}}
+                embed_query(io.BytesIO(payloads[0]))  # the worker's model is warm after this
+                in_worker = self._measure(payloads, rounds)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        self.stdout.write(f"worker: {in_worker}")
+        self._write(Path(out), cold, process, in_worker, rounds * len(payloads))
+
+    def _measure(self, payloads: list[bytes], rounds: int) -> dict[str, float]:
+        samples = []
+        for _ in range(rounds):
+            for data in payloads:
+                started = time.perf_counter()
+                embed_query(io.BytesIO(data))
+                samples.append(time.perf_counter() - started)
+        return _percentiles(samples)
+
+    def _start_worker(self) -> subprocess.Popen:
+        name = f"{QUEUE}@localhost"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "demo_shop", "worker", "-Q", QUEUE,
+             "-n", name, "--concurrency", "1", "--without-mingle", "--without-gossip",
+             "--loglevel", "WARNING"], cwd=settings.BASE_DIR)
+        deadline = time.monotonic() + 180
+        while not app.control.ping(destination=[name], timeout=1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's Celery worker did not start")
+        return process
+
+    def _write(self, path: Path, cold: float, process: dict, worker: dict, n: int) -> None:
+        cpu = next((line.split(":", 1)[1].strip() for line in
+                    Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor())
+        section = (
+            "## Photo search: where the query photo is embedded\n\n"
+            f"{n} searches with the 18 kitchenware photos (phone photos, 0.1-0.3 MB JPEG), "
+            f"embedder `{get_embedder().fingerprint}`, on {os.cpu_count()} cores of "
+            f"{cpu}, {time.strftime('%Y-%m-%d')}. Time from the uploaded bytes to the vector "
+            "(decode, preprocess, model).\n\n"
+            "| `QUERY_EMBEDDING` | p50 ms | p95 ms | mean ms |\n|---|---|---|---|\n"
+            f"| `process` (warm model in the web process) | {process['p50']:.0f} | "
+            f"{process['p95']:.0f} | {process['mean']:.0f} |\n"
+            f"| `worker` (Celery task over Redis, result backend) | {worker['p50']:.0f} | "
+            f"{worker['p95']:.0f} | {worker['mean']:.0f} |\n\n"
+            f"The first search in a fresh web process also loads the model: {cold * 1000:.0f} ms."
+            " `process` is the default: it is faster and needs no result backend; `worker` "
+            "keeps TensorFlow out of web processes and gives up after `QUERY_TIMEOUT` (503) "
+            "when no worker answers.\n\n"
+            "Command: `make bench` (runs `manage.py bench_query_embedding`).\n")
+        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+        marker = "## Photo search: where the query photo is embedded"
+        if marker in text:
+            head, _, rest = text.partition(marker)
+            tail = rest.split("\n## ", 1)
+            text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
+        else:
+            text = text.rstrip() + "\n\n" + section
+        path.write_text(text)
+        self.stdout.write(f"Wrote {path} ({reco_settings.QUERY_EMBEDDING} is configured).")
