@@ -1,0 +1,351 @@
+"""The evaluation command: metric functions on hand-made similarities with known answers,
+and real runs of ``visual_reco_evaluate`` on the kitchenware photos."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from PIL import Image, ImageOps
+
+from demo_shop.shop.management.commands.eval_csv import Command as EvalCsvCommand
+from tests.conftest import DATASETS
+from visual_reco import evaluation as ev
+from visual_reco.conf import DEFAULTS
+from visual_reco.embedders import get_embedder
+from visual_reco.images import open_image
+
+GROCERY = DATASETS / "grocery_store"
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0])
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def rel(path: Path, csv_path: Path) -> str:
+    return os.path.relpath(path, csv_path.parent)
+
+
+def evaluate_command(csv_path: Path, out: Path, *args: str) -> tuple[dict, str, str]:
+    stdout = io.StringIO()
+    call_command("visual_reco_evaluate", str(csv_path), "--out", str(out), *args,
+                 stdout=stdout, stderr=io.StringIO())
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics, (out / "report.html").read_text(), stdout.getvalue()
+
+
+# ------------------------------------------------------------------ metrics, known answers
+
+def test_recall_precision_map_and_knn_on_a_hand_made_matrix():
+    gallery = ["b", "a", "a", "b"]
+    similarity = np.array([
+        [0.9, 0.1, 0.8, 0.3],    # "a": ranks b a b a -> hits at 2 and 4: AP (1/2 + 2/4) / 2
+        [0.95, 0.5, 0.1, 0.6],   # "b": ranks b b a a -> AP 1
+        [0.1, 0.2, 0.3, 0.4],    # "c": no gallery item is "c"
+    ])
+    m = ev.label_metrics(similarity, ["a", "b", "c"], gallery, knn_k=2)
+
+    assert m["queries"] == 3
+    assert m["queries_evaluated"] == 2
+    assert m["queries_without_relevant"] == 1
+    assert m["recall@1"] == pytest.approx(0.5)
+    assert m["recall@5"] == pytest.approx(1.0)
+    assert m["recall_curve"][:2] == pytest.approx([0.5, 1.0])
+    # Top 5 of a 4-item gallery: precision over the 4 available ranks.
+    assert m["precision@5"] == pytest.approx(0.5)
+    assert m["mAP"] == pytest.approx((0.5 + 1.0) / 2)
+    # kNN (k=2): a -> b (0.9 beats 0.8), b -> b, c -> b: one right of three.
+    assert m["knn_accuracy"] == pytest.approx(1 / 3)
+    # F1 per class: a 0, b 2*1/(2*1+2+0) = 0.5, c 0.
+    assert m["knn_macro_f1"] == pytest.approx(0.5 / 3)
+
+
+def test_average_precision_and_precision_functions():
+    relevant = np.array([[1, 0, 1, 0, 0],
+                         [0, 0, 0, 0, 1],
+                         [0, 0, 0, 0, 0]], dtype=bool)
+    ap = ev.average_precision(relevant)
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert ap[1] == pytest.approx(1 / 5)
+    assert np.isnan(ap[2])
+    assert ev.recall_at_k(relevant, 1) == pytest.approx(1 / 3)
+    assert ev.recall_at_k(relevant, 5) == pytest.approx(2 / 3)
+    assert ev.precision_at_k(relevant, 2) == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert ev.precision_at_k(relevant, 5) == pytest.approx((2 / 5 + 1 / 5) / 3)
+
+
+def test_leave_one_out_excludes_the_query_itself():
+    similarity = np.array([[1.0, 0.2, 0.9],
+                           [0.2, 1.0, 0.1],
+                           [0.9, 0.1, 1.0]])
+    exclude = np.eye(3, dtype=bool)
+    order, valid = ev.rank_gallery(similarity, exclude)
+    assert list(order[:, -1]) == [0, 1, 2] and not valid[:, -1].any() and valid[:, :2].all()
+
+    m = ev.label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"], exclude)
+    # Item 0 ranks 2 (y) before 1 (x); item 1 finds 0 first; "y" has no other y.
+    assert m["recall@1"] == pytest.approx(0.5)
+    assert m["mAP"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["precision@5"] == pytest.approx(0.5)  # 2 candidates each, one of them right
+    assert m["queries_without_relevant"] == 1
+    # Without the exclusion every item would find itself first.
+    assert ev.label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"])["recall@1"] == 1.0
+
+
+def test_knn_vote_is_weighted_by_similarity_and_ties_go_to_the_nearest():
+    gallery = ["b", "a", "a"]
+    outvoted = ev.label_metrics(np.array([[0.5, 0.3, 0.3]]), ["a"], gallery, knn_k=3)
+    assert outvoted["knn_accuracy"] == 1.0          # a: 0.6 beats b: 0.5
+    tied = ev.label_metrics(np.array([[0.6, 0.3, 0.3]]), ["a"], gallery, knn_k=3)
+    assert tied["knn_accuracy"] == 0.0              # 0.6 each: the nearest (b) wins
+    nearest_only = ev.label_metrics(np.array([[0.5, 0.3, 0.3]]), ["a"], gallery, knn_k=1)
+    assert nearest_only["knn_accuracy"] == 0.0
+
+
+def test_macro_f1():
+    assert ev.macro_f1(["a", "a", "b"], ["a", "a", "b"]) == 1.0
+    # a: tp 1 fn 1 -> 2/3; b: tp 1 fp 1 -> 2/3; c: fn 1 -> 0; a missing prediction is no class.
+    assert ev.macro_f1(["a", "a", "b", "c"], ["a", "b", "b", None]) == pytest.approx(4 / 9)
+    # A wrong prediction of a class that is never true still counts as a class with F1 0.
+    assert ev.macro_f1(["a", "a"], ["a", "z"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_sample_queries_is_seeded():
+    first = ev.sample_queries(100, 10, seed=3)
+    assert list(first) == list(ev.sample_queries(100, 10, seed=3))
+    assert list(first) != list(ev.sample_queries(100, 10, seed=4))
+    assert len(set(first)) == 10 and list(first) == sorted(first) and first.max() < 100
+    assert list(ev.sample_queries(5, None)) == list(range(5))
+    assert list(ev.sample_queries(5, 50)) == list(range(5))
+
+
+def test_parse_overrides():
+    overrides = ev.parse_overrides(['RESIZE="crop"', "BATCH_SIZE=8", "TASK_QUEUE=evaluation",
+                                    "EMBEDDER.OPTIONS.input_size=224"])
+    assert overrides["PREPROCESSING"] == {**DEFAULTS["PREPROCESSING"], "RESIZE": "crop"}
+    assert overrides["BATCH_SIZE"] == 8
+    assert overrides["TASK_QUEUE"] == "evaluation"
+    assert overrides["EMBEDDER"]["OPTIONS"] == {**DEFAULTS["EMBEDDER"]["OPTIONS"],
+                                                "input_size": 224}
+    for bad in ["NO_SUCH_SETTING=1", "PREPROCESSING.NOPE=1", "RESIZE"]:
+        with pytest.raises(ValueError):
+            ev.parse_overrides([bad])
+
+
+def test_csv_errors_name_the_line(tmp_path):
+    bad_role = write_csv(tmp_path / "a.csv", [{"path": "x.jpg", "label": "cup", "role": "q"}])
+    with pytest.raises(ValueError, match="line 2.*'q'"):
+        ev.read_evaluation_csv(bad_role)
+    no_label = write_csv(tmp_path / "b.csv", [{"path": "x.jpg", "role": ""}])
+    with pytest.raises(ValueError, match="missing column"):
+        ev.read_evaluation_csv(no_label)
+
+
+# ------------------------------------------------------------------ real runs
+
+@pytest.fixture(scope="module")
+def query_gallery_run(photos, tmp_path_factory):
+    """Queries: six photos plus one without a match; gallery: a mirrored or half-size copy
+    of each of the six, the other eleven photos as distractors, and three broken files.
+    Every photo has its own ``label``, so only its copy is relevant."""
+    root = tmp_path_factory.mktemp("evaluate")
+    csv_path = root / "sets" / "kitchen.csv"
+    queries, orphan = photos[:6], photos[6]
+    distractors = photos[7:]
+
+    def label(photo) -> str:
+        return f"#{photo.ident} <{photo.label}>"
+
+    rows = []
+    for i, photo in enumerate(queries):
+        rows.append({"path": rel(photo.path, csv_path), "label": label(photo),
+                     "label_kind": photo.label, "role": "query"})
+        image = Image.open(photo.path).convert("RGB")
+        copy = (ImageOps.mirror(image) if i % 2 == 0
+                else image.resize((image.width // 2, image.height // 2)))
+        copy_path = csv_path.parent / "copies" / f"copy-{photo.ident}.jpg"
+        copy_path.parent.mkdir(parents=True, exist_ok=True)
+        copy.save(copy_path, quality=92)
+        rows.append({"path": f"copies/{copy_path.name}", "label": label(photo),
+                     "label_kind": photo.label, "role": "gallery"})
+    rows.append({"path": rel(orphan.path, csv_path), "label": label(orphan),
+                 "label_kind": orphan.label, "role": "query"})
+    rows += [{"path": rel(p.path, csv_path), "label": label(p), "label_kind": p.label,
+              "role": "gallery"} for p in distractors]
+    broken = csv_path.parent / "broken"
+    broken.mkdir()
+    (broken / "truncated.jpg").write_bytes(queries[0].path.read_bytes()[:2048])
+    (broken / "notes.jpg").write_text("not a photo at all")
+    rows += [{"path": "broken/truncated.jpg", "label": "x", "label_kind": "x", "role": "gallery"},
+             {"path": "broken/notes.jpg", "label": "y", "label_kind": "y", "role": "query"},
+             {"path": "broken/missing.jpg", "label": "z", "label_kind": "z", "role": "gallery"}]
+    write_csv(csv_path, rows)
+    out = root / "out"
+    metrics, report, stdout = evaluate_command(csv_path, out, "--examples", "4")
+    return {"metrics": metrics, "report": report, "stdout": stdout, "out": out,
+            "orphan": label(orphan), "queries": [label(p) for p in queries]}
+
+
+def test_a_copy_of_the_query_is_retrieved_first(query_gallery_run):
+    metrics = query_gallery_run["metrics"]
+    assert metrics["mode"] == "query/gallery"
+    assert metrics["counts"]["queries"] == 7
+    assert metrics["counts"]["gallery"] == 6 + 11
+    main = metrics["metrics"]["label"]
+    assert main["queries_evaluated"] == 6
+    assert main["queries_without_relevant"] == 1
+    assert main["recall@1"] == 1.0
+    assert main["mAP"] == 1.0
+    assert main["precision@5"] == pytest.approx(1 / 5)
+    # The copy outvotes every other (single, unique-label) neighbour; the orphan cannot win.
+    assert main["knn_accuracy"] == pytest.approx(6 / 7)
+    assert main["recall_curve"] == [1.0] * 20
+    assert set(metrics["metrics"]) == {"label", "label_kind"}
+    assert metrics["labels"] == ["label", "label_kind"]
+    assert metrics["metrics"]["label_kind"]["queries"] == 7
+
+
+def test_broken_images_are_skipped_and_reported(query_gallery_run):
+    metrics = query_gallery_run["metrics"]
+    skipped = {Path(s["path"]).name: s["error"] for s in metrics["skipped"]}
+    assert set(skipped) == {"truncated.jpg", "notes.jpg", "missing.jpg"}
+    assert "truncated or corrupt" in skipped["truncated.jpg"]
+    assert "not an image" in skipped["notes.jpg"]
+    assert "does not exist" in skipped["missing.jpg"]
+    assert metrics["counts"]["skipped_images"] == 3
+    assert "truncated.jpg" in query_gallery_run["report"]
+
+
+def test_metrics_json_records_the_run(query_gallery_run):
+    metrics = query_gallery_run["metrics"]
+    assert metrics["embedder"]["fingerprint"] == get_embedder().fingerprint
+    assert metrics["embedder"]["dimensions"] == get_embedder().dimensions
+    assert metrics["embedding"]["seconds"] > 0
+    assert metrics["embedding"]["images"] == 7 + 17 + 3
+    assert metrics["embedding"]["images_per_second"] > 0
+    assert metrics["date"].startswith("20")
+    configured = settings.VISUAL_RECO
+    assert metrics["settings"] == {key: value for key, value in configured.items()
+                                   if DEFAULTS.get(key) != value}
+
+
+def test_report_has_the_plot_and_the_example_grid(query_gallery_run):
+    report, stdout = query_gallery_run["report"], query_gallery_run["stdout"]
+    assert report.startswith("<!DOCTYPE html>")
+    assert report.count("<svg") == 1
+    assert report.count('class="recall-line"') == 2          # label and label_kind
+    assert report.count('<tr class="example">') == 4
+    # Query + top 5 per example, every one an inline JPEG.
+    assert report.count('src="data:image/jpeg;base64,') == 4 * 6
+    assert 'class="hit"' in report and 'class="miss"' in report
+    # A failure is among the examples: the orphan query, whose label is escaped.
+    assert html.escape(query_gallery_run["orphan"]) in report
+    assert "<kitchenware>" not in report and "&lt;" in report
+    assert "http://" not in report.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "R@1" in stdout and "label_kind" in stdout and "metrics.json" in stdout
+
+
+def test_leave_one_out_matches_numpy(photos, tmp_path):
+    csv_path = tmp_path / "loo.csv"
+    write_csv(csv_path, [{"path": rel(p.path, csv_path), "label": p.label, "role": ""}
+                         for p in photos])
+    metrics, report, _ = evaluate_command(csv_path, tmp_path / "out", "--examples", "3")
+    assert metrics["mode"] == "leave-one-out"
+    assert metrics["counts"]["queries"] == metrics["counts"]["gallery"] == len(photos)
+
+    labels = np.array([p.label for p in photos])
+    images = []
+    for p in photos:
+        with open(p.path, "rb") as handle:
+            images.append(open_image(handle))
+    vectors = get_embedder().embed(images)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    has_other = np.array([(labels == label).sum() > 1 for label in labels])
+    top = np.argsort(-similarity, axis=1)
+    hits = labels[top] == labels[:, None]
+    main = metrics["metrics"]["label"]
+    # knife, spoon and fork appear once: nothing to retrieve for them.
+    assert main["queries_without_relevant"] == int((~has_other).sum()) == 3
+    assert main["recall@1"] == pytest.approx(hits[has_other, 0].mean())
+    assert main["recall@5"] == pytest.approx(hits[has_other, :5].any(axis=1).mean())
+    assert main["precision@5"] == pytest.approx(hits[has_other, :5].mean())
+    assert report.count('<tr class="example">') == 3
+
+
+def test_limit_keeps_a_seeded_subsample_of_queries(photos, tmp_path):
+    csv_path = tmp_path / "loo.csv"
+    write_csv(csv_path, [{"path": rel(p.path, csv_path), "label": p.label, "role": ""}
+                         for p in photos])
+    metrics, _, _ = evaluate_command(csv_path, tmp_path / "out", "--limit", "5",
+                                     "--examples", "0")
+    assert metrics["counts"]["queries"] == 5
+    assert metrics["counts"]["gallery"] == len(photos)
+    assert metrics["counts"]["queries_before_limit"] == len(photos)
+    assert metrics["limit"] == 5
+    assert metrics["metrics"]["label"]["queries"] == 5
+
+
+def test_unknown_setting_is_refused(photos, tmp_path):
+    csv_path = write_csv(tmp_path / "one.csv", [
+        {"path": str(photos[0].path), "label": "a", "role": ""}])
+    with pytest.raises(CommandError, match="NO_SUCH_SETTING"):
+        evaluate_command(csv_path, tmp_path / "out", "--set", "NO_SUCH_SETTING=1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_resize_crop_changes_the_fingerprint(photos, tmp_path):
+    default = get_embedder().fingerprint
+    csv_path = write_csv(tmp_path / "two.csv", [
+        {"path": rel(p.path, tmp_path / "two.csv"), "label": p.label, "role": ""}
+        for p in photos[3:5]])
+    metrics, _, _ = evaluate_command(csv_path, tmp_path / "out", "--set", 'RESIZE="crop"')
+    assert metrics["embedder"]["fingerprint"] != default
+    assert metrics["settings"]["PREPROCESSING"] == {"RESIZE": "crop"}
+    assert metrics["overrides"]["PREPROCESSING"]["RESIZE"] == "crop"
+    assert get_embedder().fingerprint == default   # the override ended with the run
+
+
+# ------------------------------------------------------------------ eval_csv (demo)
+
+@pytest.mark.dataset
+@pytest.mark.skipif(not (GROCERY / "labels.csv").exists(), reason="grocery_store dataset absent")
+def test_eval_csv_grocery(tmp_path):
+    with open(GROCERY / "labels.csv", newline="") as handle:
+        source = list(csv.DictReader(handle))
+    out = tmp_path / "csvs" / "grocery.csv"
+    call_command(EvalCsvCommand(), "grocery", str(out), stdout=io.StringIO())
+
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "label_coarse", "role"]
+    queries = [r for r in rows if r["role"] == "query"]
+    gallery = [r for r in rows if r["role"] == "gallery"]
+    assert len(queries) == sum(r["split"] == "val" for r in source) > 0
+    assert len(gallery) == len({r["iconic"] for r in source}) == 81
+    assert len(queries) + len(gallery) == len(rows)
+    for row in rows:
+        path = out.parent / row["path"]
+        assert not Path(row["path"]).is_absolute() and path.is_file(), row["path"]
+        # The dataset's folders are named after the fine class.
+        assert PurePosixPath(row["path"]).parent.name == row["label"]
+    assert {r["label"] for r in gallery} == {r["fine_name"] for r in source}
+    assert {r["label_coarse"] for r in rows} <= {r["coarse_name"] for r in source}
+    dataset = ev.read_evaluation_csv(out)
+    assert dataset.mode == "query/gallery"
+    assert dataset.label_names == ["label", "label_coarse"]
