@@ -124,7 +124,7 @@ def test_unknown_preprocessing_settings_are_rejected(settings):
 
 def test_each_step_changes_the_signature():
     base = Preprocessing()
-    variants = [Preprocessing(resize="crop"), Preprocessing(trim_background=False),
+    variants = [Preprocessing(resize="crop"), Preprocessing(trim_background=True),
                 Preprocessing(object_crop="center"), Preprocessing(autocontrast=True),
                 Preprocessing(denoise=True), Preprocessing(exif_orientation=False)]
     signatures = {v.signature for v in variants}

@@ -3,6 +3,7 @@
 import io
 import re
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
@@ -165,3 +166,22 @@ def test_trained_classifier_is_used_when_present(client, catalog, photos, settin
     settings.VISUAL_RECO = {**settings.VISUAL_RECO,
                             "PREPROCESSING": {"RESIZE": "crop"}}
     assert load_classifier(Item) is None
+
+
+def test_query_multi_crop_averages_six_views(photos, settings):
+    from visual_reco.preprocessing import multi_crops
+    from visual_reco.search import embed_query_images
+
+    with Image.open(photos[3].path) as image:
+        image = image.convert("RGB")
+    views = multi_crops(image, 0.7)
+    assert len(views) == 6 and views[0] is image
+    assert all(v.size == (int(image.width * 0.7), int(image.height * 0.7)) for v in views[1:])
+    expected = get_embedder().embed(views).mean(axis=0)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_MULTI_CROP": 0.7}
+    averaged = embed_query_images([image])[0]
+    assert float(averaged @ (expected / np.linalg.norm(expected))) > 0.9999
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_MULTI_CROP": None}
+    whole = embed_query_images([image])[0]
+    assert float(whole @ get_embedder().embed([image])[0]) > 0.9999
+    assert float(whole @ averaged) < 0.999

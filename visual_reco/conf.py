@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     # The pixel pipeline (see visual_reco.preprocessing); keys merge with these defaults.
     "PREPROCESSING": {
         "EXIF_ORIENTATION": True,
-        "TRIM_BACKGROUND": True,
+        "TRIM_BACKGROUND": False,
         "TRIM_TOLERANCE": 24,
         "OBJECT_CROP": None,
         "CENTER_CROP_FRACTION": 0.8,
@@ -69,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
     # loaded once and kept warm; "worker": a Celery task, needs a result backend) and how
     # long to wait for a worker before answering 503.
     "QUERY_EMBEDDING": "process",
+    # Search photos only: average the embeddings of the whole photo and five crops of this
+    # fraction of each side (None: the whole photo). See docs/QUALITY.md for its effect.
+    "QUERY_MULTI_CROP": 0.7,
     "QUERY_TIMEOUT": 10.0,
     # Category prediction: the products' category field, how many neighbours vote, and the
     # softmax temperature of their similarity-weighted vote.

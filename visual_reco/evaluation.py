@@ -267,12 +267,13 @@ def _load(path: Path) -> Any:
 
 
 def embed_paths(paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE,
-                progress: bool = True) -> Embeddings:
+                progress: bool = True, embed: Any = None) -> Embeddings:
     """Decode and embed ``paths`` with the configured embedder, ``chunk_size`` at a time.
 
     Only one chunk of decoded images is in memory at once. Images that cannot be read or
     embedded are skipped and their messages returned in ``errors``; nothing raises for a bad
-    image. ``seconds`` covers decoding and embedding, not loading the model.
+    image. ``seconds`` covers decoding and embedding, not loading the model. ``embed``
+    replaces the embedder's ``embed`` (e.g. with the photo search's query embedding).
     """
     from tqdm import tqdm
 
@@ -295,7 +296,7 @@ def embed_paths(paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE,
                 else:
                     images.append(image)
                     names.append(path)
-            vectors, failed = _embed_chunk(embedder, images)
+            vectors, failed = _embed_chunk(embed or embedder.embed, images)
             for position, path in enumerate(names):
                 if position in failed:
                     errors[path] = failed[position]
@@ -310,12 +311,12 @@ def embed_paths(paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE,
     return Embeddings(done, matrix, errors, seconds, load_seconds)
 
 
-def _embed_chunk(embedder: Any, images: list) -> tuple[list, dict[int, str]]:
+def _embed_chunk(embed: Any, images: list) -> tuple[list, dict[int, str]]:
     """Vectors for ``images`` (None where one failed) and the failures' messages by position."""
     if not images:
         return [], {}
     try:
-        return list(embedder.embed(images)), {}
+        return list(embed(images)), {}
     except (ImageError, ValueError, OSError):
         pass
     # One image broke the batch: embed one by one to find it.
@@ -323,7 +324,7 @@ def _embed_chunk(embedder: Any, images: list) -> tuple[list, dict[int, str]]:
     failed: dict[int, str] = {}
     for position, image in enumerate(images):
         try:
-            vectors.append(embedder.embed([image])[0])
+            vectors.append(embed([image])[0])
         except (ImageError, ValueError, OSError) as exc:
             vectors.append(None)
             failed[position] = f"The image could not be embedded ({exc})."
@@ -532,16 +533,29 @@ def evaluate(dataset: EvaluationSet, *, limit: int | None = None, seed: int = 0,
     embedder = get_embedder()
     embeddings = embed_paths(paths, chunk_size=chunk_size, progress=progress)
     index = embeddings.index
-    queries = [row for row in query_rows if row.path in index]
+    query_embeddings = embeddings
+    if reco_settings.QUERY_MULTI_CROP and dataset.mode == "query/gallery":
+        # Photo-search queries are embedded the way the search embeds them; leave-one-out
+        # sets measure item-to-item similarity, which uses the stored vectors.
+        from visual_reco.search import embed_query_images
+
+        query_embeddings = embed_paths(list(dict.fromkeys(row.path for row in query_rows)),
+                                       chunk_size=chunk_size, progress=progress,
+                                       embed=embed_query_images)
+    query_index = query_embeddings.index
+    queries = [row for row in query_rows if row.path in query_index]
     gallery = [row for row in gallery_rows if row.path in index]
     if not queries or not gallery:
         raise ValueError(f"Nothing to evaluate: {len(queries)} queries and {len(gallery)} "
                          f"gallery images could be embedded "
                          f"({len(embeddings.errors)} failed to load).")
-    query_ids = np.array([index[row.path] for row in queries])
+    query_ids = np.array([query_index[row.path] for row in queries])
     gallery_ids = np.array([index[row.path] for row in gallery])
-    similarity = embeddings.vectors[query_ids] @ embeddings.vectors[gallery_ids].T
-    exclude = query_ids[:, None] == gallery_ids[None, :]
+    similarity = query_embeddings.vectors[query_ids] @ embeddings.vectors[gallery_ids].T
+    # The same file on both sides is the query itself (compare by position in `paths`).
+    position = {path: i for i, path in enumerate(paths)}
+    exclude = (np.array([position[row.path] for row in queries])[:, None]
+               == np.array([position[row.path] for row in gallery])[None, :])
     order, valid = rank_gallery(similarity, exclude)
     per_label = {
         name: label_metrics(similarity, [row.labels[name] for row in queries],

@@ -10,11 +10,14 @@ from typing import IO, Any
 
 import numpy as np
 from django.db import models
+from PIL import Image
 
 from visual_reco.categories import CategoryPrediction, category_field, predict_category
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
+from visual_reco.embedders.base import l2_normalise
 from visual_reco.images import open_image, read_limited
+from visual_reco.preprocessing import multi_crops
 from visual_reco.query import visual
 
 
@@ -31,6 +34,18 @@ class PhotoSearch:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def embed_query_images(images: list[Image.Image]) -> np.ndarray:
+    """Embed search photos: with ``QUERY_MULTI_CROP`` set, each is the normalised mean of the
+    whole photo and five crops (see `visual_reco.preprocessing.multi_crops`)."""
+    embedder = get_embedder()
+    fraction = reco_settings.QUERY_MULTI_CROP
+    if not fraction:
+        return embedder.embed(images)
+    views = 6
+    vectors = embedder.embed([crop for image in images for crop in multi_crops(image, fraction)])
+    return l2_normalise(vectors.reshape(len(images), views, -1).mean(axis=1))
+
+
 def embed_query(file: IO[bytes]) -> np.ndarray:
     """Embed an uploaded photo where ``QUERY_EMBEDDING`` says.
 
@@ -41,7 +56,7 @@ def embed_query(file: IO[bytes]) -> np.ndarray:
     data = read_limited(file)
     image = open_image(io.BytesIO(data))
     if reco_settings.QUERY_EMBEDDING == "process":
-        return get_embedder().embed([image])[0]
+        return embed_query_images([image])[0]
     if reco_settings.QUERY_EMBEDDING != "worker":
         raise ValueError("QUERY_EMBEDDING must be 'process' or 'worker'")
     from visual_reco.tasks import embed_query_task

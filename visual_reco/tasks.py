@@ -32,8 +32,10 @@ def embed_task(model_label: str, field: str, pks: list[Any]) -> dict[str, int]:
 @shared_task(name="visual_reco.embed_query", acks_late=False)
 def embed_query_task(image_base64: str) -> list[float]:
     """Embed a search photo (base64 bytes) and return its vector (needs a result backend)."""
+    from visual_reco.search import embed_query_images
+
     image = open_image(io.BytesIO(base64.b64decode(image_base64)))
-    return get_embedder().embed([image])[0].tolist()
+    return embed_query_images([image])[0].tolist()
 
 
 @shared_task(name="visual_reco.sweep")
