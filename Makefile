@@ -8,7 +8,7 @@ CATALOG ?=
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench quality clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: install
 bench: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py migrate -v 0
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
+
+quality: install
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py quality_report
 
 lint: install
 	$(BIN)/ruff check .

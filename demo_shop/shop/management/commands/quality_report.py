@@ -1,0 +1,94 @@
+"""``manage.py quality_report``: run `visual_reco_evaluate` over the shared datasets with and
+without each preprocessing step and crop strategy, and write the tables to docs/QUALITY.md."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from visual_reco.evaluation import run_evaluation
+
+# (name, VISUAL_RECO overrides): each row changes one thing from the defaults.
+GROCERY_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("defaults (pad, no trim, query multi-crop 0.7)", {}),
+    ("query multi-crop off (whole photo)", {"QUERY_MULTI_CROP": None}),
+    ("query multi-crop 0.5", {"QUERY_MULTI_CROP": 0.5}),
+    ("trim uniform background", {"PREPROCESSING": {"TRIM_BACKGROUND": True}}),
+    ("centre crop 0.8 (index and query)", {"PREPROCESSING": {"OBJECT_CROP": "center"}}),
+    ("resize by centre crop instead of pad", {"PREPROCESSING": {"RESIZE": "crop"}}),
+    ("auto-contrast", {"PREPROCESSING": {"AUTOCONTRAST": True}}),
+    ("denoise (median 3x3)", {"PREPROCESSING": {"DENOISE": True}}),
+]
+LUMA_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("defaults (pad, no trim)", {}),
+    ("trim uniform background", {"PREPROCESSING": {"TRIM_BACKGROUND": True}}),
+    ("resize by centre crop instead of pad", {"PREPROCESSING": {"RESIZE": "crop"}}),
+]
+MARKER = "<!-- quality_report -->"
+
+
+def _row(name: str, metrics: dict[str, Any], labels: list[str]) -> str:
+    cells = [name]
+    for label in labels:
+        m = metrics["metrics"][label]
+        cells += [f"{m['recall@1']:.3f}", f"{m['recall@5']:.3f}"]
+    first = metrics["metrics"][labels[0]]
+    cells += [f"{first['mAP']:.3f}", f"{first['knn_accuracy']:.3f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+class Command(BaseCommand):
+    """Measure retrieval quality per preprocessing choice on grocery_store and magento_luma."""
+
+    help = "Regenerate the measured tables of docs/QUALITY.md."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        base = Path(settings.BASE_DIR)
+        parser.add_argument("--datasets", default=str(base.parent / "shared" / "datasets"))
+        parser.add_argument("--work", default=str(base / ".cache" / "quality"))
+        parser.add_argument("--out", default=str(base / "docs" / "QUALITY.md"))
+
+    def handle(self, *args: Any, datasets: str, work: str, out: str, **options: Any) -> None:
+        if not (Path(datasets) / "grocery_store").exists():
+            raise CommandError(f"No datasets under {datasets}")
+        work_dir = Path(work)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        sections = [
+            self._table("grocery", "Search by photo: Grocery Store (phone photos -> studio "
+                        "photos)", GROCERY_VARIANTS, ["label", "label_coarse"],
+                        ["fine", "coarse"], datasets, work_dir),
+            self._table("luma", "Item to item: Magento Luma (every view, leave-one-out)",
+                        LUMA_VARIANTS, ["label", "label_category"],
+                        ["same item", "same category"], datasets, work_dir),
+        ]
+        path = Path(out)
+        text = path.read_text() if path.exists() else "# Retrieval quality\n"
+        head = text.split(MARKER)[0].rstrip()
+        path.write_text(f"{head}\n\n{MARKER}\n" + "\n".join(sections))
+        self.stdout.write(f"Wrote {path}")
+
+    def _table(self, dataset: str, title: str, variants: list, labels: list[str],
+               names: list[str], datasets: str, work_dir: Path) -> str:
+        csv_path = work_dir / f"{dataset}.csv"
+        call_command("eval_csv", dataset, str(csv_path), datasets=datasets)
+        header = ["variant"] + [f"{n} R@{k}" for n in names for k in (1, 5)]
+        header += [f"{names[0]} mAP", f"{names[0]} kNN acc"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        first = None
+        started = time.perf_counter()
+        for index, (name, overrides) in enumerate(variants):
+            self.stdout.write(f"{dataset}: {name}")
+            metrics = run_evaluation(csv_path, work_dir / f"{dataset}-{index}",
+                                     overrides=overrides, progress=False)
+            first = first or metrics
+            lines.append(_row(name, metrics, labels))
+        counts = first["counts"]
+        return (f"\n## {title}\n\n{counts['queries']} queries, {counts['gallery']} gallery "
+                f"images; embedder `{first['embedder']['fingerprint']}` (defaults row). "
+                f"Measured {time.strftime('%Y-%m-%d')} in {time.perf_counter() - started:.0f} s"
+                " with `make quality`.\n\n" + "\n".join(lines) + "\n")
