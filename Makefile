@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py migrate -v 0
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_embedding
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
 
 quality: install

@@ -38,3 +38,17 @@ def test_pretrained_features_see_through_a_mirror_and_a_resize(photos):
     different = vectors[3:] @ vectors[0]
     assert same.min() > 0.85
     assert same.min() > different.max() + 0.1
+
+
+def test_pipelined_batches_keep_order_and_values(photos):
+    """The next batch is prepared while the model runs: results must not change or reorder."""
+    embedder = get_embedder()
+    images = [Image.open(p.path).convert("RGB") for p in photos[:7]]
+    one_by_one = np.stack([embedder.embed([image])[0] for image in images])
+    original = embedder.batch_size
+    try:
+        embedder.batch_size = 3  # batches of 3, 3 and 1
+        batched = embedder.embed(images)
+    finally:
+        embedder.batch_size = original
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-4)

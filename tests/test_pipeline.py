@@ -112,3 +112,17 @@ def test_sweep_queues_rows_nobody_queued(celery_worker, photos):
     results = sweep()
     assert results["testapp.Item"].queued == 1
     assert wait_for_status(item, DONE).embedding_status == EmbeddingStatus.READY
+
+
+def test_embed_objects_decodes_in_parallel_without_mixing_rows(photos):
+    """Rows decoded on several threads still get their own photo's vector."""
+    from visual_reco.indexing import embed_objects
+
+    items = [Item.objects.create(name=f"p{i}", photo=upload(photos[i].path)) for i in range(6)]
+    embed_objects(Item, [i.pk for i in items])
+    embedder = get_embedder()
+    for item, photo in zip(items, photos, strict=False):
+        item.refresh_from_db()
+        with Image.open(photo.path) as image:
+            expected = embedder.embed([image.convert("RGB")])[0]
+        assert float(vector_of(item) @ expected) > 0.999

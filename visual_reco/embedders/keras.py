@@ -6,6 +6,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +116,22 @@ class KerasApplicationEmbedder(Embedder):
         if not images:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         self.load()
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
+        starts = range(0, len(images), self.batch_size)
+
+        def prepared(start: int) -> np.ndarray:
             batch = np.stack([self.prepare(im) for im in images[start:start + self.batch_size]])
-            batch = self._preprocess(batch.astype(np.float32))
-            outputs.append(np.asarray(self._model.predict_on_batch(batch)))
+            return self._preprocess(batch.astype(np.float32))
+
+        outputs = []
+        # Resizing the next batch overlaps the model call on this one (PIL and TF release
+        # the GIL), keeping image work off the critical path.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepared, starts[0])
+            for index in range(len(starts)):
+                batch = pending.result()
+                if index + 1 < len(starts):
+                    pending = pool.submit(prepared, starts[index + 1])
+                outputs.append(np.asarray(self._model.predict_on_batch(batch)))
         return l2_normalise(np.concatenate(outputs))
 
 

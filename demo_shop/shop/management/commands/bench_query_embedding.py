@@ -4,12 +4,9 @@ process (warm model) versus in a Celery worker (task + result), on real photos."
 from __future__ import annotations
 
 import io
-import os
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.test import override_settings
 
+from demo_shop.bench_report import machine_line, replace_section
 from demo_shop.celery import app
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder, reset_embedder
@@ -39,10 +37,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--rounds", type=int, default=3, help="passes over the 18 photos")
-        parser.add_argument("--out", default=str(Path(settings.BASE_DIR) / "docs" /
-                                                 "BENCHMARKS.md"))
 
-    def handle(self, *args: Any, rounds: int, out: str, **options: Any) -> None:
+    def handle(self, *args: Any, rounds: int, **options: Any) -> None:
         payloads = [p.path.read_bytes() for p in kitchenware_photos()]
         reset_embedder()
         started = time.perf_counter()
@@ -63,7 +59,7 @@ class Command(BaseCommand):
             worker.terminate()
             worker.wait(30)
         self.stdout.write(f"worker: {in_worker}")
-        self._write(Path(out), cold, process, in_worker, rounds * len(payloads))
+        self._write(cold, process, in_worker, rounds * len(payloads))
 
     def _measure(self, payloads: list[bytes], rounds: int) -> dict[str, float]:
         samples = []
@@ -86,16 +82,12 @@ class Command(BaseCommand):
                 raise RuntimeError("the benchmark's Celery worker did not start")
         return process
 
-    def _write(self, path: Path, cold: float, process: dict, worker: dict, n: int) -> None:
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
-        section = (
-            "## Photo search: where the query photo is embedded\n\n"
+    def _write(self, cold: float, process: dict, worker: dict, n: int) -> None:
+        body = (
             f"{n} searches with the 18 kitchenware photos (phone photos, 0.1-0.3 MB JPEG), "
-            f"embedder `{get_embedder().fingerprint}`, on {os.cpu_count()} cores of "
-            f"{cpu}, {time.strftime('%Y-%m-%d')}. Time from the uploaded bytes to the vector "
-            "(decode, preprocess, model).\n\n"
+            f"embedder `{get_embedder().fingerprint}`, query multi-crop "
+            f"{reco_settings.QUERY_MULTI_CROP}, on {machine_line()}. Time from the uploaded "
+            "bytes to the vector (decode, preprocess, model).\n\n"
             "| `QUERY_EMBEDDING` | p50 ms | p95 ms | mean ms |\n|---|---|---|---|\n"
             f"| `process` (warm model in the web process) | {process['p50']:.0f} | "
             f"{process['p95']:.0f} | {process['mean']:.0f} |\n"
@@ -105,14 +97,6 @@ class Command(BaseCommand):
             " `process` is the default: it is faster and needs no result backend; `worker` "
             "keeps TensorFlow out of web processes and gives up after `QUERY_TIMEOUT` (503) "
             "when no worker answers.\n\n"
-            "Command: `make bench` (runs `manage.py bench_query_embedding`).\n")
-        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        marker = "## Photo search: where the query photo is embedded"
-        if marker in text:
-            head, _, rest = text.partition(marker)
-            tail = rest.split("\n## ", 1)
-            text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
-        else:
-            text = text.rstrip() + "\n\n" + section
-        path.write_text(text)
-        self.stdout.write(f"Wrote {path} ({reco_settings.QUERY_EMBEDDING} is configured).")
+            "Command: `make bench` (runs `manage.py bench_query_embedding`).")
+        path = replace_section("Photo search: where the query photo is embedded", body)
+        self.stdout.write(f"Wrote {path}")

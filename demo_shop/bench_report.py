@@ -1,0 +1,66 @@
+"""Helpers shared by the benchmark commands: the machine line and docs/BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+
+def benchmarks_path() -> Path:
+    """docs/BENCHMARKS.md of this repository."""
+    return Path(settings.BASE_DIR) / "docs" / "BENCHMARKS.md"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of the first core (empty off Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model_and_mhz() -> tuple[str, float]:
+    """The CPU model name and its nominal clock in MHz (from /proc/cpuinfo)."""
+    model, mhz = platform.processor() or "unknown CPU", 0.0
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":", 1)[1])
+    return model, mhz
+
+
+def machine_line() -> str:
+    """One sentence naming cores, CPU, clock, vector extensions and the date."""
+    model, mhz = cpu_model_and_mhz()
+    flags = cpu_flags()
+    vector = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+                       if f in flags) or "no AVX"
+    return (f"{os.cpu_count()} cores of {model} at {mhz:.0f} MHz ({vector}), "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def replace_section(heading: str, body: str, path: Path | None = None) -> Path:
+    """Write ``## heading`` + ``body`` into the benchmarks file, replacing that section only."""
+    path = path or benchmarks_path()
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    marker = f"## {heading}\n"
+    section = marker + "\n" + body.strip() + "\n"
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        tail = rest.split("\n## ", 1)
+        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
