@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py migrate -v 0
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_embedding
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_pipeline
 
 quality: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py quality_report

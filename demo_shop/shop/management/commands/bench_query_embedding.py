@@ -4,8 +4,6 @@ process (warm model) versus in a Celery worker (task + result), on real photos."
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -14,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.test import override_settings
 
-from demo_shop.bench_report import machine_line, replace_section
+from demo_shop.benchtools import machine_line, replace_section, start_worker, stop
 from demo_shop.celery import app
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder, reset_embedder
@@ -47,7 +45,7 @@ class Command(BaseCommand):
         process = self._measure(payloads, rounds)
         self.stdout.write(f"process: cold {cold * 1000:.0f} ms, {process}")
 
-        worker = self._start_worker()
+        worker = start_worker(QUEUE)
         try:
             with override_settings(VISUAL_RECO={**getattr(settings, "VISUAL_RECO", {}),
                                                 "QUERY_EMBEDDING": "worker",
@@ -56,8 +54,7 @@ class Command(BaseCommand):
                 embed_query(io.BytesIO(payloads[0]))  # the worker's model is warm after this
                 in_worker = self._measure(payloads, rounds)
         finally:
-            worker.terminate()
-            worker.wait(30)
+            stop(worker)
         self.stdout.write(f"worker: {in_worker}")
         self._write(cold, process, in_worker, rounds * len(payloads))
 
@@ -69,18 +66,6 @@ class Command(BaseCommand):
                 embed_query(io.BytesIO(data))
                 samples.append(time.perf_counter() - started)
         return _percentiles(samples)
-
-    def _start_worker(self) -> subprocess.Popen:
-        name = f"{QUEUE}@localhost"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "demo_shop", "worker", "-Q", QUEUE,
-             "-n", name, "--concurrency", "1", "--without-mingle", "--without-gossip",
-             "--loglevel", "WARNING"], cwd=settings.BASE_DIR)
-        deadline = time.monotonic() + 180
-        while not app.control.ping(destination=[name], timeout=1.0):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the benchmark's Celery worker did not start")
-        return process
 
     def _write(self, cold: float, process: dict, worker: dict, n: int) -> None:
         body = (

@@ -1,9 +1,12 @@
-"""Helpers shared by the benchmark commands: the machine line and docs/BENCHMARKS.md sections."""
+"""Shared by the benchmark commands: the machine line, docs/BENCHMARKS.md sections, and a
+Celery worker started for a measurement."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,3 +67,29 @@ def replace_section(heading: str, body: str, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def start_worker(queue: str, timeout: float = 180.0) -> subprocess.Popen:
+    """Start a real ``celery -A demo_shop worker`` consuming ``queue``; return once it answers."""
+    from demo_shop.celery import app
+
+    name = f"{queue}@localhost"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "demo_shop", "worker", "-Q", queue, "-n", name,
+         "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        cwd=settings.BASE_DIR)
+    deadline = time.monotonic() + timeout
+    while not app.control.ping(destination=[name], timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the benchmark's Celery worker on {queue!r} did not start")
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a child process and wait for it."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
