@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_embedding
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_pipeline
+	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_api
 
 quality: install
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py quality_report

@@ -139,3 +139,26 @@ def test_visually_similar_excludes_itself_and_is_ordered(catalog):
 def test_visually_similar_of_an_item_without_embedding_is_empty(catalog):
     item = Item.objects.create(name="new")
     assert list(Item.objects.visually_similar(item)) == []
+
+
+def test_deferred_source_reads_its_vector_in_the_database(catalog):
+    pks, _, _, _ = catalog
+    loaded = Item.objects.get(pk=pks[7])
+    deferred = Item.objects.defer("embedding").get(pk=pks[7])
+    expected = [(r.pk, round(r.visual_distance, 4))
+                for r in Item.objects.visually_similar(loaded, limit=8)]
+    query = Item.objects.visually_similar(deferred, limit=8)
+    assert [(r.pk, round(r.visual_distance, 4)) for r in query] == expected
+    assert "_hnsw" in plan(Item.objects.visually_similar(deferred, limit=8))
+
+
+def test_deferred_source_without_vector_gives_nothing(catalog):
+    item = Item.objects.create(name="no vector yet")
+    deferred = Item.objects.defer("embedding").get(pk=item.pk)
+    assert list(Item.objects.visually_similar(deferred)) == []
+
+
+def test_neighbours_come_without_their_vectors(catalog):
+    pks, _, _, queries = catalog
+    (first,) = Item.objects.similar_to_vector(queries[0], limit=1)
+    assert "embedding" in first.get_deferred_fields()

@@ -11,6 +11,7 @@ from typing import IO, Any, Self
 
 import numpy as np
 from django.db import connections, models, transaction
+from django.db.models import Exists, Subquery
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
@@ -56,8 +57,13 @@ class VisualQuerySet(models.QuerySet):
         (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance)."""
         embedding = get_embedding_field(self.model, field)
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
-        query = HalfVector(np.asarray(vector, dtype=np.float32))
-        qs = (self.filter(**{f"{embedding.attname}__isnull": False})
+        query = (vector if hasattr(vector, "resolve_expression")
+                 else HalfVector(np.asarray(vector, dtype=np.float32)))
+        qs = self
+        if self._fields is None:  # not after .values()
+            # Neighbours' vectors are 2,048 numbers each that callers rarely need.
+            qs = qs.defer(embedding.attname)
+        qs = (qs.filter(**{f"{embedding.attname}__isnull": False})
               .annotate(**{DISTANCE: CosineDistance(embedding.attname, query)})
               .annotate(visual_score=1.0 - models.F(DISTANCE))
               .order_by(DISTANCE)[:limit])
@@ -68,12 +74,21 @@ class VisualQuerySet(models.QuerySet):
                          field: str | None = None) -> Self:
         """Rows that look like ``obj`` (itself excluded), nearest first.
 
-        Empty when ``obj`` has no embedding yet.
+        Empty when ``obj`` has no embedding yet. When ``obj`` was loaded without its vector
+        (``defer``), the database reads it in the same query instead of sending it back
+        and forth.
         """
-        vector = vector_of(obj, field)
-        if vector is None:
-            return self.none()
-        return self.exclude(pk=obj.pk).similar_to_vector(vector, limit, field=field)
+        embedding = get_embedding_field(type(obj), field)
+        others = self.exclude(pk=obj.pk)
+        if embedding.attname in obj.__dict__:
+            vector = to_array(obj.__dict__[embedding.attname])
+            if vector is None:
+                return self.none()
+            return others.similar_to_vector(vector, limit, field=field)
+        source = type(obj)._base_manager.using(self.db).filter(
+            pk=obj.pk, **{f"{embedding.attname}__isnull": False})
+        query = Subquery(source.values(embedding.attname)[:1], output_field=embedding)
+        return others.filter(Exists(source)).similar_to_vector(query, limit, field=field)
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None) -> Self:

@@ -69,8 +69,9 @@ class SimilarProductsView(APIView):
         params.is_valid(raise_exception=True)
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
-        product = get_object_or_404(model._default_manager.all(), pk=pk)
         embedding = get_embedding_field(model)
+        # The vector stays in the database: the similarity query reads it there.
+        product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
         results = visual(self.get_queryset()).visually_similar(product, limit=limit)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}

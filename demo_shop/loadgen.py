@@ -1,0 +1,98 @@
+"""A small closed-loop HTTP/1.1 load generator on loopback (asyncio, keep-alive).
+
+Each of ``concurrency`` connections sends its next request as soon as the previous answer
+arrived, for ``seconds`` seconds. Only for servers on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    """Latencies (s) of the answered requests, errors, and the measured wall time."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Answered requests per second."""
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile in milliseconds."""
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _connection(host: str, port: int, make_request: Callable[[], bytes],
+                      deadline: float, result: LoadResult) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(make_request())
+            await writer.drain()
+            status = await _read_response(reader)
+            if status == 200:
+                result.latencies.append(time.perf_counter() - started)
+            else:
+                result.errors += 1
+    finally:
+        writer.close()
+
+
+def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrency: int,
+             seconds: float) -> LoadResult:
+    """Drive the server with ``concurrency`` keep-alive connections for ``seconds``."""
+    result = LoadResult()
+
+    async def main() -> None:
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(_connection(host, port, make_request, deadline, result)
+                               for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - started
+
+    asyncio.run(main())
+    return result
+
+
+def get_requests(host: str, paths: list[str]) -> Callable[[], bytes]:
+    """A request factory cycling through GET ``paths``."""
+    cycle = itertools.cycle(paths)
+    return lambda: (f"GET {next(cycle)} HTTP/1.1\r\nHost: {host}\r\n\r\n").encode()
+
+
+def multipart_post(host: str, path: str, field_name: str, filename: str,
+                   data: bytes) -> Callable[[], bytes]:
+    """A request factory posting one file as multipart/form-data."""
+    boundary = "visualrecoBENCHboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return lambda: request
