@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandParser
 
-from demo_shop.bench_report import cpu_flags, cpu_model_and_mhz, machine_line, replace_section
+from demo_shop.benchtools import cpu_flags, cpu_model_and_mhz, machine_line, replace_section
 from visual_reco.embedders import get_embedder
 from visual_reco.embedders.weights import resolve_model_file
 from visual_reco.images import open_image
