@@ -2,19 +2,21 @@
 
 Synthetic vectors shaped like pooled ReLU CNN features, their encoding for a binary
 ``COPY``, exact neighbours computed while the catalog streams past, the PCA projection
-compared with ``halfvec(2048)``, latency/recall statistics and the markdown report.
+compared with ``halfvec(2048)``, latency/recall statistics, the results file that runs of
+different sizes share, and the markdown report.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -449,14 +451,25 @@ class Machine:
 
 
 @dataclass
-class Report:
-    """Everything the markdown section shows."""
+class Run:
+    """One invocation of ``bench_vectors``: what every size it measured shares."""
 
     command: str
     machine: Machine
-    data: SyntheticVectors
     queries: int
     warmup: int
+
+
+@dataclass
+class Report:
+    """Everything the markdown section shows.
+
+    Sizes may come from different runs (the 1M size takes an hour and runs on its own):
+    ``runs`` says which run measured each size.
+    """
+
+    data: SyntheticVectors
+    runs: dict[int, Run] = field(default_factory=dict)  # catalog size -> its run
     builds: list[BuildResult] = field(default_factory=list)
     hnsw: list[QueryResult] = field(default_factory=list)
     filtered: list[QueryResult] = field(default_factory=list)
@@ -466,6 +479,131 @@ class Report:
     projection_sample: int = 0
     max_scan_tuples: int = 0
     plot: str | None = None
+
+    @property
+    def sizes(self) -> list[int]:
+        """The catalog sizes measured, smallest first."""
+        return sorted(self.runs)
+
+    def distinct_runs(self) -> list[Run]:
+        """The runs behind the sizes, each once, in size order."""
+        return _distinct(self.runs[size] for size in self.sizes)
+
+
+# -- the results file -------------------------------------------------------------------------
+
+RESULTS_VERSION = 1
+_Sized = TypeVar("_Sized", BuildResult, QueryResult)
+_T = TypeVar("_T")
+
+
+def to_json(report: Report) -> str:
+    """``report`` as JSON; a statistic with nothing to measure stays NaN, which Python's
+    json reads back."""
+    return json.dumps({"version": RESULTS_VERSION, **asdict(report)}, indent=1) + "\n"
+
+
+def from_json(text: str) -> Report:
+    """The `Report` that `to_json` wrote.
+
+    Raises ValueError when the text is not a results file of this version.
+    """
+    raw = json.loads(text)
+    if raw.pop("version", None) != RESULTS_VERSION:
+        raise ValueError(f"not a version {RESULTS_VERSION} results file")
+    reference = raw["reference"]
+    return Report(
+        data=SyntheticVectors(**raw["data"]),
+        runs={int(size): _run(run) for size, run in raw["runs"].items()},
+        builds=[BuildResult(**{**b, "storage": Storage(**b["storage"])}) for b in raw["builds"]],
+        hnsw=[_query_result(r) for r in raw["hnsw"]],
+        filtered=[_query_result(r) for r in raw["filtered"]],
+        exact=[_query_result(r) for r in raw["exact"]],
+        profiles={int(size): Profile(**p) for size, p in raw["profiles"].items()},
+        reference=(reference[0], Profile(**reference[1]), Profile(**reference[2]))
+        if reference else None,
+        projection_sample=raw["projection_sample"],
+        max_scan_tuples=raw["max_scan_tuples"],
+        plot=raw["plot"])
+
+
+def _run(raw: dict[str, Any]) -> Run:
+    return Run(**{**raw, "machine": Machine(**raw["machine"])})
+
+
+def _query_result(raw: dict[str, Any]) -> QueryResult:
+    row_filter = raw["row_filter"]
+    return QueryResult(**{**raw, "storage": Storage(**raw["storage"]),
+                          "latency": Latency(**raw["latency"]),
+                          "row_filter": RowFilter(**row_filter) if row_filter else None})
+
+
+def save_results(path: Path, report: Report) -> None:
+    """Write ``report`` to the results file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(report))
+
+
+def previous_results(path: Path, data: SyntheticVectors) -> tuple[Report | None, str | None]:
+    """The results saved at ``path`` if they can be merged with a run on ``data``.
+
+    Returns ``(report, None)`` when they can, ``(None, None)`` when there is no file and
+    ``(None, why)`` when the file's results have to be discarded.
+    """
+    if not path.exists():
+        return None, None
+    try:
+        previous = from_json(path.read_text())
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return None, f"Discarding the results in {path}: unreadable ({error})"
+    if previous.data != data:
+        return None, (f"Discarding the results in {path} ({_sizes(previous)}): they were "
+                      f"measured on other synthetic data ({previous.data.describe()})")
+    return previous, None
+
+
+def merge(previous: Report, current: Report) -> Report:
+    """``current``'s results, plus ``previous``'s for the sizes ``current`` did not measure.
+
+    The reference profile is the current one when this run computed one. Raises ValueError
+    when the two were measured on different synthetic data: their numbers do not compare.
+    """
+    if previous.data != current.data:
+        raise ValueError("cannot merge results measured on different synthetic data")
+    measured = set(current.runs)
+
+    def combined(old: list[_Sized], new: list[_Sized]) -> list[_Sized]:
+        # A stable sort keeps each size's rows in the order they were measured.
+        return sorted([r for r in old if r.size not in measured] + new, key=lambda r: r.size)
+
+    profiles = {**{s: p for s, p in previous.profiles.items() if s not in measured},
+                **current.profiles}
+    runs = {**{s: r for s, r in previous.runs.items() if s not in measured}, **current.runs}
+    return Report(
+        data=current.data, runs=dict(sorted(runs.items())),
+        builds=combined(previous.builds, current.builds),
+        hnsw=combined(previous.hnsw, current.hnsw),
+        filtered=combined(previous.filtered, current.filtered),
+        exact=combined(previous.exact, current.exact),
+        profiles=dict(sorted(profiles.items())),
+        reference=current.reference or previous.reference,
+        projection_sample=current.projection_sample,
+        max_scan_tuples=current.max_scan_tuples, plot=current.plot)
+
+
+def _distinct(values: Iterable[_T]) -> list[_T]:
+    unique: list[_T] = []
+    for value in values:
+        if value not in unique:
+            unique.append(value)
+    return unique
+
+
+def _sizes(report: Report) -> str:
+    return (", ".join(f"{size:,}" for size in report.sizes) + " rows") if report.runs else "empty"
+
+
+# -- the markdown section ---------------------------------------------------------------------
 
 
 def _ms(value: float) -> str:
@@ -563,9 +701,50 @@ def _reference_note(report: Report) -> str:
             " same cluster only, and get closer as the catalog grows (last lines).\n")
 
 
+def runs_table(report: Report) -> str:
+    """Which run measured each size: when, with what command, and how busy the machine was."""
+    lines = ["| size | date | command | queries | warm-up | `shared_buffers` | load average "
+             "at start |", "|---:|---|---|---:|---:|---|---:|"]
+    for size, run in sorted(report.runs.items()):
+        m = run.machine
+        command = run.command.replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| {size:,} | {m.date} | `{command}` | {run.queries} | {run.warmup} | "
+                     f"{m.shared_buffers} | {m.load_average:.2f} |")
+    return "\n".join(lines)
+
+
+def _joined(values: Iterable[object]) -> str:
+    return " / ".join(str(value) for value in _distinct(values))
+
+
+def _where(report: Report) -> str:
+    runs = report.distinct_runs()
+    if len(runs) == 1:
+        m = runs[0].machine
+        return f"""Measured on {m.cpus} cores of {m.cpu_model} ({m.date}; load average
+{m.load_average:.2f} when it started; other work may have shared the cores), PostgreSQL
+{m.postgres}, pgvector {m.pgvector}, `shared_buffers` {m.shared_buffers}, everything else
+default.
+
+Command: `{runs[0].command}`"""
+    machines = [run.machine for run in runs]
+    cpus, cpu_models = _joined(m.cpus for m in machines), _joined(m.cpu_model for m in machines)
+    return f"""Measured on {cpus} cores of {cpu_models}, PostgreSQL
+{_joined(m.postgres for m in machines)}, pgvector {_joined(m.pgvector for m in machines)}, \
+everything else default, in {len(runs)} runs (other work may have shared the cores):
+
+{runs_table(report)}"""
+
+
+def _query_counts(report: Report) -> str:
+    counts = _distinct((run.queries, run.warmup) for run in report.distinct_runs())
+    if len(counts) == 1:
+        return f"{counts[0][0]} queries per line after {counts[0][1]} unmeasured ones"
+    return "the runs table gives the queries per line and the unmeasured ones before them"
+
+
 def render_section(report: Report) -> str:
     """The ``## Nearest-neighbour queries at scale`` section of docs/BENCHMARKS.md."""
-    m = report.machine
     mwm = ", ".join(f"{value} at {size:,} rows" for size, value in
                     {b.size: b.maintenance_work_mem for b in report.builds}.items())
     notes = _build_notes(report)
@@ -574,12 +753,7 @@ def render_section(report: Report) -> str:
 
 How fast `similar_to_vector(vector, limit=10)` is, and how many of the true 10 nearest rows
 it returns, as the catalog grows: the HNSW index against an exact scan, filters, and the
-storage choice. Measured on {m.cpus} cores of {m.cpu_model} ({m.date}; load average
-{m.load_average:.2f} when it started; other work may have shared the cores), PostgreSQL
-{m.postgres}, pgvector {m.pgvector}, `shared_buffers` {m.shared_buffers}, everything else
-default.
-
-Command: `{report.command}`
+storage choice. {_where(report)}
 
 **Data.** Synthetic 2,048-d vectors shaped like Xception's pooled ReLU features:
 non-negative, L2-normalised and clustered ({report.data.describe()}; see
@@ -597,7 +771,7 @@ benchmark table, with an `ImageEmbeddingField` and `VisualQuerySet`, so
 shop's `Product` (`ORDER BY embedding <=> q LIMIT 10`, `hnsw.ef_search`,
 `hnsw.iterative_scan` and `hnsw.max_scan_tuples` = {report.max_scan_tuples:,} set per
 transaction). Latency is the wall time of that call in this process, model instances
-included; {report.queries} queries per line after {report.warmup} unmeasured ones (exact scan:
+included; {_query_counts(report)} (exact scan:
 fewer, see its table, after {EXACT_WARMUP} unmeasured ones). Recall@10 is
 against the exact top 10 computed with numpy on the same half-precision values as stored
 (the exact-scan table checks it against Postgres). HNSW indexes use the field's settings

@@ -1,5 +1,7 @@
-"""The logic behind ``manage.py bench_vectors``: vectors, COPY encoding, ground truth, stats."""
+"""The logic behind ``manage.py bench_vectors``: vectors, COPY encoding, ground truth, stats,
+the results file that runs of different sizes share, and the report."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +10,20 @@ from django.db import connection
 from pgvector import HalfVector
 
 from demo_shop import bench_vectors_lib as lib
-from demo_shop.bench_vectors_lib import DIMS, FILTERS, ExactTopK, Storage, SyntheticVectors
+from demo_shop.bench_vectors_lib import (
+    DIMS,
+    FILTERS,
+    BuildResult,
+    ExactTopK,
+    Latency,
+    Machine,
+    Profile,
+    QueryResult,
+    Report,
+    Run,
+    Storage,
+    SyntheticVectors,
+)
 
 SMALL = SyntheticVectors(seed=3, dims=64, clusters=20)
 
@@ -124,6 +139,142 @@ def test_replace_section_leaves_other_sections_alone():
                                  f"{lib.SECTION_HEADING}\n\n### sub\n\nv2\n")
     assert second == f"{text}\n{lib.SECTION_HEADING}\n\n### sub\n\nv2\n\n## Later\n\nkept\n"
     assert lib.replace_section("", lib.SECTION_HEADING, "## X\n") == "## X\n"
+
+
+HALFVEC, PCA = Storage("halfvec", DIMS), Storage("vector", 512)
+
+
+def make_run(date: str, command: str, load: float = 0.5, queries: int = 50) -> Run:
+    """A run on the same machine and server, started on ``date``."""
+    return Run(command=command, queries=queries, warmup=10,
+               machine=Machine(cpus=2, cpu_model="Test CPU", date=date, postgres="18.6",
+                               pgvector="0.8.6", shared_buffers="128MB", load_average=load))
+
+
+def measured(run: Run, sizes: list[int], tag: float, data: SyntheticVectors = SMALL) -> Report:
+    """A report as a run over ``sizes`` leaves it; ``tag`` marks its numbers."""
+    report = Report(data=data, projection_sample=20_000, max_scan_tuples=20_000,
+                    reference=("real.npy", Profile(500, 0.95, 0.83, 0.54, 0.27),
+                               Profile(500, 0.66 + tag, 0.55, 0.41, 0.19)))
+    for size in sizes:
+        latency = Latency(p50=tag + size / 1e4, p99=tag + size / 1e3, n=run.queries)
+        report.runs[size] = run
+        report.profiles[size] = Profile(run.queries, 0.87, 0.73, 0.42, 0.19)
+        report.builds += [
+            BuildResult(size, HALFVEC, 7.2 + tag, 78.0, 54.0, 1.5, "1GB"),
+            BuildResult(size, PCA, 2.5, 26.0, 27.0, 1.5, "1GB", notices=["memory"],
+                        exact_recall=0.988)]
+        report.hnsw += [QueryResult(size, storage, ef, latency, 0.99, "HNSW index")
+                        for storage in (HALFVEC, PCA) for ef in (40, 100)]
+        report.filtered.append(QueryResult(size, HALFVEC, 100, latency, 0.5, "HNSW index",
+                                           complete=0.56, iterative_scan="off",
+                                           row_filter=FILTERS[3], variant="seq scan off"))
+        report.exact.append(QueryResult(size, HALFVEC, 0, latency, 1.0, "seq scan"))
+    return report
+
+
+RUN_A = make_run("2026-11-25", "python manage.py bench_vectors --sizes 10000 100000")
+RUN_B = make_run("2026-11-26", "python manage.py bench_vectors --sizes 10000 --queries 80",
+                 load=1.75, queries=80)
+
+
+def test_results_round_trip_through_json():
+    report = measured(RUN_A, [10_000, 100_000], tag=0.25)
+    report.plot = "bench_latency_vs_size.png"
+    text = lib.to_json(report)
+    assert json.loads(text)["version"] == lib.RESULTS_VERSION
+    again = lib.from_json(text)
+    assert again == report
+    assert again.runs[100_000].machine.load_average == 0.5
+    assert again.filtered[0].row_filter == FILTERS[3]
+    assert isinstance(again.reference, tuple) and list(again.profiles) == [10_000, 100_000]
+    assert lib.from_json(lib.to_json(again)) == report
+
+
+def test_json_keeps_nan_and_refuses_other_files():
+    report = measured(RUN_A, [10_000], tag=0)
+    report.exact[0] = QueryResult(10_000, HALFVEC, 0, lib.latency_ms([]), math.nan, "?")
+    again = lib.from_json(lib.to_json(report))
+    assert math.isnan(again.exact[0].latency.p50) and math.isnan(again.exact[0].recall)
+    with pytest.raises(ValueError):
+        lib.from_json(json.dumps({"version": 0}))
+
+
+def test_merge_replaces_the_measured_sizes_and_keeps_the_others():
+    previous = measured(RUN_A, [10_000, 100_000], tag=0.25)
+    current = measured(RUN_B, [10_000, 1_000_000], tag=0.5)
+    merged = lib.merge(previous, current)
+    assert merged.sizes == [10_000, 100_000, 1_000_000]
+    assert merged.runs == {10_000: RUN_B, 100_000: RUN_A, 1_000_000: RUN_B}
+    for name in ("builds", "hnsw", "filtered", "exact"):
+        results = getattr(merged, name)
+        kept = [r for r in getattr(previous, name) if r.size == 100_000]
+        assert kept and [r for r in results if r.size == 100_000] == kept
+        assert [r.size for r in results] == sorted(r.size for r in results)
+    # 10,000 rows: only the current run's numbers, in the order it measured them.
+    assert [r for r in merged.hnsw if r.size == 10_000] == [
+        r for r in current.hnsw if r.size == 10_000]
+    assert [b.seconds for b in merged.builds if b.size == 10_000] == [7.7, 2.5]
+    assert list(merged.profiles) == [10_000, 100_000, 1_000_000]
+    assert merged.reference == current.reference
+    assert previous.sizes == [10_000, 100_000]  # the inputs are left alone
+
+
+def test_merge_keeps_the_reference_profile_when_the_run_has_none():
+    previous = measured(RUN_A, [100_000], tag=0.25)
+    current = measured(RUN_B, [10_000], tag=0.5)
+    current.reference = None
+    assert lib.merge(previous, current).reference == previous.reference
+
+
+def test_results_of_other_synthetic_data_are_discarded(tmp_path):
+    path = tmp_path / "bench_vectors.json"
+    assert lib.previous_results(path, SMALL) == (None, None)
+    lib.save_results(path, measured(RUN_A, [10_000, 100_000], tag=0.25))
+    previous, discarded = lib.previous_results(path, SMALL)
+    assert discarded is None and previous.sizes == [10_000, 100_000]
+    other = SyntheticVectors(seed=3, dims=64, clusters=20, noise=0.5)
+    previous, discarded = lib.previous_results(path, other)
+    assert previous is None
+    assert "Discarding" in discarded and "10,000, 100,000 rows" in discarded
+    with pytest.raises(ValueError):
+        lib.merge(measured(RUN_A, [100_000], tag=0), measured(RUN_B, [10_000], 0, data=other))
+    path.write_text("{not json")
+    previous, discarded = lib.previous_results(path, SMALL)
+    assert previous is None and "unreadable" in discarded
+
+
+def test_section_of_one_run_names_its_command():
+    section = lib.render_section(measured(RUN_A, [10_000, 100_000], tag=0.25))
+    assert f"Command: `{RUN_A.command}`" in section
+    assert "(2026-11-25; load average\n0.50 when it started" in section
+    assert "50 queries per line after 10 unmeasured ones" in section
+    assert "| size | date | command |" not in section
+
+
+def test_section_of_merged_runs_lists_every_run():
+    merged = lib.merge(measured(RUN_A, [10_000, 100_000], tag=0.25),
+                       measured(RUN_B, [10_000], tag=0.5))
+    section = lib.render_section(merged)
+    assert "Command:" not in section
+    assert "Measured on 2 cores of Test CPU, PostgreSQL\n18.6, pgvector 0.8.6, " in section
+    assert "everything else default, in 2 runs" in section
+    assert (f"| 10,000 | 2026-11-26 | `{RUN_B.command}` | 80 | 10 | 128MB | 1.75 |"
+            in section)
+    assert (f"| 100,000 | 2026-11-25 | `{RUN_A.command}` | 50 | 10 | 128MB | 0.50 |"
+            in section)
+    assert "the runs table gives the queries per line" in section
+    hnsw = section.split("### HNSW, no filter")[1].split("###")[0]
+    rows = [line for line in hnsw.splitlines() if line.startswith("| 1")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 10,000"] * 4 + ["| 100,000"] * 4
+    assert "| 10,000 | `halfvec(2048)` | 40 | 1.5 | 10.5 |" in hnsw  # run B's numbers
+
+
+def test_runs_table_escapes_pipes_in_commands():
+    run = make_run("2026-11-27", "python manage.py bench_vectors | tee log")
+    table = lib.runs_table(measured(run, [10_000], tag=0))
+    assert "`python manage.py bench_vectors \\| tee log`" in table
+    assert len(table.splitlines()) == 3
 
 
 @pytest.mark.django_db

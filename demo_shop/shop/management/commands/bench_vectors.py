@@ -4,11 +4,16 @@ For each catalog size: synthetic CNN-like vectors are bulk-loaded (binary ``COPY
 benchmark tables of their own, queried without an index (exact scan), indexed with HNSW as
 `ImageEmbeddingField` does, and queried through `VisualQuerySet` at several
 ``hnsw.ef_search``, with filters (iterative scan on and off) and, for the smaller sizes, in a
-PCA-projected ``vector(d)`` column. The results replace the
-``## Nearest-neighbour queries at scale`` section of docs/BENCHMARKS.md.
+PCA-projected ``vector(d)`` column.
+
+Results accumulate in docs/bench_vectors.json: a run replaces the results of the sizes it
+measures and keeps the others (``--fresh`` starts over), so sizes can be run separately. The
+``## Nearest-neighbour queries at scale`` section of docs/BENCHMARKS.md and its plot are
+rendered from all of them.
 
     manage.py bench_vectors --sizes 10000 --queries 50       # about two minutes
     manage.py bench_vectors --quick                          # 10k and 100k
+    manage.py bench_vectors --sizes 1000000                  # an hour; keeps 10k and 100k
     manage.py bench_vectors                                  # 10k, 100k and 1M: hours
 """
 
@@ -42,6 +47,7 @@ from demo_shop.bench_vectors_lib import (
     Latency,
     QueryResult,
     Report,
+    Run,
     Storage,
     SyntheticVectors,
 )
@@ -55,6 +61,7 @@ FILTER_EF_SEARCH = 100
 # Filtered runs: (hnsw.iterative_scan, sequential scans off). The first is the app's default.
 FILTER_RUNS = (("relaxed_order", False), ("relaxed_order", True), ("off", True))
 PROJECTION_SAMPLE = 20_000
+RESULTS_NAME = "bench_vectors.json"
 # Benchmark models live in a registry of their own, not in the project's apps.
 BENCH_APPS = Apps()
 _MODELS: dict[str, type[models.Model]] = {}
@@ -146,6 +153,11 @@ class Command(BaseCommand):
                                                  "BENCHMARKS.md"))
         parser.add_argument("--plot", default=str(Path(settings.BASE_DIR) / "docs" /
                                                   "bench_latency_vs_size.png"))
+        parser.add_argument("--results", help=(
+            f"results of earlier runs, merged with this one's (default: {RESULTS_NAME} next "
+            "to --out)"))
+        parser.add_argument("--fresh", action="store_true", help=(
+            "ignore earlier results: the section shows this run's sizes only"))
         parser.add_argument("--no-write", action="store_true",
                             help="print the section instead of writing the files")
 
@@ -158,7 +170,9 @@ class Command(BaseCommand):
         self.options = options
         self.data = SyntheticVectors(seed=options["seed"])
         self.main = next(s for s in storages if not s.projected)
-        self.report = self._new_report()
+        self.run = self._new_run()
+        self.report = Report(data=self.data, projection_sample=PROJECTION_SAMPLE,
+                             max_scan_tuples=int(reco_settings.HNSW_MAX_SCAN_TUPLES))
         warmup, queries = options["warmup"], options["queries"]
         vectors = self.data.queries(warmup + queries)
         self.warmup_queries, self.queries = vectors[:warmup], vectors[warmup:]
@@ -190,13 +204,11 @@ class Command(BaseCommand):
         self.stdout.write(f"[{time.strftime('%H:%M:%S')}] {message}")
         self.stdout.flush()
 
-    def _new_report(self) -> Report:
+    def _new_run(self) -> Run:
         argv = [Path(sys.argv[0]).name if sys.argv[0].endswith("manage.py") else sys.argv[0],
                 *sys.argv[1:]]
-        return Report(command=f"python {shlex.join(argv)}", machine=self._machine(),
-                      data=self.data, queries=self.options["queries"],
-                      warmup=self.options["warmup"], projection_sample=PROJECTION_SAMPLE,
-                      max_scan_tuples=int(reco_settings.HNSW_MAX_SCAN_TUPLES))
+        return Run(command=f"python {shlex.join(argv)}", machine=self._machine(),
+                   queries=self.options["queries"], warmup=self.options["warmup"])
 
     def _machine(self) -> lib.Machine:
         cpu = next((line.split(":", 1)[1].strip() for line in
@@ -265,6 +277,7 @@ class Command(BaseCommand):
             self._build(size, storage, table, truth, load_seconds)
             self._measure_hnsw(size, storage, table, truth)
         self._measure_filtered(size, tables[self.main], truth)
+        self.report.runs[size] = self.run
 
     def _create_table(self, table: str, storage: Storage) -> None:
         with connection.cursor() as cursor:
@@ -473,16 +486,39 @@ class Command(BaseCommand):
         if tables:
             self._say(f"Dropped {len(tables)} benchmark tables (--keep keeps them)")
 
+    def _results_path(self) -> Path:
+        results = self.options["results"]
+        return Path(results) if results else Path(self.options["out"]).parent / RESULTS_NAME
+
+    def _merged(self, results: Path) -> Report:
+        """This run's results, plus earlier ones for the sizes it did not measure."""
+        if self.options["fresh"]:
+            return self.report
+        previous, discarded = lib.previous_results(results, self.data)
+        if discarded:
+            self._say(discarded)
+        if previous is None:
+            return self.report
+        kept = [size for size in previous.sizes if size not in self.report.runs]
+        if kept:
+            self._say(f"Keeping the results of {', '.join(f'{s:,}' for s in kept)} rows "
+                      f"from {results}")
+        return lib.merge(previous, self.report)
+
     def _write(self) -> None:
         plot = Path(self.options["plot"])
         out = Path(self.options["out"])
+        results = self._results_path()
+        report = self._merged(results)
         if self.options["no_write"]:
-            self.stdout.write(lib.render_section(self.report))
+            self.stdout.write(lib.render_section(report))
             return
-        if lib.plot_latency(self.report, self.main, FILTER_EF_SEARCH, plot):
-            self.report.plot = os.path.relpath(plot, out.parent)
+        if lib.plot_latency(report, self.main, FILTER_EF_SEARCH, plot):
+            report.plot = os.path.relpath(plot, out.parent)
             self._say(f"Wrote {plot}")
         else:
             self._say("matplotlib is not installed: no plot (pip install matplotlib)")
-        lib.write_section(out, lib.render_section(self.report))
+        lib.save_results(results, report)
+        self._say(f"Wrote {results}")
+        lib.write_section(out, lib.render_section(report))
         self._say(f"Wrote {out}")
