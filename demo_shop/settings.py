@@ -3,6 +3,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 
@@ -73,6 +74,22 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product"}
+
+
+def redis_database(url: str, number: int) -> str:
+    """``url`` (redis://host:port/n) pointing at database ``number`` instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+# Similar-products lists are cached in Redis (the broker's server, database 1): every
+# process shares it, so a new embedding written by a worker invalidates them everywhere.
+CACHE_URL = os.environ.get("CACHE_URL") or (
+    redis_database(CELERY_BROKER_URL, 1) if CELERY_BROKER_URL.startswith("redis") else "")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": CACHE_URL}}
+    VISUAL_RECO["SIMILAR_CACHE"] = "default"
 
 LOGGING = {
     "version": 1,

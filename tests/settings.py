@@ -3,6 +3,7 @@ environment (``python -m demo_shop.services run -- pytest`` provides both)."""
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 
@@ -65,6 +66,13 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
     "VISUAL_RECO_TEST_QUEUE", f"visual_reco_tests_{os.getpid()}")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A shared cache for the similar-products cache tests (off unless a test sets SIMILAR_CACHE).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "shared": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+               "LOCATION": urlunsplit(urlsplit(CELERY_BROKER_URL)._replace(path="/2")),
+               "KEY_PREFIX": os.environ["VISUAL_RECO_TEST_QUEUE"]},
+}
 
 # A small byte limit so the "over the limit" upload stays small; the worker shares it.
 VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024}

@@ -36,3 +36,31 @@ def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[check
                          "and reindex; or configure an embedder of the field's size.",
                     obj=field, id="visual_reco.E001"))
     return errors
+
+
+PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
+                        "django.core.cache.backends.dummy.DummyCache")
+
+
+@checks.register(checks.Tags.caches)
+def check_similar_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E004: ``SIMILAR_CACHE`` names no cache; W001: it names a per-process cache."""
+    from django.conf import settings
+
+    from visual_reco.conf import reco_settings
+
+    alias = reco_settings.SIMILAR_CACHE
+    if not alias:
+        return []
+    config = settings.CACHES.get(alias)
+    if config is None:
+        return [checks.Error(f"VISUAL_RECO['SIMILAR_CACHE'] = {alias!r} is not in CACHES.",
+                             id="visual_reco.E004")]
+    if config.get("BACKEND") in PROCESS_LOCAL_CACHES:
+        return [checks.Warning(
+            f"VISUAL_RECO['SIMILAR_CACHE'] = {alias!r} is {config['BACKEND']}: each process "
+            "keeps its own copy, so new embeddings written by the workers do not reach it and "
+            "similar products stay stale for up to SIMILAR_CACHE_TIMEOUT seconds.",
+            hint="Use a cache all processes share (Redis, Memcached, the database cache).",
+            id="visual_reco.W001")]
+    return []

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_EF_SEARCH": 100,
     "HNSW_ITERATIVE_SCAN": "relaxed_order",
     "HNSW_MAX_SCAN_TUPLES": 20_000,
+    # "session": set them once per database connection; "transaction": per query, in a
+    # transaction (for PgBouncer transaction pooling, where sessions are shared).
+    "HNSW_SETTINGS_SCOPE": "session",
     # Photo search: where the query photo is embedded ("process": this web process, model
     # loaded once and kept warm; "worker": a Celery task, needs a result backend) and how
     # long to wait for a worker before answering 503.
@@ -87,6 +90,12 @@ DEFAULTS: dict[str, Any] = {
     "PRODUCT_MODEL": None,
     "SIMILAR_SERIALIZER": "visual_reco.api.serializers.SimilarItemSerializer",
     "SIMILAR_TEMPLATE": "visual_reco/similar.html",
+    # Cache the similar-products lists of the template tag and the API in this Django cache
+    # alias (shared by all processes: Redis, Memcached, database); None: no caching. Entries
+    # are dropped on every save/delete of the model and every new embedding; the timeout
+    # (seconds) bounds staleness after changes that send no signals (QuerySet.update()).
+    "SIMILAR_CACHE": None,
+    "SIMILAR_CACHE_TIMEOUT": 600,
     "DEFAULT_LIMIT": 8,
     "MAX_LIMIT": 100,
 }

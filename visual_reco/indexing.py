@@ -21,6 +21,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField, embedded_models, get_embedding_field
 from visual_reco.images import ImageError, open_image
 from visual_reco.models import EmbeddingStatus
+from visual_reco.result_cache import invalidate_on_commit
 
 logger = logging.getLogger("visual_reco")
 
@@ -128,6 +129,8 @@ def embed_objects(model: type[models.Model], pks: Sequence[Any], *, field: str |
             embedding.error_name: message, embedding.fingerprint_name: fingerprint,
             embedding.updated_at_name: now,
         })
+    if loaded or failures:
+        invalidate_on_commit(model)
     return EmbedResult(embedded=len(loaded), failed=len(failures), skipped=len(pks) - len(todo))
 
 
@@ -160,6 +163,7 @@ def reindex(queryset: QuerySet, *, field: str | None = None) -> QueueResult:
     queryset.filter(~_has_image(embedding)).update(**{
         embedding.attname: None, embedding.status_name: EmbeddingStatus.NO_IMAGE,
         embedding.error_name: ""})
+    invalidate_on_commit(model)
     with_image = queryset.filter(_has_image(embedding))
     pks = list(with_image.values_list("pk", flat=True))
     model._base_manager.filter(pk__in=pks).update(**{

@@ -7,6 +7,8 @@ distance through the HNSW index. pgvector 0.8's iterative index scan keeps scann
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any, Self
 
 import numpy as np
@@ -105,21 +107,62 @@ class VisualQuerySet(models.QuerySet):
     def _fetch_all(self) -> None:
         if not self._visual_search or self._result_cache is not None:
             return super()._fetch_all()
-        with transaction.atomic(using=self.db, savepoint=False):
-            with connections[self.db].cursor() as cursor:
-                cursor.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true),"
-                    " set_config('hnsw.iterative_scan', %s, true),"
-                    " set_config('hnsw.max_scan_tuples', %s, true)",
-                    [str(reco_settings.HNSW_EF_SEARCH), reco_settings.HNSW_ITERATIVE_SCAN,
-                     str(reco_settings.HNSW_MAX_SCAN_TUPLES)],
-                )
+        with hnsw_settings_applied(self.db):
             super()._fetch_all()
         # relaxed_order may return neighbours slightly out of order; the page is small.
         if self._result_cache and isinstance(self._result_cache[0], models.Model):
             self._result_cache.sort(key=lambda row: getattr(row, DISTANCE))
         elif self._result_cache and isinstance(self._result_cache[0], dict):
             self._result_cache.sort(key=lambda row: row.get(DISTANCE, 0.0))
+
+    def explain(self, *, format: str | None = None, **options: Any) -> str:
+        """``EXPLAIN`` under the HNSW settings the query runs with (they change the plan)."""
+        if not self._visual_search:
+            return super().explain(format=format, **options)
+        with hnsw_settings_applied(self.db):
+            return super().explain(format=format, **options)
+
+
+def hnsw_settings() -> tuple[str, str, str]:
+    """``hnsw.ef_search``, ``hnsw.iterative_scan`` and ``hnsw.max_scan_tuples`` as set."""
+    return (str(reco_settings.HNSW_EF_SEARCH), reco_settings.HNSW_ITERATIVE_SCAN,
+            str(reco_settings.HNSW_MAX_SCAN_TUPLES))
+
+
+@contextmanager
+def hnsw_settings_applied(using: str) -> Iterator[None]:
+    """Run the block's queries with the configured HNSW settings.
+
+    In autocommit mode with ``HNSW_SETTINGS_SCOPE="session"`` (the default) they are set
+    once per database connection, so a query costs no extra round trips. Inside a
+    transaction they are set for it only (a rolled-back session ``SET`` would revert behind
+    our back); with ``"transaction"`` scope (PgBouncer in transaction pooling, where the
+    server session is not ours) every query gets a transaction of its own to set them in.
+    """
+    connection = connections[using]
+    values = hnsw_settings()
+    if connection.in_atomic_block:
+        _set_hnsw(connection, values, local=True)
+        yield
+    elif reco_settings.HNSW_SETTINGS_SCOPE == "session":
+        connection.ensure_connection()
+        applied = getattr(connection, "_visual_reco_hnsw", None)
+        if not (applied and applied[0] is connection.connection and applied[1] == values):
+            _set_hnsw(connection, values, local=False)
+            connection._visual_reco_hnsw = (connection.connection, values)
+        yield
+    else:
+        with transaction.atomic(using=using, savepoint=False):
+            _set_hnsw(connection, values, local=True)
+            yield
+
+
+def _set_hnsw(connection: Any, values: tuple[str, str, str], *, local: bool) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, %s),"
+                       " set_config('hnsw.iterative_scan', %s, %s),"
+                       " set_config('hnsw.max_scan_tuples', %s, %s)",
+                       [values[0], local, values[1], local, values[2], local])
 
 
 VisualManager = models.Manager.from_queryset(VisualQuerySet)

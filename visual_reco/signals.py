@@ -13,7 +13,13 @@ from typing import Any
 from django.core.files import File
 from django.db import connections, transaction
 from django.db.models.fields.files import FieldFile
-from django.db.models.signals import class_prepared, post_init, post_save, pre_save
+from django.db.models.signals import (
+    class_prepared,
+    post_delete,
+    post_init,
+    post_save,
+    pre_save,
+)
 from django.utils import timezone
 
 from visual_reco.models import EmbeddingStatus
@@ -146,6 +152,13 @@ def _add_to_commit_batch(using: str, model: type, field: str, pk: Any) -> None:
     transaction.on_commit(batch, using=using, robust=True)
 
 
+def forget_similar(sender: type, using: str = "default", **kwargs: Any) -> None:
+    """``post_save``/``post_delete``: cached similar-products lists of the model are stale."""
+    from visual_reco.result_cache import invalidate_on_commit
+
+    invalidate_on_commit(sender, using)
+
+
 def watch_model(sender: type, **kwargs: Any) -> None:
     """``class_prepared`` hook: connect the receivers for models with embedding fields."""
     from visual_reco.fields import embedding_fields
@@ -156,6 +169,8 @@ def watch_model(sender: type, **kwargs: Any) -> None:
     post_init.connect(remember_sources, sender=sender, dispatch_uid=uid)
     pre_save.connect(detect_source_change, sender=sender, dispatch_uid=uid)
     post_save.connect(schedule_embedding, sender=sender, dispatch_uid=uid)
+    post_save.connect(forget_similar, sender=sender, dispatch_uid=f"{uid}:cache")
+    post_delete.connect(forget_similar, sender=sender, dispatch_uid=f"{uid}:cache")
 
 
 class_prepared.connect(watch_model, dispatch_uid="visual_reco.watch_model")

@@ -25,7 +25,7 @@ from visual_reco.api.serializers import (
 from visual_reco.conf import reco_settings
 from visual_reco.fields import embedded_models, get_embedding_field
 from visual_reco.images import ImageError
-from visual_reco.query import visual
+from visual_reco.result_cache import similar_products
 from visual_reco.search import SearchUnavailable, search_by_photo
 
 try:
@@ -72,7 +72,7 @@ class SimilarProductsView(APIView):
         embedding = get_embedding_field(model)
         # The vector stays in the database: the similarity query reads it there.
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
-        results = visual(self.get_queryset()).visually_similar(product, limit=limit)
+        results = similar_products(product, self.get_queryset(), limit)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
         return Response({

@@ -9,7 +9,7 @@ from django.template.loader import render_to_string
 
 from visual_reco.conf import reco_settings
 from visual_reco.fields import get_embedding_field
-from visual_reco.query import visual
+from visual_reco.result_cache import similar_products
 
 register = template.Library()
 
@@ -25,7 +25,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     """
     model = type(obj)
     candidates = queryset if queryset is not None else model._default_manager.all()
-    products = list(visual(candidates).visually_similar(obj, limit=limit))
+    products = similar_products(obj, candidates, limit)
     embedding = get_embedding_field(model)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,

@@ -1,0 +1,125 @@
+"""Pad the shop's catalog with synthetic products for benchmarks at a given catalog size.
+
+The padding products are ordinary `Product` rows (SKU prefix ``bench-``) with a ready,
+synthetic CNN-like embedding (`SyntheticVectors`), bulk-loaded with a binary ``COPY`` into a
+staging table and inserted with one ``INSERT ... SELECT``; the HNSW index is rebuilt after
+the load rather than updated row by row. `remove_padding` deletes them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import connection, transaction
+
+from demo_shop.bench_vectors_lib import (
+    COPY_COLUMNS,
+    Storage,
+    SyntheticVectors,
+    copy_payload,
+    maintenance_work_mem,
+)
+from demo_shop.shop.models import Product
+from visual_reco.fields import get_embedding_field
+from visual_reco.models import EmbeddingStatus
+
+SKU_PREFIX = "bench-"
+STAGING = "bench_catalog_staging"
+HALFVEC = Storage("halfvec", 2048)
+
+
+def padding_count() -> int:
+    """How many synthetic products the catalog holds."""
+    return Product.objects.filter(sku__startswith=SKU_PREFIX).count()
+
+
+def _hnsw_index():
+    field = get_embedding_field(Product)
+    return next(index for index in Product._meta.indexes
+                if list(index.fields) == [field.name])
+
+
+def _without_index(change: Callable[[], None], rows: int) -> None:
+    """Run ``change`` without the HNSW index, then build it: one build beats 100k inserts."""
+    index = _hnsw_index()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {connection.ops.quote_name(index.name)}")
+    try:
+        change()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET maintenance_work_mem = '{maintenance_work_mem(rows, HALFVEC)}'")
+            cursor.execute("SET max_parallel_maintenance_workers = 1")
+        try:
+            with connection.schema_editor(atomic=False) as editor:
+                editor.add_index(Product, index)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET maintenance_work_mem")
+                cursor.execute("RESET max_parallel_maintenance_workers")
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {Product._meta.db_table}")
+
+
+def pad_catalog(size: int, *, seed: int = 0, chunk_size: int = 5_000,
+                say: Callable[[str], None] = print) -> int:
+    """Add synthetic products until the catalog has ``size`` products; return how many.
+
+    New rows copy image path and embedder fingerprint from a real ready product (so image
+    URLs resolve and sweeps do not take them for stale); 90% are in stock.
+    """
+    missing = size - Product.objects.count()
+    if missing <= 0:
+        return 0
+    field = get_embedding_field(Product)
+    template = (Product.objects.filter(**{field.status_name: EmbeddingStatus.READY})
+                .exclude(sku__startswith=SKU_PREFIX).order_by("pk").first())
+    image = template.image.name if template else ""
+    fingerprint = getattr(template, field.fingerprint_name) if template else ""
+    first_id = padding_count()
+    data = SyntheticVectors(seed=seed)
+    say(f"Padding the catalog with {missing:,} synthetic products")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {STAGING}")
+        cursor.execute(f"CREATE UNLOGGED TABLE {STAGING} (id bigint, category integer, "
+                       "bucket integer, image varchar(100), embedding halfvec(2048))")
+        for rows in data.chunks(first_id + missing, chunk_size):
+            keep = rows.ids > first_id
+            if not keep.any():
+                continue
+            rows.ids, rows.category = rows.ids[keep], rows.category[keep]
+            rows.bucket, rows.vectors = rows.bucket[keep], rows.vectors[keep]
+            with cursor.copy(f"COPY {STAGING} ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+                             ) as copy:
+                copy.write(copy_payload(rows, HALFVEC, rows.vectors))
+    table = Product._meta.db_table
+    columns = {
+        "sku": f"'{SKU_PREFIX}' || id", "name": "'Synthetic product ' || id",
+        "category": "'Synthetic ' || category", "price": "10 + bucket", "in_stock": "bucket >= 10",
+        "image": "%s", field.attname: "embedding", field.status_name: "%s",
+        field.companion_name("error"): "''", field.fingerprint_name: "%s",
+        field.companion_name("updated_at"): "now()",
+    }
+    _without_index(lambda: _insert(table, columns, [image, EmbeddingStatus.READY,
+                                                     fingerprint]), size)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {STAGING}")
+    return missing
+
+
+def _insert(table: str, columns: dict[str, str], params: list[str]) -> None:
+    names = ", ".join(connection.ops.quote_name(name) for name in columns)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(columns.values())} "
+                       f"FROM {STAGING}", params)
+
+
+def remove_padding(say: Callable[[str], None] = print) -> int:
+    """Delete the synthetic products and rebuild the index for the rest; return how many."""
+    count = padding_count()
+    if not count:
+        return 0
+    say(f"Removing {count:,} synthetic products")
+    _without_index(lambda: Product.objects.filter(sku__startswith=SKU_PREFIX)._raw_delete(
+        connection.alias), Product.objects.count() - count)
+    return count

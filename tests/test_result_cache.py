@@ -1,0 +1,224 @@
+"""The similar-products cache (``SIMILAR_CACHE``) against the live query, on a real Redis
+cache and real Postgres transactions; and the per-connection HNSW settings.
+
+Vectors are synthetic: what is under test is which rows come back, not the CNN.
+"""
+
+import numpy as np
+import pytest
+from django.core.cache import caches
+from django.core.checks import run_checks
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from pgvector import HalfVector
+
+from tests.conftest import upload
+from tests.testapp.models import Item
+from visual_reco.query import hnsw_settings
+from visual_reco.result_cache import invalidate, similar_products
+
+pytestmark = pytest.mark.django_db(transaction=True)
+DIMS = 2048
+
+
+def _vector(rng, centre):
+    return HalfVector(np.maximum(centre + rng.normal(0, 0.3, DIMS), 0))
+
+
+@pytest.fixture
+def items():
+    rng = np.random.default_rng(3)
+    centres = np.abs(rng.normal(0, 1, (3, DIMS)))
+    # bulk_create: a save() of an Item without a photo would clear its vector.
+    return Item.objects.bulk_create([
+        Item(name=f"i{i}", category=f"c{i % 3}", in_stock=True,
+             embedding=_vector(rng, centres[i % 3]), embedding_status="ready")
+        for i in range(30)])
+
+
+def _twin(source):
+    """A new row with ``source``'s vector, saved the way an edit in the admin saves it."""
+    twin = Item.objects.bulk_create([Item(name="twin", category=source.category,
+                                          embedding=source.embedding,
+                                          embedding_status="ready")])[0]
+    Item.objects.get(pk=twin.pk).save()
+    return twin
+
+
+@pytest.fixture
+def cached(settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
+    caches["shared"].clear()
+    yield caches["shared"]
+    caches["shared"].clear()
+
+
+def _searches(queries) -> int:
+    return sum("<=>" in q["sql"] for q in queries.captured_queries)
+
+
+def _live(source, candidates=None, limit=8):
+    candidates = Item.objects.all() if candidates is None else candidates
+    return [(r.pk, round(r.visual_distance, 6)) for r in
+            candidates.visually_similar(source, limit=limit)]
+
+
+def _pairs(rows):
+    return [(r.pk, round(r.visual_distance, 6)) for r in rows]
+
+
+def test_a_hit_returns_the_live_results_without_a_vector_search(items, cached):
+    source = items[0]
+    with CaptureQueriesContext(connection) as first:
+        miss = similar_products(source, limit=8)
+    with CaptureQueriesContext(connection) as second:
+        hit = similar_products(source, limit=8)
+    assert _searches(first) == 1 and _searches(second) == 0
+    assert _pairs(miss) == _pairs(hit) == _live(source)
+    assert all(abs(r.visual_score - (1 - r.visual_distance)) < 1e-9 for r in hit)
+    assert all(r.category == source.category for r in hit[:5])
+
+
+def test_entries_depend_on_candidates_and_limit(items, cached):
+    source = items[0]
+    assert len(similar_products(source, limit=8)) == 8
+    assert len(similar_products(source, limit=3)) == 3
+    other = Item.objects.exclude(category=source.category)
+    found = similar_products(source, other, limit=5)
+    assert _pairs(found) == _live(source, other, 5)
+    assert all(r.category != source.category for r in found)
+
+
+def test_a_save_invalidates_after_commit(items, cached):
+    source, in_stock = items[0], Item.objects.filter(in_stock=True)
+    first = similar_products(source, in_stock, limit=5)
+    gone = Item.objects.get(pk=first[0].pk)
+    with transaction.atomic():
+        gone.in_stock = False
+        gone.save()
+        # The transaction sees its own change: the cached list no longer matches the rows.
+        assert first[0].pk not in [r.pk for r in similar_products(source, in_stock, limit=5)]
+    with CaptureQueriesContext(connection) as after:
+        found = similar_products(source, in_stock, limit=5)
+    assert _searches(after) == 1
+    assert gone.pk not in [r.pk for r in found]
+    assert _pairs(found) == _live(source, in_stock, 5)
+
+
+def test_a_rolled_back_save_does_not_stop_later_invalidations(items, cached):
+    source = items[0]
+    similar_products(source, limit=5)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Item.objects.filter(pk=items[1].pk).get().save()
+        raise RuntimeError
+    twin = _twin(source)
+    assert similar_products(source, limit=5)[0].pk == twin.pk
+
+
+def test_new_and_deleted_rows_show_at_once(items, cached):
+    source = items[0]
+    similar_products(source, limit=5)
+    twin = _twin(source)
+    assert similar_products(source, limit=5)[0].pk == twin.pk
+    twin.delete()
+    assert _pairs(similar_products(source, limit=5)) == _live(source, limit=5)
+
+
+def test_embeddings_written_by_the_indexer_invalidate(items, cached, photos):
+    from visual_reco.indexing import embed_objects
+
+    source = items[0]
+    similar_products(source, limit=5)
+    new = Item.objects.create(name="new", photo=upload(photos[0].path))
+    similar_products(source, limit=5)
+    embed_objects(Item, [new.pk])
+    with CaptureQueriesContext(connection) as after:
+        found = similar_products(source, limit=5)
+    assert _searches(after) == 1
+    assert _pairs(found) == _live(source, limit=5)
+
+
+def test_rows_changed_without_signals_are_not_served(items, cached):
+    source, in_stock = items[0], Item.objects.filter(in_stock=True)
+    first = similar_products(source, in_stock, limit=5)
+    Item.objects.filter(pk=first[0].pk).update(in_stock=False)  # no post_save
+    found = similar_products(source, in_stock, limit=5)
+    assert first[0].pk not in [r.pk for r in found]
+    assert len(found) == 5
+
+
+def test_invalidate_drops_entries(items, cached):
+    source = items[0]
+    similar_products(source, limit=5)
+    invalidate(Item)
+    with CaptureQueriesContext(connection) as after:
+        similar_products(source, limit=5)
+    assert _searches(after) == 1
+
+
+def test_without_a_cache_nothing_is_stored(items, settings):
+    caches["shared"].clear()
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": None}
+    expected = _live(items[0], limit=5)
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as queries:
+            assert _pairs(similar_products(items[0], limit=5)) == expected
+        assert _searches(queries) == 1
+    assert caches["shared"]._cache.get_client().dbsize() == 0
+
+
+def test_checks_flag_a_missing_or_per_process_cache(settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "nope"}
+    assert "visual_reco.E004" in [m.id for m in run_checks()]
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "default"}
+    assert "visual_reco.W001" in [m.id for m in run_checks()]
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
+    ids = [m.id for m in run_checks()]
+    assert "visual_reco.W001" not in ids and "visual_reco.E004" not in ids
+
+
+def _show(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SHOW {name}")
+        return cursor.fetchone()[0]
+
+
+def test_hnsw_settings_are_set_once_per_connection(items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 77}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert (_show("hnsw.ef_search"), _show("hnsw.iterative_scan")) == ("77", "relaxed_order")
+    with CaptureQueriesContext(connection) as again:
+        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert [q["sql"] for q in again.captured_queries if "set_config" in q["sql"]] == []
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 55}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("hnsw.ef_search") == "55" and hnsw_settings()[0] == "55"
+
+
+def test_settings_inside_a_rolled_back_transaction_do_not_leak_or_get_lost(items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 60}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 61}
+    with pytest.raises(RuntimeError), transaction.atomic():
+        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+        assert _show("hnsw.ef_search") == "61"
+        raise RuntimeError
+    assert _show("hnsw.ef_search") == "60"  # the transaction's own setting went with it
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("hnsw.ef_search") == "61"
+
+
+def test_transaction_scope_sets_nothing_for_the_session(items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_SETTINGS_SCOPE": "transaction",
+                            "HNSW_EF_SEARCH": 42}
+    connection.close()
+    found = list(Item.objects.filter(in_stock=True).similar_to_vector(np.ones(DIMS), limit=3))
+    assert len(found) == 3
+    assert _show("hnsw.ef_search") == "40"  # pgvector's default: nothing leaked
+
+
+def test_explain_runs_under_the_same_settings(items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 91}
+    connection.close()
+    Item.objects.similar_to_vector(np.ones(DIMS), limit=3).explain()
+    assert _show("hnsw.ef_search") == "91"

@@ -1,0 +1,143 @@
+"""Cached similar-products lists for the template tag and the API.
+
+With ``SIMILAR_CACHE`` set to a Django cache alias, the ids and distances of a product's
+similar products are kept in that cache, keyed by the product, the limit and the candidate
+queryset's SQL; a hit costs one cache read and one primary-key query instead of a vector
+search. Every entry carries the catalog version it was computed under: saving or deleting a
+row of the model (``post_save``/``post_delete``) and every embedding the workers write set a
+new version once the transaction commits, so no entry outlives a change it could depend on.
+Changes that bypass signals (``QuerySet.update()``, raw SQL) are caught by
+``SIMILAR_CACHE_TIMEOUT``, or at once by calling `invalidate`.
+
+The cache must be shared by all processes (Redis, Memcached, the database cache): a
+per-process ``LocMemCache`` never hears of the workers' writes (check ``visual_reco.W001``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from django.core.cache import BaseCache, caches
+from django.db import connections, models, transaction
+
+from visual_reco.conf import reco_settings
+from visual_reco.fields import get_embedding_field
+from visual_reco.query import DISTANCE, hnsw_settings, visual
+
+PREFIX = "visual_reco:similar"
+PENDING = "_visual_reco_pending_invalidation"
+
+
+def similar_cache() -> BaseCache | None:
+    """The cache configured in ``SIMILAR_CACHE``, or None when caching is off."""
+    alias = reco_settings.SIMILAR_CACHE
+    return caches[alias] if alias else None
+
+
+def _version_key(model: type[models.Model]) -> str:
+    return f"{PREFIX}:{model._meta.label_lower}:version"
+
+
+def invalidate(model: type[models.Model]) -> None:
+    """Drop every cached similar-products list of ``model`` (set a new catalog version)."""
+    cache = similar_cache()
+    if cache is not None:
+        cache.set(_version_key(model), time.time_ns(), None)
+
+
+class PendingInvalidation:
+    """The models changed in one transaction, invalidated together when it commits."""
+
+    def __init__(self) -> None:
+        self.models: set[type[models.Model]] = set()
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+        for model in self.models:
+            invalidate(model)
+
+
+def invalidate_on_commit(model: type[models.Model], using: str = "default") -> None:
+    """`invalidate` ``model`` once the current transaction commits (at once outside one).
+
+    One callback per transaction, however many rows it changes.
+    """
+    if not reco_settings.SIMILAR_CACHE:
+        return
+    connection = connections[using]
+    pending = getattr(connection, PENDING, None)
+    if (pending is not None and not pending.done
+            and any(entry[1] is pending for entry in connection.run_on_commit)):
+        pending.models.add(model)
+        return
+    pending = PendingInvalidation()
+    pending.models.add(model)
+    setattr(connection, PENDING, pending)
+    transaction.on_commit(pending, using=using, robust=True)
+
+
+def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int,
+               field: str | None) -> str:
+    sql, params = candidates.query.sql_with_params()
+    signature = repr((sql, params, field, hnsw_settings(), candidates.db))
+    digest = hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
+    return f"{PREFIX}:{type(obj)._meta.label_lower}:{obj.pk}:{limit}:{digest}"
+
+
+def _current_version(cache: BaseCache, model: type[models.Model],
+                     found: dict[str, Any]) -> int:
+    key = _version_key(model)
+    if key in found:
+        return found[key]
+    cache.add(key, time.time_ns(), None)
+    return cache.get(key)
+
+
+def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float]],
+                field: str | None) -> list[models.Model] | None:
+    if not pairs:
+        return []
+    embedding = get_embedding_field(candidates.model, field)
+    rows = {row.pk: row for row in candidates.filter(pk__in=[pk for pk, _ in pairs])
+            .defer(embedding.attname).order_by()}
+    if len(rows) != len(pairs):
+        return None  # a row left the candidates without a signal (update(), raw SQL)
+    results = []
+    for pk, distance in pairs:
+        row = rows[pk]
+        setattr(row, DISTANCE, distance)
+        row.visual_score = 1.0 - distance
+        results.append(row)
+    return results
+
+
+def similar_products(obj: models.Model, candidates: models.QuerySet | None = None,
+                     limit: int | None = None, *, field: str | None = None
+                     ) -> list[models.Model]:
+    """``visually_similar(obj)`` among ``candidates`` as a list, cached when configured.
+
+    The rows are those of ``candidates`` (default: the model's default manager), nearest
+    first, annotated with ``visual_distance`` and ``visual_score`` as the live query does.
+    """
+    model = type(obj)
+    if candidates is None:
+        candidates = model._default_manager.all()
+    limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+    cache = similar_cache()
+    if cache is None:
+        return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
+    key = _entry_key(obj, candidates, limit, field)
+    found = cache.get_many([_version_key(model), key])
+    version = _current_version(cache, model, found)
+    entry = found.get(key)
+    if entry is not None and entry[0] == version:
+        results = _from_entry(candidates, entry[1], field)
+        if results is not None:
+            return results
+    results = list(visual(candidates).visually_similar(obj, limit=limit, field=field))
+    pairs = [(row.pk, float(getattr(row, DISTANCE))) for row in results]
+    cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)
+    return results
