@@ -3,12 +3,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN = $(BIN)/python demo_shop/services.py run --
 PORT ?= 8000
 CATALOG ?=
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint bench quality clean
+.PHONY: install demo test lint bench bench-quick quality clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,15 +25,32 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Full benchmarks (about an hour; the 1M-row query benchmark is most of it): docs/BENCHMARKS.md.
 bench: install
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py migrate -v 0
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_embedding
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_query_embedding
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_pipeline
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py bench_api
+	$(RUN) $(BIN)/python manage.py migrate -v 0
+	$(RUN) $(BIN)/python manage.py bench_embedding
+	$(RUN) $(BIN)/python manage.py bench_query_embedding
+	$(RUN) $(BIN)/python manage.py bench_pipeline
+	$(RUN) $(BIN)/python manage.py bench_api
+	$(RUN) $(BIN)/python manage.py bench_vectors
+
+# Every benchmark, small and short (under 5 minutes), into $(QUICK_OUT) so that it never
+# replaces the full numbers in docs/.
+QUICK_OUT ?= .cache/bench-quick/BENCHMARKS.md
+bench-quick: install
+	mkdir -p $(dir $(QUICK_OUT))
+	$(RUN) $(BIN)/python manage.py migrate -v 0
+	BENCHMARKS_MD=$(abspath $(QUICK_OUT)) $(RUN) sh -c '\
+	  $(BIN)/python manage.py bench_embedding --seconds 2 --batch-sizes 1 16 --baseline-calls 1 && \
+	  $(BIN)/python manage.py bench_query_embedding --rounds 1 && \
+	  $(BIN)/python manage.py bench_pipeline --uploads 5 && \
+	  $(BIN)/python manage.py bench_api --catalog-size 10000 --seconds 3 --products 200 \
+	    --concurrency 1 8 --search-concurrency 2 && \
+	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
+	@echo "Wrote $(QUICK_OUT)"
 
 quality: install
-	$(BIN)/python demo_shop/services.py run -- $(BIN)/python manage.py quality_report
+	$(RUN) $(BIN)/python manage.py quality_report
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.core.management import call_command
 from django.db import connection, transaction
 
 from demo_shop.bench_vectors_lib import (
@@ -20,7 +21,9 @@ from demo_shop.bench_vectors_lib import (
     maintenance_work_mem,
 )
 from demo_shop.shop.models import Product
+from visual_reco.conf import reco_settings
 from visual_reco.fields import get_embedding_field
+from visual_reco.indexing import embed_objects
 from visual_reco.models import EmbeddingStatus
 
 SKU_PREFIX = "bench-"
@@ -112,6 +115,25 @@ def _insert(table: str, columns: dict[str, str], params: list[str]) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(columns.values())} "
                        f"FROM {STAGING}", params)
+
+
+def ensure_demo_catalog(say: Callable[[str], None] = print) -> int:
+    """Import the demo catalog if needed and embed what is not ready, in this process.
+
+    Benchmarks need real embedded products; this makes them work on a fresh machine
+    without a worker. Returns how many products were embedded.
+    """
+    call_command("import_catalog")
+    field = get_embedding_field(Product)
+    waiting = list(Product.objects.exclude(sku__startswith=SKU_PREFIX).exclude(
+        **{field.status_name: EmbeddingStatus.READY}).exclude(**{field.source: ""})
+        .values_list("pk", flat=True))
+    if waiting:
+        say(f"Embedding {len(waiting)} products in this process")
+    size = int(reco_settings.BATCH_SIZE)
+    for start in range(0, len(waiting), size):
+        embed_objects(Product, waiting[start:start + size])
+    return len(waiting)
 
 
 def remove_padding(say: Callable[[str], None] = print) -> int:

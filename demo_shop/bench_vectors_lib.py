@@ -764,21 +764,23 @@ new vectors from the same distribution. Median cosine similarities:
 {data_table(report)}
 {_reference_note(report)}
 **Method.** Each size gets its own tables `bench_vectors_<size>_<storage>` (id, category,
-bucket, image path, embedding), bulk-loaded with a binary `COPY`, then `VACUUM ANALYZE`.
+bucket, image path, embedding), the embedding stored inline (`STORAGE PLAIN`, as
+visual_reco sets it on its columns) and `category` and `bucket` indexed (B-tree),
+bulk-loaded with a binary `COPY`, then `VACUUM ANALYZE`.
 Queries go through the app's own code path: an unmanaged model declared at run time over the
 benchmark table, with an `ImageEmbeddingField` and `VisualQuerySet`, so
 `Model.objects.filter(...).similar_to_vector(q, limit=10)` sends the same SQL as for the
 shop's `Product` (`ORDER BY embedding <=> q LIMIT 10`, `hnsw.ef_search`,
-`hnsw.iterative_scan` and `hnsw.max_scan_tuples` = {report.max_scan_tuples:,} set per
-transaction). Latency is the wall time of that call in this process, model instances
+`hnsw.iterative_scan` and `hnsw.max_scan_tuples` = {report.max_scan_tuples:,} set once
+per connection). Latency is the wall time of that call in this process, model instances
 included; {_query_counts(report)} (exact scan:
 fewer, see its table, after {EXACT_WARMUP} unmeasured ones). Recall@10 is
 against the exact top 10 computed with numpy on the same half-precision values as stored
 (the exact-scan table checks it against Postgres). HNSW indexes use the field's settings
 (m = 16, ef_construction = 64, cosine), are built after the load with
 `max_parallel_maintenance_workers = 1` and `maintenance_work_mem` {mwm}. Table MB is
-`pg_table_size` (heap and TOAST: a 2,048-d `halfvec` is 4 kB and lives in TOAST), index MB
-is `pg_relation_size` of the HNSW index.
+`pg_table_size` (a 2,048-d `halfvec` is 4 kB: one row per 8 kB page), index MB is
+`pg_relation_size` of the HNSW index.
 
 ### HNSW, no filter
 
@@ -798,14 +800,17 @@ own embeddings before choosing it.
 {filtered_table(report)}
 
 Each filter runs with the app's defaults (the planner's choice of plan, iterative scan
-`relaxed_order`), then with `enable_seqscan = off` so that the HNSW index is used whatever
-the planner estimates, with the iterative scan on and off (the forced run with it on is left
-out when the planner chose the index anyway). Which plan the planner picks depends on the
-table size and the filter's selectivity; the plan column says what it did. Without the
-iterative scan, HNSW returns the `ef_search` nearest candidates and the filter then drops
-most of them. A filter on `category` removes whole clusters, so for most queries the nearest
-passing rows are far away in the graph; a `bucket` filter removes rows at random. Recall is
-against the exact top 10 among the rows that pass.
+`relaxed_order`), then forced onto the HNSW index ("forced": in a transaction that drops
+the B-trees and turns `enable_seqscan` and `enable_bitmapscan` off, rolled back afterwards;
+the HNSW settings are then set per transaction, one more round trip per query) with the
+iterative scan on and off (the forced run with it on is left out when
+the planner chose the index anyway). Which plan the planner picks depends on the table size
+and the filter's selectivity; the plan column says what it did: a bitmap heap scan reads the
+rows that pass through the filter column's B-tree index and sorts them by exact distance.
+Without the iterative scan, HNSW returns the `ef_search` nearest candidates and the filter
+then drops most of them. A filter on `category` removes whole clusters, so for most queries
+the nearest passing rows are far away in the graph; a `bucket` filter removes rows at
+random. Recall is against the exact top 10 among the rows that pass.
 
 ### Exact scan, no index
 

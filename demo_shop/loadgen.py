@@ -47,10 +47,11 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _connection(host: str, port: int, make_request: Callable[[], bytes],
-                      deadline: float, result: LoadResult) -> None:
+                      deadline: float, result: LoadResult, budget: list[int]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and budget[0] > 0:
+            budget[0] -= 1
             started = time.perf_counter()
             writer.write(make_request())
             await writer.drain()
@@ -64,14 +65,16 @@ async def _connection(host: str, port: int, make_request: Callable[[], bytes],
 
 
 def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrency: int,
-             seconds: float) -> LoadResult:
-    """Drive the server with ``concurrency`` keep-alive connections for ``seconds``."""
+             seconds: float, max_requests: int | None = None) -> LoadResult:
+    """Drive the server with ``concurrency`` keep-alive connections for ``seconds``, or
+    until ``max_requests`` were sent when that is given (``seconds`` 0: no time limit)."""
     result = LoadResult()
+    budget = [max_requests if max_requests is not None else 2**62]
 
     async def main() -> None:
         started = time.perf_counter()
-        deadline = started + seconds
-        await asyncio.gather(*(_connection(host, port, make_request, deadline, result)
+        deadline = started + seconds if seconds else float("inf")
+        await asyncio.gather(*(_connection(host, port, make_request, deadline, result, budget)
                                for _ in range(concurrency)))
         result.seconds = time.perf_counter() - started
 

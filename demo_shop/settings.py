@@ -89,7 +89,8 @@ CACHE_URL = os.environ.get("CACHE_URL") or (
 if CACHE_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                           "LOCATION": CACHE_URL}}
-    VISUAL_RECO["SIMILAR_CACHE"] = "default"
+    if os.environ.get("DEMO_SIMILAR_CACHE", "1") == "1":  # 0: off (bench_api measures both)
+        VISUAL_RECO["SIMILAR_CACHE"] = "default"
 
 LOGGING = {
     "version": 1,

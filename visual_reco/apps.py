@@ -1,10 +1,11 @@
-"""App configuration: system checks, and the pgvector extension before migrations."""
+"""App configuration: system checks, the pgvector extension before migrations, and inline
+vector storage after them."""
 
 from typing import Any
 
 from django.apps import AppConfig
 from django.db import connections
-from django.db.models.signals import pre_migrate
+from django.db.models.signals import post_migrate, pre_migrate
 
 
 def create_vector_extension(using: str = "default", **kwargs: Any) -> None:
@@ -27,3 +28,7 @@ class VisualRecoConfig(AppConfig):
 
         pre_migrate.connect(create_vector_extension, sender=self,
                             dispatch_uid="visual_reco.create_vector_extension")
+        from visual_reco.inline_storage import store_vectors_inline
+
+        post_migrate.connect(store_vectors_inline, sender=self,
+                             dispatch_uid="visual_reco.store_vectors_inline")

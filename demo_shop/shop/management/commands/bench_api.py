@@ -9,11 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from demo_shop.bench_catalog import ensure_demo_catalog, pad_catalog, remove_padding
 from demo_shop.benchtools import machine_line, replace_section, stop
 from demo_shop.loadgen import LoadResult, get_requests, multipart_post, run_load
 from demo_shop.shop.models import Product
@@ -35,45 +39,83 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--seconds", type=float, default=10.0)
-        parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+        parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
         parser.add_argument("--search-concurrency", type=int, nargs="+", default=[1, 2, 4])
-        parser.add_argument("--workers", type=int, default=2, help="gunicorn processes")
-        parser.add_argument("--threads", type=int, default=4, help="threads per process")
+        parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1,
+                            help="gunicorn processes (default: 2 x cores + 1, as gunicorn advises)")
+        parser.add_argument("--threads", type=int, default=2, help="threads per process")
+        parser.add_argument("--catalog-size", type=int, default=100_000, help=(
+            "pad the catalog with synthetic products up to this size for the run "
+            "(0: the catalog as it is)"))
+        parser.add_argument("--keep-padding", action="store_true",
+                            help="leave the synthetic products in the catalog afterwards")
+        parser.add_argument("--products", type=int, default=1000,
+                            help="distinct products the similar requests cycle through")
+        parser.add_argument("--no-search", action="store_true",
+                            help="skip the photo-search endpoint")
+        parser.add_argument("--no-write", action="store_true",
+                            help="print the results instead of writing docs/BENCHMARKS.md")
 
-    def handle(self, *args: Any, seconds: float, concurrency: list[int],
-               search_concurrency: list[int], workers: int, threads: int,
-               **options: Any) -> None:
-        pks = list(Product.objects.filter(image_embedding_status="ready")
-                   .values_list("pk", flat=True)[:1000])
-        if not pks:
-            raise CommandError("No embedded products: run `make demo` (or import a catalog).")
-        catalog = Product.objects.filter(image_embedding_status="ready").count()
+    def handle(self, *args: Any, **options: Any) -> None:
+        ensure_demo_catalog(say=self.stdout.write)
+        padded = pad_catalog(options["catalog_size"], say=self.stdout.write) if options[
+            "catalog_size"] else 0
+        try:
+            catalog = Product.objects.filter(image_embedding_status="ready").count()
+            rows = self._measure(options)
+        finally:
+            if padded and not options["keep_padding"]:
+                remove_padding(say=self.stdout.write)
+        if options["no_write"]:
+            return
+        self._write(rows, catalog, options)
+
+    def _measure(self, options: dict[str, Any]) -> list[Row]:
+        # A random sample of the whole catalog, so the padding is queried as much as the rest.
+        pks = list(Product.objects.filter(image_embedding_status="ready").order_by("?")
+                   .values_list("pk", flat=True)[:options["products"]])
+        similar = get_requests(HOST, [f"/api/visual-reco/products/{pk}/similar/?limit=8"
+                                      for pk in pks])
+        rows: list[Row] = []
+        for cache in (False, True):
+            with self._server(options, cache=cache) as port:
+                if cache:  # every product asked once: the steady state of a busy shop
+                    run_load(HOST, port, get_requests(HOST, [
+                        f"/api/visual-reco/products/{pk}/similar/?limit=8" for pk in pks]),
+                        4, 0, max_requests=len(pks))
+                for level in options["concurrency"]:
+                    rows.append(Row("similar", cache, level, run_load(
+                        HOST, port, similar, level, options["seconds"])))
+                    self._report(rows[-1])
+                if cache or options["no_search"]:
+                    continue
+                photo = kitchenware_photos()[3].path.read_bytes()
+                search = multipart_post(HOST, "/api/visual-reco/search/", "image",
+                                        "photo.jpg", photo)
+                run_load(HOST, port, search, options["workers"], 5.0)  # models load
+                for level in options["search_concurrency"]:
+                    rows.append(Row("photo search", False, level, run_load(
+                        HOST, port, search, level, options["seconds"])))
+                    self._report(rows[-1])
+        return rows
+
+    @contextmanager
+    def _server(self, options: dict[str, Any], *, cache: bool) -> Iterator[int]:
         port = _free_port()
+        env = {**os.environ, "DJANGO_DEBUG": "0", "DEMO_SIMILAR_CACHE": "1" if cache else "0"}
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
-             "-w", str(workers), "--threads", str(threads), "--log-level", "warning"],
-            cwd=settings.BASE_DIR, env={**os.environ, "DJANGO_DEBUG": "0"})
-        rows: list[tuple[str, int, LoadResult]] = []
+             "-w", str(options["workers"]), "--threads", str(options["threads"]),
+             "--log-level", "warning"], cwd=settings.BASE_DIR, env=env)
         try:
-            self._wait_for(port, pks[0])
-            similar = get_requests(HOST, [f"/api/visual-reco/products/{pk}/similar/?limit=8"
-                                          for pk in pks])
-            for level in concurrency:
-                rows.append(("similar", level, run_load(HOST, port, similar, level, seconds)))
-                self._report(rows[-1])
-            photo = kitchenware_photos()[3].path.read_bytes()
-            search = multipart_post(HOST, "/api/visual-reco/search/", "image", "photo.jpg",
-                                    photo)
-            run_load(HOST, port, search, workers, 5.0)  # every worker loads its model
-            for level in search_concurrency:
-                rows.append(("photo search", level, run_load(HOST, port, search, level,
-                                                             seconds)))
-                self._report(rows[-1])
+            self._wait_for(port)
+            yield port
         finally:
             stop(server)
-        self._write(rows, catalog, workers, threads, seconds)
 
-    def _wait_for(self, port: int, pk: int, timeout: float = 60.0) -> None:
+    def _wait_for(self, port: int, timeout: float = 60.0) -> None:
+        pk = Product.objects.filter(image_embedding_status="ready").values_list(
+            "pk", flat=True).first()
         url = f"http://{HOST}:{port}/api/visual-reco/products/{pk}/similar/"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,26 +127,46 @@ class Command(BaseCommand):
                 time.sleep(0.2)
         raise CommandError("gunicorn did not answer")
 
-    def _report(self, row: tuple[str, int, LoadResult]) -> None:
-        name, level, result = row
-        self.stdout.write(f"{name} x{level}: {result.rate:.0f} req/s, p50 "
-                          f"{result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms,"
-                          f" {result.errors} errors")
+    def _report(self, row: Row) -> None:
+        result = row.result
+        self.stdout.write(f"{row.endpoint}{' (cached)' if row.cache else ''} x{row.level}: "
+                          f"{result.rate:.0f} req/s, p50 {result.percentile(50):.1f} ms, "
+                          f"p99 {result.percentile(99):.1f} ms, {result.errors} errors")
+        self.stdout.flush()
 
-    def _write(self, rows: list, catalog: int, workers: int, threads: int,
-               seconds: float) -> None:
-        lines = ["| endpoint | concurrent connections | req/s | p50 ms | p99 ms | errors |",
-                 "|---|---|---|---|---|---|"]
-        for name, level, result in rows:
-            lines.append(f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f}"
-                         f" | {result.percentile(99):.1f} | {result.errors} |")
+    def _write(self, rows: list[Row], catalog: int, options: dict[str, Any]) -> None:
+        lines = ["| endpoint | similar-products cache | concurrent connections | req/s | "
+                 "p50 ms | p99 ms | errors |", "|---|---|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            result = row.result
+            cache = ("warm" if row.cache else "off") if row.endpoint == "similar" else "-"
+            lines.append(f"| {row.endpoint} | {cache} | {row.level} | {result.rate:.0f} | "
+                         f"{result.percentile(50):.1f} | {result.percentile(99):.1f} | "
+                         f"{result.errors} |")
         body = (
-            f"gunicorn `demo_shop.wsgi` with {workers} processes x {threads} threads, "
-            f"DEBUG off, {catalog} embedded products; a closed-loop asyncio load generator on "
-            f"the same machine ({machine_line()}), {seconds:.0f} s per row, keep-alive. "
-            "`similar` cycles through up to 1,000 products "
-            "(`GET /api/visual-reco/products/<pk>/similar/?limit=8`); `photo search` posts one "
-            "kitchenware photo (`QUERY_EMBEDDING=\"process\"`, query multi-crop on).\n\n"
+            f"gunicorn `demo_shop.wsgi` with {options['workers']} processes x "
+            f"{options['threads']} threads, DEBUG off, {catalog:,} embedded products "
+            "(the demo catalog padded with synthetic products whose vectors are drawn like "
+            "the ones in *Nearest-neighbour queries at scale*, see `demo_shop/bench_catalog.py`)"
+            f"; Postgres and Redis on the same machine; a closed-loop asyncio load generator "
+            f"on the same machine too ({machine_line()}), {options['seconds']:.0f} s per "
+            "row, keep-alive. Everything shares the 2 cores. `similar` cycles through "
+            f"{options['products']:,} random products "
+            "(`GET /api/visual-reco/products/<pk>/similar/?limit=8`), once with "
+            "`SIMILAR_CACHE` off (every request runs the HNSW query) and once with it on, after "
+            "each product was asked once (the cache's steady state; a save, delete or new "
+            "embedding empties it). `photo search` posts one kitchenware photo "
+            "(`QUERY_EMBEDDING=\"process\"`, query multi-crop on).\n\n"
             + "\n".join(lines) + "\n\nCommand: `make bench` (runs `manage.py bench_api`).")
         path = replace_section("API under load", body)
         self.stdout.write(f"Wrote {path}")
+
+
+@dataclass
+class Row:
+    """One measured line of the table."""
+
+    endpoint: str
+    cache: bool
+    level: int
+    result: LoadResult

@@ -34,7 +34,7 @@ import numpy as np
 from django.apps.registry import Apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.test import override_settings
 
 from demo_shop import bench_vectors_lib as lib
@@ -51,6 +51,7 @@ from demo_shop.bench_vectors_lib import (
     Storage,
     SyntheticVectors,
 )
+from demo_shop.benchtools import benchmarks_path
 from visual_reco.conf import reco_settings
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.query import VisualQuerySet
@@ -149,9 +150,8 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help=(
             "sizes 10k and 100k, 50 queries, 20 exact-scan queries (explicit options win)"))
         parser.add_argument("--keep", action="store_true", help="keep the benchmark tables")
-        parser.add_argument("--out", default=str(Path(settings.BASE_DIR) / "docs" /
-                                                 "BENCHMARKS.md"))
-        parser.add_argument("--plot", default=str(Path(settings.BASE_DIR) / "docs" /
+        parser.add_argument("--out", default=str(benchmarks_path()))
+        parser.add_argument("--plot", default=str(benchmarks_path().parent /
                                                   "bench_latency_vs_size.png"))
         parser.add_argument("--results", help=(
             f"results of earlier runs, merged with this one's (default: {RESULTS_NAME} next "
@@ -249,9 +249,12 @@ class Command(BaseCommand):
                                  lib.similarity_profile(synthetic))
 
     def _shop_embeddings(self) -> np.ndarray | None:
+        from demo_shop.bench_catalog import SKU_PREFIX
         from demo_shop.shop.models import Product
 
-        ready = Product.objects.filter(image_embedding__isnull=False)
+        # Real photos only: bench_api's synthetic padding is drawn like the benchmark's own.
+        ready = Product.objects.filter(image_embedding__isnull=False).exclude(
+            sku__startswith=SKU_PREFIX)
         if ready.count() < 100:
             return None
         return np.array([np.asarray(v, dtype=np.float32) for v in
@@ -285,6 +288,8 @@ class Command(BaseCommand):
             cursor.execute(f"CREATE TABLE {table} (id bigint NOT NULL, category integer NOT "
                            "NULL, bucket integer NOT NULL, image varchar(100) NOT NULL, "
                            f"embedding {storage.name})")
+            # As visual_reco.inline_storage does for the app's own columns.
+            cursor.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN")
 
     def _load(self, size: int, tables: dict[Storage, str]) -> GroundTruth:
         """Generate, copy and remember the exact neighbours, one chunk at a time."""
@@ -318,6 +323,9 @@ class Command(BaseCommand):
     def _finish_table(self, table: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+            # Filter columns are indexed, as a shop indexes category or stock.
+            cursor.execute(f"CREATE INDEX {table}_category ON {table} (category)")
+            cursor.execute(f"CREATE INDEX {table}_bucket ON {table} (bucket)")
             cursor.execute(f"VACUUM ANALYZE {table}")
 
     def _build(self, size: int, storage: Storage, table: str, truth: GroundTruth,
@@ -380,8 +388,10 @@ class Command(BaseCommand):
                      limit: int | None = None) -> Measured:
         """Time ``similar_to_vector`` for every query under the given HNSW settings.
 
-        ``force_index`` turns sequential scans off for the session, so the planner takes the
-        HNSW index even where it estimates a scan of the matching rows to be cheaper.
+        ``force_index`` runs the queries in a transaction that drops the filter columns'
+        B-tree indexes (rolled back afterwards) and turns sequential and bitmap scans off, so
+        the planner takes the HNSW index even where it estimates reading the matching rows
+        to be cheaper.
         """
         warmup, queries = self._queries_for(storage)
         if limit is not None:  # the exact scan: fewer queries, and a short warm-up
@@ -392,7 +402,8 @@ class Command(BaseCommand):
 
         overrides = {**getattr(settings, "VISUAL_RECO", {}), "HNSW_EF_SEARCH": ef_search,
                      "HNSW_ITERATIVE_SCAN": iterative_scan}
-        with override_settings(VISUAL_RECO=overrides), self._seqscan(not force_index):
+        with override_settings(VISUAL_RECO=overrides), self._forced(
+                model._meta.db_table if force_index else None):
             plan = lib.summarise_plan(search(queries[0]).explain())
             for vector in warmup:
                 list(search(vector))
@@ -400,17 +411,18 @@ class Command(BaseCommand):
 
     @staticmethod
     @contextmanager
-    def _seqscan(enabled: bool) -> Iterator[None]:
-        if enabled:
+    def _forced(table: str | None) -> Iterator[None]:
+        if table is None:
             yield
             return
-        with connection.cursor() as cursor:
-            cursor.execute("SET enable_seqscan = off")
-        try:
-            yield
-        finally:
+        # DDL is transactional: the B-trees come back with the rollback.
+        with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute("RESET enable_seqscan")
+                cursor.execute(f"DROP INDEX {table}_category, {table}_bucket")
+                cursor.execute("SET LOCAL enable_seqscan = off")
+                cursor.execute("SET LOCAL enable_bitmapscan = off")
+            yield
+            transaction.set_rollback(True)
 
     @staticmethod
     def _timed(search: Callable[[np.ndarray], models.QuerySet], queries: np.ndarray,
@@ -460,7 +472,7 @@ class Command(BaseCommand):
                 self.report.filtered.append(measured.result(
                     size, self.main, FILTER_EF_SEARCH, expected, row_filter=row_filter,
                     iterative_scan=iterative_scan,
-                    variant="seq scan off" if force_index else ""))
+                    variant="forced" if force_index else ""))
                 self._log(self.report.filtered[-1])
 
     def _same_plan(self, measured: Measured) -> bool:
