@@ -799,7 +799,9 @@ own embeddings before choosing it.
 
 {filtered_table(report)}
 
-Each filter runs with the app's defaults (the planner's choice of plan, iterative scan
+Each filter runs with the app's defaults (when the planner expects at most
+`EXACT_SEARCH_MAX_ROWS` = 20,000 rows to pass, visual_reco ranks them exactly, which the
+planner does through the filter's B-tree; otherwise the planner's choice, iterative scan
 `relaxed_order`), then forced onto the HNSW index ("forced": in a transaction that drops
 the B-trees and turns `enable_seqscan` and `enable_bitmapscan` off, rolled back afterwards;
 the HNSW settings are then set per transaction, one more round trip per query) with the

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
 from tests.testapp.models import Item
@@ -86,7 +87,14 @@ def test_distances_and_order_match_numpy_cosine(catalog):
     np.testing.assert_allclose([r.visual_distance for r in results], 1 - expected_sims, atol=2e-3)
 
 
-def test_query_uses_the_hnsw_index(catalog):
+@pytest.fixture
+def hnsw_only(settings):
+    """HNSW even for the 30 rows a 1% filter passes (visual_reco would rank them exactly)."""
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}), "EXACT_SEARCH_MAX_ROWS": None}
+    return settings
+
+
+def test_query_uses_the_hnsw_index(catalog, hnsw_only):
     _, _, _, queries = catalog
     with index_path():
         assert "_hnsw" in plan(Item.objects.similar_to_vector(queries[0], limit=K))
@@ -106,7 +114,7 @@ def test_hnsw_recall_at_10_against_exact_search(catalog):
     assert recall >= 0.95, recall
 
 
-def test_filtered_query_still_returns_k_results(catalog):
+def test_filtered_query_still_returns_k_results(catalog, hnsw_only):
     pks, stored, in_stock, queries = catalog
     hits = 0
     for query in queries[:10]:
@@ -121,7 +129,8 @@ def test_filtered_query_still_returns_k_results(catalog):
 def test_without_iterative_scan_a_selective_filter_loses_results(catalog, settings):
     """Why HNSW_ITERATIVE_SCAN matters: plain HNSW filters after the candidate list."""
     _, _, _, queries = catalog
-    settings.VISUAL_RECO = {"HNSW_ITERATIVE_SCAN": "off", "HNSW_EF_SEARCH": 40}
+    settings.VISUAL_RECO = {"HNSW_ITERATIVE_SCAN": "off", "HNSW_EF_SEARCH": 40,
+                            "EXACT_SEARCH_MAX_ROWS": None}
     with index_path():
         found = list(Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K))
     assert len(found) < K
@@ -191,3 +200,29 @@ def test_vectors_are_stored_inline_so_the_planner_prices_scans_right(catalog):
         pages, rows = cursor.fetchone()
         assert rows >= N_ROWS and pages >= rows
     assert store_vectors_inline() == []  # idempotent: nothing left to change
+
+
+def test_selective_filters_are_ranked_exactly(catalog):
+    """30 rows pass: they are ranked by exact distance, not looked for in the graph."""
+    pks, stored, in_stock, queries = catalog
+    for query in queries[:5]:
+        search = Item.objects.filter(in_stock=True).similar_to_vector(query, limit=K)
+        assert "_hnsw" not in search.explain()
+        expected_pks, expected_sims = exact_top(stored, pks, query, K, in_stock)
+        found = list(search)
+        assert [r.pk for r in found] == expected_pks
+        np.testing.assert_allclose([r.visual_score for r in found], expected_sims, atol=2e-3)
+    source = Item.objects.get(pk=pks[0])  # in stock (every 100th row)
+    similar = list(Item.objects.filter(in_stock=True).visually_similar(source, limit=K))
+    assert [r.pk for r in similar] == exact_top(stored, pks, stored[0], K + 1, in_stock)[0][1:]
+
+
+def test_exact_ranking_only_for_filtered_searches_under_the_threshold(catalog, settings):
+    _, _, _, queries = catalog
+    with CaptureQueriesContext(connection) as unfiltered:
+        list(Item.objects.similar_to_vector(queries[0], limit=K))
+    assert not [q for q in unfiltered.captured_queries if q["sql"].startswith("EXPLAIN")]
+    settings.VISUAL_RECO = {"EXACT_SEARCH_MAX_ROWS": 10}  # fewer than the 30 passing rows
+    with index_path():
+        assert "_hnsw" in Item.objects.filter(in_stock=True).similar_to_vector(
+            queries[0], limit=K).explain()

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_EF_SEARCH": 100,
     "HNSW_ITERATIVE_SCAN": "relaxed_order",
     "HNSW_MAX_SCAN_TUPLES": 20_000,
+    # A filtered search that the planner expects to pass at most this many rows ranks them
+    # exactly (B-tree on the filter + exact distances) instead of using HNSW; None: never.
+    "EXACT_SEARCH_MAX_ROWS": 20_000,
     # "session": set them once per database connection; "transaction": per query, in a
     # transaction (for PgBouncer transaction pooling, where sessions are shared).
     "HNSW_SETTINGS_SCOPE": "session",

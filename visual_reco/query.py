@@ -7,6 +7,7 @@ distance through the HNSW index. pgvector 0.8's iterative index scan keeps scann
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Self
@@ -47,17 +48,26 @@ class VisualQuerySet(models.QuerySet):
     """A QuerySet with ``visually_similar``, ``similar_to_vector`` and ``similar_to_image``."""
 
     _visual_search = False
+    # The rows a filtered search chooses from (None: no caller filters), for `_exact`.
+    _visual_candidates: models.QuerySet | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
         clone._visual_search = self._visual_search
+        clone._visual_candidates = self._visual_candidates
         return clone
 
     def similar_to_vector(self, vector: Any, limit: int | None = None, *,
-                          field: str | None = None) -> Self:
+                          field: str | None = None, _filtered: bool | None = None) -> Self:
         """The ``limit`` rows nearest to ``vector``, annotated with ``visual_distance``
-        (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance)."""
+        (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance).
+
+        When the queryset is filtered and the planner expects at most
+        ``EXACT_SEARCH_MAX_ROWS`` rows to pass, those rows are ranked exactly instead of
+        walking the HNSW graph, which would have to skip almost everything it visits.
+        """
         embedding = get_embedding_field(self.model, field)
+        filtered = bool(self.query.where) if _filtered is None else _filtered
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
         query = (vector if hasattr(vector, "resolve_expression")
                  else HalfVector(np.asarray(vector, dtype=np.float32)))
@@ -65,11 +75,13 @@ class VisualQuerySet(models.QuerySet):
         if self._fields is None:  # not after .values()
             # Neighbours' vectors are 2,048 numbers each that callers rarely need.
             qs = qs.defer(embedding.attname)
-        qs = (qs.filter(**{f"{embedding.attname}__isnull": False})
-              .annotate(**{DISTANCE: CosineDistance(embedding.attname, query)})
+        qs = qs.filter(**{f"{embedding.attname}__isnull": False})
+        candidates = qs.order_by().values("pk") if filtered else None
+        qs = (qs.annotate(**{DISTANCE: CosineDistance(embedding.attname, query)})
               .annotate(visual_score=1.0 - models.F(DISTANCE))
               .order_by(DISTANCE)[:limit])
         qs._visual_search = True
+        qs._visual_candidates = candidates
         return qs
 
     def visually_similar(self, obj: models.Model, limit: int | None = None, *,
@@ -81,16 +93,18 @@ class VisualQuerySet(models.QuerySet):
         and forth.
         """
         embedding = get_embedding_field(type(obj), field)
+        filtered = bool(self.query.where)
         others = self.exclude(pk=obj.pk)
         if embedding.attname in obj.__dict__:
             vector = to_array(obj.__dict__[embedding.attname])
             if vector is None:
                 return self.none()
-            return others.similar_to_vector(vector, limit, field=field)
+            return others.similar_to_vector(vector, limit, field=field, _filtered=filtered)
         source = type(obj)._base_manager.using(self.db).filter(
             pk=obj.pk, **{f"{embedding.attname}__isnull": False})
         query = Subquery(source.values(embedding.attname)[:1], output_field=embedding)
-        return others.filter(Exists(source)).similar_to_vector(query, limit, field=field)
+        return others.filter(Exists(source)).similar_to_vector(query, limit, field=field,
+                                                               _filtered=filtered)
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None) -> Self:
@@ -107,8 +121,14 @@ class VisualQuerySet(models.QuerySet):
     def _fetch_all(self) -> None:
         if not self._visual_search or self._result_cache is not None:
             return super()._fetch_all()
-        with hnsw_settings_applied(self.db):
-            super()._fetch_all()
+        exact = self._exact()
+        if exact is not None:
+            self._result_cache = list(exact._iterable_class(exact))
+            if self._prefetch_related_lookups and not self._prefetch_done:
+                self._prefetch_related_objects()
+        else:
+            with hnsw_settings_applied(self.db):
+                super()._fetch_all()
         # relaxed_order may return neighbours slightly out of order; the page is small.
         if self._result_cache and isinstance(self._result_cache[0], models.Model):
             self._result_cache.sort(key=lambda row: getattr(row, DISTANCE))
@@ -119,8 +139,30 @@ class VisualQuerySet(models.QuerySet):
         """``EXPLAIN`` under the HNSW settings the query runs with (they change the plan)."""
         if not self._visual_search:
             return super().explain(format=format, **options)
+        exact = self._exact()
+        if exact is not None:
+            return exact.explain(format=format, **options)
         with hnsw_settings_applied(self.db):
             return super().explain(format=format, **options)
+
+    def _exact(self) -> Self | None:
+        """This search as an exact ranking of the filtered rows, when few enough pass."""
+        threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
+        if self._visual_candidates is None or not threshold:
+            return None
+        if estimated_rows(self._visual_candidates) > threshold:
+            return None
+        exact = self._chain()
+        exact._visual_search = False
+        # An expression, not the bare distance, so the HNSW index cannot serve the order.
+        exact.query.order_by = ((models.F(DISTANCE) + 0.0).asc(),)
+        return exact
+
+
+def estimated_rows(queryset: models.QuerySet) -> float:
+    """How many rows the planner expects ``queryset`` to return (``EXPLAIN``, not run)."""
+    plan = json.loads(queryset.explain(format="json"))
+    return float(plan[0]["Plan"]["Plan Rows"])
 
 
 def hnsw_settings() -> tuple[str, str, str]:

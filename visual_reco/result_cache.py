@@ -82,7 +82,8 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int,
                field: str | None) -> str:
     sql, params = candidates.query.sql_with_params()
-    signature = repr((sql, params, field, hnsw_settings(), candidates.db))
+    signature = repr((sql, params, field, hnsw_settings(), reco_settings.EXACT_SEARCH_MAX_ROWS,
+                      candidates.db))
     digest = hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
     return f"{PREFIX}:{type(obj)._meta.label_lower}:{obj.pk}:{limit}:{digest}"
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -92,12 +93,29 @@ class Command(BaseCommand):
                 photo = kitchenware_photos()[3].path.read_bytes()
                 search = multipart_post(HOST, "/api/visual-reco/search/", "image",
                                         "photo.jpg", photo)
-                run_load(HOST, port, search, options["workers"], 5.0)  # models load
+                self._warm_models(port, search, options["workers"])
                 for level in options["search_concurrency"]:
                     rows.append(Row("photo search", False, level, run_load(
                         HOST, port, search, level, options["seconds"])))
                     self._report(rows[-1])
         return rows
+
+    def _warm_models(self, port: int, search: Any, workers: int,
+                     timeout: float = 180.0) -> None:
+        """Search until every gunicorn process has loaded its model (it loads on first use).
+
+        Which process a connection lands on is up to the kernel, so rounds of concurrent
+        searches are sent until two rounds in a row have no model-loading outlier.
+        """
+        deadline, calm = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            result = run_load(HOST, port, search, 2 * workers, 0, max_requests=4 * workers)
+            smooth = bool(result.latencies) and max(result.latencies) < 2 * float(
+                np.median(result.latencies))
+            calm = calm + 1 if smooth else 0
+            if calm == 2:
+                return
+        raise CommandError("the web processes did not warm up")
 
     @contextmanager
     def _server(self, options: dict[str, Any], *, cache: bool) -> Iterator[int]:

@@ -402,6 +402,8 @@ class Command(BaseCommand):
 
         overrides = {**getattr(settings, "VISUAL_RECO", {}), "HNSW_EF_SEARCH": ef_search,
                      "HNSW_ITERATIVE_SCAN": iterative_scan}
+        if force_index:  # HNSW even where the app would rank the few passing rows exactly
+            overrides["EXACT_SEARCH_MAX_ROWS"] = None
         with override_settings(VISUAL_RECO=overrides), self._forced(
                 model._meta.db_table if force_index else None):
             plan = lib.summarise_plan(search(queries[0]).explain())
