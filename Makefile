@@ -25,7 +25,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python demo_shop/services.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Full benchmarks (about an hour; the 1M-row query benchmark is most of it): docs/BENCHMARKS.md.
+# Full benchmarks (about 45 minutes; the 1M-row index build is most of it): docs/BENCHMARKS.md.
 bench: install
 	$(RUN) $(BIN)/python manage.py migrate -v 0
 	$(RUN) $(BIN)/python manage.py bench_embedding

@@ -185,3 +185,16 @@ def test_query_multi_crop_averages_six_views(photos, settings):
     whole = embed_query_images([image])[0]
     assert float(whole @ get_embedder().embed([image])[0]) > 0.9999
     assert float(whole @ averaged) < 0.999
+
+
+def test_warm_up_embeds_one_photo_only_in_process_mode(settings, monkeypatch):
+    from visual_reco import search
+
+    calls = []
+    monkeypatch.setattr(search, "embed_query_images", lambda images: calls.append(images))
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker"}
+    search.warm_up()
+    assert calls == []
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "process"}
+    search.warm_up()
+    assert len(calls) == 1 and len(calls[0]) == 1 and calls[0][0].size == (320, 320)

@@ -46,6 +46,17 @@ def embed_query_images(images: list[Image.Image]) -> np.ndarray:
     return l2_normalise(vectors.reshape(len(images), views, -1).mean(axis=1))
 
 
+def warm_up() -> None:
+    """Load the model and embed one blank photo, so that no customer waits for it.
+
+    With ``QUERY_EMBEDDING = "process"`` the first search in a web process otherwise pays
+    the model load (seconds); call this where web processes start, e.g. in gunicorn's
+    ``post_worker_init`` hook. Does nothing with ``"worker"``.
+    """
+    if reco_settings.QUERY_EMBEDDING == "process":
+        embed_query_images([Image.new("RGB", (320, 320), "white")])
+
+
 def embed_query(file: IO[bytes]) -> np.ndarray:
     """Embed an uploaded photo where ``QUERY_EMBEDDING`` says.
 

@@ -7,14 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -75,61 +76,59 @@ class Command(BaseCommand):
         # A random sample of the whole catalog, so the padding is queried as much as the rest.
         pks = list(Product.objects.filter(image_embedding_status="ready").order_by("?")
                    .values_list("pk", flat=True)[:options["products"]])
-        similar = get_requests(HOST, [f"/api/visual-reco/products/{pk}/similar/?limit=8"
-                                      for pk in pks])
+        paths = [f"/api/visual-reco/products/{pk}/similar/?limit=8" for pk in pks]
         rows: list[Row] = []
         for cache in (False, True):
             with self._server(options, cache=cache) as port:
                 if cache:  # every product asked once: the steady state of a busy shop
-                    run_load(HOST, port, get_requests(HOST, [
-                        f"/api/visual-reco/products/{pk}/similar/?limit=8" for pk in pks]),
-                        4, 0, max_requests=len(pks))
+                    run_load(HOST, port, get_requests(HOST, paths), 4, 0,
+                             max_requests=len(pks))
                 for level in options["concurrency"]:
                     rows.append(Row("similar", cache, level, run_load(
-                        HOST, port, similar, level, options["seconds"])))
+                        HOST, port, get_requests(HOST, paths), level, options["seconds"])))
                     self._report(rows[-1])
-                if cache or options["no_search"]:
-                    continue
-                photo = kitchenware_photos()[3].path.read_bytes()
-                search = multipart_post(HOST, "/api/visual-reco/search/", "image",
-                                        "photo.jpg", photo)
-                self._warm_models(port, search, options["workers"])
-                for level in options["search_concurrency"]:
-                    rows.append(Row("photo search", False, level, run_load(
-                        HOST, port, search, level, options["seconds"])))
-                    self._report(rows[-1])
+        if options["no_search"]:
+            return rows
+        photo = kitchenware_photos()[3].path.read_bytes()
+        search = multipart_post(HOST, "/api/visual-reco/search/", "image", "photo.jpg", photo)
+        with self._server(options, cache=False, warm_models=True) as port:
+            for level in options["search_concurrency"]:
+                rows.append(Row("photo search", False, level, run_load(
+                    HOST, port, search, level, options["seconds"])))
+                self._report(rows[-1])
         return rows
 
-    def _warm_models(self, port: int, search: Any, workers: int,
-                     timeout: float = 180.0) -> None:
-        """Search until every gunicorn process has loaded its model (it loads on first use).
-
-        Which process a connection lands on is up to the kernel, so rounds of concurrent
-        searches are sent until two rounds in a row have no model-loading outlier.
-        """
-        deadline, calm = time.monotonic() + timeout, 0
-        while time.monotonic() < deadline:
-            result = run_load(HOST, port, search, 2 * workers, 0, max_requests=4 * workers)
-            smooth = bool(result.latencies) and max(result.latencies) < 2 * float(
-                np.median(result.latencies))
-            calm = calm + 1 if smooth else 0
-            if calm == 2:
-                return
-        raise CommandError("the web processes did not warm up")
-
     @contextmanager
-    def _server(self, options: dict[str, Any], *, cache: bool) -> Iterator[int]:
+    def _server(self, options: dict[str, Any], *, cache: bool,
+                warm_models: bool = False) -> Iterator[int]:
+        """gunicorn on a free port; with ``warm_models`` every process loads the model (and
+        embeds a photo) before the first measured request, as `demo_shop.gunicorn_conf` does."""
         port = _free_port()
         env = {**os.environ, "DJANGO_DEBUG": "0", "DEMO_SIMILAR_CACHE": "1" if cache else "0"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
-             "-w", str(options["workers"]), "--threads", str(options["threads"]),
-             "--log-level", "warning"], cwd=settings.BASE_DIR, env=env)
-        try:
-            self._wait_for(port)
-            yield port
-        finally:
-            stop(server)
+        command = [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
+                   "-w", str(options["workers"]), "--threads", str(options["threads"]),
+                   "--log-level", "warning"]
+        with tempfile.TemporaryDirectory() as ready:
+            if warm_models:
+                command[3:3] = ["-c", "python:demo_shop.gunicorn_conf"]
+                env["GUNICORN_READY_DIR"] = ready
+            server = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env)
+            try:
+                if warm_models:
+                    self._wait_for_files(Path(ready), options["workers"], server)
+                self._wait_for(port)
+                yield port
+            finally:
+                stop(server)
+
+    @staticmethod
+    def _wait_for_files(folder: Path, count: int, server: subprocess.Popen,
+                        timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(list(folder.iterdir())) < count:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise CommandError("gunicorn's processes did not load the model")
+            time.sleep(0.5)
 
     def _wait_for(self, port: int, timeout: float = 60.0) -> None:
         pk = Product.objects.filter(image_embedding_status="ready").values_list(
@@ -177,7 +176,7 @@ class Command(BaseCommand):
             "(`QUERY_EMBEDDING=\"process\"`, query multi-crop on). Which gunicorn process a "
             "keep-alive connection lands on is up to the kernel, so at a given concurrency one "
             "process can get most connections and one core: rows vary from run to run (seen "
-            "on this machine: 239-350 req/s uncached and 291-561 cached at the same "
+            "on this machine: 239-350 req/s uncached and 274-561 cached at the same "
             "concurrency).\n\n"
             + "\n".join(lines) + "\n\nCommand: `make bench` (runs `manage.py bench_api`).")
         path = replace_section("API under load", body)

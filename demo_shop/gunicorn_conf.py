@@ -1,0 +1,20 @@
+"""gunicorn settings for the demo shop: each web process loads the photo-search model as it
+starts (``gunicorn -c python:demo_shop.gunicorn_conf demo_shop.wsgi``).
+
+With ``GUNICORN_READY_DIR`` set, each process then writes a file named after its pid there,
+so a benchmark can wait until every process is warm.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def post_worker_init(worker: Any) -> None:
+    """Warm the query embedder in this worker, then say so."""
+    from visual_reco.search import warm_up
+
+    warm_up()
+    ready = os.environ.get("GUNICORN_READY_DIR")
+    if ready:
+        (Path(ready) / str(worker.pid)).touch()
