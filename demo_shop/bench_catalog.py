@@ -18,6 +18,7 @@ from demo_shop.bench_vectors_lib import (
     Storage,
     SyntheticVectors,
     copy_payload,
+    index_build_settings,
     maintenance_work_mem,
 )
 from demo_shop.shop.models import Product
@@ -25,6 +26,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.fields import get_embedding_field
 from visual_reco.indexing import embed_objects
 from visual_reco.models import EmbeddingStatus
+from visual_reco.result_cache import invalidate
 
 SKU_PREFIX = "bench-"
 STAGING = "bench_catalog_staging"
@@ -50,18 +52,13 @@ def _without_index(change: Callable[[], None], rows: int) -> None:
     try:
         change()
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET maintenance_work_mem = '{maintenance_work_mem(rows, HALFVEC)}'")
-            cursor.execute("SET max_parallel_maintenance_workers = 1")
-        try:
+        mwm = maintenance_work_mem(rows, HALFVEC)
+        with connection.cursor() as cursor, index_build_settings(cursor, mwm):
             with connection.schema_editor(atomic=False) as editor:
                 editor.add_index(Product, index)
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET maintenance_work_mem")
-                cursor.execute("RESET max_parallel_maintenance_workers")
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {Product._meta.db_table}")
+    invalidate(Product)  # the rows changed without signals
 
 
 def pad_catalog(size: int, *, seed: int = 0, chunk_size: int = 5_000,

@@ -13,6 +13,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -390,6 +391,18 @@ def summarise_plan(plan: str) -> str:
         if node in plan:
             return node.lower()
     return plan.strip().splitlines()[0] if plan.strip() else "?"
+
+
+@contextmanager
+def index_build_settings(cursor: Any, mwm: str) -> Iterator[None]:
+    """``maintenance_work_mem`` and one parallel worker for an HNSW build, reset afterwards."""
+    cursor.execute(f"SET maintenance_work_mem = '{mwm}'")
+    cursor.execute("SET max_parallel_maintenance_workers = 1")
+    try:
+        yield
+    finally:
+        cursor.execute("RESET maintenance_work_mem")
+        cursor.execute("RESET max_parallel_maintenance_workers")
 
 
 def maintenance_work_mem(n: int, storage: Storage) -> str:

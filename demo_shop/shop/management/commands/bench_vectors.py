@@ -360,16 +360,12 @@ class Command(BaseCommand):
 
         raw.add_notice_handler(on_notice)
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET maintenance_work_mem = '{mwm}'")
-                cursor.execute("SET max_parallel_maintenance_workers = 1")
+            with connection.cursor() as cursor, lib.index_build_settings(cursor, mwm):
                 started = time.perf_counter()
                 cursor.execute(f"CREATE INDEX {table}_hnsw ON {table} USING hnsw "
                                f"(embedding {storage.opclass}) "
                                f"WITH (m = {m}, ef_construction = {ef_construction})")
                 seconds = time.perf_counter() - started
-                cursor.execute("RESET maintenance_work_mem")
-                cursor.execute("RESET max_parallel_maintenance_workers")
         finally:
             raw.remove_notice_handler(on_notice)
         return seconds, notices
