@@ -20,8 +20,9 @@ import time
 from typing import Any
 
 from django.core.cache import BaseCache, caches
-from django.db import connections, models, transaction
+from django.db import models
 
+from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
 from visual_reco.fields import get_embedding_field
 from visual_reco.query import DISTANCE, hnsw_settings, visual
@@ -47,15 +48,14 @@ def invalidate(model: type[models.Model]) -> None:
         cache.set(_version_key(model), time.time_ns(), None)
 
 
-class PendingInvalidation:
+class PendingInvalidation(OnCommit):
     """The models changed in one transaction, invalidated together when it commits."""
 
     def __init__(self) -> None:
         self.models: set[type[models.Model]] = set()
-        self.done = False
 
-    def __call__(self) -> None:
-        self.done = True
+    def run(self) -> None:
+        """`invalidate` every model the transaction changed."""
         for model in self.models:
             invalidate(model)
 
@@ -65,18 +65,9 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
 
     One callback per transaction, however many rows it changes.
     """
-    if not reco_settings.SIMILAR_CACHE:
-        return
-    connection = connections[using]
-    pending = getattr(connection, PENDING, None)
-    if (pending is not None and not pending.done
-            and any(entry[1] is pending for entry in connection.run_on_commit)):
-        pending.models.add(model)
-        return
-    pending = PendingInvalidation()
-    pending.models.add(model)
-    setattr(connection, PENDING, pending)
-    transaction.on_commit(pending, using=using, robust=True)
+    if reco_settings.SIMILAR_CACHE:
+        add_on_commit(using, PENDING, PendingInvalidation,
+                      lambda pending: pending.models.add(model))
 
 
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int,

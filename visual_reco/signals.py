@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.files import File
-from django.db import connections, transaction
 from django.db.models.fields.files import FieldFile
 from django.db.models.signals import (
     class_prepared,
@@ -22,6 +21,7 @@ from django.db.models.signals import (
 )
 from django.utils import timezone
 
+from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.models import EmbeddingStatus
 
 SOURCES = "_visual_reco_sources"
@@ -112,7 +112,7 @@ def schedule_embedding(sender: type, instance: Any, raw: bool = False, using: st
             _add_to_commit_batch(using, sender, field.name, instance.pk)
 
 
-class CommitBatch:
+class CommitBatch(OnCommit):
     """The objects whose images changed in one transaction; queued together on commit.
 
     One batch is registered with ``on_commit`` per transaction, so saving many products in
@@ -124,32 +124,22 @@ class CommitBatch:
     def __init__(self, using: str) -> None:
         self.using = using
         self.items: dict[tuple[type, str], list[Any]] = {}
-        self.sent = False
 
     def add(self, model: type, field: str, pk: Any) -> None:
         """Add one object to the batch."""
         self.items.setdefault((model, field), []).append(pk)
 
-    def __call__(self) -> None:
+    def run(self) -> None:
+        """Queue the batch's objects, ``BATCH_SIZE`` per task."""
         from visual_reco.indexing import queue_embeddings
 
-        self.sent = True
         for (model, field), pks in self.items.items():
             queue_embeddings(model, list(dict.fromkeys(pks)), field=field, using=self.using)
 
 
 def _add_to_commit_batch(using: str, model: type, field: str, pk: Any) -> None:
-    connection = connections[using]
-    batch = getattr(connection, BATCH, None)
-    if (batch is not None and not batch.sent
-            and any(entry[1] is batch for entry in connection.run_on_commit)):
-        batch.add(model, field, pk)
-        return
-    batch = CommitBatch(using)
-    batch.add(model, field, pk)
-    setattr(connection, BATCH, batch)
-    # Outside a transaction this runs at once.
-    transaction.on_commit(batch, using=using, robust=True)
+    add_on_commit(using, BATCH, lambda: CommitBatch(using),
+                  lambda batch: batch.add(model, field, pk))
 
 
 def forget_similar(sender: type, using: str = "default", **kwargs: Any) -> None:
