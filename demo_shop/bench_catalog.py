@@ -9,9 +9,11 @@ the load rather than updated row by row. `remove_padding` deletes them again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from demo_shop.bench_vectors_lib import (
     COPY_COLUMNS,
@@ -23,9 +25,9 @@ from demo_shop.bench_vectors_lib import (
 )
 from demo_shop.shop.models import Product
 from visual_reco.conf import reco_settings
-from visual_reco.fields import get_embedding_field
-from visual_reco.indexing import embed_objects
+from visual_reco.embedding import embed_objects
 from visual_reco.models import EmbeddingStatus
+from visual_reco.registry import get_embedding_field
 from visual_reco.result_cache import invalidate
 
 SKU_PREFIX = "bench-"
@@ -93,21 +95,21 @@ def pad_catalog(size: int, *, seed: int = 0, chunk_size: int = 5_000,
                              ) as copy:
                 copy.write(copy_payload(rows, HALFVEC, rows.vectors))
     table = Product._meta.db_table
+    # The status columns as the field writes them; the vector comes from the staging table.
+    state = field.state(EmbeddingStatus.READY, fingerprint=fingerprint, at=timezone.now())
+    del state[field.attname]
     columns = {
         "sku": f"'{SKU_PREFIX}' || id", "name": "'Synthetic product ' || id",
         "category": "'Synthetic ' || category", "price": "10 + bucket", "in_stock": "bucket >= 10",
-        "image": "%s", field.attname: "embedding", field.status_name: "%s",
-        field.companion_name("error"): "''", field.fingerprint_name: "%s",
-        field.companion_name("updated_at"): "now()",
+        "image": "%s", field.attname: "embedding", **dict.fromkeys(state, "%s"),
     }
-    _without_index(lambda: _insert(table, columns, [image, EmbeddingStatus.READY,
-                                                     fingerprint]), size)
+    _without_index(lambda: _insert(table, columns, [image, *state.values()]), size)
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE {STAGING}")
     return missing
 
 
-def _insert(table: str, columns: dict[str, str], params: list[str]) -> None:
+def _insert(table: str, columns: dict[str, str], params: list[Any]) -> None:
     names = ", ".join(connection.ops.quote_name(name) for name in columns)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(columns.values())} "

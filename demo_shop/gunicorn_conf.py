@@ -12,7 +12,7 @@ from typing import Any
 
 def post_worker_init(worker: Any) -> None:
     """Warm the query embedder in this worker, then say so."""
-    from visual_reco.search import warm_up
+    from visual_reco.query_photos import warm_up
 
     warm_up()
     ready = os.environ.get("GUNICORN_READY_DIR")

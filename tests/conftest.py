@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -75,8 +74,3 @@ def wait_for_status(item, statuses: set[str], timeout: float = EMBED_TIMEOUT):
             pytest.fail(f"{item} still {item.embedding_status!r} after {timeout}s")
         time.sleep(0.25)
 
-
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

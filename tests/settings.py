@@ -65,6 +65,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
 CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
     "VISUAL_RECO_TEST_QUEUE", f"visual_reco_tests_{os.getpid()}")
 CELERY_TASK_IGNORE_RESULT = True
+# For photo search through a worker (QUERY_EMBEDDING="worker"), whose task returns a vector.
+CELERY_RESULT_BACKEND = urlunsplit(urlsplit(CELERY_BROKER_URL)._replace(path="/3"))
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A shared cache for the similar-products cache tests (off unless a test sets SIMILAR_CACHE).
 CACHES = {
@@ -75,4 +77,6 @@ CACHES = {
 }
 
 # A small byte limit so the "over the limit" upload stays small; the worker shares it.
-VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024}
+# testapp has three embedded models; the API serves Item.
+VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
+               "PRODUCT_MODEL": "testapp.Item"}

@@ -2,7 +2,9 @@
 
 from django.core import checks
 
+from visual_reco.conf import DEFAULT_WEIGHTS
 from visual_reco.embedders import build_embedder
+from visual_reco.registry import embedded_models, embedding_fields
 
 
 def _errors():
@@ -15,19 +17,23 @@ def test_default_configuration_passes():
 
 
 def test_dimension_mismatch_is_an_error(settings):
-    settings.VISUAL_RECO = {"EMBEDDER": {
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EMBEDDER": {
         "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
         "OPTIONS": {"architecture": "EfficientNetB0", "weights": "imagenet"}}}
     errors = _errors()
-    assert [e.id for e in errors] == ["visual_reco.E001"]
+    fields = [f for m in embedded_models() for f in embedding_fields(m) if f.model is m]
+    assert [e.id for e in errors] == ["visual_reco.E001"] * len(fields)  # one per field
+    assert {e.obj for e in errors} == set(fields)
     assert "2048" in errors[0].msg and "1280" in errors[0].msg
 
 
 def test_unbuildable_embedder_is_an_error(settings):
-    settings.VISUAL_RECO = {"EMBEDDER": {
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EMBEDDER": {
         "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
         "OPTIONS": {"architecture": "NoSuchNet"}}}
-    assert [e.id for e in _errors()] == ["visual_reco.E003"]
+    errors = _errors()
+    assert [e.id for e in errors] == ["visual_reco.E003"]  # once for the embedder, not per field
+    assert "Item.embedding" in errors[0].msg and "Look.detail_embedding" in errors[0].msg
 
 
 def test_fingerprint_changes_with_preprocessing_and_weights():
@@ -39,4 +45,5 @@ def test_fingerprint_changes_with_preprocessing_and_weights():
     assert default != build_embedder({**base, "OPTIONS": {"weights": "imagenet",
                                                           "preprocessing": {"RESIZE": "crop"}}}
                                           ).fingerprint
-    assert default != build_embedder({**base, "OPTIONS": {}}).fingerprint.replace("x", "y")
+    assert default != build_embedder({**base, "OPTIONS": {"weights": DEFAULT_WEIGHTS}}
+                                      ).fingerprint

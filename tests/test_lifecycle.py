@@ -6,11 +6,12 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
+from tests.celery_app import app as celery_app
 from tests.conftest import upload
-from tests.testapp.models import Item
-from visual_reco.fields import ImageEmbeddingField
-from visual_reco.indexing import mark_stale, reindex
+from tests.testapp.models import Item, Look, Photographed
+from visual_reco.jobs import EMBED_TASK, mark_stale, reindex
 from visual_reco.models import EmbeddingStatus
+from visual_reco.registry import embedding_fields, get_embedding_field
 
 pytestmark = pytest.mark.django_db
 
@@ -53,8 +54,12 @@ def test_database_column_is_halfvec_with_hnsw_index(django_db_blocker):
 def sent(monkeypatch):
     """The pk lists of the embedding tasks sent to the broker (publishing is recorded)."""
     tasks = []
-    monkeypatch.setattr("visual_reco.tasks.embed_task.apply_async",
-                        lambda args, **kwargs: tasks.append(args[2]))
+
+    def record(name, args, **kwargs):
+        assert name == EMBED_TASK
+        tasks.append(args[2])
+
+    monkeypatch.setattr(celery_app, "send_task", record)
     return tasks
 
 
@@ -187,5 +192,17 @@ def test_reindex_marks_pending_and_keeps_vectors_until_replaced(photos, sent):
 
 
 def test_field_is_usable_on_abstract_base():
-    field = ImageEmbeddingField(source="photo")
-    assert field.null and field.blank and not field.editable
+    """The abstract base keeps a bare field; its concrete subclass gets the companions, the
+    index and a registry entry of its own."""
+    abstract_field = Photographed._meta.get_field("photo_embedding")
+    assert abstract_field.null and abstract_field.blank and not abstract_field.editable
+    assert not any(f.name == "photo_embedding_status" for f in Photographed._meta.fields)
+    assert embedding_fields(Photographed) == []
+    field = get_embedding_field(Look, "photo_embedding")
+    assert field is not abstract_field and field.model is Look
+    assert {"photo_embedding_status", "photo_embedding_error", "photo_embedding_fingerprint",
+            "photo_embedding_updated_at"} <= {f.name for f in Look._meta.fields}
+    assert sorted(i.fields[0] for i in Look._meta.indexes if i.name.endswith("_hnsw")) == [
+        "detail_embedding", "photo_embedding"]
+    look = Look.objects.create(name="x")
+    assert look.photo_embedding_status == EmbeddingStatus.NO_IMAGE

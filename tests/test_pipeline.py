@@ -1,5 +1,8 @@
 """The real path: save -> on_commit -> Redis -> Celery worker -> TensorFlow -> pgvector."""
 
+import io
+import time
+
 import numpy as np
 import pytest
 from celery import current_app
@@ -9,11 +12,15 @@ from kombu import pools
 from PIL import Image
 
 from tests.celery_app import app as celery_app
-from tests.conftest import corrupt_jpeg, upload, wait_for_status
-from tests.testapp.models import Item
+from tests.conftest import EMBED_TIMEOUT, corrupt_jpeg, upload, wait_for_status
+from tests.testapp.models import Item, ItemImage, Look
 from visual_reco.embedders import get_embedder
+from visual_reco.embedding import embed_objects
+from visual_reco.images import ImageError
+from visual_reco.jobs import sweep
 from visual_reco.models import EmbeddingStatus
 from visual_reco.query import vector_of
+from visual_reco.query_photos import embed_query
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 DONE = {EmbeddingStatus.READY, EmbeddingStatus.FAILED}
@@ -102,8 +109,6 @@ def test_broker_down_keeps_the_save_and_reindex_recovers(celery_worker, photos, 
 
 
 def test_sweep_queues_rows_nobody_queued(celery_worker, photos):
-    from visual_reco.indexing import sweep
-
     item = Item.objects.create(name="x", photo=upload(photos[7].path))
     item = wait_for_status(item, DONE)
     # Simulate a row left pending by a broker outage.
@@ -116,8 +121,6 @@ def test_sweep_queues_rows_nobody_queued(celery_worker, photos):
 
 def test_embed_objects_decodes_in_parallel_without_mixing_rows(photos):
     """Rows decoded on several threads still get their own photo's vector."""
-    from visual_reco.indexing import embed_objects
-
     items = [Item.objects.create(name=f"p{i}", photo=upload(photos[i].path)) for i in range(6)]
     embed_objects(Item, [i.pk for i in items])
     embedder = get_embedder()
@@ -126,3 +129,43 @@ def test_embed_objects_decodes_in_parallel_without_mixing_rows(photos):
         with Image.open(photo.path) as image:
             expected = embedder.embed([image.convert("RGB")])[0]
         assert float(vector_of(item) @ expected) > 0.999
+
+
+def test_every_field_and_every_embedded_model_goes_through_the_worker(celery_worker, photos):
+    """Two embedding fields on one model and a child image model, embedded by the real worker
+    with the tasks sent by name."""
+    with transaction.atomic():
+        look = Look.objects.create(name="two photos", photo=upload(photos[8].path),
+                                   detail=upload(photos[9].path))
+        item = Item.objects.create(name="parent")
+        image = ItemImage.objects.create(item=item, image=upload(photos[10].path))
+    deadline = time.monotonic() + EMBED_TIMEOUT
+    while True:
+        look.refresh_from_db()
+        image.refresh_from_db()
+        statuses = (look.photo_embedding_status, look.detail_embedding_status,
+                    image.embedding_status)
+        if all(status in DONE for status in statuses) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert statuses == ("ready", "ready", "ready"), (look.photo_embedding_error,
+                                                     look.detail_embedding_error,
+                                                     image.embedding_error)
+    photo = vector_of(look, "photo_embedding")
+    detail = vector_of(look, "detail_embedding")
+    assert float(photo @ detail) < 0.99  # each field embedded its own source
+    assert float(vector_of(image) @ vector_of(look)) < 0.99
+    assert Look.objects.similar_to_vector(detail, 1, field="detail_embedding")[0].pk == look.pk
+
+
+def test_photo_search_through_a_worker_embeds_like_this_process(celery_worker, photos, settings):
+    """QUERY_EMBEDDING="worker": the worker runs the same query-photo path (decoding,
+    multi-crop) as a web process, and bad uploads never leave this process."""
+    data = photos[11].path.read_bytes()
+    here = embed_query(io.BytesIO(data))
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker",
+                            "QUERY_TIMEOUT": 60.0}
+    there = embed_query(io.BytesIO(data))
+    assert there.shape == here.shape and float(there @ here) > 0.999
+    with pytest.raises(ImageError, match="empty"):
+        embed_query(io.BytesIO(b""))

@@ -12,7 +12,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
-from tests.testapp.models import Item
+from tests.testapp.models import Item, Look
+from visual_reco.query import hnsw_settings
 
 N_ROWS, N_CLUSTERS, DIMS, K = 3000, 60, 2048, 10
 IN_STOCK_EVERY = 100  # 1% of rows pass the filter
@@ -202,6 +203,20 @@ def test_vectors_are_stored_inline_so_the_planner_prices_scans_right(catalog):
     assert store_vectors_inline() == []  # idempotent: nothing left to change
 
 
+def test_only_the_vectors_that_fit_a_page_are_inline():
+    """Two 4 kB vectors cannot both live in an 8 kB page: the default field's is inline, the
+    other goes to TOAST, and a row with both is stored."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
+                       "'testapp_look'::regclass AND attname LIKE '%%_embedding'")
+        assert dict(cursor.fetchall()) == {"photo_embedding": "p", "detail_embedding": "e"}
+    look = Look.objects.create(name="both")
+    Look.objects.filter(pk=look.pk).update(photo_embedding=np.ones(DIMS),
+                                           detail_embedding=np.ones(DIMS))
+    assert Look.objects.filter(photo_embedding__isnull=False,
+                               detail_embedding__isnull=False).count() == 1
+
+
 def test_selective_filters_are_ranked_exactly(catalog):
     """30 rows pass: they are ranked by exact distance, not looked for in the graph."""
     pks, stored, in_stock, queries = catalog
@@ -226,3 +241,64 @@ def test_exact_ranking_only_for_filtered_searches_under_the_threshold(catalog, s
     with index_path():
         assert "_hnsw" in Item.objects.filter(in_stock=True).similar_to_vector(
             queries[0], limit=K).explain()
+
+
+# The HNSW session settings, outside transactions (``transaction=True``).
+
+@pytest.fixture
+def few_rows():
+    rng = np.random.default_rng(3)
+    Item.objects.bulk_create([Item(name=f"i{i}", in_stock=True, embedding_status="ready",
+                                   embedding=HalfVector(rng.random(DIMS)))
+                              for i in range(30)])
+
+
+def _show(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SHOW {name}")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hnsw_settings_are_set_once_per_connection(few_rows, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 77}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert (_show("hnsw.ef_search"), _show("hnsw.iterative_scan")) == ("77", "relaxed_order")
+    with CaptureQueriesContext(connection) as again:
+        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert [q["sql"] for q in again.captured_queries if "set_config" in q["sql"]] == []
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 55}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("hnsw.ef_search") == "55" and hnsw_settings()[0] == "55"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settings_inside_a_rolled_back_transaction_do_not_leak_or_get_lost(few_rows, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 60}
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 61}
+    with pytest.raises(RuntimeError), transaction.atomic():
+        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+        assert _show("hnsw.ef_search") == "61"
+        raise RuntimeError
+    assert _show("hnsw.ef_search") == "60"  # the transaction's own setting went with it
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("hnsw.ef_search") == "61"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transaction_scope_sets_nothing_for_the_session(few_rows, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_SETTINGS_SCOPE": "transaction",
+                            "HNSW_EF_SEARCH": 42}
+    connection.close()
+    found = list(Item.objects.filter(in_stock=True).similar_to_vector(np.ones(DIMS), limit=3))
+    assert len(found) == 3
+    assert _show("hnsw.ef_search") == "40"  # pgvector's default: nothing leaked
+
+
+@pytest.mark.django_db(transaction=True)
+def test_explain_runs_under_the_same_settings(few_rows, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 91}
+    connection.close()
+    Item.objects.similar_to_vector(np.ones(DIMS), limit=3).explain()
+    assert _show("hnsw.ef_search") == "91"

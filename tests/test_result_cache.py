@@ -1,5 +1,5 @@
 """The similar-products cache (``SIMILAR_CACHE``) against the live query, on a real Redis
-cache and real Postgres transactions; and the per-connection HNSW settings.
+cache and real Postgres transactions.
 
 Vectors are synthetic: what is under test is which rows come back, not the CNN.
 """
@@ -14,7 +14,7 @@ from pgvector import HalfVector
 
 from tests.conftest import upload
 from tests.testapp.models import Item
-from visual_reco.query import hnsw_settings
+from visual_reco.embedding import embed_objects
 from visual_reco.result_cache import invalidate, similar_products
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -125,8 +125,6 @@ def test_new_and_deleted_rows_show_at_once(items, cached):
 
 
 def test_embeddings_written_by_the_indexer_invalidate(items, cached, photos):
-    from visual_reco.indexing import embed_objects
-
     source = items[0]
     similar_products(source, limit=5)
     new = Item.objects.create(name="new", photo=upload(photos[0].path))
@@ -175,50 +173,3 @@ def test_checks_flag_a_missing_or_per_process_cache(settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
     ids = [m.id for m in run_checks()]
     assert "visual_reco.W001" not in ids and "visual_reco.E004" not in ids
-
-
-def _show(name: str) -> str:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SHOW {name}")
-        return cursor.fetchone()[0]
-
-
-def test_hnsw_settings_are_set_once_per_connection(items, settings):
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 77}
-    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-    assert (_show("hnsw.ef_search"), _show("hnsw.iterative_scan")) == ("77", "relaxed_order")
-    with CaptureQueriesContext(connection) as again:
-        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-    assert [q["sql"] for q in again.captured_queries if "set_config" in q["sql"]] == []
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 55}
-    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-    assert _show("hnsw.ef_search") == "55" and hnsw_settings()[0] == "55"
-
-
-def test_settings_inside_a_rolled_back_transaction_do_not_leak_or_get_lost(items, settings):
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 60}
-    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 61}
-    with pytest.raises(RuntimeError), transaction.atomic():
-        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-        assert _show("hnsw.ef_search") == "61"
-        raise RuntimeError
-    assert _show("hnsw.ef_search") == "60"  # the transaction's own setting went with it
-    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
-    assert _show("hnsw.ef_search") == "61"
-
-
-def test_transaction_scope_sets_nothing_for_the_session(items, settings):
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_SETTINGS_SCOPE": "transaction",
-                            "HNSW_EF_SEARCH": 42}
-    connection.close()
-    found = list(Item.objects.filter(in_stock=True).similar_to_vector(np.ones(DIMS), limit=3))
-    assert len(found) == 3
-    assert _show("hnsw.ef_search") == "40"  # pgvector's default: nothing leaked
-
-
-def test_explain_runs_under_the_same_settings(items, settings):
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 91}
-    connection.close()
-    Item.objects.similar_to_vector(np.ones(DIMS), limit=3).explain()
-    assert _show("hnsw.ef_search") == "91"

@@ -14,10 +14,11 @@ from tests.conftest import upload, wait_for_status
 from tests.testapp.models import Item
 from visual_reco.classifier import load_classifier
 from visual_reco.embedders import get_embedder
-from visual_reco.images import open_image
-from visual_reco.indexing import embed_objects
+from visual_reco.embedding import embed_objects
+from visual_reco.images import ImageError, open_image
 from visual_reco.models import EmbeddingStatus
 from visual_reco.query import vector_of
+from visual_reco.query_photos import embed_query_images
 
 SEARCH = "/api/visual-reco/search/"
 
@@ -110,7 +111,7 @@ def test_search_without_a_file_is_400(client, catalog):
 
 def test_search_is_503_not_a_hang_when_no_worker_answers(client, catalog, photos, settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker",
-                            "QUERY_TIMEOUT": 1.0}
+                            "QUERY_TIMEOUT": 1.0, "TASK_QUEUE": "visual_reco_tests_nobody"}
     response = post_photo(client, customer_photo(photos[0].path))
     assert response.status_code == 503
     assert "unavailable" in response.json()["detail"]
@@ -170,7 +171,6 @@ def test_trained_classifier_is_used_when_present(client, catalog, photos, settin
 
 def test_query_multi_crop_averages_six_views(photos, settings):
     from visual_reco.preprocessing import multi_crops
-    from visual_reco.search import embed_query_images
 
     with Image.open(photos[3].path) as image:
         image = image.convert("RGB")
@@ -188,13 +188,47 @@ def test_query_multi_crop_averages_six_views(photos, settings):
 
 
 def test_warm_up_embeds_one_photo_only_in_process_mode(settings, monkeypatch):
-    from visual_reco import search
+    from visual_reco import query_photos
 
     calls = []
-    monkeypatch.setattr(search, "embed_query_images", lambda images: calls.append(images))
+    monkeypatch.setattr(query_photos, "embed_query_images",
+                        lambda images, embedder: calls.append(images))
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker"}
-    search.warm_up()
+    query_photos.warm_up()
     assert calls == []
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "process"}
-    search.warm_up()
+    query_photos.warm_up()
     assert len(calls) == 1 and len(calls[0]) == 1 and calls[0][0].size == (320, 320)
+
+
+def test_similar_to_image_takes_the_search_path(catalog, photos, settings):
+    """The queryset's photo search is the API's: same vector (multi-crop), same size limit."""
+    data = customer_photo(photos[9].path)
+    found = list(Item.objects.similar_to_image(io.BytesIO(data), limit=3))
+    assert found[0].pk == catalog[9].pk and len(found) == 3
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_MULTI_CROP": None}
+    plain = Item.objects.similar_to_image(io.BytesIO(data), limit=1)[0]
+    assert plain.pk == catalog[9].pk
+    assert plain.visual_score != pytest.approx(found[0].visual_score, abs=1e-4)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "MAX_IMAGE_BYTES": len(data) - 1}
+    with pytest.raises(ImageError, match="larger than"):
+        Item.objects.similar_to_image(io.BytesIO(data))
+
+
+def test_embedders_decode_with_their_own_exif_rule(photos, settings):
+    """EXIF orientation is part of an embedder's preprocessing, decided there only."""
+    from visual_reco.embedders import build_embedder
+
+    with Image.open(photos[0].path) as image:
+        stored = image.convert("RGB").rotate(90, expand=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif)
+    upright = build_embedder().decode(io.BytesIO(buffer.getvalue()))
+    assert upright.size == (stored.height, stored.width)
+    config = {"BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+              "OPTIONS": {"preprocessing": {"EXIF_ORIENTATION": False}}}
+    as_stored = build_embedder(config).decode(io.BytesIO(buffer.getvalue()))
+    assert as_stored.size == stored.size
+    assert build_embedder(config).fingerprint != build_embedder().fingerprint

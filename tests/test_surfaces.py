@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from django.template import Context, Template
 from django.test import RequestFactory
 
+from tests.celery_app import app as celery_app
 from tests.conftest import upload
 from tests.testapp.models import Item
 from visual_reco.models import EmbeddingStatus
@@ -119,8 +120,7 @@ def test_admin_change_form_shows_the_error(staff_client, items):
 
 def test_admin_action_queues_and_reports_counts(staff_client, items, monkeypatch):
     sent = []
-    monkeypatch.setattr("visual_reco.tasks.embed_task.apply_async",
-                        lambda args, **kwargs: sent.append(args[2]))
+    monkeypatch.setattr(celery_app, "send_task", lambda name, args, **kwargs: sent.append(args[2]))
     no_photo = Item.objects.create(name="no photo")
     selected = [items[0].pk, items[1].pk, no_photo.pk]
     response = staff_client.post("/admin/testapp/item/", {
@@ -137,7 +137,7 @@ def test_admin_action_with_broker_down_warns_and_keeps_rows_pending(staff_client
     def down(*args, **kwargs):
         raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
 
-    monkeypatch.setattr("visual_reco.tasks.embed_task.apply_async", down)
+    monkeypatch.setattr(celery_app, "send_task", down)
     response = staff_client.post("/admin/testapp/item/", {
         "action": "recompute_embeddings", "_selected_action": [items[0].pk]}, follow=True)
     (message,) = [str(m) for m in response.context["messages"]]

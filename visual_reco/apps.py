@@ -1,11 +1,15 @@
-"""App configuration: system checks, the pgvector extension before migrations, and inline
-vector storage after them."""
+"""App configuration: system checks, signal receivers for every embedded model, the pgvector
+extension before migrations, and inline vector storage after them."""
 
 from typing import Any
 
 from django.apps import AppConfig
 from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
+
+from visual_reco import checks  # noqa: F401  registers the checks
+from visual_reco.inline_storage import store_vectors_inline
+from visual_reco.signals import connect_receivers
 
 
 def create_vector_extension(using: str = "default", **kwargs: Any) -> None:
@@ -24,11 +28,9 @@ class VisualRecoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from visual_reco import checks  # noqa: F401  registers the checks
-
+        # Every model module is imported by now, so every embedding field has registered.
+        connect_receivers()
         pre_migrate.connect(create_vector_extension, sender=self,
                             dispatch_uid="visual_reco.create_vector_extension")
-        from visual_reco.inline_storage import store_vectors_inline
-
         post_migrate.connect(store_vectors_inline, sender=self,
                              dispatch_uid="visual_reco.store_vectors_inline")

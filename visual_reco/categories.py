@@ -1,5 +1,8 @@
-"""Category prediction for a photo: a similarity-weighted vote of its nearest catalog
-products, or a trained classifier head on the frozen embeddings when one exists."""
+"""Categories: the prediction a photo search returns, and the one nearest-neighbour vote
+that makes it (the evaluation's kNN accuracy measures this same vote).
+
+Pure functions of similarities and labels: no database, no model.
+"""
 
 from __future__ import annotations
 
@@ -46,19 +49,3 @@ def category_field(model: type[models.Model]) -> str | None:
     if name and any(f.name == name for f in model._meta.fields):
         return name
     return None
-
-
-def predict_category(vector: np.ndarray, queryset: models.QuerySet) -> CategoryPrediction | None:
-    """Predict the category of ``vector`` among ``queryset``'s products (None: no field)."""
-    from visual_reco.classifier import load_classifier
-    from visual_reco.query import DISTANCE, visual
-
-    name = category_field(queryset.model)
-    if name is None:
-        return None
-    classifier = load_classifier(queryset.model)
-    if classifier is not None:
-        return classifier.predict(vector)
-    neighbours = visual(queryset).similar_to_vector(
-        vector, reco_settings.CATEGORY_NEIGHBOURS).values_list(name, DISTANCE)
-    return vote((category, 1.0 - distance) for category, distance in neighbours)

@@ -1,41 +1,64 @@
-"""System checks: embedding columns must match the configured embedder."""
+"""System checks: embedding columns must match their embedders, the API's product model must
+be unambiguous, and the similar-products cache must be shared."""
 
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import FileField
 
+from visual_reco.conf import reco_settings
 from visual_reco.embedders import build_embedder
-from visual_reco.fields import embedded_models, embedding_fields
+from visual_reco.registry import embedded_models, embedding_fields, product_model
 
 
 @checks.register(checks.Tags.models)
 def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E001: field dimensions differ from the embedder's; E002: bad source field;
-    E003: the embedder cannot be built from the settings."""
+    """E001: field dimensions differ from its embedder's; E002: bad source field;
+    E003: an embedder the fields name cannot be built from the settings (once per embedder)."""
     errors: list[checks.CheckMessage] = []
-    try:
-        dimensions = build_embedder().dimensions
-    except Exception as exc:
-        return [checks.Error(f"VISUAL_RECO['EMBEDDER'] cannot be built: {exc}",
-                             id="visual_reco.E003")]
-    for model in embedded_models():
-        if app_configs is not None and model._meta.app_config not in app_configs:
-            continue
-        for field in embedding_fields(model):
-            source = next((f for f in model._meta.fields if f.name == field.source), None)
-            if not isinstance(source, FileField):
-                errors.append(checks.Error(
-                    f"source={field.source!r} is not an ImageField/FileField of "
-                    f"{model.__name__}.", obj=field, id="visual_reco.E002"))
-            if field.dimensions != dimensions:
-                errors.append(checks.Error(
-                    f"{model.__name__}.{field.name} stores {field.dimensions} dimensions but the "
-                    f"configured embedder produces {dimensions}.",
-                    hint=f"Set ImageEmbeddingField(dimensions={dimensions}), make a migration, "
-                         "and reindex; or configure an embedder of the field's size.",
-                    obj=field, id="visual_reco.E001"))
+    fields = [field for model in embedded_models() for field in embedding_fields(model)
+              if field.model is model  # each field once, on the model that declares it
+              and (app_configs is None or model._meta.app_config in app_configs)]
+    dimensions: dict[str, int] = {}
+    for alias in dict.fromkeys(field.embedder for field in fields):
+        try:
+            dimensions[alias] = build_embedder(alias=alias).dimensions
+        except Exception as exc:
+            users = ", ".join(f"{f.model.__name__}.{f.name}" for f in fields
+                              if f.embedder == alias)
+            errors.append(checks.Error(f"Embedder {alias!r} (used by {users}) cannot be built "
+                                       f"from VISUAL_RECO: {exc}", id="visual_reco.E003"))
+    for field in fields:
+        model = field.model
+        source = next((f for f in model._meta.fields if f.name == field.source), None)
+        if not isinstance(source, FileField):
+            errors.append(checks.Error(
+                f"source={field.source!r} is not an ImageField/FileField of "
+                f"{model.__name__}.", obj=field, id="visual_reco.E002"))
+        expected = dimensions.get(field.embedder)
+        if expected is not None and field.dimensions != expected:
+            errors.append(checks.Error(
+                f"{model.__name__}.{field.name} stores {field.dimensions} dimensions but "
+                f"its embedder {field.embedder!r} produces {expected}.",
+                hint=f"Set ImageEmbeddingField(dimensions={expected}), make a migration, "
+                     "and reindex; or configure an embedder of the field's size.",
+                obj=field, id="visual_reco.E001"))
     return errors
+
+
+@checks.register(checks.Tags.models)
+def check_product_model(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E005: the model the API serves is ambiguous or has no embedding field."""
+    if not embedded_models():
+        return []
+    try:
+        product_model()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), hint="VISUAL_RECO = {'PRODUCT_MODEL': 'shop.Product'}",
+                             id="visual_reco.E005")]
+    return []
 
 
 PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
@@ -45,10 +68,6 @@ PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
 @checks.register(checks.Tags.caches)
 def check_similar_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E004: ``SIMILAR_CACHE`` names no cache; W001: it names a per-process cache."""
-    from django.conf import settings
-
-    from visual_reco.conf import reco_settings
-
     alias = reco_settings.SIMILAR_CACHE
     if not alias:
         return []

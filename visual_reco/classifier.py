@@ -20,9 +20,9 @@ from django.utils import timezone
 from visual_reco.categories import CategoryPrediction, category_field
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
-from visual_reco.fields import get_embedding_field
 from visual_reco.models import EmbeddingStatus
 from visual_reco.query import to_array
+from visual_reco.registry import get_embedding_field
 
 _lock = threading.Lock()
 _loaded: dict[Path, tuple[float, CategoryClassifier]] = {}
@@ -56,26 +56,30 @@ class TrainingReport:
     validation_accuracy: float
 
 
-def classifier_path(model: type[models.Model]) -> Path:
-    """Where the classifier for ``model`` is saved (``CLASSIFIER_PATH`` or the cache dir)."""
+def classifier_path(model: type[models.Model], field: str | None = None) -> Path:
+    """Where the classifier for ``model``'s embedding ``field`` is saved (``CLASSIFIER_PATH``,
+    or ``<cache dir>/classifiers/<app>.<model>.<field>.keras``)."""
     if reco_settings.CLASSIFIER_PATH:
         return Path(reco_settings.CLASSIFIER_PATH)
-    return reco_settings.cache_dir / "classifiers" / f"{model._meta.label_lower}.keras"
+    name = get_embedding_field(model, field).name
+    return reco_settings.cache_dir / "classifiers" / f"{model._meta.label_lower}.{name}.keras"
 
 
 def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def training_data(model: type[models.Model]) -> tuple[np.ndarray, np.ndarray]:
-    """Ready embeddings of the current embedder and their categories."""
-    embedding = get_embedding_field(model)
+def training_data(model: type[models.Model],
+                  field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ready embeddings of ``field`` (default: the model's first) made by its current
+    embedder, and their categories."""
+    embedding = get_embedding_field(model, field)
     name = category_field(model)
     if name is None:
         raise ValueError(f"{model._meta.label} has no field {reco_settings.CATEGORY_FIELD!r}")
     rows = model._base_manager.filter(**{
         embedding.status_name: EmbeddingStatus.READY,
-        embedding.fingerprint_name: get_embedder().fingerprint,
+        embedding.fingerprint_name: get_embedder(embedding.embedder).fingerprint,
     }).exclude(**{name: ""}).values_list(embedding.attname, name)
     vectors, labels = [], []
     for vector, label in rows.iterator(chunk_size=1000):
@@ -84,12 +88,14 @@ def training_data(model: type[models.Model]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(vectors, dtype=np.float32), np.asarray(labels)
 
 
-def train_classifier(model: type[models.Model], *, epochs: int = 60, hidden: int = 256,
-                     validation: float = 0.2, seed: int = 0) -> TrainingReport:
-    """Train, evaluate on a held-out split, then fit on everything and save."""
+def train_classifier(model: type[models.Model], *, field: str | None = None, epochs: int = 60,
+                     hidden: int = 256, validation: float = 0.2, seed: int = 0) -> TrainingReport:
+    """Train on ``field``'s vectors, evaluate on a held-out split, then fit on everything
+    and save."""
     import keras
 
-    vectors, labels = training_data(model)
+    embedding = get_embedding_field(model, field)
+    vectors, labels = training_data(model, embedding.name)
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise ValueError("Need at least two categories with ready embeddings to train.")
@@ -116,20 +122,23 @@ def train_classifier(model: type[models.Model], *, epochs: int = 60, hidden: int
     _, accuracy = held_out.evaluate(vectors[order[cut:]], targets[order[cut:]], verbose=0)
     network = build()
     network.fit(vectors, targets, epochs=epochs, batch_size=32, verbose=0)
-    path = classifier_path(model)
+    path = classifier_path(model, embedding.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     network.save(path)
     _metadata_path(path).write_text(json.dumps({
-        "labels": classes, "fingerprint": get_embedder().fingerprint,
+        "labels": classes, "fingerprint": get_embedder(embedding.embedder).fingerprint,
         "examples": len(vectors), "validation_accuracy": float(accuracy),
         "trained_at": timezone.now().isoformat(),
     }, indent=2))
     return TrainingReport(path, len(classes), len(vectors), float(accuracy))
 
 
-def load_classifier(model: type[models.Model]) -> CategoryClassifier | None:
-    """The saved classifier for ``model`` if it exists and matches the current embedder."""
-    path = classifier_path(model)
+def load_classifier(model: type[models.Model],
+                    field: str | None = None) -> CategoryClassifier | None:
+    """The saved classifier for ``model``'s embedding ``field`` if it exists and matches the
+    field's current embedder."""
+    embedding = get_embedding_field(model, field)
+    path = classifier_path(model, embedding.name)
     meta_path = _metadata_path(path)
     if not path.exists() or not meta_path.exists():
         return None
@@ -144,6 +153,6 @@ def load_classifier(model: type[models.Model]) -> CategoryClassifier | None:
                                             meta["fingerprint"])
             _loaded[path] = cached = (mtime, classifier)
     classifier = cached[1]
-    if classifier.fingerprint != get_embedder().fingerprint:
+    if classifier.fingerprint != get_embedder(embedding.embedder).fingerprint:
         return None
     return classifier

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
             "pooling": "avg",
         },
     },
+    # More embedders by alias, for ImageEmbeddingField(embedder="alias"), each configured like
+    # EMBEDDER; the alias "default" is EMBEDDER itself.
+    "EMBEDDERS": {},
     # Where downloaded weights are kept; None means $VISUAL_RECO_CACHE_DIR or ~/.cache/visual_reco.
     "CACHE_DIR": None,
     # Objects embedded per task (one model call).
@@ -88,8 +91,8 @@ DEFAULTS: dict[str, Any] = {
     "CLASSIFIER_PATH": None,
     # Fields a photo search may be filtered on (when the model has them).
     "SEARCH_FILTERS": ["category", "in_stock"],
-    # The model the API serves ("app_label.ModelName"); None: the only model with an
-    # ImageEmbeddingField.
+    # The model the API and photo search serve ("app_label.ModelName"); None: the only model
+    # with an ImageEmbeddingField (check visual_reco.E005 fails when there are several).
     "PRODUCT_MODEL": None,
     "SIMILAR_SERIALIZER": "visual_reco.api.serializers.SimilarItemSerializer",
     "SIMILAR_TEMPLATE": "visual_reco/similar.html",
@@ -154,9 +157,6 @@ reco_settings = VisualRecoSettings(DEFAULTS)
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == "VISUAL_RECO":
         reco_settings.reload()
-        from visual_reco.embedders import reset_embedder
-
-        reset_embedder()
 
 
-setting_changed.connect(_reload)
+setting_changed.connect(_reload, dispatch_uid="visual_reco.conf.reload")

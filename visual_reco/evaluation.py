@@ -537,7 +537,7 @@ def evaluate(dataset: EvaluationSet, *, limit: int | None = None, seed: int = 0,
     if reco_settings.QUERY_MULTI_CROP and dataset.mode == "query/gallery":
         # Photo-search queries are embedded the way the search embeds them; leave-one-out
         # sets measure item-to-item similarity, which uses the stored vectors.
-        from visual_reco.search import embed_query_images
+        from visual_reco.query_photos import embed_query_images
 
         query_embeddings = embed_paths(list(dict.fromkeys(row.path for row in query_rows)),
                                        chunk_size=chunk_size, progress=progress,

@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
+from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from pgvector.django import HalfVectorField, HnswIndex
 
+from visual_reco import registry
+from visual_reco.embedders import DEFAULT_EMBEDDER
 from visual_reco.models import EmbeddingStatus
-
-COMPANION_SUFFIXES = ("status", "error", "fingerprint", "updated_at")
 
 
 class ImageEmbeddingField(HalfVectorField):
     """The embedding of the image in ``source``, kept up to date by Celery workers.
 
+    ``embedder`` names the model that computes it: ``"default"`` is
+    ``VISUAL_RECO["EMBEDDER"]``, other names are keys of ``VISUAL_RECO["EMBEDDERS"]``.
     Adding it to a model also adds, next to it:
 
     - ``<name>_status``: `EmbeddingStatus` (pending, ready, failed, stale, no_image),
     - ``<name>_error``: why the last attempt failed, for shop staff,
     - ``<name>_fingerprint``: the embedder that produced the vector,
-    - ``<name>_updated_at``: when the vector was written,
+    - ``<name>_updated_at``: when the vector was written (or the row was last queued),
 
     and an HNSW cosine index on the vector. The column is ``halfvec`` because HNSW indexes
-    ``vector`` only up to 2,000 dimensions and CNN features are often 2,048.
+    ``vector`` only up to 2,000 dimensions and CNN features are often 2,048. A model may have
+    several; each registers itself in `visual_reco.registry`.
     """
 
     description = "Image embedding (pgvector halfvec) computed from an image field"
 
-    def __init__(self, *args: Any, source: str, dimensions: int = 2048,
-                 hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+    def __init__(self, *args: Any, source: str, embedder: str = DEFAULT_EMBEDDER,
+                 dimensions: int = 2048, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
                  with_companions: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
         self.source = source
+        self.embedder = embedder
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         # Migrations list the companion fields and the index themselves, so the field
@@ -47,6 +53,8 @@ class ImageEmbeddingField(HalfVectorField):
     def deconstruct(self) -> tuple[Any, Any, Any, Any]:
         name, _, args, kwargs = super().deconstruct()
         kwargs["source"] = self.source
+        if self.embedder != DEFAULT_EMBEDDER:
+            kwargs["embedder"] = self.embedder
         kwargs["with_companions"] = False
         return name, "visual_reco.fields.ImageEmbeddingField", args, kwargs
 
@@ -74,6 +82,21 @@ class ImageEmbeddingField(HalfVectorField):
         """Name of the timestamp field."""
         return self.companion_name("updated_at")
 
+    def state(self, status: str, *, vector: Any = None, fingerprint: str = "", error: str = "",
+              at: datetime | None = None, keep_vector: bool = False) -> dict[str, Any]:
+        """The column values of one embedding state, for ``update(**...)`` or ``setattr``.
+
+        The only place that spells out the status columns. ``keep_vector`` leaves the vector
+        and its fingerprint as they are (a row queued again keeps being recommended until
+        its new vector replaces the old one).
+        """
+        values: dict[str, Any] = {self.status_name: status, self.error_name: error,
+                                  self.updated_at_name: at}
+        if not keep_vector:
+            values[self.attname] = vector
+            values[self.fingerprint_name] = fingerprint
+        return values
+
     def source_field(self) -> models.FileField:
         """The image field this embedding is computed from."""
         try:
@@ -82,6 +105,10 @@ class ImageEmbeddingField(HalfVectorField):
             raise ImproperlyConfigured(
                 f"{self.model.__name__}.{self.name}: source field {self.source!r} does not exist"
             ) from None
+
+    def has_image(self) -> models.Q:
+        """Rows whose source field names a file."""
+        return ~models.Q(**{self.source: ""}) & models.Q(**{f"{self.source}__isnull": False})
 
     def contribute_to_class(self, cls: type[models.Model], name: str,
                             private_only: bool = False) -> None:
@@ -104,6 +131,8 @@ class ImageEmbeddingField(HalfVectorField):
         # A new list: Meta.indexes may be shared with a parent. Migrations read original_attrs.
         cls._meta.indexes = [*cls._meta.indexes, self.hnsw_index(cls, name)]
         cls._meta.original_attrs["indexes"] = cls._meta.indexes
+        if cls._meta.apps is apps:  # not a migration's historical model
+            registry.register(self)
 
     def hnsw_index(self, cls: type[models.Model], name: str) -> HnswIndex:
         """The HNSW cosine index for this column (named from the model and field)."""
@@ -111,31 +140,3 @@ class ImageEmbeddingField(HalfVectorField):
         return HnswIndex(name=f"vr_{digest}_hnsw", fields=[name], m=self.hnsw_m,
                          ef_construction=self.hnsw_ef_construction,
                          opclasses=["halfvec_cosine_ops"])
-
-
-def embedding_fields(model: type[models.Model]) -> list[ImageEmbeddingField]:
-    """All `ImageEmbeddingField` s of ``model`` (including inherited ones)."""
-    return [f for f in model._meta.fields if isinstance(f, ImageEmbeddingField)]
-
-
-def get_embedding_field(model: type[models.Model], name: str | None = None) -> ImageEmbeddingField:
-    """The embedding field called ``name``, or the model's only one when ``name`` is None."""
-    fields = embedding_fields(model)
-    if name is not None:
-        fields = [f for f in fields if f.name == name]
-    if len(fields) != 1:
-        what = (f"an ImageEmbeddingField named {name!r}" if name
-                else "exactly one ImageEmbeddingField")
-        raise ImproperlyConfigured(f"{model._meta.label} must have {what}")
-    return fields[0]
-
-
-def embedded_models() -> list[type[models.Model]]:
-    """Every installed concrete model with an `ImageEmbeddingField`."""
-    from django.apps import apps
-
-    return [m for m in apps.get_models()
-            if not m._meta.proxy and embedding_fields(m)]
-
-
-from visual_reco import signals  # noqa: E402,F401  connects the class_prepared hook

@@ -1,8 +1,10 @@
 """Safe decoding of uploads into upright RGB images, with messages for people.
 
 `open_image` checks sizes before decoding, accepts only photo formats, reads the first frame
-of animations, applies the EXIF orientation, flattens transparency onto white and converts
-CMYK, palette and 16-bit images to 8-bit RGB. What it cannot use raises `ImageError`.
+of animations, applies the EXIF orientation (when told to: whether it does is part of an
+embedder's preprocessing, so embedders decode through `Embedder.decode`), flattens
+transparency onto white and converts CMYK, palette and 16-bit images to 8-bit RGB. What it
+cannot use raises `ImageError`.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def _not_a_photo(data: bytes) -> str:
     return "The file is not an image that can be read. Upload a JPEG, PNG, WebP or GIF image."
 
 
-def open_image(fileobj: IO[bytes], *, max_bytes: int | None = None,
-               max_pixels: int | None = None) -> Image.Image:
-    """Decode an upload into an upright RGB image, or raise `ImageError` saying what is wrong."""
+def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
+               max_bytes: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode an upload into an RGB image, or raise `ImageError` saying what is wrong.
+
+    With ``exif_orientation`` the image is turned upright as its EXIF tag says.
+    """
     data = read_limited(fileobj, max_bytes)
     pixel_limit = reco_settings.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     min_side = reco_settings.MIN_IMAGE_SIDE
@@ -86,12 +91,13 @@ def open_image(fileobj: IO[bytes], *, max_bytes: int | None = None,
                          "(a decompression bomb?).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The image file is truncated or corrupt ({exc}).") from None
-    return to_rgb(image)
+    return to_rgb(image, exif_orientation=exif_orientation)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright 8-bit RGB version of ``image``; transparency is composited onto white."""
-    if reco_settings.PREPROCESSING.get("EXIF_ORIENTATION", True):
+def to_rgb(image: Image.Image, *, exif_orientation: bool = True) -> Image.Image:
+    """8-bit RGB version of ``image`` (upright with ``exif_orientation``); transparency is
+    composited onto white."""
+    if exif_orientation:
         image = ImageOps.exif_transpose(image) or image
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
             image.mode == "P" and "transparency" in image.info):

@@ -15,9 +15,11 @@ from typing import Any
 
 from django.db import connections
 
-from visual_reco.fields import embedded_models, embedding_fields
+from visual_reco.registry import embedded_models, embedding_fields
 
-# Inline only when the vector leaves room in an 8 kB page for the rest of the row.
+# Inline only while the vectors leave room in an 8 kB page for the rest of the row: on a table
+# with several embedding fields the first ones declared (the default first) are inlined and
+# the others stay in TOAST, or the row would not fit in a page at all.
 MAX_INLINE_BYTES = 6000
 
 
@@ -27,27 +29,40 @@ def vector_bytes(field: Any) -> int:
     return 8 + per_dimension * field.dimensions
 
 
+def inline_columns() -> dict[str, list[str]]:
+    """The embedding columns to store inline, by table (within `MAX_INLINE_BYTES` a row)."""
+    chosen: dict[str, list[str]] = {}
+    budget: dict[str, int] = {}
+    for model in embedded_models():
+        for field in embedding_fields(model):
+            table = field.model._meta.db_table  # a multi-table parent's field is in its table
+            if field.column in chosen.get(table, []):
+                continue
+            left = budget.setdefault(table, MAX_INLINE_BYTES)
+            if vector_bytes(field) <= left:
+                budget[table] = left - vector_bytes(field)
+                chosen.setdefault(table, []).append(field.column)
+    return chosen
+
+
 def store_vectors_inline(using: str = "default", **kwargs: Any) -> list[str]:
-    """``post_migrate``: set ``STORAGE PLAIN`` on embedding columns that fit; return them."""
+    """``post_migrate``: set ``STORAGE PLAIN`` on the `inline_columns`; return those changed."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return []
     changed = []
+    quote = connection.ops.quote_name
     with connection.cursor() as cursor:
         existing = set(connection.introspection.table_names(cursor))
-        for model in embedded_models():
-            table = model._meta.db_table
+        for table, columns in inline_columns().items():
             if table not in existing:
                 continue
-            for field in embedding_fields(model):
-                if vector_bytes(field) > MAX_INLINE_BYTES:
-                    continue
+            for column in columns:
                 cursor.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass"
-                               " AND attname = %s", [connection.ops.quote_name(table),
-                                                     field.column])
+                               " AND attname = %s", [quote(table), column])
                 row = cursor.fetchone()
                 if row and row[0] != "p":
-                    cursor.execute(f"ALTER TABLE {connection.ops.quote_name(table)} ALTER COLUMN "
-                                   f"{connection.ops.quote_name(field.column)} SET STORAGE PLAIN")
-                    changed.append(f"{table}.{field.column}")
+                    cursor.execute(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column)} "
+                                   "SET STORAGE PLAIN")
+                    changed.append(f"{table}.{column}")
     return changed

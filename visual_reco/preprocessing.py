@@ -38,7 +38,7 @@ class Preprocessing:
     """One configuration of the pipeline; call it to turn an RGB image into model input."""
 
     resize: str = "pad"
-    exif_orientation: bool = True  # applied while decoding; part of the signature
+    exif_orientation: bool = True  # applied by `Embedder.decode`; part of the signature
     trim_background: bool = False
     trim_tolerance: int = 24
     object_crop: str | None = None

@@ -19,7 +19,8 @@ from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
 from visual_reco.conf import reco_settings
-from visual_reco.fields import get_embedding_field
+from visual_reco.query_photos import embed_query
+from visual_reco.registry import get_embedding_field
 
 DISTANCE = "visual_distance"
 
@@ -108,15 +109,15 @@ class VisualQuerySet(models.QuerySet):
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None) -> Self:
-        """Rows that look like the image in ``file``, embedded in this process.
+        """Rows that look like the photo in ``file``, embedded as every photo search is
+        (`visual_reco.query_photos.embed_query`: size limit, multi-crop, process or worker).
 
-        Raises `visual_reco.images.ImageError` for a file that is not a usable image.
+        Raises `visual_reco.images.ImageError` for a file that is not a usable image and
+        `visual_reco.query_photos.SearchUnavailable` when no worker answers in time.
         """
-        from visual_reco.embedders import get_embedder
-        from visual_reco.images import open_image
-
-        vector = get_embedder().embed([open_image(file)])[0]
-        return self.similar_to_vector(vector, limit, field=field)
+        embedding = get_embedding_field(self.model, field)
+        vector = embed_query(file, embedder=embedding.embedder)
+        return self.similar_to_vector(vector, limit, field=embedding.name)
 
     def _fetch_all(self) -> None:
         if not self._visual_search or self._result_cache is not None:
@@ -205,9 +206,6 @@ def _set_hnsw(connection: Any, values: tuple[str, str, str], *, local: bool) -> 
                        " set_config('hnsw.iterative_scan', %s, %s),"
                        " set_config('hnsw.max_scan_tuples', %s, %s)",
                        [values[0], local, values[1], local, values[2], local])
-
-
-VisualManager = models.Manager.from_queryset(VisualQuerySet)
 
 
 def visual(queryset: models.QuerySet) -> VisualQuerySet:

@@ -24,8 +24,8 @@ from django.db import models
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
-from visual_reco.fields import get_embedding_field
 from visual_reco.query import DISTANCE, hnsw_settings, visual
+from visual_reco.registry import get_embedding_field
 
 PREFIX = "visual_reco:similar"
 PENDING = "_visual_reco_pending_invalidation"
@@ -70,8 +70,7 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
                       lambda pending: pending.models.add(model))
 
 
-def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int,
-               field: str | None) -> str:
+def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str) -> str:
     sql, params = candidates.query.sql_with_params()
     signature = repr((sql, params, field, hnsw_settings(), reco_settings.EXACT_SEARCH_MAX_ROWS,
                       candidates.db))
@@ -89,12 +88,11 @@ def _current_version(cache: BaseCache, model: type[models.Model],
 
 
 def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float]],
-                field: str | None) -> list[models.Model] | None:
+                attname: str) -> list[models.Model] | None:
     if not pairs:
         return []
-    embedding = get_embedding_field(candidates.model, field)
     rows = {row.pk: row for row in candidates.filter(pk__in=[pk for pk, _ in pairs])
-            .defer(embedding.attname).order_by()}
+            .defer(attname).order_by()}
     if len(rows) != len(pairs):
         return None  # a row left the candidates without a signal (update(), raw SQL)
     results = []
@@ -112,12 +110,15 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     """``visually_similar(obj)`` among ``candidates`` as a list, cached when configured.
 
     The rows are those of ``candidates`` (default: the model's default manager), nearest
-    first, annotated with ``visual_distance`` and ``visual_score`` as the live query does.
+    first by the embedding ``field`` (default: the model's first), annotated with
+    ``visual_distance`` and ``visual_score`` as the live query does.
     """
     model = type(obj)
     if candidates is None:
         candidates = model._default_manager.all()
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+    embedding = get_embedding_field(model, field)
+    field = embedding.name
     cache = similar_cache()
     if cache is None:
         return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
@@ -126,7 +127,7 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     version = _current_version(cache, model, found)
     entry = found.get(key)
     if entry is not None and entry[0] == version:
-        results = _from_entry(candidates, entry[1], field)
+        results = _from_entry(candidates, entry[1], embedding.attname)
         if results is not None:
             return results
     results = list(visual(candidates).visually_similar(obj, limit=limit, field=field))

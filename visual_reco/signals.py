@@ -1,9 +1,11 @@
 """Keep embeddings in step with their source images.
 
-Each model with an `ImageEmbeddingField` gets three receivers: ``post_init`` remembers the
-source file name, ``pre_save`` notices a new or changed image and marks the row pending,
-and ``post_save`` queues an embedding task once the transaction commits. Raw saves (fixture
-loads) and saves that leave the image alone queue nothing.
+`connect_receivers` (called from ``AppConfig.ready``) gives every installed model with an
+embedding field these receivers: ``post_init`` remembers the source file names,
+``pre_save`` notices a new or changed image and marks that field pending, ``post_save``
+queues the changed fields' embeddings once the transaction commits, and ``post_save`` /
+``post_delete`` drop the model's cached similar-products lists. Raw saves (fixture loads) and
+saves that leave the images alone queue nothing.
 """
 
 from __future__ import annotations
@@ -12,17 +14,15 @@ from typing import Any
 
 from django.core.files import File
 from django.db.models.fields.files import FieldFile
-from django.db.models.signals import (
-    class_prepared,
-    post_delete,
-    post_init,
-    post_save,
-    pre_save,
-)
+from django.db.models.signals import post_delete, post_init, post_save, pre_save
 from django.utils import timezone
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
+from visual_reco.fields import ImageEmbeddingField
+from visual_reco.jobs import queue_embeddings
 from visual_reco.models import EmbeddingStatus
+from visual_reco.registry import embedded_models, embedding_fields
+from visual_reco.result_cache import invalidate_on_commit
 
 SOURCES = "_visual_reco_sources"
 CHANGED = "_visual_reco_changed"
@@ -42,14 +42,18 @@ def _is_new_upload(value: Any) -> bool:
     return isinstance(value, File)
 
 
-def _source_attname(instance: Any, field: Any) -> str:
+def _source_attname(instance: Any, field: ImageEmbeddingField) -> str:
     return instance._meta.get_field(field.source).attname
+
+
+def _reset(field: ImageEmbeddingField, has_image: bool) -> dict[str, Any]:
+    if has_image:
+        return field.state(EmbeddingStatus.PENDING)
+    return field.state(EmbeddingStatus.NO_IMAGE, at=timezone.now())
 
 
 def remember_sources(sender: type, instance: Any, **kwargs: Any) -> None:
     """Record the source file names an instance was loaded with."""
-    from visual_reco.fields import embedding_fields
-
     sources = {}
     for field in embedding_fields(sender):
         attname = _source_attname(instance, field)
@@ -63,8 +67,6 @@ def detect_source_change(sender: type, instance: Any, raw: bool = False,
     """Mark embeddings whose source image is new or changed as pending (no vector)."""
     if raw:
         return
-    from visual_reco.fields import embedding_fields
-
     remembered = instance.__dict__.get(SOURCES, {})
     changed = []
     for field in embedding_fields(sender):
@@ -79,19 +81,9 @@ def detect_source_change(sender: type, instance: Any, raw: bool = False,
         if not (instance._state.adding or _is_new_upload(value) or name != before):
             continue
         changed.append(field)
-        for attr, new in _reset_values(field, bool(name)).items():
+        for attr, new in _reset(field, bool(name)).items():
             setattr(instance, attr, new)
     instance.__dict__[CHANGED] = changed
-
-
-def _reset_values(field: Any, has_image: bool) -> dict[str, Any]:
-    return {
-        field.attname: None,
-        field.status_name: EmbeddingStatus.PENDING if has_image else EmbeddingStatus.NO_IMAGE,
-        field.error_name: "",
-        field.fingerprint_name: "",
-        field.updated_at_name: timezone.now() if not has_image else None,
-    }
 
 
 def schedule_embedding(sender: type, instance: Any, raw: bool = False, using: str = "default",
@@ -106,7 +98,7 @@ def schedule_embedding(sender: type, instance: Any, raw: bool = False, using: st
         sources[field.name] = name
         if update_fields is not None:
             # The companion columns were not in update_fields: write them now.
-            values = {attr: getattr(instance, attr) for attr in _reset_values(field, bool(name))}
+            values = {attr: getattr(instance, attr) for attr in _reset(field, bool(name))}
             sender._base_manager.using(using).filter(pk=instance.pk).update(**values)
         if name:
             _add_to_commit_batch(using, sender, field.name, instance.pk)
@@ -126,13 +118,11 @@ class CommitBatch(OnCommit):
         self.items: dict[tuple[type, str], list[Any]] = {}
 
     def add(self, model: type, field: str, pk: Any) -> None:
-        """Add one object to the batch."""
+        """Add one object's field to the batch."""
         self.items.setdefault((model, field), []).append(pk)
 
     def run(self) -> None:
-        """Queue the batch's objects, ``BATCH_SIZE`` per task."""
-        from visual_reco.indexing import queue_embeddings
-
+        """Queue the batch's objects, ``BATCH_SIZE`` per task and field."""
         for (model, field), pks in self.items.items():
             queue_embeddings(model, list(dict.fromkeys(pks)), field=field, using=self.using)
 
@@ -144,23 +134,16 @@ def _add_to_commit_batch(using: str, model: type, field: str, pk: Any) -> None:
 
 def forget_similar(sender: type, using: str = "default", **kwargs: Any) -> None:
     """``post_save``/``post_delete``: cached similar-products lists of the model are stale."""
-    from visual_reco.result_cache import invalidate_on_commit
-
     invalidate_on_commit(sender, using)
 
 
-def watch_model(sender: type, **kwargs: Any) -> None:
-    """``class_prepared`` hook: connect the receivers for models with embedding fields."""
-    from visual_reco.fields import embedding_fields
-
-    if sender._meta.abstract or not embedding_fields(sender):
-        return
-    uid = f"visual_reco:{sender._meta.label_lower}:{id(sender)}"
-    post_init.connect(remember_sources, sender=sender, dispatch_uid=uid)
-    pre_save.connect(detect_source_change, sender=sender, dispatch_uid=uid)
-    post_save.connect(schedule_embedding, sender=sender, dispatch_uid=uid)
-    post_save.connect(forget_similar, sender=sender, dispatch_uid=f"{uid}:cache")
-    post_delete.connect(forget_similar, sender=sender, dispatch_uid=f"{uid}:cache")
-
-
-class_prepared.connect(watch_model, dispatch_uid="visual_reco.watch_model")
+def connect_receivers() -> None:
+    """Connect the receivers for every installed model with an embedding field (proxies and
+    multi-table children included: their saves send signals under their own class)."""
+    for model in embedded_models(include_proxies=True):
+        uid = f"visual_reco:{model._meta.label_lower}"
+        post_init.connect(remember_sources, sender=model, dispatch_uid=uid)
+        pre_save.connect(detect_source_change, sender=model, dispatch_uid=uid)
+        post_save.connect(schedule_embedding, sender=model, dispatch_uid=uid)
+        post_save.connect(forget_similar, sender=model, dispatch_uid=f"{uid}:cache")
+        post_delete.connect(forget_similar, sender=model, dispatch_uid=f"{uid}:cache")

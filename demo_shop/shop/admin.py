@@ -4,11 +4,11 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from demo_shop.shop.models import Product
-from visual_reco.admin import VisualRecoAdmin
+from visual_reco.admin import VisualRecoAdminMixin
 
 
 @admin.register(Product)
-class ProductAdmin(VisualRecoAdmin, admin.ModelAdmin):
+class ProductAdmin(VisualRecoAdminMixin, admin.ModelAdmin):
     """Products, with the embedding status column, filter and reindex action."""
 
     list_display = ["thumbnail", "name", "category", "price", "in_stock"]

@@ -9,7 +9,8 @@ from django.shortcuts import get_object_or_404, render
 
 from demo_shop.shop.models import Product
 from visual_reco.images import ImageError, open_image
-from visual_reco.search import SearchUnavailable, search_by_photo
+from visual_reco.query_photos import SearchUnavailable
+from visual_reco.search import search_by_photo
 
 
 def product_list(request: HttpRequest) -> HttpResponse:

@@ -18,3 +18,36 @@ class Item(models.Model):
 
     def get_absolute_url(self) -> str:
         return f"/items/{self.pk}/"
+
+
+class ItemImage(models.Model):
+    """A gallery image of an item: a second embedded model, the child of a product."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="images")
+    image = models.ImageField(upload_to="item-images/", blank=True)
+    embedding = ImageEmbeddingField(source="image")
+
+    objects = VisualQuerySet.as_manager()
+
+
+class Photographed(models.Model):
+    """An abstract base that carries an embedding field to its subclasses."""
+
+    photo = models.ImageField(upload_to="looks/", blank=True)
+    photo_embedding = ImageEmbeddingField(source="photo")
+
+    class Meta:
+        abstract = True
+
+
+class Look(Photographed):
+    """Two embedding fields: one inherited from the abstract base (the default), one own."""
+
+    name = models.CharField(max_length=100)
+    detail = models.ImageField(upload_to="looks/", blank=True)
+    detail_embedding = ImageEmbeddingField(source="detail")
+
+    objects = VisualQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return self.name

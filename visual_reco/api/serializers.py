@@ -45,17 +45,20 @@ class SimilarResponseSerializer(serializers.Serializer):
 
 
 class SimilarQuerySerializer(serializers.Serializer):
-    """Query parameters of the similar-products endpoint."""
+    """Query parameters of the similar-products endpoint: how many, and which embedding."""
 
     limit = serializers.IntegerField(required=False, min_value=1)
+    field = serializers.CharField(required=False, max_length=100)
 
 
 class PhotoSearchRequestSerializer(serializers.Serializer):
-    """A photo search: the photo, how many results, and whether to stay in its category."""
+    """A photo search: the photo, how many results, whether to stay in its category, and
+    which embedding field to compare."""
 
     image = serializers.FileField(allow_empty_file=True, use_url=False)
     limit = serializers.IntegerField(required=False, min_value=1)
     filter_by_predicted_category = serializers.BooleanField(required=False, default=False)
+    field = serializers.CharField(required=False, max_length=100)
 
 
 class CategorySerializer(serializers.Serializer):

@@ -1,11 +1,9 @@
-"""DRF views: similar products for a product."""
+"""DRF views: similar products for a product, and search by photo."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.apps import apps
-from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.shortcuts import get_object_or_404
@@ -23,10 +21,12 @@ from visual_reco.api.serializers import (
     SimilarResponseSerializer,
 )
 from visual_reco.conf import reco_settings
-from visual_reco.fields import embedded_models, get_embedding_field
+from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
+from visual_reco.query_photos import SearchUnavailable
+from visual_reco.registry import embedding_fields, get_embedding_field, product_model
 from visual_reco.result_cache import similar_products
-from visual_reco.search import SearchUnavailable, search_by_photo
+from visual_reco.search import search_by_photo
 
 try:
     from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -37,42 +37,47 @@ except ImportError:  # the schema is optional
     OpenApiParameter = None  # type: ignore[assignment,misc]
 
 
-def product_model() -> type[models.Model]:
-    """The model the API serves: ``PRODUCT_MODEL``, or the only embedded model."""
-    if reco_settings.PRODUCT_MODEL:
-        return apps.get_model(reco_settings.PRODUCT_MODEL)
-    candidates = embedded_models()
-    if len(candidates) != 1:
-        raise ImproperlyConfigured(
-            "Set VISUAL_RECO['PRODUCT_MODEL']: found "
-            f"{len(candidates)} models with an ImageEmbeddingField")
-    return candidates[0]
-
-
-def _limit_parameter() -> list[Any]:
+def _query_parameters() -> list[Any]:
     if OpenApiParameter is None:
         return []
-    return [OpenApiParameter("limit", int, description="How many results (default 8).")]
+    return [OpenApiParameter("limit", int, description="How many results (default 8)."),
+            OpenApiParameter("field", str, description="Which embedding field to compare "
+                             "(default: the view's `embedding_field`, else the model's first).")]
+
+
+def _embedding(model: type[models.Model], requested: str | None,
+               default: str | None) -> ImageEmbeddingField:
+    """The embedding field a request asks for, or a 400 naming the ones that exist."""
+    if requested is None:
+        return get_embedding_field(model, default)
+    for field in embedding_fields(model):
+        if field.name == requested:
+            return field
+    names = ", ".join(f.name for f in embedding_fields(model))
+    raise serializers.ValidationError({"field": [f"Unknown embedding field; use one of {names}."]})
 
 
 class SimilarProductsView(APIView):
-    """``GET products/<pk>/similar/?limit=N``: the products that look most like ``pk``."""
+    """``GET products/<pk>/similar/?limit=N&field=F``: the products that look most like
+    ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)."""
+
+    embedding_field: str | None = None
 
     def get_queryset(self) -> models.QuerySet:
         """The products results are drawn from (override to add filters, e.g. in stock)."""
         return product_model()._default_manager.all()
 
-    @extend_schema(parameters=_limit_parameter(), responses=SimilarResponseSerializer)
+    @extend_schema(parameters=_query_parameters(), responses=SimilarResponseSerializer)
     def get(self, request: Request, pk: str) -> Response:
         """Return the product's embedding status and its visually similar products."""
         params = SimilarQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
-        embedding = get_embedding_field(model)
+        embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
         # The vector stays in the database: the similarity query reads it there.
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
-        results = similar_products(product, self.get_queryset(), limit)
+        results = similar_products(product, self.get_queryset(), limit, field=embedding.name)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
         return Response({
@@ -99,6 +104,7 @@ class PhotoSearchView(APIView):
     Only uploaded bytes are accepted: the server never fetches a URL.
     """
 
+    embedding_field: str | None = None
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self) -> models.QuerySet:
@@ -131,17 +137,18 @@ class PhotoSearchView(APIView):
         params.is_valid(raise_exception=True)
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
+        embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
         filters = self.filters(request.data, model)
         try:
             found = search_by_photo(
                 params.validated_data["image"], self.get_queryset(), limit=limit,
                 filter_by_predicted_category=params.validated_data["filter_by_predicted_category"],
-                filters=filters)
+                filters=filters, field=embedding.name)
         except ImageError as exc:
             return Response({"image": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         except SearchUnavailable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        context = {"request": request, "source_field": get_embedding_field(model).source}
+        context = {"request": request, "source_field": embedding.source}
         return Response({
             "predicted_category": (CategorySerializer(found.category).data
                                    if found.category and found.category.category else None),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import IO
 
 import numpy as np
 from PIL import Image
+
+from visual_reco.images import open_image
 
 
 class Embedder(ABC):
@@ -19,6 +22,13 @@ class Embedder(ABC):
 
     fingerprint: str
     dimensions: int
+    # Whether uploads are turned upright by their EXIF tag before `embed` sees them.
+    exif_orientation: bool = True
+
+    def decode(self, fileobj: IO[bytes]) -> Image.Image:
+        """Decode an upload for this embedder (`visual_reco.images.open_image` with its
+        EXIF rule); raises `visual_reco.images.ImageError` for a file it cannot use."""
+        return open_image(fileobj, exif_orientation=self.exif_orientation)
 
     @abstractmethod
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -52,6 +52,7 @@ class KerasApplicationEmbedder(Embedder):
         self.pooling = pooling
         self.batch_size = int(batch_size)
         self.preprocessing = Preprocessing.from_settings(preprocessing)
+        self.exif_orientation = self.preprocessing.exif_orientation
         self.dimensions = ARCHITECTURES[architecture][1]
         self._model = None
         self._preprocess = None

@@ -1,10 +1,10 @@
-"""A progress bar over `indexing.wait_until_done`, shared by the management commands."""
+"""A progress bar over `visual_reco.jobs.wait_until_done`, shared by the management commands."""
 
 from typing import Any
 
 from tqdm import tqdm
 
-from visual_reco import indexing
+from visual_reco.jobs import wait_until_done
 
 
 def wait_with_progress(model: Any, pks: list[Any], timeout: float, *,
@@ -12,6 +12,5 @@ def wait_with_progress(model: Any, pks: list[Any], timeout: float, *,
     """Show how many of ``pks`` the workers have finished; True when all are done in time."""
     with tqdm(total=len(pks), desc=f"Embedding {model._meta.verbose_name_plural}",
               unit="img") as bar:
-        return indexing.wait_until_done(
-            model, pks, field=field, timeout=timeout,
-            progress=lambda done, total: bar.update(done - bar.n))
+        return wait_until_done(model, pks, field=field, timeout=timeout,
+                               progress=lambda done, total: bar.update(done - bar.n))

@@ -8,7 +8,7 @@ from django import template
 from django.template.loader import render_to_string
 
 from visual_reco.conf import reco_settings
-from visual_reco.fields import get_embedding_field
+from visual_reco.registry import get_embedding_field
 from visual_reco.result_cache import similar_products
 
 register = template.Library()
@@ -17,16 +17,17 @@ register = template.Library()
 @register.simple_tag(takes_context=True)
 def visually_similar(context: template.Context, obj: Any, limit: int | None = None,
                      queryset: Any = None, template_name: str | None = None,
-                     title: str = "You may also like") -> str:
+                     title: str = "You may also like", field: str | None = None) -> str:
     """Render the products that look like ``obj`` with ``visual_reco/similar.html``.
 
-    ``queryset`` restricts the candidates (e.g. ``in_stock`` products); the template can be
-    overridden per call with ``template_name`` or globally in your templates directory.
+    ``queryset`` restricts the candidates (e.g. ``in_stock`` products); ``field`` picks the
+    embedding to compare (default: the model's first); the template can be overridden per
+    call with ``template_name`` or globally in your templates directory.
     """
     model = type(obj)
+    embedding = get_embedding_field(model, field)
     candidates = queryset if queryset is not None else model._default_manager.all()
-    products = similar_products(obj, candidates, limit)
-    embedding = get_embedding_field(model)
+    products = similar_products(obj, candidates, limit, field=embedding.name)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,

@@ -4,14 +4,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from visual_reco import indexing
 from visual_reco.embedders import get_embedder
-from visual_reco.fields import embedded_models
+from visual_reco.jobs import WAITING, select, status_counts
 from visual_reco.management.progress import wait_with_progress
+from visual_reco.registry import embedded_models, embedding_fields
 
 
 class Command(BaseCommand):
-    """Print how many rows are ready, pending, failed, stale or without image."""
+    """Print how many rows are ready, pending, failed, stale or without image, per field."""
 
     help = "Show embedding status counts; --wait until no row is pending or stale."
 
@@ -21,12 +21,13 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=3600.0)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.stdout.write(f"embedder: {get_embedder().fingerprint}")
         for model in embedded_models():
             if options["wait"]:
-                pks = list(indexing.select(model, indexing.WAITING).values_list("pk", flat=True))
+                pks = list(select(model, WAITING).values_list("pk", flat=True))
                 if pks and not wait_with_progress(model, pks, options["timeout"]):
                     raise CommandError("Timed out waiting for the workers. Is a worker running?")
-            counts = indexing.status_counts(model)
-            summary = "  ".join(f"{status}={n}" for status, n in counts.items())
-            self.stdout.write(f"{model._meta.label}: {summary}")
+            counts = status_counts(model)
+            for field in embedding_fields(model):
+                summary = "  ".join(f"{status}={n}" for status, n in counts[field.name].items())
+                self.stdout.write(f"{model._meta.label}.{field.name} "
+                                  f"({get_embedder(field.embedder).fingerprint}): {summary}")

@@ -3,10 +3,11 @@
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from visual_reco.api.views import product_model
 from visual_reco.classifier import train_classifier
+from visual_reco.registry import product_model
 
 
 class Command(BaseCommand):
@@ -16,13 +17,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model", help="app_label.ModelName (default: the product model)")
+        parser.add_argument("--field", help="embedding field (default: the model's first)")
         parser.add_argument("--epochs", type=int, default=60)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        model = apps.get_model(options["model"]) if options["model"] else product_model()
         try:
-            report = train_classifier(model, epochs=options["epochs"])
-        except ValueError as exc:
+            model = apps.get_model(options["model"]) if options["model"] else product_model()
+            report = train_classifier(model, field=options["field"], epochs=options["epochs"])
+        except (LookupError, ValueError, ImproperlyConfigured) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             f"Trained on {report.examples} products in {report.classes} categories; "

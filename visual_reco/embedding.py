@@ -1,0 +1,102 @@
+"""Computing embeddings: decode the source images of some rows, embed them in one model call,
+and store the vectors or the failures. What the Celery task and ``visual_reco_reindex --sync``
+run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from visual_reco.embedders import Embedder, get_embedder
+from visual_reco.fields import ImageEmbeddingField
+from visual_reco.images import ImageError
+from visual_reco.models import EmbeddingStatus
+from visual_reco.registry import selected_fields
+from visual_reco.result_cache import invalidate_on_commit
+
+logger = logging.getLogger("visual_reco")
+
+DECODE_THREADS = max(os.cpu_count() or 1, 1)
+
+
+@dataclass
+class EmbedResult:
+    """What `embed_objects` did with the rows it was given."""
+
+    embedded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def add(self, other: EmbedResult) -> None:
+        """Count ``other``'s rows too."""
+        self.embedded += other.embedded
+        self.failed += other.failed
+        self.skipped += other.skipped
+
+
+def embed_objects(model: type[models.Model], pks: Sequence[Any], *, field: str | None = None,
+                  force: bool = False) -> EmbedResult:
+    """Embed the images of ``pks`` for ``field`` (None: every embedding field of ``model``)
+    and store vectors or failures, one model call per field.
+
+    Rows already embedded by the field's current embedder are skipped unless ``force``. A
+    row whose image changed since it was read is not overwritten (its own task will handle
+    it). A bad image marks only its own row failed, with a message for shop staff.
+    """
+    result = EmbedResult()
+    for embedding in selected_fields(model, field):
+        result.add(_embed_field(model, embedding, list(pks), force))
+    return result
+
+
+def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks: list[Any],
+                 force: bool) -> EmbedResult:
+    storage = embedding.source_field().storage
+    embedder = get_embedder(embedding.embedder)
+    fingerprint = embedder.fingerprint
+    manager = model._base_manager
+    rows = manager.filter(pk__in=pks).values_list(
+        "pk", embedding.source, embedding.status_name, embedding.fingerprint_name)
+    todo = [(pk, name) for pk, name, status, fp in rows
+            if name and (force or status != EmbeddingStatus.READY or fp != fingerprint)]
+    images, loaded, failures = [], [], []
+    # Decoding is parallel across cores (Pillow releases the GIL while decoding).
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        decoded = pool.map(lambda row: _decode(embedder, storage, row[1]), todo)
+        for (pk, name), outcome in zip(todo, decoded, strict=True):
+            if isinstance(outcome, str):
+                failures.append((pk, name, outcome))
+            else:
+                images.append(outcome)
+                loaded.append((pk, name))
+    vectors = embedder.embed(images) if images else []
+    now = timezone.now()
+    for (pk, name), vector in zip(loaded, vectors, strict=True):
+        manager.filter(pk=pk, **{embedding.source: name}).update(**embedding.state(
+            EmbeddingStatus.READY, vector=vector, fingerprint=fingerprint, at=now))
+    for pk, name, message in failures:
+        logger.info("Embedding %s %s (%s) failed: %s", model._meta.label, pk, embedding.name,
+                    message)
+        manager.filter(pk=pk, **{embedding.source: name}).update(**embedding.state(
+            EmbeddingStatus.FAILED, fingerprint=fingerprint, error=message, at=now))
+    if loaded or failures:
+        invalidate_on_commit(model)
+    return EmbedResult(embedded=len(loaded), failed=len(failures), skipped=len(pks) - len(todo))
+
+
+def _decode(embedder: Embedder, storage: Any, name: str) -> Any:
+    """The decoded image, or the message saying why it cannot be used."""
+    try:
+        with storage.open(name, "rb") as handle:
+            return embedder.decode(handle)
+    except ImageError as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return f"The image file {name!r} is missing from storage."

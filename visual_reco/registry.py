@@ -1,0 +1,105 @@
+"""Which embedding fields exist.
+
+Every `visual_reco.fields.ImageEmbeddingField` registers itself here when Django adds it to a
+concrete model class (one copy per subclass of an abstract base; never the historical models
+that migrations build). Everything that needs to know which fields exist asks this module:
+the signal receivers, the pipeline, the checks, the queries and every surface.
+
+A model may have several embedding fields; the first one declared is its default, used when
+a caller names no ``field``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+from visual_reco.conf import reco_settings
+
+if TYPE_CHECKING:
+    from visual_reco.fields import ImageEmbeddingField
+
+_by_model: dict[type[models.Model], list[ImageEmbeddingField]] = {}
+
+
+def register(field: ImageEmbeddingField) -> None:
+    """Record ``field`` (already contributed to ``field.model``); a field of the same name
+    registered earlier for a class of the same label is replaced."""
+    model = field.model
+    for known in list(_by_model):
+        if known is not model and known._meta.label_lower == model._meta.label_lower:
+            del _by_model[known]  # the same model defined again (tests, reloads)
+    fields = [f for f in _by_model.get(model, []) if f.name != field.name]
+    # Declaration order, which is not registration order: Django adds a model's own fields
+    # before the copies of its abstract bases' fields.
+    _by_model[model] = sorted([*fields, field], key=lambda f: f.creation_counter)
+
+
+def embedding_fields(model: type[models.Model]) -> list[ImageEmbeddingField]:
+    """The embedding fields of ``model``: its own and those of its multi-table parents
+    (proxies have their concrete model's), in declaration order, the default first."""
+    concrete = model._meta.concrete_model
+    owners = [*reversed(concrete._meta.get_parent_list()), concrete]
+    return [field for owner in owners for field in _by_model.get(owner, [])]
+
+
+def get_embedding_field(model: type[models.Model],
+                        name: str | None = None) -> ImageEmbeddingField:
+    """The embedding field ``name`` of ``model``, or its default (first) one for None.
+
+    Raises `ImproperlyConfigured` naming the fields that exist when there is no such field.
+    """
+    fields = embedding_fields(model)
+    if not fields:
+        raise ImproperlyConfigured(f"{model._meta.label} has no ImageEmbeddingField.")
+    if name is None:
+        return fields[0]
+    for field in fields:
+        if field.name == name:
+            return field
+    raise ImproperlyConfigured(
+        f"{model._meta.label} has no ImageEmbeddingField {name!r}; its embedding fields are "
+        f"{', '.join(f.name for f in fields)}.")
+
+
+def selected_fields(model: type[models.Model],
+                    name: str | None = None) -> list[ImageEmbeddingField]:
+    """``[get_embedding_field(model, name)]``, or every embedding field of ``model`` for None
+    (what the pipeline works on: reindexing a model means all of its fields)."""
+    return embedding_fields(model) if name is None else [get_embedding_field(model, name)]
+
+
+def embedded_models(*, include_proxies: bool = False) -> list[type[models.Model]]:
+    """Every installed model with an embedding field (proxies only when asked)."""
+    return [model for model in apps.get_models()
+            if (include_proxies or not model._meta.proxy) and embedding_fields(model)]
+
+
+def product_model() -> type[models.Model]:
+    """The model the API and photo search serve: ``PRODUCT_MODEL``, or the only embedded one.
+
+    Raises `ImproperlyConfigured` (also reported by check ``visual_reco.E005``) when the
+    setting names no embedded model, or when it is unset and several models are embedded.
+    """
+    label = reco_settings.PRODUCT_MODEL
+    if label:
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            raise ImproperlyConfigured(
+                f"VISUAL_RECO['PRODUCT_MODEL'] = {label!r} is not an installed model "
+                "('app_label.ModelName').") from None
+        if not embedding_fields(model):
+            raise ImproperlyConfigured(
+                f"VISUAL_RECO['PRODUCT_MODEL'] = {label!r} has no ImageEmbeddingField.")
+        return model
+    candidates = embedded_models()
+    if len(candidates) != 1:
+        names = ", ".join(m._meta.label for m in candidates) or "none"
+        raise ImproperlyConfigured(
+            f"Set VISUAL_RECO['PRODUCT_MODEL'] to the model the API serves: {len(candidates)} "
+            f"models have an ImageEmbeddingField ({names}).")
+    return candidates[0]
