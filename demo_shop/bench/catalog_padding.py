@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from demo_shop.bench_vectors_lib import (
+from demo_shop.bench.vectors_lib import (
     COPY_COLUMNS,
     Storage,
     SyntheticVectors,
