@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "visual_reco",
     "demo_shop.shop",
+    "demo_shop.bench",
 ]
 
 MIDDLEWARE = [

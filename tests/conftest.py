@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from demo_shop.bench.samples import kitchenware_photos
 from tests.celery_app import app as celery_app
-from visual_reco.samples import kitchenware_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -8,7 +8,7 @@ import html
 import io
 import json
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +17,23 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from PIL import Image, ImageOps
 
-from demo_shop.shop.management.commands.eval_csv import Command as EvalCsvCommand
-from tests.conftest import DATASETS
-from visual_reco import evaluation as ev
 from visual_reco.conf import DEFAULTS
 from visual_reco.embedders import get_embedder
+from visual_reco.evaluation.dataset import read_evaluation_csv, sample_queries
+from visual_reco.evaluation.evaluate import search_vote
+from visual_reco.evaluation.metrics import (
+    average_precision,
+    label_metrics,
+    macro_f1,
+    precision_at_k,
+    rank_gallery,
+    recall_at_k,
+)
+from visual_reco.evaluation.overrides import parse_overrides
 from visual_reco.images import open_image
 
-GROCERY = DATASETS / "grocery_store"
+# The photo search's vote at its default temperature, over the k nearest.
+TEMPERATURE = DEFAULTS["CATEGORY_TEMPERATURE"]
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -58,7 +67,7 @@ def test_recall_precision_map_and_knn_on_a_hand_made_matrix():
         [0.95, 0.5, 0.1, 0.6],   # "b": ranks b b a a -> AP 1
         [0.1, 0.2, 0.3, 0.4],    # "c": no gallery item is "c"
     ])
-    m = ev.label_metrics(similarity, ["a", "b", "c"], gallery, knn_k=2)
+    m = label_metrics(similarity, ["a", "b", "c"], gallery, knn=search_vote(2, TEMPERATURE))
 
     assert m["queries"] == 3
     assert m["queries_evaluated"] == 2
@@ -69,7 +78,7 @@ def test_recall_precision_map_and_knn_on_a_hand_made_matrix():
     # Top 5 of a 4-item gallery: precision over the 4 available ranks.
     assert m["precision@5"] == pytest.approx(0.5)
     assert m["mAP"] == pytest.approx((0.5 + 1.0) / 2)
-    # kNN (k=2): a -> b (0.9 beats 0.8), b -> b, c -> b: one right of three.
+    # kNN (k=2, softmax at 0.05): a -> b (0.9 outweighs 0.8), b -> b, c -> b: one right of three.
     assert m["knn_accuracy"] == pytest.approx(1 / 3)
     # F1 per class: a 0, b 2*1/(2*1+2+0) = 0.5, c 0.
     assert m["knn_macro_f1"] == pytest.approx(0.5 / 3)
@@ -79,14 +88,14 @@ def test_average_precision_and_precision_functions():
     relevant = np.array([[1, 0, 1, 0, 0],
                          [0, 0, 0, 0, 1],
                          [0, 0, 0, 0, 0]], dtype=bool)
-    ap = ev.average_precision(relevant)
+    ap = average_precision(relevant)
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
     assert ap[1] == pytest.approx(1 / 5)
     assert np.isnan(ap[2])
-    assert ev.recall_at_k(relevant, 1) == pytest.approx(1 / 3)
-    assert ev.recall_at_k(relevant, 5) == pytest.approx(2 / 3)
-    assert ev.precision_at_k(relevant, 2) == pytest.approx((1 / 2 + 0 + 0) / 3)
-    assert ev.precision_at_k(relevant, 5) == pytest.approx((2 / 5 + 1 / 5) / 3)
+    assert recall_at_k(relevant, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(relevant, 5) == pytest.approx(2 / 3)
+    assert precision_at_k(relevant, 2) == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert precision_at_k(relevant, 5) == pytest.approx((2 / 5 + 1 / 5) / 3)
 
 
 def test_leave_one_out_excludes_the_query_itself():
@@ -94,48 +103,66 @@ def test_leave_one_out_excludes_the_query_itself():
                            [0.2, 1.0, 0.1],
                            [0.9, 0.1, 1.0]])
     exclude = np.eye(3, dtype=bool)
-    order, valid = ev.rank_gallery(similarity, exclude)
+    order, valid = rank_gallery(similarity, exclude)
     assert list(order[:, -1]) == [0, 1, 2] and not valid[:, -1].any() and valid[:, :2].all()
 
-    m = ev.label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"], exclude)
+    m = label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"], exclude)
     # Item 0 ranks 2 (y) before 1 (x); item 1 finds 0 first; "y" has no other y.
     assert m["recall@1"] == pytest.approx(0.5)
     assert m["mAP"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["precision@5"] == pytest.approx(0.5)  # 2 candidates each, one of them right
     assert m["queries_without_relevant"] == 1
     # Without the exclusion every item would find itself first.
-    assert ev.label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"])["recall@1"] == 1.0
+    assert label_metrics(similarity, ["x", "x", "y"], ["x", "x", "y"])["recall@1"] == 1.0
 
 
 def test_knn_vote_is_weighted_by_similarity_and_ties_go_to_the_nearest():
+    """The evaluation's kNN is the photo search's `categories.vote`: softmax weights."""
+    def knn(similarities: list[float], gallery: list[str], k: int,
+            temperature: float = TEMPERATURE) -> float:
+        return label_metrics(np.array([similarities]), ["a"], gallery,
+                             knn=search_vote(k, temperature))["knn_accuracy"]
+
     gallery = ["b", "a", "a"]
-    outvoted = ev.label_metrics(np.array([[0.5, 0.3, 0.3]]), ["a"], gallery, knn_k=3)
-    assert outvoted["knn_accuracy"] == 1.0          # a: 0.6 beats b: 0.5
-    tied = ev.label_metrics(np.array([[0.6, 0.3, 0.3]]), ["a"], gallery, knn_k=3)
-    assert tied["knn_accuracy"] == 0.0              # 0.6 each: the nearest (b) wins
-    nearest_only = ev.label_metrics(np.array([[0.5, 0.3, 0.3]]), ["a"], gallery, knn_k=1)
-    assert nearest_only["knn_accuracy"] == 0.0
+    # Two a's close behind the b outvote it: 2 e^(-0.02/0.05) = 1.34 beats 1.
+    assert knn([0.5, 0.48, 0.48], gallery, k=3) == 1.0
+    # Far behind, they do not: 2 e^(-0.2/0.05) = 0.04 against 1.
+    assert knn([0.5, 0.3, 0.3], gallery, k=3) == 0.0
+    # At a high temperature similarity matters little and the two a's win again.
+    assert knn([0.5, 0.3, 0.3], gallery, k=3, temperature=1.0) == 1.0
+    # Only the nearest votes with k = 1.
+    assert knn([0.5, 0.48, 0.48], gallery, k=1) == 0.0
+    # An exact tie goes to the label of the nearest neighbour, whichever it is.
+    assert knn([0.5, 0.5, 0.4, 0.4], ["b", "a", "a", "b"], k=4) == 0.0
+    assert knn([0.5, 0.5, 0.4, 0.4], ["a", "b", "b", "a"], k=4) == 1.0
+    # Unlabelled neighbours abstain: the nearest has no label, the next one decides.
+    assert knn([0.9, 0.2, 0.1], ["", "a", "b"], k=3) == 1.0
+    # With only unlabelled neighbours there is no prediction: an error, and no class.
+    alone = label_metrics(np.array([[0.9, 0.2]]), ["a"], ["", "b"],
+                          knn=search_vote(1, TEMPERATURE))
+    assert alone["knn_accuracy"] == 0.0 and alone["knn_macro_f1"] == 0.0
+    assert alone["knn_k"] == 1
 
 
 def test_macro_f1():
-    assert ev.macro_f1(["a", "a", "b"], ["a", "a", "b"]) == 1.0
+    assert macro_f1(["a", "a", "b"], ["a", "a", "b"]) == 1.0
     # a: tp 1 fn 1 -> 2/3; b: tp 1 fp 1 -> 2/3; c: fn 1 -> 0; a missing prediction is no class.
-    assert ev.macro_f1(["a", "a", "b", "c"], ["a", "b", "b", None]) == pytest.approx(4 / 9)
+    assert macro_f1(["a", "a", "b", "c"], ["a", "b", "b", None]) == pytest.approx(4 / 9)
     # A wrong prediction of a class that is never true still counts as a class with F1 0.
-    assert ev.macro_f1(["a", "a"], ["a", "z"]) == pytest.approx((2 / 3 + 0) / 2)
+    assert macro_f1(["a", "a"], ["a", "z"]) == pytest.approx((2 / 3 + 0) / 2)
 
 
 def test_sample_queries_is_seeded():
-    first = ev.sample_queries(100, 10, seed=3)
-    assert list(first) == list(ev.sample_queries(100, 10, seed=3))
-    assert list(first) != list(ev.sample_queries(100, 10, seed=4))
+    first = sample_queries(100, 10, seed=3)
+    assert list(first) == list(sample_queries(100, 10, seed=3))
+    assert list(first) != list(sample_queries(100, 10, seed=4))
     assert len(set(first)) == 10 and list(first) == sorted(first) and first.max() < 100
-    assert list(ev.sample_queries(5, None)) == list(range(5))
-    assert list(ev.sample_queries(5, 50)) == list(range(5))
+    assert list(sample_queries(5, None)) == list(range(5))
+    assert list(sample_queries(5, 50)) == list(range(5))
 
 
 def test_parse_overrides():
-    overrides = ev.parse_overrides(['RESIZE="crop"', "BATCH_SIZE=8", "TASK_QUEUE=evaluation",
+    overrides = parse_overrides(['RESIZE="crop"', "BATCH_SIZE=8", "TASK_QUEUE=evaluation",
                                     "EMBEDDER.OPTIONS.input_size=224"])
     assert overrides["PREPROCESSING"] == {**DEFAULTS["PREPROCESSING"], "RESIZE": "crop"}
     assert overrides["BATCH_SIZE"] == 8
@@ -144,16 +171,16 @@ def test_parse_overrides():
                                                 "input_size": 224}
     for bad in ["NO_SUCH_SETTING=1", "PREPROCESSING.NOPE=1", "RESIZE"]:
         with pytest.raises(ValueError):
-            ev.parse_overrides([bad])
+            parse_overrides([bad])
 
 
 def test_csv_errors_name_the_line(tmp_path):
     bad_role = write_csv(tmp_path / "a.csv", [{"path": "x.jpg", "label": "cup", "role": "q"}])
     with pytest.raises(ValueError, match="line 2.*'q'"):
-        ev.read_evaluation_csv(bad_role)
+        read_evaluation_csv(bad_role)
     no_label = write_csv(tmp_path / "b.csv", [{"path": "x.jpg", "role": ""}])
     with pytest.raises(ValueError, match="missing column"):
-        ev.read_evaluation_csv(no_label)
+        read_evaluation_csv(no_label)
 
 
 # ------------------------------------------------------------------ real runs
@@ -242,6 +269,11 @@ def test_metrics_json_records_the_run(query_gallery_run):
     configured = settings.VISUAL_RECO
     assert metrics["settings"] == {key: value for key, value in configured.items()
                                    if DEFAULTS.get(key) != value}
+    # The kNN columns are the photo search's category vote, with the search's settings.
+    assert metrics["knn_vote"] == {"predictor": "visual_reco.categories.vote",
+                                   "k": DEFAULTS["CATEGORY_NEIGHBOURS"],
+                                   "temperature": DEFAULTS["CATEGORY_TEMPERATURE"]}
+    assert metrics["metrics"]["label"]["knn_k"] == DEFAULTS["CATEGORY_NEIGHBOURS"]
 
 
 def test_report_has_the_plot_and_the_example_grid(query_gallery_run):
@@ -293,12 +325,14 @@ def test_limit_keeps_a_seeded_subsample_of_queries(photos, tmp_path):
     write_csv(csv_path, [{"path": rel(p.path, csv_path), "label": p.label, "role": ""}
                          for p in photos])
     metrics, _, _ = evaluate_command(csv_path, tmp_path / "out", "--limit", "5",
-                                     "--examples", "0")
+                                     "--examples", "0", "--set", "CATEGORY_NEIGHBOURS=3")
     assert metrics["counts"]["queries"] == 5
     assert metrics["counts"]["gallery"] == len(photos)
     assert metrics["counts"]["queries_before_limit"] == len(photos)
     assert metrics["limit"] == 5
     assert metrics["metrics"]["label"]["queries"] == 5
+    # --set reaches the kNN vote as it reaches the search.
+    assert metrics["knn_vote"]["k"] == metrics["metrics"]["label"]["knn_k"] == 3
 
 
 def test_unknown_setting_is_refused(photos, tmp_path):
@@ -319,33 +353,3 @@ def test_set_resize_crop_changes_the_fingerprint(photos, tmp_path):
     assert metrics["settings"]["PREPROCESSING"] == {"RESIZE": "crop"}
     assert metrics["overrides"]["PREPROCESSING"]["RESIZE"] == "crop"
     assert get_embedder().fingerprint == default   # the override ended with the run
-
-
-# ------------------------------------------------------------------ eval_csv (demo)
-
-@pytest.mark.dataset
-@pytest.mark.skipif(not (GROCERY / "labels.csv").exists(), reason="grocery_store dataset absent")
-def test_eval_csv_grocery(tmp_path):
-    with open(GROCERY / "labels.csv", newline="") as handle:
-        source = list(csv.DictReader(handle))
-    out = tmp_path / "csvs" / "grocery.csv"
-    call_command(EvalCsvCommand(), "grocery", str(out), stdout=io.StringIO())
-
-    with open(out, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["path", "label", "label_coarse", "role"]
-    queries = [r for r in rows if r["role"] == "query"]
-    gallery = [r for r in rows if r["role"] == "gallery"]
-    assert len(queries) == sum(r["split"] == "val" for r in source) > 0
-    assert len(gallery) == len({r["iconic"] for r in source}) == 81
-    assert len(queries) + len(gallery) == len(rows)
-    for row in rows:
-        path = out.parent / row["path"]
-        assert not Path(row["path"]).is_absolute() and path.is_file(), row["path"]
-        # The dataset's folders are named after the fine class.
-        assert PurePosixPath(row["path"]).parent.name == row["label"]
-    assert {r["label"] for r in gallery} == {r["fine_name"] for r in source}
-    assert {r["label_coarse"] for r in rows} <= {r["coarse_name"] for r in source}
-    dataset = ev.read_evaluation_csv(out)
-    assert dataset.mode == "query/gallery"
-    assert dataset.label_names == ["label", "label_coarse"]

@@ -1,6 +1,6 @@
 """``manage.py visual_reco_evaluate CSV --out DIR``: retrieval metrics and an HTML report.
 
-The work is done by `visual_reco.evaluation`; this command parses options and prints.
+The work is done by `visual_reco.evaluation.run`; this command parses options and prints.
 """
 
 from pathlib import Path
@@ -8,7 +8,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from visual_reco import evaluation
+from visual_reco.evaluation.embedding import CHUNK_SIZE
+from visual_reco.evaluation.overrides import parse_overrides
+from visual_reco.evaluation.report import format_summary
+from visual_reco.evaluation.run import run_evaluation
 
 
 class Command(BaseCommand):
@@ -31,7 +34,7 @@ class Command(BaseCommand):
                                  "EMBEDDER.OPTIONS.input_size); repeatable")
         parser.add_argument("--examples", type=int, default=12,
                             help="example queries shown in the report (default 12)")
-        parser.add_argument("--chunk-size", type=int, default=evaluation.CHUNK_SIZE,
+        parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
                             help="images decoded and embedded at a time")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -43,14 +46,14 @@ class Command(BaseCommand):
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1.")
         try:
-            overrides = evaluation.parse_overrides(options["overrides"])
-            metrics = evaluation.run_evaluation(
+            overrides = parse_overrides(options["overrides"])
+            metrics = run_evaluation(
                 csv_path, options["out"], limit=options["limit"], seed=options["seed"],
                 examples=options["examples"], overrides=overrides,
                 chunk_size=options["chunk_size"], progress=options["verbosity"] > 0)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if options["verbosity"] > 0:
-            self.stdout.write(evaluation.format_summary(metrics))
+            self.stdout.write(format_summary(metrics))
             out = Path(options["out"])
             self.stdout.write(f"Wrote {out / 'metrics.json'} and {out / 'report.html'}")

@@ -4,7 +4,6 @@ gunicorn, under a closed-loop load on loopback at increasing concurrency."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,19 +18,14 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from demo_shop.bench_catalog import ensure_demo_catalog, pad_catalog, remove_padding
-from demo_shop.benchtools import machine_line, replace_section, stop
-from demo_shop.loadgen import LoadResult, get_requests, multipart_post, run_load
+from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
+from demo_shop.bench.helpers import machine_line, stop, write_section
+from demo_shop.bench.loadgen import LoadResult, get_requests, multipart_post, run_load
+from demo_shop.bench.samples import kitchenware_photos
+from demo_shop.services import free_port
 from demo_shop.shop.models import Product
-from visual_reco.samples import kitchenware_photos
 
 HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Command(BaseCommand):
@@ -102,15 +96,16 @@ class Command(BaseCommand):
     def _server(self, options: dict[str, Any], *, cache: bool,
                 warm_models: bool = False) -> Iterator[int]:
         """gunicorn on a free port; with ``warm_models`` every process loads the model (and
-        embeds a photo) before the first measured request, as `demo_shop.gunicorn_conf` does."""
-        port = _free_port()
+        embeds a photo) before the first measured request, as `demo_shop.bench.gunicorn_conf`
+        does."""
+        port = free_port()
         env = {**os.environ, "DJANGO_DEBUG": "0", "DEMO_SIMILAR_CACHE": "1" if cache else "0"}
         command = [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
                    "-w", str(options["workers"]), "--threads", str(options["threads"]),
                    "--log-level", "warning"]
         with tempfile.TemporaryDirectory() as ready:
             if warm_models:
-                command[3:3] = ["-c", "python:demo_shop.gunicorn_conf"]
+                command[3:3] = ["-c", "python:demo_shop.bench.gunicorn_conf"]
                 env["GUNICORN_READY_DIR"] = ready
             server = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env)
             try:
@@ -164,8 +159,9 @@ class Command(BaseCommand):
             f"gunicorn `demo_shop.wsgi` with {options['workers']} processes x "
             f"{options['threads']} threads, DEBUG off, {catalog:,} embedded products "
             "(the demo catalog padded with synthetic products whose vectors are drawn like "
-            "the ones in *Nearest-neighbour queries at scale*, see `demo_shop/bench_catalog.py`)"
-            f"; Postgres and Redis on the same machine; a closed-loop asyncio load generator "
+            "the ones in *Nearest-neighbour queries at scale*, see "
+            "`demo_shop/bench/catalog_padding.py`); Postgres and Redis on the same machine; "
+            "a closed-loop asyncio load generator "
             f"on the same machine too ({machine_line()}), {options['seconds']:.0f} s per "
             "row, keep-alive. Everything shares the 2 cores. `similar` cycles through "
             f"{options['products']:,} random products "
@@ -179,7 +175,7 @@ class Command(BaseCommand):
             "on this machine: 239-350 req/s uncached and 274-561 cached at the same "
             "concurrency).\n\n"
             + "\n".join(lines) + "\n\nCommand: `make bench` (runs `manage.py bench_api`).")
-        path = replace_section("API under load", body)
+        path = write_section(f"## API under load\n\n{body}")
         self.stdout.write(f"Wrote {path}")
 
 

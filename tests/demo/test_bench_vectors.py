@@ -9,8 +9,9 @@ import pytest
 from django.db import connection
 from pgvector import HalfVector
 
-from demo_shop import bench_vectors_lib as lib
-from demo_shop.bench_vectors_lib import (
+from demo_shop.bench import vectors_lib as lib
+from demo_shop.bench.helpers import replace_section
+from demo_shop.bench.vectors_lib import (
     DIMS,
     FILTERS,
     BuildResult,
@@ -131,14 +132,14 @@ def test_maintenance_work_mem():
 def test_replace_section_leaves_other_sections_alone():
     other = "## Photo search: where the query photo is embedded\n\nmeasured.\n"
     text = f"# Benchmarks\n\n{other}"
-    first = lib.replace_section(text, lib.SECTION_HEADING, f"{lib.SECTION_HEADING}\n\nv1\n")
+    first = replace_section(text, lib.SECTION_HEADING, f"{lib.SECTION_HEADING}\n\nv1\n")
     assert first == f"{text}\n{lib.SECTION_HEADING}\n\nv1\n"
     # Replaced in place, before and after another section.
     middle = first + "\n## Later\n\nkept\n"
-    second = lib.replace_section(middle, lib.SECTION_HEADING,
-                                 f"{lib.SECTION_HEADING}\n\n### sub\n\nv2\n")
+    second = replace_section(middle, lib.SECTION_HEADING,
+                             f"{lib.SECTION_HEADING}\n\n### sub\n\nv2\n")
     assert second == f"{text}\n{lib.SECTION_HEADING}\n\n### sub\n\nv2\n\n## Later\n\nkept\n"
-    assert lib.replace_section("", lib.SECTION_HEADING, "## X\n") == "## X\n"
+    assert replace_section("", lib.SECTION_HEADING, "## X\n") == "## X\n"
 
 
 HALFVEC, PCA = Storage("halfvec", DIMS), Storage("vector", 512)

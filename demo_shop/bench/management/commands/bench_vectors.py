@@ -20,7 +20,6 @@ rendered from all of them.
 from __future__ import annotations
 
 import os
-import platform
 import shlex
 import sys
 import time
@@ -37,8 +36,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, models, transaction
 from django.test import override_settings
 
-from demo_shop import bench_vectors_lib as lib
-from demo_shop.bench_vectors_lib import (
+from demo_shop.bench import vectors_lib as lib
+from demo_shop.bench.helpers import benchmarks_path, cpu_model_and_mhz, write_section
+from demo_shop.bench.vectors_lib import (
     DIMS,
     FILTERS,
     BuildResult,
@@ -51,7 +51,6 @@ from demo_shop.bench_vectors_lib import (
     Storage,
     SyntheticVectors,
 )
-from demo_shop.benchtools import benchmarks_path
 from visual_reco.conf import reco_settings
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.query import VisualQuerySet
@@ -211,9 +210,7 @@ class Command(BaseCommand):
                    queries=self.options["queries"], warmup=self.options["warmup"])
 
     def _machine(self) -> lib.Machine:
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor() or "?")
+        cpu, _ = cpu_model_and_mhz()
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_setting('server_version'), "
                            "current_setting('shared_buffers'), "
@@ -249,7 +246,7 @@ class Command(BaseCommand):
                                  lib.similarity_profile(synthetic))
 
     def _shop_embeddings(self) -> np.ndarray | None:
-        from demo_shop.bench_catalog import SKU_PREFIX
+        from demo_shop.bench.catalog_padding import SKU_PREFIX
         from demo_shop.shop.models import Product
 
         # Real photos only: bench_api's synthetic padding is drawn like the benchmark's own.
@@ -530,5 +527,5 @@ class Command(BaseCommand):
             self._say("matplotlib is not installed: no plot (pip install matplotlib)")
         lib.save_results(results, report)
         self._say(f"Wrote {results}")
-        lib.write_section(out, lib.render_section(report))
+        write_section(lib.render_section(report), out)
         self._say(f"Wrote {out}")

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from visual_reco.evaluation import run_evaluation
+from visual_reco.evaluation.run import run_evaluation
 
 # (name, VISUAL_RECO overrides): each row changes one thing from the defaults.
 GROCERY_VARIANTS: list[tuple[str, dict[str, Any]]] = [

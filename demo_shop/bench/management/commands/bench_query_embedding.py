@@ -12,12 +12,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.test import override_settings
 
-from demo_shop.benchtools import machine_line, replace_section, start_worker, stop
+from demo_shop.bench.helpers import machine_line, start_worker, stop, write_section
+from demo_shop.bench.samples import kitchenware_photos
 from demo_shop.celery import app
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import get_embedder, reset_embedder
-from visual_reco.samples import kitchenware_photos
-from visual_reco.search import embed_query
+from visual_reco.embedders import get_embedder, reset_embedders
+from visual_reco.query_photos import embed_query
 
 QUEUE = "bench_query_embedding"
 
@@ -38,7 +38,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, rounds: int, **options: Any) -> None:
         payloads = [p.path.read_bytes() for p in kitchenware_photos()]
-        reset_embedder()
+        reset_embedders()
         started = time.perf_counter()
         embed_query(io.BytesIO(payloads[0]))
         cold = time.perf_counter() - started
@@ -83,5 +83,5 @@ class Command(BaseCommand):
             "keeps TensorFlow out of web processes and gives up after `QUERY_TIMEOUT` (503) "
             "when no worker answers.\n\n"
             "Command: `make bench` (runs `manage.py bench_query_embedding`).")
-        path = replace_section("Photo search: where the query photo is embedded", body)
+        path = write_section(f"## Photo search: where the query photo is embedded\n\n{body}")
         self.stdout.write(f"Wrote {path}")

@@ -1,5 +1,9 @@
-"""Shared by the benchmark commands: the machine line, docs/BENCHMARKS.md sections, and a
-Celery worker started for a measurement."""
+"""Shared by the benchmark commands: the CPU and machine line, docs/BENCHMARKS.md sections,
+and a Celery worker started for a measurement.
+
+A free loopback port comes from `demo_shop.services.free_port`, which services.py needs
+itself and must define while it runs as a script, before Django or this package is importable.
+"""
 
 from __future__ import annotations
 
@@ -54,20 +58,28 @@ def machine_line() -> str:
             f"{time.strftime('%Y-%m-%d')}")
 
 
-def replace_section(heading: str, body: str, path: Path | None = None) -> Path:
-    """Write ``## heading`` + ``body`` into the benchmarks file, replacing that section only."""
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the section under ``heading`` (up to the next ``## ``) set to
+    ``section``; appended when missing. Other sections are left as they are."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    block = section.rstrip() + "\n"
+    if start is None:
+        return (text.rstrip() + "\n\n" if text.strip() else "") + block
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    tail = "".join(lines[end:])
+    return "".join(lines[:start]) + block + ("\n" + tail if tail else "")
+
+
+def write_section(section: str, path: Path | None = None) -> Path:
+    """Put ``section``, markdown whose first line is its ``## `` heading, into the benchmarks
+    file (created with a title if missing), replacing that section only; returns the path."""
     path = path or benchmarks_path()
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    marker = f"## {heading}\n"
-    section = marker + "\n" + body.strip() + "\n"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        tail = rest.split("\n## ", 1)
-        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
+    heading = section.split("\n", 1)[0].rstrip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(replace_section(text, heading, section))
     return path
 
 

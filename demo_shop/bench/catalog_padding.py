@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
-from demo_shop.bench_vectors_lib import (
+from demo_shop.bench.vectors_lib import (
     COPY_COLUMNS,
     Storage,
     SyntheticVectors,

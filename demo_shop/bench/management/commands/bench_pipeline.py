@@ -13,11 +13,11 @@ from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.test import override_settings
 
-from demo_shop.benchtools import machine_line, replace_section, start_worker, stop
+from demo_shop.bench.helpers import machine_line, start_worker, stop, write_section
+from demo_shop.bench.samples import kitchenware_photos
 from demo_shop.shop.models import Product
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
-from visual_reco.samples import kitchenware_photos
 
 QUEUE = "bench_pipeline"
 
@@ -92,5 +92,5 @@ class Command(BaseCommand):
             f"| Celery worker main process | {worker_rss['main']:.0f} |\n"
             f"| Celery pool process with the model loaded | {worker_rss['pool']:.0f} |\n\n"
             "Command: `make bench` (runs `manage.py bench_pipeline`).")
-        path = replace_section("Upload to recommendation, and memory", body)
+        path = write_section(f"## Upload to recommendation, and memory\n\n{body}")
         self.stdout.write(f"p50 {np.percentile(latencies, 50):.0f} ms; wrote {path}")

@@ -770,7 +770,7 @@ storage choice. {_where(report)}
 
 **Data.** Synthetic 2,048-d vectors shaped like Xception's pooled ReLU features:
 non-negative, L2-normalised and clustered ({report.data.describe()}; see
-`SyntheticVectors` in `demo_shop/bench_vectors_lib.py`). A row's `category` is its cluster
+`SyntheticVectors` in `demo_shop/bench/vectors_lib.py`). A row's `category` is its cluster
 (1,000 categories) and `bucket` is uniform in 0-99, independent of the image. Queries are
 new vectors from the same distribution. Median cosine similarities:
 
@@ -834,26 +834,6 @@ random. Recall is against the exact top 10 among the rows that pass.
 What you get without an HNSW index (as in pgvector-python's Django example): Postgres reads
 and compares every row.
 {plot}"""
-
-
-def replace_section(text: str, heading: str, section: str) -> str:
-    """``text`` with the section under ``heading`` (up to the next ``## ``) set to
-    ``section``; appended when missing. Other sections are left as they are."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    block = section.rstrip() + "\n"
-    if start is None:
-        return (text.rstrip() + "\n\n" if text.strip() else "") + block
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + block + ("\n" + tail if tail else "")
-
-
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` into the markdown file at ``path`` (created with a title if missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    path.write_text(replace_section(text, SECTION_HEADING, section))
 
 
 def plot_latency(report: Report, storage: Storage, ef_search: int, path: Path) -> bool:

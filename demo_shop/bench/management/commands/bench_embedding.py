@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandParser
 
-from demo_shop.benchtools import cpu_flags, cpu_model_and_mhz, machine_line, replace_section
+from demo_shop.bench.helpers import cpu_flags, cpu_model_and_mhz, machine_line, write_section
+from demo_shop.bench.samples import kitchenware_photos
 from visual_reco.embedders import get_embedder
 from visual_reco.embedders.weights import resolve_model_file
 from visual_reco.images import open_image
-from visual_reco.samples import kitchenware_photos
 
 
 def model_flops(model: Any) -> float:
@@ -127,5 +127,5 @@ class Command(BaseCommand):
             + "\n".join(lines)
             + "\n\nImages: the 18 kitchenware photos, decoded once (rows 1-5) or from their "
             "JPEG bytes (row 6). Command: `make bench` (runs `manage.py bench_embedding`).")
-        path = replace_section("Embedding throughput", body)
+        path = write_section(f"## Embedding throughput\n\n{body}")
         self.stdout.write(f"Wrote {path}")

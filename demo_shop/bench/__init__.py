@@ -1,0 +1,1 @@
+"""Offline tooling of the demo: benchmarks, the retrieval-quality report, sample photos."""
