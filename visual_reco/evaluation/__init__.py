@@ -8,8 +8,8 @@ a gallery item, so a CSV whose roles are all empty is a leave-one-out evaluation
 
 Every image goes through the same decoding and preprocessing as production uploads
 (``get_embedder().decode``, then ``.embed``; queries as the photo search embeds them), in
-chunks so that decoded images never pile up in memory. Each query ranks the gallery by cosine similarity; the query
-itself (the same image file) is never part of its own ranking.
+chunks so that decoded images never pile up in memory. Each query ranks the gallery by
+cosine similarity; the query itself (the same image file) is never part of its own ranking.
 
 Metrics, per label column:
 
