@@ -8,7 +8,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import ngettext
 
 from visual_reco.fields import ImageEmbeddingField
@@ -64,7 +65,7 @@ class VisualRecoAdminMixin:
         embeddings = self._embeddings()
         labelled = len(embeddings) > 1
         return format_html_join(
-            format_html("<br>"), '<span style="color:{}" title="{}">{}{}{}</span>',
+            mark_safe("<br>"), '<span style="color:{}" title="{}">{}{}{}</span>',
             ((STATUS_COLOURS.get(getattr(obj, e.status_name), "inherit"),
               getattr(obj, e.error_name), f"{e.verbose_name}: " if labelled else "",
               EmbeddingStatus(getattr(obj, e.status_name)).label,
