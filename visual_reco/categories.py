@@ -27,7 +27,8 @@ class CategoryPrediction:
 
 def vote(neighbours: Iterable[tuple[str | None, float]],
          temperature: float | None = None) -> CategoryPrediction:
-    """Softmax-weighted vote of ``(category, similarity)`` pairs; empty categories abstain."""
+    """Softmax-weighted vote of ``(category, similarity)`` pairs, nearest first; empty
+    categories abstain, and a tie goes to the category of the nearest tied neighbour."""
     temperature = reco_settings.CATEGORY_TEMPERATURE if temperature is None else temperature
     pairs = [(c, s) for c, s in neighbours if c]
     if not pairs:
@@ -35,10 +36,13 @@ def vote(neighbours: Iterable[tuple[str | None, float]],
     similarities = np.array([s for _, s in pairs], dtype=np.float64)
     weights = np.exp((similarities - similarities.max()) / temperature)
     scores: dict[str, float] = {}
-    for (category, _), weight in zip(pairs, weights, strict=True):
+    nearest: dict[str, int] = {}
+    for rank, ((category, _), weight) in enumerate(zip(pairs, weights, strict=True)):
         scores[category] = scores.get(category, 0.0) + float(weight)
+        nearest.setdefault(category, rank)
     total = sum(scores.values())
-    scores = {c: w / total for c, w in sorted(scores.items(), key=lambda kv: -kv[1])}
+    order = sorted(scores, key=lambda c: (-scores[c], nearest[c]))
+    scores = {c: scores[c] / total for c in order}
     best = next(iter(scores))
     return CategoryPrediction(best, scores[best], "knn", scores)
 
