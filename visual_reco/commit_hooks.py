@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.db import connections, transaction
 
+logger = logging.getLogger("visual_reco")
+
 
 class OnCommit:
-    """A callable registered with ``on_commit`` once per transaction; ``ran`` once called."""
+    """A callable registered with ``on_commit`` once per transaction; ``ran`` once called.
+
+    What it does after the commit is a follow-up (queueing, cache invalidation) whose failure
+    must not turn a saved row into an error for the caller: failures are logged, and the
+    sweep and the cache timeout make up for them.
+    """
 
     ran = False
 
     def __call__(self) -> None:
         self.ran = True
-        self.run()
+        try:
+            self.run()
+        except Exception:
+            logger.exception("visual_reco: %s failed after the commit; the data is saved",
+                             type(self).__name__)
 
     def run(self) -> None:
         """The work, with everything the transaction added."""

@@ -11,11 +11,14 @@ Changes that bypass signals (``QuerySet.update()``, raw SQL) are caught by
 
 The cache must be shared by all processes (Redis, Memcached, the database cache): a
 per-process ``LocMemCache`` never hears of the workers' writes (check ``visual_reco.W001``).
+A cache that fails (down, or slower than its client's socket timeout) is skipped: the list is
+computed live, and the error logged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -26,6 +29,8 @@ from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
 from visual_reco.query import DISTANCE, hnsw_settings, visual
 from visual_reco.registry import get_embedding_field
+
+logger = logging.getLogger("visual_reco")
 
 PREFIX = "visual_reco:similar"
 PENDING = "_visual_reco_pending_invalidation"
@@ -123,8 +128,13 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     if cache is None:
         return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
     key = _entry_key(obj, candidates, limit, field)
-    found = cache.get_many([_version_key(model), key])
-    version = _current_version(cache, model, found)
+    try:
+        found = cache.get_many([_version_key(model), key])
+        version = _current_version(cache, model, found)
+    except Exception:
+        logger.warning("SIMILAR_CACHE is unavailable; similar products computed live",
+                       exc_info=True)
+        return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
     entry = found.get(key)
     if entry is not None and entry[0] == version:
         results = _from_entry(candidates, entry[1], embedding.attname)
@@ -132,5 +142,8 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
             return results
     results = list(visual(candidates).visually_similar(obj, limit=limit, field=field))
     pairs = [(row.pk, float(getattr(row, DISTANCE))) for row in results]
-    cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)
+    try:
+        cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)
+    except Exception:
+        logger.warning("SIMILAR_CACHE is unavailable; the list was not stored", exc_info=True)
     return results

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from typing import Any
 
 from celery import shared_task
@@ -45,16 +46,23 @@ def sweep_task() -> dict[str, int]:
     return {label: result.queued for label, result in sweep().items()}
 
 
-@worker_process_init.connect
-def _warm_models(**kwargs: Any) -> None:
-    # TensorFlow must not be initialised before the pool forks; each child loads its own.
-    if not reco_settings.WARM_WORKERS:
-        return
+def warm_models() -> None:
+    """Load every embedder the registered fields use (errors are logged, not raised: the
+    tasks load the model again, and fail visibly if it still cannot be loaded)."""
     aliases = {field.embedder for model in embedded_models() for field in embedding_fields(model)}
     for alias in sorted(aliases):
         try:
             get_embedder(alias).load()
         except Exception:
-            # A child that dies here is restarted in a loop; fail the tasks instead, visibly.
             logger.exception("Could not load embedding model %r; tasks will retry loading it",
                              alias)
+
+
+@worker_process_init.connect
+def _warm_models_in_the_background(**kwargs: Any) -> None:
+    # TensorFlow must not be initialised before the pool forks; each child loads its own.
+    # In a thread: Celery kills a child whose init takes over worker_proc_alive_timeout (4 s),
+    # and loading the model takes about that long, so a replaced child would be killed in a
+    # loop. A task that arrives first waits for the load (Embedder.load holds a lock).
+    if reco_settings.WARM_WORKERS:
+        threading.Thread(target=warm_models, name="visual_reco-warm-up", daemon=True).start()

@@ -3,11 +3,13 @@
 import base64
 import io
 
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 
 from demo_shop.shop.models import Product
+from visual_reco.api.views import model_value
 from visual_reco.images import ImageError, open_image
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.search import search_by_photo
@@ -18,7 +20,11 @@ def product_list(request: HttpRequest) -> HttpResponse:
     products = Product.objects.all()
     category = request.GET.get("category")
     if category:
-        products = products.filter(category=category)
+        try:
+            products = products.filter(category=model_value(Product._meta.get_field("category"),
+                                                             category))
+        except ValidationError as exc:
+            return HttpResponseBadRequest(f"category: {' '.join(exc.messages)}")
     page = Paginator(products, 48).get_page(request.GET.get("page"))
     categories = Product.objects.order_by("category").values_list("category", flat=True).distinct()
     return render(request, "shop/product_list.html",

