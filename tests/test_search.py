@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from PIL import Image
@@ -116,6 +117,33 @@ def test_search_without_a_file_is_400(client, catalog):
     response = client.post(SEARCH, {"image_url": "http://169.254.169.254/latest/meta-data/"})
     assert response.status_code == 400
     assert "image" in response.json()
+
+
+def test_photo_searches_are_rate_limited_per_client(client, catalog, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "THROTTLE_CACHE": "shared",
+                            "THROTTLE_RATES": {"photo_search": "2/min"}}
+    caches["shared"].clear()
+    try:
+        # Refused uploads count too: the limit is on requests, before any work.
+        assert [client.post(SEARCH, {}).status_code for _ in range(2)] == [400, 400]
+        refused = client.post(SEARCH, {})
+        assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    finally:
+        caches["shared"].clear()
+
+
+def test_a_process_runs_a_bounded_number_of_searches_at_once(client, catalog, photos, settings):
+    from visual_reco.api.throttling import search_slots
+
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SEARCH_CONCURRENCY": 1}
+    slots = search_slots()
+    assert slots.acquire(blocking=False)  # one search is running
+    try:
+        busy = post_photo(client, customer_photo(photos[0].path))
+        assert busy.status_code == 503 and busy["Retry-After"] == "1"
+    finally:
+        slots.release()
+    assert post_photo(client, customer_photo(photos[0].path)).status_code == 200
 
 
 def test_search_is_503_not_a_hang_when_no_worker_answers(client, catalog, photos, settings):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import caches
 from django.template import Context, Template
 from django.test import RequestFactory
 
@@ -159,3 +160,19 @@ def test_plain_querysets_work_in_the_tag(items):
     plain = QuerySet(model=Item).filter(in_stock=True)
     html = render("{% visually_similar item limit=5 queryset=qs %}", item=items[0], qs=plain)
     assert html.count('class="visual-reco__item"') == 4
+
+
+def test_the_similar_endpoint_is_rate_limited_per_client(client, items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "THROTTLE_RATES": {"similar": "3/min"},
+                            "THROTTLE_CACHE": "shared"}
+    caches["shared"].clear()
+    url = f"/api/visual-reco/products/{items[0].pk}/similar/?limit=2"
+    try:
+        assert [client.get(url).status_code for _ in range(3)] == [200, 200, 200]
+        refused = client.get(url)
+        assert refused.status_code == 429
+        assert 0 < int(refused["Retry-After"]) <= 60
+        other = client.get(url, REMOTE_ADDR="127.0.0.2")  # another client has its own count
+        assert other.status_code == 200
+    finally:
+        caches["shared"].clear()

@@ -104,11 +104,17 @@ DEFAULTS: dict[str, Any] = {
     "SIMILAR_CACHE_TIMEOUT": 600,
     "DEFAULT_LIMIT": 8,
     "MAX_LIMIT": 100,
+    # API requests per client ("N/s", "N/min", "N/hour", "N/day"; None: no limit), counted
+    # in this cache alias (use one every process shares), and photo searches one process
+    # runs at once (more are answered 503 with Retry-After).
+    "THROTTLE_RATES": {"photo_search": "30/min", "similar": "600/min"},
+    "THROTTLE_CACHE": "default",
+    "SEARCH_CONCURRENCY": 4,
 }
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
-MERGED_DICTS = {"PREPROCESSING"}
+MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES"}
 
 
 class VisualRecoSettings:

@@ -21,6 +21,7 @@ from visual_reco.api.serializers import (
     SimilarQuerySerializer,
     SimilarResponseSerializer,
 )
+from visual_reco.api.throttling import PhotoSearchThrottle, SimilarThrottle, search_slots
 from visual_reco.conf import reco_settings
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
@@ -74,6 +75,7 @@ class SimilarProductsView(APIView):
     ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)."""
 
     embedding_field: str | None = None
+    throttle_classes = [SimilarThrottle]
 
     def get_queryset(self) -> models.QuerySet:
         """The products results are drawn from (override to add filters, e.g. in stock)."""
@@ -122,6 +124,7 @@ class PhotoSearchView(APIView):
 
     embedding_field: str | None = None
     parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [PhotoSearchThrottle]
 
     def get_queryset(self) -> models.QuerySet:
         """The products searched (override to add business rules)."""
@@ -155,6 +158,11 @@ class PhotoSearchView(APIView):
         model = product_model()
         embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
         filters = self.filters(request.data, model)
+        slots = search_slots()
+        if not slots.acquire(blocking=False):
+            return Response({"detail": "Too many photo searches at once; try again shortly."},
+                            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": "1"})
         try:
             found = search_by_photo(
                 params.validated_data["image"], self.get_queryset(), limit=limit,
@@ -163,7 +171,10 @@ class PhotoSearchView(APIView):
         except ImageError as exc:
             return Response({"image": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         except SearchUnavailable as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": "5"})
+        finally:
+            slots.release()
         context = {"request": request, "source_field": embedding.source}
         return Response({
             "predicted_category": (CategorySerializer(found.category).data

@@ -1,0 +1,70 @@
+"""Rate limits for the API: requests per client and minute, counted in a cache every process
+shares, and a bound on the photo searches one process runs at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from django.core.cache import caches
+from rest_framework.request import Request
+from rest_framework.throttling import SimpleRateThrottle
+
+from visual_reco.conf import reco_settings
+
+logger = logging.getLogger("visual_reco")
+
+
+class VisualRecoRateThrottle(SimpleRateThrottle):
+    """``THROTTLE_RATES[scope]`` requests per client (the user when logged in, else the
+    client address), counted in the ``THROTTLE_CACHE`` alias. A rate of None means no limit.
+    A cache that fails lets requests through (logged): limits are for abuse, not outages."""
+
+    def __init__(self) -> None:
+        self.cache = caches[reco_settings.THROTTLE_CACHE]
+        super().__init__()
+
+    def get_rate(self) -> str | None:
+        return reco_settings.THROTTLE_RATES.get(self.scope)
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        user = getattr(request, "user", None)
+        ident = (f"user-{user.pk}" if user is not None and user.is_authenticated
+                 else self.get_ident(request))
+        return self.cache_format % {"scope": f"visual_reco_{self.scope}", "ident": ident}
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except Exception:
+            logger.warning("THROTTLE_CACHE is unavailable; request not rate-limited",
+                           exc_info=True)
+            return True
+
+
+class PhotoSearchThrottle(VisualRecoRateThrottle):
+    """Photo searches per client (``THROTTLE_RATES["photo_search"]``)."""
+
+    scope = "photo_search"
+
+
+class SimilarThrottle(VisualRecoRateThrottle):
+    """Similar-products requests per client (``THROTTLE_RATES["similar"]``)."""
+
+    scope = "similar"
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+def search_slots() -> threading.BoundedSemaphore:
+    """The semaphore bounding this process's concurrent photo searches
+    (``SEARCH_CONCURRENCY``); a search that finds none free is answered 503."""
+    global _slots
+    size = int(reco_settings.SEARCH_CONCURRENCY)
+    with _slots_lock:
+        if _slots is None or _slots[0] != size:
+            _slots = (size, threading.BoundedSemaphore(size))
+        return _slots[1]
