@@ -1,6 +1,7 @@
 """The real path: save -> on_commit -> Redis -> Celery worker -> TensorFlow -> pgvector."""
 
 import io
+import socket
 import time
 
 import numpy as np
@@ -73,29 +74,50 @@ def test_changed_photo_is_embedded_again(celery_worker, photos):
     assert float(vector_of(item) @ first) < 0.99
 
 
+def _use_broker(url: str) -> None:
+    """Make this process publish to ``url``."""
+    # Tasks are sent through the current app; it must be the one reconfigured here.
+    assert current_app._get_current_object() is celery_app
+    pools.reset()  # kombu keeps producer pools per connection, process-wide
+    celery_app.conf.broker_write_url = url  # what publishing connects to
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def broker_down():
     """Point the publishing side at a closed port, as if Redis were down.
 
     Yields a function that brings the broker back; it is also called at teardown.
     """
-    # Tasks are sent through the current app; it must be the one reconfigured here.
-    assert current_app._get_current_object() is celery_app
     original = celery_app.conf.broker_write_url
+    _use_broker("redis://127.0.0.1:9/0")  # the discard port: nothing listens there
+    yield lambda: _use_broker(original)
+    _use_broker(original)
 
-    def use_broker(url: str) -> None:
-        pools.reset()  # kombu keeps producer pools per connection, process-wide
-        celery_app.conf.broker_write_url = url  # what publishing connects to
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
 
-    use_broker("redis://127.0.0.1:9/0")  # the discard port: nothing listens there
-    yield lambda: use_broker(original)
-    use_broker(original)
+@pytest.fixture
+def frozen_broker():
+    """Point the publishing side at a socket that accepts connections and never answers, as
+    a hung Redis does. Yields a function that brings the broker back (also at teardown)."""
+    original = celery_app.conf.broker_write_url
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)
+    _use_broker(f"redis://127.0.0.1:{frozen.getsockname()[1]}/0")
+
+    def thaw() -> None:
+        frozen.close()  # resets the connections it held, which unblocks the publisher
+        _use_broker(original)
+
+    yield thaw
+    thaw()
 
 
 def test_broker_down_keeps_the_save_and_reindex_recovers(celery_worker, photos, broker_down):
+    started = time.monotonic()
     item = Item.objects.create(name="while down", photo=upload(photos[6].path))
+    assert time.monotonic() - started < 1.0  # kombu's reconnecting does not hold the save
 
     item.refresh_from_db()
     assert item.embedding_status == EmbeddingStatus.PENDING
@@ -104,6 +126,21 @@ def test_broker_down_keeps_the_save_and_reindex_recovers(celery_worker, photos, 
     broker_down()  # the broker is back
     call_command("visual_reco_reindex", "--pending", "--wait", "--timeout", "180")
 
+    item.refresh_from_db()
+    assert item.embedding_status == EmbeddingStatus.READY
+
+
+def test_a_frozen_broker_holds_a_save_no_longer_than_the_publish_timeout(celery_worker, photos,
+                                                                         frozen_broker):
+    started = time.monotonic()
+    item = Item.objects.create(name="while frozen", photo=upload(photos[12].path))
+    assert time.monotonic() - started < 1.0
+    item.refresh_from_db()
+    assert item.embedding_status == EmbeddingStatus.PENDING
+    assert item.embedding_updated_at is None  # never queued: the sweep will pick it up
+
+    frozen_broker()
+    call_command("visual_reco_reindex", "--pending", "--wait", "--timeout", "180")
     item.refresh_from_db()
     assert item.embedding_status == EmbeddingStatus.READY
 

@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "WARM_WORKERS": True,
     # Celery queue for embedding tasks; None uses the default queue.
     "TASK_QUEUE": None,
+    # Seconds a save (or the admin action) waits for the broker to take a task; beyond that
+    # the rows stay pending and the sweep queues them.
+    "PUBLISH_TIMEOUT": 0.5,
     # Uploads outside these limits are refused with a readable message.
     "MAX_IMAGE_BYTES": 25 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
