@@ -37,12 +37,11 @@ def corrupt_jpeg(path: Path) -> SimpleUploadedFile:
     return SimpleUploadedFile("truncated.jpg", path.read_bytes()[:2048], content_type="image/jpeg")
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker):
-    """A real ``celery worker`` process on the suite's own queue, using the test database."""
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+def start_worker(queue: str, log_name: str) -> subprocess.Popen:
+    """Start a real ``celery worker`` on ``queue`` using the test database; return once it
+    answers a ping (fails the test after WORKER_START_TIMEOUT)."""
     name = f"{queue}@localhost"
-    log_path = ROOT / ".cache" / "test-worker.log"
+    log_path = ROOT / ".cache" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VISUAL_RECO_TEST_WORKER": "1"}
     process = subprocess.Popen(
@@ -55,12 +54,24 @@ def celery_worker(django_db_setup, django_db_blocker):
             process.kill()
             pytest.fail(f"Celery worker did not start; see {log_path}:\n"
                         f"{log_path.read_text()[-3000:]}")
-    yield process
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """Stop a worker started by `start_worker`."""
     process.terminate()
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real ``celery worker`` process on the suite's own queue, using the test database."""
+    process = start_worker(settings.CELERY_TASK_DEFAULT_QUEUE, "test-worker.log")
+    yield process
+    stop_worker(process)
 
 
 def wait_for_status(item, statuses: set[str], timeout: float = EMBED_TIMEOUT):

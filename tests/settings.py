@@ -60,7 +60,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
 CELERY_BROKER_URL = os.environ["CELERY_BROKER_URL"]
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
+# A task held by a worker that died goes back to the queue after visibility_timeout; workers
+# look for such tasks every 10 s (kombu's default throttle makes it every 100 s).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "visibility_timeout": 30,
+                                   "unacked_restore_throttle": 1}
 # A queue of this run's own, so a demo worker on the same broker never takes our tasks.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
     "VISUAL_RECO_TEST_QUEUE", f"visual_reco_tests_{os.getpid()}")
