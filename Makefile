@@ -49,8 +49,8 @@ bench-quick: install
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
 	@echo "Wrote $(QUICK_OUT)"
 
-quality: install
-	$(RUN) $(BIN)/python manage.py quality_report
+quality: install  # ONLY=grocery or ONLY=luma measures one dataset and keeps the other table
+	$(RUN) $(BIN)/python manage.py quality_report $(if $(ONLY),--only $(ONLY))
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,6 +30,18 @@ LUMA_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("resize by centre crop instead of pad", {"PREPROCESSING": {"RESIZE": "crop"}}),
 ]
 MARKER = "<!-- quality_report -->"
+# dataset -> (title, variants, label columns, their names in the table), in document order.
+TABLES: dict[str, tuple[str, list, list[str], list[str]]] = {
+    "grocery": ("Search by photo: Grocery Store (phone photos -> studio photos)",
+                GROCERY_VARIANTS, ["label", "label_coarse"], ["fine", "coarse"]),
+    "luma": ("Item to item: Magento Luma (every view, leave-one-out)", LUMA_VARIANTS,
+             ["label", "label_category"], ["same item", "same category"]),
+}
+
+
+def _sections(text: str) -> list[str]:
+    """The tables below the marker, each from its ``## `` heading (as `_table` writes them)."""
+    return ["\n## " + part.rstrip() + "\n" for part in text.split("\n## ")[1:]]
 
 
 def _row(name: str, metrics: dict[str, Any], labels: list[str]) -> str:
@@ -52,28 +64,28 @@ class Command(BaseCommand):
         parser.add_argument("--datasets", default=str(base.parent / "shared" / "datasets"))
         parser.add_argument("--work", default=str(base / ".cache" / "quality"))
         parser.add_argument("--out", default=str(base / "docs" / "QUALITY.md"))
+        parser.add_argument("--only", choices=sorted(TABLES),
+                            help="measure one dataset and keep the other table as it is")
 
-    def handle(self, *args: Any, datasets: str, work: str, out: str, **options: Any) -> None:
+    def handle(self, *args: Any, datasets: str, work: str, out: str, only: str | None,
+               **options: Any) -> None:
         if not (Path(datasets) / "grocery_store").exists():
             raise CommandError(f"No datasets under {datasets}")
         work_dir = Path(work)
         work_dir.mkdir(parents=True, exist_ok=True)
-        sections = [
-            self._table("grocery", "Search by photo: Grocery Store (phone photos -> studio "
-                        "photos)", GROCERY_VARIANTS, ["label", "label_coarse"],
-                        ["fine", "coarse"], datasets, work_dir),
-            self._table("luma", "Item to item: Magento Luma (every view, leave-one-out)",
-                        LUMA_VARIANTS, ["label", "label_category"],
-                        ["same item", "same category"], datasets, work_dir),
-        ]
         path = Path(out)
         text = path.read_text() if path.exists() else "# Retrieval quality\n"
-        head = text.split(MARKER)[0].rstrip()
-        path.write_text(f"{head}\n\n{MARKER}\n" + "\n".join(sections))
+        head, _, tail = text.partition(MARKER)
+        kept = {name: part for name, part in zip(TABLES, _sections(tail), strict=False)}
+        command = f"make quality ONLY={only}" if only else "make quality"
+        sections = [self._table(name, *TABLES[name], datasets, work_dir, command)
+                    if only in (None, name) else kept[name] for name in TABLES]
+        path.write_text(f"{head.rstrip()}\n\n{MARKER}\n" + "\n".join(sections))
         self.stdout.write(f"Wrote {path}")
 
     def _table(self, dataset: str, title: str, variants: list, labels: list[str],
-               names: list[str], datasets: str, work_dir: Path) -> str:
+               names: list[str], datasets: str, work_dir: Path, command: str) -> str:
+        """Measure every variant of ``dataset``; return its section of docs/QUALITY.md."""
         csv_path = work_dir / f"{dataset}.csv"
         call_command("eval_csv", dataset, str(csv_path), datasets=datasets)
         header = ["variant"] + [f"{n} R@{k}" for n in names for k in (1, 5)]
@@ -91,4 +103,4 @@ class Command(BaseCommand):
         return (f"\n## {title}\n\n{counts['queries']} queries, {counts['gallery']} gallery "
                 f"images; embedder `{first['embedder']['fingerprint']}` (defaults row). "
                 f"Measured {time.strftime('%Y-%m-%d')} in {time.perf_counter() - started:.0f} s"
-                " with `make quality`.\n\n" + "\n".join(lines) + "\n")
+                f" with `{command}`.\n\n" + "\n".join(lines) + "\n")
