@@ -148,21 +148,27 @@ def _manage(*args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
 
 
-def _admin_password() -> str:
-    path = STATE / "admin-password"
+def _secret_file(name: str) -> Path:
+    """A file under the state folder holding a random secret, readable by its owner only."""
+    path = STATE / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(9))
-    return path.read_text().strip()
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w") as out:
+            out.write(secrets.token_urlsafe(32 if name == "secret-key" else 12))
+    path.chmod(0o600)
+    return path
 
 
 def run_demo(catalog: str | None, port: int) -> None:
     """Set up the demo shop and serve it until Ctrl-C."""
     children: list[subprocess.Popen] = []
     try:
+        os.environ.setdefault("DJANGO_SECRET_KEY", _secret_file("secret-key").read_text())
         _manage("migrate", "--noinput", "-v", "0")
-        password = _admin_password()
-        _manage("demo_admin", "--password", password)
+        _manage("collectstatic", "--noinput", "-v", "0")
+        password_file = _secret_file("admin-password")
+        _manage("demo_admin", "--password-file", str(password_file))
         logs = STATE / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         worker_log = logs / "worker.log"
@@ -177,12 +183,15 @@ def run_demo(catalog: str | None, port: int) -> None:
         _manage("import_catalog", *([catalog] if catalog else []))
         _manage("visual_reco_status", "--wait")
         url = f"http://127.0.0.1:{port}"
-        print(f"\nThe shop: {url}/   admin: {url}/admin/  (user admin, password {password})"
+        print(f"\nThe shop: {url}/   admin: {url}/admin/  (user admin, password in "
+              f"{password_file.relative_to(ROOT)})"
               f"\nAPI: {url}/api/visual-reco/products/1/similar/  schema: {url}/api/schema/"
               "\nCtrl-C stops everything.\n", flush=True)
+        # A production server, each process with the photo-search model loaded at start.
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}",
-             "--noreload"], cwd=ROOT)
+            [sys.executable, "-m", "gunicorn", "-c", "python:demo_shop.gunicorn_conf",
+             "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+             "--access-logfile", "-", "demo_shop.wsgi"], cwd=ROOT)
         children.append(server)
         server.wait()
     finally:

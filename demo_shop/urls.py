@@ -1,9 +1,9 @@
 """URLs of the demo shop."""
 
 from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView
 
 from demo_shop.shop import views
@@ -15,5 +15,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/visual-reco/", include("visual_reco.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    *static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT),
+    # The demo has no web server in front of gunicorn, so Django serves photos and the
+    # admin's CSS itself (a shop serves them from its web server or file storage).
+    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
+    re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}),
 ]

@@ -96,7 +96,7 @@ class Command(BaseCommand):
     def _server(self, options: dict[str, Any], *, cache: bool,
                 warm_models: bool = False) -> Iterator[int]:
         """gunicorn on a free port; with ``warm_models`` every process loads the model (and
-        embeds a photo) before the first measured request, as `demo_shop.bench.gunicorn_conf`
+        embeds a photo) before the first measured request, as `demo_shop.gunicorn_conf`
         does."""
         port = free_port()
         env = {**os.environ, "DJANGO_DEBUG": "0", "DEMO_SIMILAR_CACHE": "1" if cache else "0"}
@@ -105,7 +105,7 @@ class Command(BaseCommand):
                    "--log-level", "warning"]
         with tempfile.TemporaryDirectory() as ready:
             if warm_models:
-                command[3:3] = ["-c", "python:demo_shop.bench.gunicorn_conf"]
+                command[3:3] = ["-c", "python:demo_shop.gunicorn_conf"]
                 env["GUNICORN_READY_DIR"] = ready
             server = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env)
             try:

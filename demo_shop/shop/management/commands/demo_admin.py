@@ -1,5 +1,7 @@
-"""``manage.py demo_admin --password P``: make sure the demo's ``admin`` superuser exists."""
+"""``manage.py demo_admin --password-file F``: make sure the demo's ``admin`` superuser exists
+(the password is read from a file so that it never shows in a process list)."""
 
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -12,9 +14,10 @@ class Command(BaseCommand):
     help = "Create or update the demo superuser 'admin'."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--password", required=True)
+        parser.add_argument("--password-file", required=True, type=Path)
 
-    def handle(self, *args: Any, password: str, **options: Any) -> None:
+    def handle(self, *args: Any, password_file: Path, **options: Any) -> None:
+        password = password_file.read_text().strip()
         user, _ = get_user_model().objects.get_or_create(
             username="admin", defaults={"is_staff": True, "is_superuser": True})
         user.set_password(password)

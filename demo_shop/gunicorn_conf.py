@@ -1,5 +1,6 @@
-"""gunicorn settings for the demo shop: each web process loads the photo-search model as it
-starts (``gunicorn -c python:demo_shop.bench.gunicorn_conf demo_shop.wsgi``).
+"""gunicorn settings for the demo shop (``make demo`` and ``bench_api``): each web process
+loads the photo-search model as it starts
+(``gunicorn -c python:demo_shop.gunicorn_conf demo_shop.wsgi``).
 
 With ``GUNICORN_READY_DIR`` set, each process then writes a file named after its pid there,
 so a benchmark can wait until every process is warm.
