@@ -153,6 +153,11 @@ class VisualRecoSettings:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "visual_reco"
 
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """Options for sending visual_reco's tasks: the ``TASK_QUEUE``, when one is set."""
+        return {"queue": self.TASK_QUEUE} if self.TASK_QUEUE else {}
+
     def reload(self) -> None:
         """Forget cached values so the next access reads the settings again."""
         for attr in self._cached:

@@ -112,7 +112,7 @@ def queue_embeddings(model: type[models.Model], pks: Iterable[Any], *, field: st
 def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks: list[Any],
                  using: str | None) -> QueueResult:
     result = QueueResult()
-    options = {"queue": reco_settings.TASK_QUEUE} if reco_settings.TASK_QUEUE else {}
+    options = reco_settings.task_options
     for chunk in _chunks(pks, reco_settings.BATCH_SIZE):
         try:
             publish(EMBED_TASK, (model._meta.label, embedding.name, chunk), **options)

@@ -67,11 +67,11 @@ def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndar
     if mode == "process":
         return embed_query_bytes(data, embedder=embedder)
     get_embedder(embedder).decode(io.BytesIO(data))
-    options = {"queue": reco_settings.TASK_QUEUE} if reco_settings.TASK_QUEUE else {}
     try:
         result = current_app.send_task(
             EMBED_QUERY_TASK, args=(base64.b64encode(data).decode(), embedder), retry=False,
-            ignore_result=False, expires=reco_settings.QUERY_TIMEOUT, **options)
+            ignore_result=False, expires=reco_settings.QUERY_TIMEOUT,
+            **reco_settings.task_options)
         vector = result.get(timeout=reco_settings.QUERY_TIMEOUT)
     except Exception as exc:  # broker down, no worker, no result backend
         raise SearchUnavailable(

@@ -123,24 +123,24 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
         candidates = model._default_manager.all()
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     embedding = get_embedding_field(model, field)
-    field = embedding.name
+    live = visual(candidates).visually_similar(obj, limit=limit, field=embedding.name)  # lazy
     cache = similar_cache()
     if cache is None:
-        return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
-    key = _entry_key(obj, candidates, limit, field)
+        return list(live)
+    key = _entry_key(obj, candidates, limit, embedding.name)
     try:
         found = cache.get_many([_version_key(model), key])
         version = _current_version(cache, model, found)
     except Exception:
         logger.warning("SIMILAR_CACHE is unavailable; similar products computed live",
                        exc_info=True)
-        return list(visual(candidates).visually_similar(obj, limit=limit, field=field))
+        return list(live)
     entry = found.get(key)
     if entry is not None and entry[0] == version:
         results = _from_entry(candidates, entry[1], embedding.attname)
         if results is not None:
             return results
-    results = list(visual(candidates).visually_similar(obj, limit=limit, field=field))
+    results = list(live)
     pairs = [(row.pk, float(getattr(row, DISTANCE))) for row in results]
     try:
         cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)

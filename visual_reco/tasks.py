@@ -17,7 +17,7 @@ from django.apps import apps
 from django.db import InterfaceError, OperationalError
 
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import get_embedder
+from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedding import embed_objects
 from visual_reco.jobs import EMBED_TASK, SWEEP_TASK, sweep
 from visual_reco.query_photos import EMBED_QUERY_TASK, embed_query_bytes
@@ -35,7 +35,7 @@ def embed_task(model_label: str, field: str, pks: list[Any]) -> dict[str, int]:
 
 
 @shared_task(name=EMBED_QUERY_TASK, acks_late=False, ignore_result=False)
-def embed_query_task(image_base64: str, embedder: str = "default") -> list[float]:
+def embed_query_task(image_base64: str, embedder: str = DEFAULT_EMBEDDER) -> list[float]:
     """Embed a search photo (base64 bytes) and return its vector (needs a result backend)."""
     return embed_query_bytes(base64.b64decode(image_base64), embedder=embedder).tolist()
 

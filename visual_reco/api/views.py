@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.http import Http404
@@ -63,11 +64,12 @@ def _embedding(model: type[models.Model], requested: str | None,
     """The embedding field a request asks for, or a 400 naming the ones that exist."""
     if requested is None:
         return get_embedding_field(model, default)
-    for field in embedding_fields(model):
-        if field.name == requested:
-            return field
-    names = ", ".join(f.name for f in embedding_fields(model))
-    raise serializers.ValidationError({"field": [f"Unknown embedding field; use one of {names}."]})
+    try:
+        return get_embedding_field(model, requested)
+    except ImproperlyConfigured:
+        names = ", ".join(f.name for f in embedding_fields(model))
+        raise serializers.ValidationError(
+            {"field": [f"Unknown embedding field; use one of {names}."]}) from None
 
 
 class SimilarProductsView(APIView):
