@@ -21,7 +21,7 @@ from visual_reco.images import ImageError
 from visual_reco.jobs import sweep
 from visual_reco.models import EmbeddingStatus
 from visual_reco.query import vector_of
-from visual_reco.query_photos import embed_query
+from visual_reco.query_photos import SearchUnavailable, embed_query
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 DONE = {EmbeddingStatus.READY, EmbeddingStatus.FAILED}
@@ -143,6 +143,18 @@ def test_a_frozen_broker_holds_a_save_no_longer_than_the_publish_timeout(celery_
     call_command("visual_reco_reindex", "--pending", "--wait", "--timeout", "180")
     item.refresh_from_db()
     assert item.embedding_status == EmbeddingStatus.READY
+
+
+@pytest.mark.parametrize("broker", ["broker_down", "frozen_broker"])
+def test_photo_search_through_a_worker_answers_within_its_timeout_when_the_broker_fails(
+        broker, request, photos, settings):
+    request.getfixturevalue(broker)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker",
+                            "QUERY_TIMEOUT": 1.5}
+    started = time.monotonic()
+    with pytest.raises(SearchUnavailable):
+        embed_query(io.BytesIO(photos[2].path.read_bytes()))
+    assert time.monotonic() - started < 2.0
 
 
 def test_sweep_queues_rows_nobody_queued(celery_worker, photos):

@@ -10,18 +10,17 @@ primary keys, never instances, so the sender needs neither the task code nor Ten
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from celery import current_app
 from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from visual_reco.broker import publish
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField
@@ -50,42 +49,6 @@ class QueueResult:
         self.queued += other.queued
         self.tasks += other.tasks
         self.error = self.error or other.error
-
-
-# Each publish runs in a thread of its own and the caller waits at most PUBLISH_TIMEOUT: a
-# broker that is down makes kombu retry the connection for seconds, and one that accepts
-# connections but never answers would hold the caller forever. Threads still waiting on
-# such a broker are bounded; past the bound, publishing fails at once. They do no
-# database work.
-MAX_WAITING_PUBLISHES = 8
-_waiting = threading.BoundedSemaphore(MAX_WAITING_PUBLISHES)
-
-
-def publish(name: str, args: tuple[Any, ...], **options: Any) -> None:
-    """Send task ``name`` with ``args`` (no result kept); raise the broker's error, or
-    `TimeoutError` after ``PUBLISH_TIMEOUT`` seconds (the message may still go out later:
-    tasks are idempotent)."""
-    timeout = reco_settings.PUBLISH_TIMEOUT
-    if not _waiting.acquire(blocking=False):
-        raise TimeoutError(f"the broker has not answered {MAX_WAITING_PUBLISHES} publishes")
-    app = current_app._get_current_object()
-    done = threading.Event()
-    failure: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            app.send_task(name, args=args, retry=False, ignore_result=True, **options)
-        except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-        finally:
-            _waiting.release()
-            done.set()
-
-    threading.Thread(target=send, name="visual_reco-publish", daemon=True).start()
-    if not done.wait(timeout):
-        raise TimeoutError(f"the broker did not answer within {timeout} s")
-    if failure:
-        raise failure[0]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import IO
 
 import numpy as np
-from celery import current_app
 from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
+from visual_reco import broker
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedders.base import l2_normalise
@@ -68,12 +68,9 @@ def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndar
         return embed_query_bytes(data, embedder=embedder)
     get_embedder(embedder).decode(io.BytesIO(data))
     try:
-        result = current_app.send_task(
-            EMBED_QUERY_TASK, args=(base64.b64encode(data).decode(), embedder), retry=False,
-            ignore_result=False, expires=reco_settings.QUERY_TIMEOUT,
-            **reco_settings.task_options)
-        vector = result.get(timeout=reco_settings.QUERY_TIMEOUT)
-    except Exception as exc:  # broker down, no worker, no result backend
+        vector = broker.call(EMBED_QUERY_TASK, (base64.b64encode(data).decode(), embedder),
+                             reco_settings.QUERY_TIMEOUT, **reco_settings.task_options)
+    except Exception as exc:  # broker down or frozen, no worker, no result backend
         raise SearchUnavailable(
             f"Photo search is unavailable right now ({type(exc).__name__}). Try again soon."
         ) from exc
