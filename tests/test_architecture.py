@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "visual_reco"
 
 # Lowest first. A module must be listed here to exist, so each new one gets a place.
 LAYERS = {
+    "standalone": ["dev_services"],
     "settings": ["conf", "models", "commit_hooks", "broker"],
     "pixels": ["images", "preprocessing"],
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders",

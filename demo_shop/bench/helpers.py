@@ -1,9 +1,5 @@
 """Shared by the benchmark commands: the CPU and machine line, docs/BENCHMARKS.md sections,
-and a Celery worker started for a measurement.
-
-A free loopback port comes from `demo_shop.services.free_port`, which services.py needs
-itself and must define while it runs as a script, before Django or this package is importable.
-"""
+and a Celery worker started for a measurement."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, re
 from demo_shop.bench.helpers import machine_line, stop, write_section
 from demo_shop.bench.loadgen import LoadResult, get_requests, multipart_post, run_load
 from demo_shop.bench.samples import kitchenware_photos
-from demo_shop.services import free_port
 from demo_shop.shop.models import Product
+from visual_reco.dev_services import free_port
 
 HOST = "127.0.0.1"
 
