@@ -129,3 +129,9 @@ def test_each_step_changes_the_signature():
                 Preprocessing(denoise=True), Preprocessing(exif_orientation=False)]
     signatures = {v.signature for v in variants}
     assert base.signature not in signatures and len(signatures) == len(variants)
+
+
+def test_the_decode_bound_changes_the_signature(settings):
+    default = Preprocessing().signature
+    settings.VISUAL_RECO = {"DECODE_MAX_SIDE": 2048}
+    assert Preprocessing().signature != default

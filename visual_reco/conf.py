@@ -53,6 +53,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_PIXELS": 50_000_000,
     "MIN_IMAGE_SIDE": 16,
     "MAX_IMAGE_SIDE": 12_000,
+    # Longest side an upload is decoded to: 2.4x what the 299 px input needs from a 0.7 crop.
+    "DECODE_MAX_SIDE": 1024,
+    # Pixels allowed per format where the decoder cannot scale down (every format but baseline
+    # JPEG; "JPEG" here means progressive), so that one stays within about 100 MB of memory
+    # (docs/RELIABILITY.md); formats not listed get the smallest value, None: no limit.
+    "MAX_FULL_DECODE_PIXELS": {
+        "PNG": 6_000_000, "TIFF": 6_000_000, "BMP": 6_000_000, "GIF": 6_000_000,
+        "AVIF": 6_000_000, "JPEG": 8_000_000, "WEBP": 3_500_000,
+    },
     # Decoders allowed to read uploads (Pillow format names).
     "IMAGE_FORMATS": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"],
     # The pixel pipeline (see visual_reco.preprocessing); keys merge with these defaults.
@@ -117,7 +126,7 @@ DEFAULTS: dict[str, Any] = {
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
-MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES"}
+MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "MAX_FULL_DECODE_PIXELS"}
 
 
 class VisualRecoSettings:

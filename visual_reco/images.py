@@ -1,10 +1,12 @@
 """Safe decoding of uploads into upright RGB images, with messages for people.
 
 `open_image` checks sizes before decoding, accepts only photo formats, reads the first frame
-of animations, applies the EXIF orientation (when told to: whether it does is part of an
-embedder's preprocessing, so embedders decode through `Embedder.decode`), flattens
-transparency onto white and converts CMYK, palette and 16-bit images to 8-bit RGB. What it
-cannot use raises `ImageError`.
+of animations, bounds the pixels it decodes (`DECODE_MAX_SIDE`: JPEGs are decoded at 1/2, 1/4
+or 1/8 scale by libjpeg, then every image is shrunk to that side; formats that cannot decode
+at reduced scale are refused above `MAX_FULL_DECODE_PIXELS`), applies the EXIF orientation
+(when told to: whether it does is part of an embedder's preprocessing, so embedders decode
+through `Embedder.decode`), flattens transparency onto white and converts CMYK, palette and
+16-bit images to 8-bit RGB. What it cannot use raises `ImageError`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ _SIGNATURES = [
     (b"<html", "an HTML page"),
     (b"PK\x03\x04", "a ZIP archive or office document"),
 ]
+# Formats whose decoder can scale down while decoding (libjpeg's DCT scaling, via draft()).
+_SCALED_DECODE_FORMATS = frozenset({"JPEG", "MPO"})
+_FORMAT_NAMES = {"WEBP": "WebP"}
 
 
 class ImageError(ValueError):
@@ -60,11 +65,16 @@ def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
                max_bytes: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode an upload into an RGB image, or raise `ImageError` saying what is wrong.
 
-    With ``exif_orientation`` the image is turned upright as its EXIF tag says.
+    With ``exif_orientation`` the image is turned upright as its EXIF tag says. The longer
+    side of the result is at most ``DECODE_MAX_SIDE``: a JPEG is decoded at the smallest
+    libjpeg scale (1/2, 1/4, 1/8) that keeps at least that side, so a 12000x4000 photo never
+    exists at full size; other formats are decoded whole (at most ``MAX_FULL_DECODE_PIXELS``)
+    and then shrunk.
     """
     data = read_limited(fileobj, max_bytes)
     pixel_limit = reco_settings.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     min_side = reco_settings.MIN_IMAGE_SIDE
+    max_side = reco_settings.DECODE_MAX_SIDE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,7 +90,9 @@ def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
             if min(width, height) < min_side:
                 raise ImageError(f"The image is {width}x{height} pixels; it must be at least "
                                  f"{min_side} pixels on each side.")
+            _check_full_decode(image, pixel_limit)
             image.seek(0)  # first frame of an animation
+            box = _draft(image, max_side)
             image.load()
     except ImageError:
         raise
@@ -91,7 +103,66 @@ def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
                          "(a decompression bomb?).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The image file is truncated or corrupt ({exc}).") from None
+    image = _shrink(image, max_side, (width, height), box)
     return to_rgb(image, exif_orientation=exif_orientation)
+
+
+def _check_full_decode(image: Image.Image, jpeg_limit: int) -> None:
+    """Refuse an image that must be decoded at full size and has more pixels than
+    ``MAX_FULL_DECODE_PIXELS`` allows for its format."""
+    limits = reco_settings.MAX_FULL_DECODE_PIXELS
+    progressive = bool(image.info.get("progressive"))
+    if image.format in _SCALED_DECODE_FORMATS and not progressive:
+        return
+    key = "JPEG" if image.format in _SCALED_DECODE_FORMATS else image.format
+    listed = [value for value in limits.values() if value is not None]
+    limit = limits[key] if key in limits else min(listed, default=None)
+    width, height = image.size
+    if limit is None or width * height <= limit:
+        return
+    if key == "JPEG":
+        what, plural, remedy = "a progressive JPEG", "progressive JPEGs", "a baseline JPEG"
+    else:
+        name = _FORMAT_NAMES.get(key, key)
+        what, plural, remedy = f"a {name} file", f"{name} images", "a JPEG"
+    raise ImageError(
+        f"The image is {what} of {width}x{height} pixels ({width * height / 1e6:.1f} "
+        f"megapixels); {plural} are decoded at full size, so the limit for them is "
+        f"{limit / 1e6:g} megapixels. Save it as {remedy} (up to {jpeg_limit / 1e6:.0f} "
+        f"megapixels) or make it smaller.")
+
+
+def _draft(image: Image.Image, max_side: int | None) -> tuple[float, ...] | None:
+    """Configure a JPEG decoder for the smallest scale whose longer side is still at least
+    ``max_side``; returns the original image's box in the reduced pixels (for `_shrink`)."""
+    width, height = image.size
+    longer = max(width, height)
+    if max_side is None or image.format not in _SCALED_DECODE_FORMATS or longer <= max_side:
+        return None
+    # Ceiling division keeps each requested side at least size / (longer / max_side), so the
+    # scale libjpeg picks (at most floor(longer / max_side)) never goes below max_side.
+    request = (-(-width * max_side // longer), -(-height * max_side // longer))
+    drafted = image.draft(None, request)
+    return drafted[1] if drafted else None
+
+
+def _shrink(image: Image.Image, max_side: int | None, original_size: tuple[int, int],
+            box: tuple[float, ...] | None) -> Image.Image:
+    """``image`` with its longer side at most ``max_side``, aspect ratio kept.
+
+    ``box`` is what `_draft` returned. The result keeps ``image.info``, whose EXIF orientation
+    `to_rgb` applies afterwards, to far fewer pixels.
+    """
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    width, height = original_size
+    scale = max_side / max(width, height)
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))
+    if image.mode in ("1", "P", "PA"):
+        # Pillow resamples these modes by nearest neighbour only; convert so LANCZOS applies.
+        transparent = image.mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "L" if image.mode == "1" else "RGB")
+    return image.resize(size, Image.Resampling.LANCZOS, box=box)
 
 
 def to_rgb(image: Image.Image, *, exif_orientation: bool = True) -> Image.Image:

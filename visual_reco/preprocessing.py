@@ -13,8 +13,9 @@ Indexing and querying run the same steps, in this order, each one a key of
 5. ``RESIZE``: fit into the square input, ``"pad"`` with white borders (keeps the whole
    product) or ``"crop"`` the centre (fills the input).
 
-Decoding steps (EXIF orientation, transparency onto white, CMYK and 16-bit to RGB, first
-animation frame) happen before, in `visual_reco.images.open_image`.
+Decoding steps (the ``DECODE_MAX_SIDE`` bound, EXIF orientation, transparency onto white,
+CMYK and 16-bit to RGB, first animation frame) happen before, in
+`visual_reco.images.open_image`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from PIL import Image, ImageFilter, ImageOps
 
 from visual_reco.conf import reco_settings
 
-# Bump when a step's implementation changes what the model sees.
-VERSION = 2
+# Bump when a step's implementation changes what the model sees. 3: uploads are decoded to
+# at most DECODE_MAX_SIDE pixels (visual_reco.images) before these steps.
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ class Preprocessing:
 
     @property
     def signature(self) -> str:
-        """A short, stable identifier of this configuration (part of the embedder fingerprint)."""
-        text = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
+        """A short, stable identifier of this configuration and of ``DECODE_MAX_SIDE``, which
+        bounds the pixels every step gets (part of the embedder fingerprint)."""
+        text = json.dumps({"version": VERSION, "decode_max_side": reco_settings.DECODE_MAX_SIDE,
+                           **asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def __call__(self, image: Image.Image, size: int) -> np.ndarray:
