@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python tests/decode_peak.py FILE
 
-Reads FILE, decodes it with `open_image`, cuts the search views (`multi_crops` at
+Reads FILE, decodes it with `open_image` as a search photo (`query_photos.decode_query`'s
+limits, without loading an embedder), cuts the search views (`multi_crops` at
 ``QUERY_MULTI_CROP``) and runs the default `Preprocessing` on each to the 299 px model input,
 stacked as float32 like the model's batch (no TensorFlow). Prints one JSON line: ``peak_mb``
 is how far the peak resident set (``VmHWM``, reset before the file is read) rose above the
@@ -33,7 +34,8 @@ INPUT_SIZE = 299
 
 def search_batch(data: bytes) -> np.ndarray:
     """The model input a photo search makes of ``data``: six views, float32."""
-    image = open_image(io.BytesIO(data))
+    image = open_image(io.BytesIO(data),
+                       full_decode_limits=reco_settings.SEARCH_MAX_FULL_DECODE_PIXELS)
     pipeline = Preprocessing.from_settings()
     views = multi_crops(image, reco_settings.QUERY_MULTI_CROP)
     return np.stack([pipeline(view, INPUT_SIZE) for view in views]).astype(np.float32)

@@ -22,11 +22,12 @@ from PIL import Image
 from tests.bad_uploads import _png_header_only
 from visual_reco.conf import DEFAULTS
 from visual_reco.images import ImageError, open_image
+from visual_reco.query_photos import decode_query
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_LIMIT_MB = 100
 MAX_SIDE = DEFAULTS["DECODE_MAX_SIDE"]
-FULL_DECODE = DEFAULTS["MAX_FULL_DECODE_PIXELS"]
+FULL_DECODE = DEFAULTS["SEARCH_MAX_FULL_DECODE_PIXELS"]
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
                                 reason="peak RSS is read from /proc")
@@ -103,13 +104,15 @@ OVER_THE_LIMIT = {
 
 
 @pytest.mark.parametrize("kind", OVER_THE_LIMIT)
-def test_over_the_full_decode_limit_is_refused_suggesting_jpeg(kind):
+def test_a_search_photo_over_the_full_decode_limit_is_refused_suggesting_jpeg(kind):
     limit = FULL_DECODE[kind.split()[-1].upper()]
     width, height = side_for(limit)
     data = OVER_THE_LIMIT[kind]((width, height + 1))
     message = rf"{kind}.*decoded at full size.* {limit / 1e6:g} megapixels.*JPEG"
     with pytest.raises(ImageError, match=message):
-        open_image(io.BytesIO(data))
+        decode_query(data)
+    if kind != "PNG":  # a catalogue photo (shop staff, a worker) has MAX_IMAGE_PIXELS only
+        assert max(open_image(io.BytesIO(data)).size) == MAX_SIDE
 
 
 def test_a_baseline_jpeg_may_have_many_more_pixels():

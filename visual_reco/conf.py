@@ -55,10 +55,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_SIDE": 12_000,
     # Longest side an upload is decoded to: 2.4x what the 299 px input needs from a 0.7 crop.
     "DECODE_MAX_SIDE": 1024,
-    # Pixels allowed per format where the decoder cannot scale down (every format but baseline
-    # JPEG; "JPEG" here means progressive), so that one stays within about 100 MB of memory
-    # (docs/RELIABILITY.md); formats not listed get the smallest value, None: no limit.
-    "MAX_FULL_DECODE_PIXELS": {
+    # Search photos (anonymous uploads to a web process) in formats the decoder cannot scale
+    # down (every format but baseline JPEG; "JPEG" here means progressive): pixels allowed, so
+    # one search stays within about 100 MB of memory (docs/RELIABILITY.md). Formats not
+    # listed get the smallest value; None: no limit. Catalogue photos have MAX_IMAGE_PIXELS.
+    "SEARCH_MAX_FULL_DECODE_PIXELS": {
         "PNG": 6_000_000, "TIFF": 6_000_000, "BMP": 6_000_000, "GIF": 6_000_000,
         "AVIF": 6_000_000, "JPEG": 8_000_000, "WEBP": 3_500_000,
     },
@@ -126,7 +127,7 @@ DEFAULTS: dict[str, Any] = {
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
-MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "MAX_FULL_DECODE_PIXELS"}
+MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS"}
 
 
 class VisualRecoSettings:

@@ -3,16 +3,17 @@
 `open_image` checks sizes before decoding, accepts only photo formats, reads the first frame
 of animations, bounds the pixels it decodes (`DECODE_MAX_SIDE`: JPEGs are decoded at 1/2, 1/4
 or 1/8 scale by libjpeg, then every image is shrunk to that side; formats that cannot decode
-at reduced scale are refused above `MAX_FULL_DECODE_PIXELS`), applies the EXIF orientation
-(when told to: whether it does is part of an embedder's preprocessing, so embedders decode
-through `Embedder.decode`), flattens transparency onto white and converts CMYK, palette and
-16-bit images to 8-bit RGB. What it cannot use raises `ImageError`.
+at reduced scale are refused above the ``full_decode_limits`` a caller passes), applies the
+EXIF orientation (when told to: whether it does is part of an embedder's preprocessing, so
+embedders decode through `Embedder.decode`), flattens transparency onto white and converts
+CMYK, palette and 16-bit images to 8-bit RGB. What it cannot use raises `ImageError`.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 from typing import IO
 
 import numpy as np
@@ -62,14 +63,16 @@ def _not_a_photo(data: bytes) -> str:
 
 
 def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
-               max_bytes: int | None = None, max_pixels: int | None = None) -> Image.Image:
+               max_bytes: int | None = None, max_pixels: int | None = None,
+               full_decode_limits: Mapping[str, int | None] | None = None) -> Image.Image:
     """Decode an upload into an RGB image, or raise `ImageError` saying what is wrong.
 
     With ``exif_orientation`` the image is turned upright as its EXIF tag says. The longer
     side of the result is at most ``DECODE_MAX_SIDE``: a JPEG is decoded at the smallest
     libjpeg scale (1/2, 1/4, 1/8) that keeps at least that side, so a 12000x4000 photo never
-    exists at full size; other formats are decoded whole (at most ``MAX_FULL_DECODE_PIXELS``)
-    and then shrunk.
+    exists at full size; other formats are decoded whole and then shrunk. With
+    ``full_decode_limits`` (pixels by format, as ``SEARCH_MAX_FULL_DECODE_PIXELS``) those are
+    refused above their format's limit.
     """
     data = read_limited(fileobj, max_bytes)
     pixel_limit = reco_settings.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -90,7 +93,8 @@ def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
             if min(width, height) < min_side:
                 raise ImageError(f"The image is {width}x{height} pixels; it must be at least "
                                  f"{min_side} pixels on each side.")
-            _check_full_decode(image, pixel_limit)
+            if full_decode_limits is not None:
+                _check_full_decode(image, full_decode_limits, pixel_limit)
             image.seek(0)  # first frame of an animation
             box = _draft(image, max_side)
             image.load()
@@ -107,10 +111,10 @@ def open_image(fileobj: IO[bytes], *, exif_orientation: bool = True,
     return to_rgb(image, exif_orientation=exif_orientation)
 
 
-def _check_full_decode(image: Image.Image, jpeg_limit: int) -> None:
-    """Refuse an image that must be decoded at full size and has more pixels than
-    ``MAX_FULL_DECODE_PIXELS`` allows for its format."""
-    limits = reco_settings.MAX_FULL_DECODE_PIXELS
+def _check_full_decode(image: Image.Image, limits: Mapping[str, int | None],
+                       jpeg_limit: int) -> None:
+    """Refuse an image that must be decoded at full size and has more pixels than ``limits``
+    allows for its format."""
     progressive = bool(image.info.get("progressive"))
     if image.format in _SCALED_DECODE_FORMATS and not progressive:
         return

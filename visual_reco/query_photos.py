@@ -49,8 +49,13 @@ def embed_query_images(images: Sequence[Image.Image], *,
 
 def embed_query_bytes(data: bytes, *, embedder: str = DEFAULT_EMBEDDER) -> np.ndarray:
     """Decode and embed one search photo in this process (what a worker runs)."""
-    image = get_embedder(embedder).decode(io.BytesIO(data))
-    return embed_query_images([image], embedder=embedder)[0]
+    return embed_query_images([decode_query(data, embedder)], embedder=embedder)[0]
+
+
+def decode_query(data: bytes, embedder: str = DEFAULT_EMBEDDER) -> Image.Image:
+    """Decode a search photo as ``embedder`` does, within ``SEARCH_MAX_FULL_DECODE_PIXELS``."""
+    return get_embedder(embedder).decode(
+        io.BytesIO(data), full_decode_limits=reco_settings.SEARCH_MAX_FULL_DECODE_PIXELS)
 
 
 def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndarray:
@@ -66,7 +71,7 @@ def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndar
     data = read_limited(file)
     if mode == "process":
         return embed_query_bytes(data, embedder=embedder)
-    get_embedder(embedder).decode(io.BytesIO(data))
+    decode_query(data, embedder)
     try:
         vector = broker.call(EMBED_QUERY_TASK, (base64.b64encode(data).decode(), embedder),
                              reco_settings.QUERY_TIMEOUT, **reco_settings.task_options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 import numpy as np
@@ -25,10 +25,12 @@ class Embedder(ABC):
     # Whether uploads are turned upright by their EXIF tag before `embed` sees them.
     exif_orientation: bool = True
 
-    def decode(self, fileobj: IO[bytes]) -> Image.Image:
+    def decode(self, fileobj: IO[bytes], *,
+               full_decode_limits: Mapping[str, int | None] | None = None) -> Image.Image:
         """Decode an upload for this embedder (`visual_reco.images.open_image` with its
         EXIF rule); raises `visual_reco.images.ImageError` for a file it cannot use."""
-        return open_image(fileobj, exif_orientation=self.exif_orientation)
+        return open_image(fileobj, exif_orientation=self.exif_orientation,
+                          full_decode_limits=full_decode_limits)
 
     @abstractmethod
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
