@@ -35,6 +35,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "demo_shop.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "demo_shop.urls"

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from demo_shop.bench.samples import kitchenware_photos
+from tests import reliability
 from tests.celery_app import app as celery_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,19 @@ def wait_for_status(item, statuses: set[str], timeout: float = EMBED_TIMEOUT):
             pytest.fail(f"{item} still {item.embedding_status!r} after {timeout}s")
         time.sleep(0.25)
 
+
+
+FAULT_MODULES = ("test_faults.py", "test_fault_injection.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Run the fault tests last: they restart the database and kill workers."""
+    items.sort(key=lambda item: item.path.name in FAULT_MODULES)
+
+
+def pytest_sessionfinish(session, exitstatus: int) -> None:
+    """Write the fault table into docs/RELIABILITY.md after a green run of every fault."""
+    if reliability.ROWS:
+        written = exitstatus == 0 and reliability.write()
+        where = "written to docs/RELIABILITY.md" if written else "not written (partial run)"
+        print(f"\nFault table ({where}):\n{reliability.table()}")

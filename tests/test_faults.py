@@ -9,11 +9,18 @@ import psutil
 import pytest
 from django.db import transaction
 
+from tests import reliability
 from tests.conftest import EMBED_TIMEOUT, start_worker, stop_worker, upload
 from tests.testapp.models import Item
 from visual_reco.models import EmbeddingStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+
+
+def _not_ready(pks: list[int]) -> int:
+    """Of ``pks``, the products lost (deleted) or never embedded."""
+    return len(pks) - Item.objects.filter(pk__in=pks, embedding_status=EmbeddingStatus.READY
+                                          ).count()
 
 
 def _pool_children(worker) -> list[psutil.Process]:
@@ -36,10 +43,15 @@ def test_a_pool_child_killed_mid_batch_is_replaced_and_the_batch_redone(celery_w
         assert time.monotonic() < deadline, Item.objects.filter(pk__in=pks).values_list(
             "embedding_status", flat=True)
         time.sleep(0.5)
+    recovered = time.time() - killed_at
     # One replacement did it all: a child is no longer killed for loading the model slowly.
     (replacement,) = _pool_children(celery_worker)
     assert replacement.pid != child.pid
     assert replacement.create_time() < killed_at + 5
+    reliability.record(
+        reliability.FAULTS[4],
+        "one new pool process, loading the model in the background, did the batch again "
+        "(tasks are acknowledged late and idempotent)", recovered, _not_ready(pks))
 
 
 def test_a_killed_worker_loses_nothing_and_a_new_one_resumes(settings, photos):
@@ -75,6 +87,12 @@ def test_a_killed_worker_loses_nothing_and_a_new_one_resumes(settings, photos):
                                                      .values_list("embedding_status", flat=True))
             time.sleep(0.5)
         # Visibility timeout (30 s) + one restore scan (10 s) + the work itself.
-        assert time.monotonic() - restarted < 90
+        recovered = time.monotonic() - restarted
+        assert recovered < 90
+        reliability.record(
+            reliability.FAULTS[5],
+            "the batch the dead worker held went back to the queue after the visibility "
+            "timeout (30 s here, 60 s in the README's settings); a new worker did it",
+            recovered, _not_ready(pks))
     finally:
         stop_worker(second)

@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a save (or the admin action) waits for the broker to take a task; beyond that
     # the rows stay pending and the sweep queues them.
     "PUBLISH_TIMEOUT": 0.5,
+    # Seconds after which the sweep queues a still-pending row again: its task was lost with
+    # the broker's data (a Redis restarted without persistence). Longer than a task may wait
+    # in a busy queue, since each early requeue embeds the row twice.
+    "SWEEP_GRACE": 600,
     # Uploads outside these limits are refused with a readable message.
     "MAX_IMAGE_BYTES": 25 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,

@@ -134,9 +134,12 @@ def select(model: type[models.Model], statuses: Iterable[str], *,
     return model._base_manager.filter(condition)
 
 
-def sweep(grace: timedelta = timedelta(minutes=10)) -> dict[str, QueueResult]:
+def sweep(grace: timedelta | None = None) -> dict[str, QueueResult]:
     """Queue what is waiting in every field of every embedded model, by model label: stale
-    rows, and pending rows never queued (broker down) or queued more than ``grace`` ago."""
+    rows, and pending rows never queued (broker down) or queued more than ``grace`` (default
+    ``SWEEP_GRACE`` seconds) ago."""
+    if grace is None:
+        grace = timedelta(seconds=reco_settings.SWEEP_GRACE)
     results = {}
     for model in embedded_models():
         results[model._meta.label] = result = QueueResult()

@@ -26,9 +26,12 @@ from visual_reco.registry import embedded_models, embedding_fields
 logger = logging.getLogger("visual_reco")
 
 
+# Retries wait 1, 2, 4 ... at most 20 s (about 3 minutes in all, enough for a database
+# restart): a retry is held by the worker until due, and one held past the broker's
+# visibility timeout would be handed out a second time.
 @shared_task(name=EMBED_TASK, acks_late=True, reject_on_worker_lost=True,
              autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
-             retry_backoff_max=300, max_retries=8)
+             retry_backoff_max=20, max_retries=12)
 def embed_task(model_label: str, field: str, pks: list[Any]) -> dict[str, int]:
     """Embed ``field`` of ``pks`` of ``model_label`` (idempotent: done rows are skipped)."""
     return vars(embed_objects(apps.get_model(model_label), pks, field=field))

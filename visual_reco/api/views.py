@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import InterfaceError, OperationalError, models
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from rest_framework import serializers, status
@@ -72,7 +73,24 @@ def _embedding(model: type[models.Model], requested: str | None,
             {"field": [f"Unknown embedding field; use one of {names}."]}) from None
 
 
-class SimilarProductsView(APIView):
+logger = logging.getLogger("visual_reco")
+DATABASE_RETRY_AFTER = 5
+
+
+class VisualRecoAPIView(APIView):
+    """The base of visual_reco's views: a database that cannot be reached (restarting,
+    failing over, out of connections) is a 503 with ``Retry-After``, not a 500."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, OperationalError | InterfaceError):
+            logger.warning("Database unavailable, answered 503: %s", exc)
+            return Response({"detail": "The catalog is unavailable right now; try again "
+                                       "shortly."}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(DATABASE_RETRY_AFTER)})
+        return super().handle_exception(exc)
+
+
+class SimilarProductsView(VisualRecoAPIView):
     """``GET products/<pk>/similar/?limit=N&field=F``: the products that look most like
     ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)."""
 
@@ -115,7 +133,7 @@ def _checked_limit(value: int | None) -> int:
     return limit
 
 
-class PhotoSearchView(APIView):
+class PhotoSearchView(VisualRecoAPIView):
     """``POST search/`` (multipart ``image``): the products that look like the photo.
 
     Optional form fields: ``limit``, ``filter_by_predicted_category``, and the fields listed
