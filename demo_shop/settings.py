@@ -69,7 +69,7 @@ SPECTACULAR_SETTINGS = {"TITLE": "visual_reco demo shop API", "VERSION": "0.1.0"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # A task held by a worker that died goes back to the queue after visibility_timeout (an
 # embedding batch takes seconds); workers look for such tasks every 10 s.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "visibility_timeout": 60,
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "visibility_timeout": 45,
                                    "unacked_restore_throttle": 1}
 CELERY_TASK_IGNORE_RESULT = True
 # Only for QUERY_EMBEDDING="worker" (photo search through a worker) and its benchmark.

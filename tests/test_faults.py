@@ -92,7 +92,7 @@ def test_a_killed_worker_loses_nothing_and_a_new_one_resumes(settings, photos):
         reliability.record(
             reliability.FAULTS[5],
             "the batch the dead worker held went back to the queue after the visibility "
-            "timeout (30 s here, 60 s in the README's settings); a new worker did it",
+            "timeout (30 s here, 45 s in the README's settings); a new worker did it",
             recovered, _not_ready(pks))
     finally:
         stop_worker(second)

@@ -142,7 +142,7 @@ PROJECT = {
         USE_TZ = True
         DATABASES = {"default": DATABASE}
         CELERY_BROKER_URL = BROKER
-        CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60,
+        CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 45,
                                            "unacked_restore_throttle": 1}
         CELERY_BEAT_SCHEDULE = {
             "visual-reco-sweep": {"task": "visual_reco.sweep", "schedule": 300.0},
