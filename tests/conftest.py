@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -15,6 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from demo_shop.bench.samples import kitchenware_photos
 from tests import reliability
 from tests.celery_app import app as celery_app
+from visual_reco.choices import EmbeddingStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -65,6 +67,24 @@ def stop_worker(process: subprocess.Popen) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture
+def items(photos):
+    """Six items with photos; item i's vector leans towards the first axis by 1/(i+1)."""
+    from tests.testapp.models import Item  # models load once Django is set up
+
+    rng = np.random.default_rng(1)
+    base = rng.random(2048)
+    made = []
+    for i in range(6):
+        vector = base + rng.random(2048) * (i * 0.3)
+        item = Item.objects.create(name=f"item {i}", category="cups" if i % 2 else "plates",
+                                   in_stock=i != 2, photo=upload(photos[i].path))
+        Item.objects.filter(pk=item.pk).update(embedding=vector / np.linalg.norm(vector),
+                                               embedding_status=EmbeddingStatus.READY)
+        made.append(Item.objects.get(pk=item.pk))
+    return made
 
 
 @pytest.fixture(scope="session")

@@ -84,4 +84,5 @@ CACHES = {
 # Rate limits off: the suite searches far more than a customer would (tests set them).
 VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                "PRODUCT_MODEL": "testapp.Item",
-               "THROTTLE_RATES": {"photo_search": None, "similar": None}}
+               "THROTTLE_RATES": {"photo_search": None, "similar": None,
+                                  "events_visitor": None, "events_ip": None}}

@@ -14,18 +14,21 @@ PACKAGE = Path(__file__).resolve().parent.parent / "visual_reco"
 # Lowest first. A module must be listed here to exist, so each new one gets a place.
 LAYERS = {
     "standalone": ["dev_services"],
-    "settings": ["conf", "models", "commit_hooks", "broker"],
+    "settings": ["conf", "choices", "models", "commit_hooks", "broker"],
     "pixels": ["images", "preprocessing"],
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders",
                   "query_photos"],
     "fields": ["registry", "fields", "checks"],
     "queries": ["query", "result_cache", "inline_storage", "categories", "classifier", "search"],
+    "feedback": ["feedback", "feedback.tokens", "feedback.visitors", "feedback.experiments",
+                 "feedback.events"],
     "pipeline": ["embedding", "jobs", "signals", "tasks"],
     "surfaces": ["apps", "admin", "api", "api.serializers", "api.throttling", "api.views",
                  "api.urls",
                  "templatetags", "templatetags.visual_reco", "management",
                  "management.progress", "management.commands",
-                 "management.commands.*", "evaluation", "evaluation.*", "migrations"],
+                 "management.commands.*", "evaluation", "evaluation.*", "migrations",
+                 "migrations.*"],
 }
 # Function-level imports of visual_reco modules, allowed only to keep TensorFlow out of
 # processes that do not need it.

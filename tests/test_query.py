@@ -38,7 +38,9 @@ def catalog(django_db_setup, django_db_blocker):
                   embedding=HalfVector(vectors[i]), embedding_status="ready")
              for i in range(N_ROWS)], batch_size=500)
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE testapp_item")
+            # Earlier tests leave dead rows in the HNSW graph; until VACUUM repairs it, new
+            # nodes link to dead ones and recall@10 fell to 0.43 (README: "Deleting many").
+            cursor.execute("VACUUM ANALYZE testapp_item")
     stored = vectors.astype(np.float16).astype(np.float32)
     queries, _ = _clustered(rng, 40, centers)
     yield np.array([i.pk for i in items]), stored, np.array([i % IN_STOCK_EVERY == 0
@@ -127,14 +129,17 @@ def test_filtered_query_still_returns_k_results(catalog, hnsw_only):
     assert hits / (K * 10) >= 0.9
 
 
-def test_without_iterative_scan_a_selective_filter_loses_results(catalog, settings):
-    """Why HNSW_ITERATIVE_SCAN matters: plain HNSW filters after the candidate list."""
-    _, _, _, queries = catalog
+def test_without_iterative_scan_a_short_walk_is_completed_exactly(catalog, settings):
+    """Why HNSW_ITERATIVE_SCAN matters: plain HNSW filters after the candidate list and
+    comes back short; the search then ranks the filtered rows exactly (a second query)."""
+    pks, stored, in_stock, queries = catalog
     settings.VISUAL_RECO = {"HNSW_ITERATIVE_SCAN": "off", "HNSW_EF_SEARCH": 40,
                             "EXACT_SEARCH_MAX_ROWS": None}
-    with index_path():
+    with index_path(), CaptureQueriesContext(connection) as queries_run:
         found = list(Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K))
-    assert len(found) < K
+    searches = [q["sql"] for q in queries_run.captured_queries if "<=>" in q["sql"]]
+    assert len(searches) == 2  # the short HNSW walk, then the exact ranking
+    assert [r.pk for r in found] == exact_top(stored, pks, queries[0], K, in_stock)[0]
 
 
 def test_visually_similar_excludes_itself_and_is_ordered(catalog):

@@ -1,6 +1,5 @@
 """What shop developers and staff see: the template tag, the API, the schema, the admin."""
 
-import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
@@ -13,22 +12,6 @@ from tests.testapp.models import Item
 from visual_reco.models import EmbeddingStatus
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def items(photos):
-    """Six items with photos; item i's vector leans towards the first axis by 1/(i+1)."""
-    rng = np.random.default_rng(1)
-    base = rng.random(2048)
-    made = []
-    for i in range(6):
-        vector = base + rng.random(2048) * (i * 0.3)
-        item = Item.objects.create(name=f"item {i}", category="cups" if i % 2 else "plates",
-                                   in_stock=i != 2, photo=upload(photos[i].path))
-        Item.objects.filter(pk=item.pk).update(embedding=vector / np.linalg.norm(vector),
-                                               embedding_status=EmbeddingStatus.READY)
-        made.append(Item.objects.get(pk=item.pk))
-    return made
 
 
 def render(template: str, **context) -> str:

@@ -12,9 +12,9 @@ from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import ngettext
 
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import reindex
-from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import selected_fields
 
 STATUS_COLOURS = {

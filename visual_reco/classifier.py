@@ -18,9 +18,9 @@ from django.db import models
 from django.utils import timezone
 
 from visual_reco.categories import CategoryPrediction, category_field
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
-from visual_reco.models import EmbeddingStatus
 from visual_reco.query import to_array
 from visual_reco.registry import get_embedding_field
 

@@ -124,14 +124,45 @@ DEFAULTS: dict[str, Any] = {
     # API requests per client ("N/s", "N/min", "N/hour", "N/day"; None: no limit), counted
     # in this cache alias (use one every process shares), and photo searches one process
     # runs at once (more are answered 503 with Retry-After).
-    "THROTTLE_RATES": {"photo_search": "30/min", "similar": "600/min"},
+    "THROTTLE_RATES": {"photo_search": "30/min", "similar": "600/min",
+                       "events_visitor": "120/min", "events_ip": "1200/min"},
     "THROTTLE_CACHE": "default",
     "SEARCH_CONCURRENCY": 4,
+    # Shopper feedback (visual_reco.feedback, docs/PRIVACY.md); keys merge with these.
+    "FEEDBACK": {
+        "ENABLED": True,
+        # POST events/: a batch larger than either is refused whole.
+        "MAX_BATCH_EVENTS": 100,
+        "MAX_BATCH_BYTES": 64 * 1024,
+        # Seconds: how old an event's own timestamp may be, and how far ahead of the
+        # server's clock a browser's clock may run.
+        "MAX_EVENT_AGE": 7 * 24 * 3600,
+        "CLOCK_SKEW": 300,
+        # Seconds a served list's token is accepted on events.
+        "TOKEN_MAX_AGE": 30 * 24 * 3600,
+        # Seconds after a click that a cart or purchase of the product is credited to the
+        # list that was clicked (last touch).
+        "ATTRIBUTION_WINDOW": 7 * 24 * 3600,
+        # First-party cookie with the visitor's random id; the stored key is a keyed hash
+        # of it that changes every ROTATION_DAYS, so visits cannot be joined across periods.
+        "VISITOR_COOKIE": "vr_vid",
+        "VISITOR_KEY_ROTATION_DAYS": 30,
+        # Store the logged-in user's id with events (off: only the pseudonymous key).
+        "STORE_USER_ID": False,
+        # Import string of a callable(request) -> bool: whether this visitor consented to
+        # tracking (None: everyone who sends neither Do Not Track nor Global Privacy Control).
+        "CONSENT": None,
+        "RETENTION_DAYS": 90,
+        # A/B tests by surface: {"similar": {"ENABLED": True, "VARIANTS": {"control":
+        # {"SHARE": 50}, "boosted": {"SHARE": 50, "RANKING": {...}}}}}; the first variant
+        # is the control, where everyone goes while a test is off.
+        "EXPERIMENTS": {},
+    },
 }
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
-MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS"}
+MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK"}
 
 
 class VisualRecoSettings:

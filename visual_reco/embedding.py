@@ -14,10 +14,10 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import Embedder, get_embedder
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
-from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import selected_fields
 from visual_reco.result_cache import invalidate_on_commit
 

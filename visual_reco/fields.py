@@ -12,8 +12,8 @@ from django.db import models
 from pgvector.django import HalfVectorField, HnswIndex
 
 from visual_reco import registry
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import DEFAULT_EMBEDDER
-from visual_reco.models import EmbeddingStatus
 
 
 class ImageEmbeddingField(HalfVectorField):

@@ -21,10 +21,10 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from visual_reco.broker import publish
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField
-from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import embedded_models, selected_fields
 from visual_reco.result_cache import invalidate_on_commit
 

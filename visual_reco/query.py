@@ -130,6 +130,17 @@ class VisualQuerySet(models.QuerySet):
         else:
             with hnsw_settings_applied(self.db):
                 super()._fetch_all()
+            wanted = (self.query.high_mark or 0) - self.query.low_mark
+            if len(self._result_cache) < wanted:
+                # The graph walk came back short: its nearest entries were dead tuples (rows
+                # deleted or updated and not vacuumed yet: 2 of 5 found among 216 dead and
+                # 18 live rows, iterative scan or not). Rank exactly instead; it returns
+                # every row there is, and a short answer is rare.
+                exact = self._exact_ranking()
+                self._result_cache = list(exact._iterable_class(exact))
+                if self._prefetch_related_lookups:
+                    self._prefetch_done = False
+                    self._prefetch_related_objects()
         # relaxed_order may return neighbours slightly out of order; the page is small.
         if self._result_cache and isinstance(self._result_cache[0], models.Model):
             self._result_cache.sort(key=lambda row: getattr(row, DISTANCE))
@@ -153,6 +164,10 @@ class VisualQuerySet(models.QuerySet):
             return None
         if estimated_rows(self._visual_candidates) > threshold:
             return None
+        return self._exact_ranking()
+
+    def _exact_ranking(self) -> Self:
+        """This search ranking every candidate row by its exact distance (no index)."""
         exact = self._chain()
         exact._visual_search = False
         # An expression, not the bare distance, so the HNSW index cannot serve the order.

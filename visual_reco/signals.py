@@ -17,10 +17,10 @@ from django.db.models.fields.files import FieldFile
 from django.db.models.signals import post_delete, post_init, post_save, pre_save
 from django.utils import timezone
 
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import queue_embeddings
-from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import embedded_models, embedding_fields
 from visual_reco.result_cache import invalidate_on_commit
 

@@ -37,11 +37,13 @@ class SimilarItemSerializer(serializers.Serializer):
 
 
 class SimilarResponseSerializer(serializers.Serializer):
-    """The similar-products response: the query object, its embedding status, the results."""
+    """The similar-products response: the query object, its embedding status, the results,
+    and the token that events about them send back (null when the visitor is not tracked)."""
 
     id = serializers.CharField()
     embedding_status = serializers.CharField()
     results = SimilarItemSerializer(many=True)
+    token = serializers.CharField(allow_null=True)
 
 
 class SimilarQuerySerializer(serializers.Serializer):
@@ -75,3 +77,30 @@ class PhotoSearchResponseSerializer(serializers.Serializer):
     predicted_category = CategorySerializer(allow_null=True)
     results = SimilarItemSerializer(many=True)
     timings_ms = serializers.DictField(child=serializers.FloatField())
+    token = serializers.CharField(allow_null=True)
+
+
+class EventSerializer(serializers.Serializer):
+    """One shopper action on a served list (for the schema; `feedback.events` validates)."""
+
+    type = serializers.ChoiceField(["impression", "click", "add_to_cart", "favorite",
+                                    "dismiss"])
+    event_id = serializers.CharField(max_length=64)
+    token = serializers.CharField(max_length=4096)
+    product = serializers.CharField(max_length=64)
+    position = serializers.IntegerField(required=False, min_value=1)
+    ts = serializers.IntegerField(help_text="milliseconds since 1970")
+    quantity = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+
+
+class EventBatchSerializer(serializers.Serializer):
+    """A batch of events, stored whole or refused whole."""
+
+    events = EventSerializer(many=True)
+
+
+class EventBatchResultSerializer(serializers.Serializer):
+    """How many events of a batch were stored, and how many had been stored before."""
+
+    stored = serializers.IntegerField()
+    duplicates = serializers.IntegerField()

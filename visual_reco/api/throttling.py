@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from visual_reco.conf import reco_settings
+from visual_reco.feedback.visitors import visitor_id
 
 logger = logging.getLogger("visual_reco")
 
@@ -53,6 +54,28 @@ class SimilarThrottle(VisualRecoRateThrottle):
     """Similar-products requests per client (``THROTTLE_RATES["similar"]``)."""
 
     scope = "similar"
+
+
+class EventsVisitorThrottle(VisualRecoRateThrottle):
+    """Event batches per visitor (``THROTTLE_RATES["events_visitor"]``), by the visitor id
+    cookie, else by client address."""
+
+    scope = "events_visitor"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        ident = visitor_id(request) or self.get_ident(request)
+        return self.cache_format % {"scope": f"visual_reco_{self.scope}", "ident": ident}
+
+
+class EventsAddressThrottle(VisualRecoRateThrottle):
+    """Event batches per client address (``THROTTLE_RATES["events_ip"]``): a client that
+    makes up a new visitor id for every batch is still counted."""
+
+    scope = "events_ip"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": f"visual_reco_{self.scope}",
+                                    "ident": self.get_ident(request)}
 
 
 _slots_lock = threading.Lock()

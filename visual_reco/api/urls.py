@@ -2,11 +2,12 @@
 
 from django.urls import path
 
-from visual_reco.api.views import PhotoSearchView, SimilarProductsView
+from visual_reco.api.views import EventsView, PhotoSearchView, SimilarProductsView
 
 app_name = "visual_reco"
 
 urlpatterns = [
     path("products/<str:pk>/similar/", SimilarProductsView.as_view(), name="similar"),
     path("search/", PhotoSearchView.as_view(), name="search"),
+    path("events/", EventsView.as_view(), name="events"),
 ]

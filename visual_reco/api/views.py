@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -18,13 +20,23 @@ from rest_framework.views import APIView
 
 from visual_reco.api.serializers import (
     CategorySerializer,
+    EventBatchResultSerializer,
+    EventBatchSerializer,
     PhotoSearchRequestSerializer,
     PhotoSearchResponseSerializer,
     SimilarQuerySerializer,
     SimilarResponseSerializer,
 )
-from visual_reco.api.throttling import PhotoSearchThrottle, SimilarThrottle, search_slots
+from visual_reco.api.throttling import (
+    EventsAddressThrottle,
+    EventsVisitorThrottle,
+    PhotoSearchThrottle,
+    SimilarThrottle,
+    search_slots,
+)
 from visual_reco.conf import reco_settings
+from visual_reco.embedders import get_embedder
+from visual_reco.feedback.events import BatchError, Serving, accept_batch, serving, token_for
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
 from visual_reco.query_photos import SearchUnavailable
@@ -75,6 +87,7 @@ def _embedding(model: type[models.Model], requested: str | None,
 
 logger = logging.getLogger("visual_reco")
 DATABASE_RETRY_AFTER = 5
+VISITOR_COOKIE_AGE = 365 * 24 * 3600
 
 
 class VisualRecoAPIView(APIView):
@@ -90,11 +103,22 @@ class VisualRecoAPIView(APIView):
         return super().handle_exception(exc)
 
 
+def _tracked(request: Request, tracked: Serving | None, response: Response) -> Response:
+    """``response``, giving a new visitor the id its later events are counted under."""
+    if tracked is not None and tracked.new_visitor_id:
+        response.set_cookie(reco_settings.FEEDBACK["VISITOR_COOKIE"], tracked.new_visitor_id,
+                            max_age=VISITOR_COOKIE_AGE, samesite="Lax",
+                            secure=request.is_secure())
+    return response
+
+
 class SimilarProductsView(VisualRecoAPIView):
     """``GET products/<pk>/similar/?limit=N&field=F``: the products that look most like
-    ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)."""
+    ``pk``, compared on ``field`` (default `embedding_field`, else the model's first), with
+    the attribution ``token`` that events about them send back."""
 
     embedding_field: str | None = None
+    surface = "similar_api"
     throttle_classes = [SimilarThrottle]
 
     def get_queryset(self) -> models.QuerySet:
@@ -115,14 +139,17 @@ class SimilarProductsView(VisualRecoAPIView):
             raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
+        tracked = serving(request, self.surface)
         results = similar_products(product, self.get_queryset(), limit, field=embedding.name)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
-        return Response({
+        return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),
             "results": item_serializer(results, many=True, context=context).data,
-        })
+            "token": token_for(tracked, self.surface, product.pk, results,
+                               get_embedder(embedding.embedder).fingerprint),
+        }))
 
 
 def _checked_limit(value: int | None) -> int:
@@ -143,6 +170,7 @@ class PhotoSearchView(VisualRecoAPIView):
     """
 
     embedding_field: str | None = None
+    surface = "photo_search"
     parser_classes = [MultiPartParser, FormParser]
     throttle_classes = [PhotoSearchThrottle]
 
@@ -196,10 +224,66 @@ class PhotoSearchView(VisualRecoAPIView):
         finally:
             slots.release()
         context = {"request": request, "source_field": embedding.source}
-        return Response({
+        tracked = serving(request, self.surface)
+        return _tracked(request, tracked, Response({
             "predicted_category": (CategorySerializer(found.category).data
                                    if found.category and found.category.category else None),
             "results": reco_settings.SIMILAR_SERIALIZER(found.results, many=True,
                                                         context=context).data,
             "timings_ms": {k: round(v, 1) for k, v in found.timings_ms.items()},
-        })
+            "token": token_for(tracked, self.surface, "photo", found.results,
+                               get_embedder(embedding.embedder).fingerprint),
+        }))
+
+
+class EventsView(VisualRecoAPIView):
+    """``POST events/`` (JSON ``{"events": [...]}``): shopper feedback from the widget's
+    script, stored whole or refused whole with the reason (400).
+
+    Same-origin only: a browser's cross-site request is refused (403) by its ``Origin`` and
+    ``Sec-Fetch-Site`` headers, so no other site can post events for a shopper. No session
+    authentication, hence no CSRF token: the script posts with ``navigator.sendBeacon``,
+    which cannot send one.
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    throttle_classes = [EventsVisitorThrottle, EventsAddressThrottle]
+
+    @extend_schema(request=EventBatchSerializer, responses={200: EventBatchResultSerializer})
+    def post(self, request: Request) -> Response:
+        """Store a batch of events."""
+        if not _same_origin(request):
+            return Response({"detail": "Events are accepted from this shop's own pages only."},
+                            status=status.HTTP_403_FORBIDDEN)
+        limit = reco_settings.FEEDBACK["MAX_BATCH_BYTES"]
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > limit:
+            return Response({"detail": f"The batch is larger than {limit} bytes."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        body = request.body
+        if len(body) > limit:
+            return Response({"detail": f"The batch is larger than {limit} bytes."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return Response({"detail": "The batch is not JSON."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            stored, duplicates = accept_batch(request, payload)
+        except BatchError as exc:
+            return Response({"detail": f"Nothing stored: {exc}."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        return Response({"stored": stored, "duplicates": duplicates})
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a browser says the request comes from this site (non-browser clients, which
+    send neither header, are judged by the throttles and the tokens alone)."""
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return False
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.get_host()

@@ -9,12 +9,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from visual_reco.choices import EmbeddingStatus
 from visual_reco.conf import reco_settings
 from visual_reco.embedding import EmbedResult, embed_objects
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import mark_stale, reindex, select, status_counts
 from visual_reco.management.progress import wait_with_progress
-from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import embedded_models, selected_fields
 
 
