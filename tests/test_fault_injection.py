@@ -340,32 +340,27 @@ def _redis_fault(shop: Shop, photos, inject: Callable[[], None], end: Callable[[
     return answers, saves, recovered
 
 
-def test_redis_frozen(shop, photos):
-    answers, saves, recovered = _redis_fault(shop, photos, shop.redis.freeze, shop.redis.thaw)
+@pytest.mark.parametrize("fault", ["frozen", "killed"])
+def test_redis_fault(shop, photos, fault):
+    """Redis frozen (SIGSTOP, then SIGCONT), or killed and restarted empty: it is the
+    broker, the similar-products cache and the throttle counts at once."""
+    inject, end, row, after = {
+        "frozen": (shop.redis.freeze, shop.redis.thaw, reliability.FAULTS[0],
+                   "products pending, embedded once Redis answered again"),
+        "killed": (shop.redis.kill, shop.redis.start, reliability.FAULTS[1],
+                   "never queued, they stayed pending; the worker reconnected and the sweep "
+                   "queued them"),
+    }[fault]
+    answers, saves, recovered = _redis_fault(shop, photos, inject, end)
     assert not _server_errors(answers + saves), _server_errors(answers + saves)
     assert max(a.seconds for a in answers) <= PAGE_DEADLINE, answers
     assert [a.status for a in saves] == [302, 302]
     assert max(a.seconds for a in saves) <= SAVE_DEADLINE, saves
     assert shop.saved() == len(shop.skus)
     reliability.record(
-        reliability.FAULTS[0],
-        f"pages and API answered uncached: {_summary(answers)}; admin saves "
-        f"{max(a.seconds for a in saves):.2f} s, products pending, embedded once Redis "
-        f"answered again", recovered, len(shop.skus) - shop.saved())
-
-
-def test_redis_killed_and_restarted_empty(shop, photos):
-    answers, saves, recovered = _redis_fault(shop, photos, shop.redis.kill, shop.redis.start)
-    assert not _server_errors(answers + saves), _server_errors(answers + saves)
-    assert max(a.seconds for a in answers) <= PAGE_DEADLINE, answers
-    assert [a.status for a in saves] == [302, 302]
-    assert max(a.seconds for a in saves) <= SAVE_DEADLINE, saves
-    assert shop.saved() == len(shop.skus)
-    reliability.record(
-        reliability.FAULTS[1],
-        f"pages and API answered uncached: {_summary(answers)}; admin saves "
-        f"{max(a.seconds for a in saves):.2f} s (never queued, stay pending); the worker "
-        f"reconnected and the sweep queued them", recovered, len(shop.skus) - shop.saved())
+        row, f"pages and API answered uncached: {_summary(answers)}; admin saves "
+        f"{max(a.seconds for a in saves):.2f} s; {after}", recovered,
+        len(shop.skus) - shop.saved())
 
 
 def _restart_postgres(database_url: str) -> float:
