@@ -32,6 +32,7 @@ bench: install
 	$(RUN) $(BIN)/python manage.py bench_query_embedding
 	$(RUN) $(BIN)/python manage.py bench_pipeline
 	$(RUN) $(BIN)/python manage.py bench_api
+	$(RUN) $(BIN)/python manage.py bench_events
 	$(RUN) $(BIN)/python manage.py bench_vectors
 
 # Every benchmark, small and short (under 5 minutes), into $(QUICK_OUT) so that it never
@@ -46,6 +47,7 @@ bench-quick: install
 	  $(BIN)/python manage.py bench_pipeline --uploads 5 && \
 	  $(BIN)/python manage.py bench_api --catalog-size 10000 --seconds 3 --products 200 \
 	    --concurrency 1 8 --search-concurrency 2 && \
+	  $(BIN)/python manage.py bench_events --seconds 3 --concurrency 8 --kills 2 && \
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
 	@echo "Wrote $(QUICK_OUT)"
 

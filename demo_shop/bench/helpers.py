@@ -7,10 +7,16 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
+
+from visual_reco.dev_services import free_port
 
 
 def benchmarks_path() -> Path:
@@ -103,3 +109,45 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+HOST = "127.0.0.1"
+
+
+@contextmanager
+def gunicorn_demo(workers: int, threads: int, env: dict[str, str] | None = None, *,
+                  warm_models: bool = False, timeout: float = 300.0
+                  ) -> Iterator[tuple[int, subprocess.Popen]]:
+    """gunicorn serving the demo on a free loopback port, DEBUG off; yields the port and the
+    server once it answers. With ``warm_models`` every process first loads the photo-search
+    model (and embeds a photo), as `demo_shop.gunicorn_conf` does."""
+    port = free_port()
+    environment = {**os.environ, "DJANGO_DEBUG": "0", **(env or {})}
+    command = [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
+               "-w", str(workers), "--threads", str(threads), "--log-level", "warning"]
+    with tempfile.TemporaryDirectory() as ready:
+        if warm_models:
+            command[3:3] = ["-c", "python:demo_shop.gunicorn_conf"]
+            environment["GUNICORN_READY_DIR"] = ready
+        server = subprocess.Popen(command, cwd=settings.BASE_DIR, env=environment)
+        try:
+            deadline = time.monotonic() + timeout
+            while warm_models and len(list(Path(ready).iterdir())) < workers:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn's processes did not load the model")
+                time.sleep(0.5)
+            while not _answers(port):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not answer")
+                time.sleep(0.2)
+            yield port, server
+        finally:
+            stop(server)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/api/schema/", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False

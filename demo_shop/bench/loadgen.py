@@ -22,6 +22,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    answered: list[bytes] = field(default_factory=list)  # with keep_answered: the 200s
 
     @property
     def rate(self) -> float:
@@ -47,34 +48,47 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _connection(host: str, port: int, make_request: Callable[[], bytes],
-                      deadline: float, result: LoadResult, budget: list[int]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while time.perf_counter() < deadline and budget[0] > 0:
-            budget[0] -= 1
-            started = time.perf_counter()
-            writer.write(make_request())
-            await writer.drain()
-            status = await _read_response(reader)
-            if status == 200:
-                result.latencies.append(time.perf_counter() - started)
-            else:
-                result.errors += 1
-    finally:
-        writer.close()
+                      deadline: float, result: LoadResult, budget: list[int],
+                      tolerate: bool, keep_answered: bool) -> None:
+    while time.perf_counter() < deadline and budget[0] > 0:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                started = time.perf_counter()
+                request = make_request()
+                writer.write(request)
+                await writer.drain()
+                status = await _read_response(reader)
+                if status == 200:
+                    result.latencies.append(time.perf_counter() - started)
+                    if keep_answered:
+                        result.answered.append(request)
+                else:
+                    result.errors += 1
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not tolerate:
+                raise
+            result.errors += 1  # the server process died mid-request: connect again
+        finally:
+            writer.close()
 
 
 def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrency: int,
-             seconds: float, max_requests: int | None = None) -> LoadResult:
+             seconds: float, max_requests: int | None = None, *, tolerate: bool = False,
+             keep_answered: bool = False) -> LoadResult:
     """Drive the server with ``concurrency`` keep-alive connections for ``seconds``, or
-    until ``max_requests`` were sent when that is given (``seconds`` 0: no time limit)."""
+    until ``max_requests`` were sent when that is given (``seconds`` 0: no time limit).
+    With ``tolerate`` a dropped connection is an error and is opened again; with
+    ``keep_answered`` the requests answered 200 are kept in the result."""
     result = LoadResult()
     budget = [max_requests if max_requests is not None else 2**62]
 
     async def main() -> None:
         started = time.perf_counter()
         deadline = started + seconds if seconds else float("inf")
-        await asyncio.gather(*(_connection(host, port, make_request, deadline, result, budget)
+        await asyncio.gather(*(_connection(host, port, make_request, deadline, result, budget,
+                                           tolerate, keep_answered)
                                for _ in range(concurrency)))
         result.seconds = time.perf_counter() - started
 

@@ -4,28 +4,16 @@ gunicorn, under a closed-loop load on loopback at increasing concurrency."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
-from demo_shop.bench.helpers import machine_line, stop, write_section
+from demo_shop.bench.helpers import HOST, gunicorn_demo, machine_line, write_section
 from demo_shop.bench.loadgen import LoadResult, get_requests, multipart_post, run_load
 from demo_shop.bench.samples import kitchenware_photos
 from demo_shop.shop.models import Product
-from visual_reco.dev_services import free_port
-
-HOST = "127.0.0.1"
 
 
 class Command(BaseCommand):
@@ -73,7 +61,7 @@ class Command(BaseCommand):
         paths = [f"/api/visual-reco/products/{pk}/similar/?limit=8" for pk in pks]
         rows: list[Row] = []
         for cache in (False, True):
-            with self._server(options, cache=cache) as port:
+            with self._server(options, cache=cache) as (port, _):
                 if cache:  # every product asked once: the steady state of a busy shop
                     run_load(HOST, port, get_requests(HOST, paths), 4, 0,
                              max_requests=len(pks))
@@ -85,59 +73,20 @@ class Command(BaseCommand):
             return rows
         photo = kitchenware_photos()[3].path.read_bytes()
         search = multipart_post(HOST, "/api/visual-reco/search/", "image", "photo.jpg", photo)
-        with self._server(options, cache=False, warm_models=True) as port:
+        with self._server(options, cache=False, warm_models=True) as (port, _):
             for level in options["search_concurrency"]:
                 rows.append(Row("photo search", False, level, run_load(
                     HOST, port, search, level, options["seconds"])))
                 self._report(rows[-1])
         return rows
 
-    @contextmanager
     def _server(self, options: dict[str, Any], *, cache: bool,
-                warm_models: bool = False) -> Iterator[int]:
-        """gunicorn on a free port; with ``warm_models`` every process loads the model (and
-        embeds a photo) before the first measured request, as `demo_shop.gunicorn_conf`
-        does."""
-        port = free_port()
-        env = {**os.environ, "DJANGO_DEBUG": "0", "DEMO_SIMILAR_CACHE": "1" if cache else "0"}
-        command = [sys.executable, "-m", "gunicorn", "demo_shop.wsgi", "-b", f"{HOST}:{port}",
-                   "-w", str(options["workers"]), "--threads", str(options["threads"]),
-                   "--log-level", "warning"]
-        with tempfile.TemporaryDirectory() as ready:
-            if warm_models:
-                command[3:3] = ["-c", "python:demo_shop.gunicorn_conf"]
-                env["GUNICORN_READY_DIR"] = ready
-            server = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env)
-            try:
-                if warm_models:
-                    self._wait_for_files(Path(ready), options["workers"], server)
-                self._wait_for(port)
-                yield port
-            finally:
-                stop(server)
-
-    @staticmethod
-    def _wait_for_files(folder: Path, count: int, server: subprocess.Popen,
-                        timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(list(folder.iterdir())) < count:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise CommandError("gunicorn's processes did not load the model")
-            time.sleep(0.5)
-
-    def _wait_for(self, port: int, timeout: float = 60.0) -> None:
-        pk = Product.objects.filter(image_embedding_status="ready").values_list(
-            "pk", flat=True).first()
-        url = f"http://{HOST}:{port}/api/visual-reco/products/{pk}/similar/"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise CommandError("gunicorn did not answer")
+                warm_models: bool = False) -> Any:
+        """gunicorn serving the demo, the similar-products cache on or off."""
+        return gunicorn_demo(options["workers"], options["threads"],
+                             {"DEMO_SIMILAR_CACHE": "1" if cache else "0",
+                              "DEMO_RATE_LIMITS": "0"},
+                             warm_models=warm_models)
 
     def _report(self, row: Row) -> None:
         result = row.result
