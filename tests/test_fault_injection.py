@@ -449,3 +449,62 @@ def test_error_answers_show_nothing_of_the_server(shop):
         assert response.status_code == expected, (path, response.status_code)
         leaked = [secret for secret in secrets_of_the_server if secret in response.text]
         assert not leaked, (path, leaked)
+
+
+def test_answered_event_batches_survive_killed_web_processes(shop):
+    """Shopper feedback is written in the request's transaction: a web process killed
+    under load loses no answered batch and leaves no batch stored in part."""
+    pk = shop.pages()[1].split("/")[2]
+    client = requests.Session()
+    client.cookies.set("vr_vid", "fault-suite-visitor-0123")
+    served = client.get(f"{shop.base}/api/visual-reco/products/{pk}/similar/", timeout=10)
+    token, ids = served.json()["token"], [r["id"] for r in served.json()["results"]]
+    answered: list[str] = []
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def post_batches(worker: int) -> None:
+        session = requests.Session()
+        session.cookies.update(client.cookies)
+        number = 0
+        while not stop.is_set():
+            batch = f"kill-{worker}-{number}"
+            number += 1
+            sent.append(batch)
+            events = [{"type": "impression", "event_id": f"{batch}-{i}", "token": token,
+                       "product": ids[i % len(ids)], "ts": int(time.time() * 1000)}
+                      for i in range(10)]
+            try:
+                response = session.post(f"{shop.base}/api/visual-reco/events/",
+                                        json={"events": events}, timeout=10)
+            except requests.RequestException:
+                continue  # the process died with this request: it may or may not be stored
+            if response.status_code == 200:
+                answered.append(batch)
+
+    threads = [threading.Thread(target=post_batches, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    web = psutil.Process(shop.processes["web"].pid)
+    killed = 0
+    try:
+        for _ in range(2):
+            before = len(answered)  # kill only while batches are being answered
+            wait_until(lambda n=before: len(answered) >= n + 10, 60, "batches to be answered")
+            children = web.children()
+            if children:
+                children[0].kill()
+                killed += 1
+        before = len(answered)
+        wait_until(lambda: len(answered) >= before + 10, 60, "answers from the new process")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    rows = shop.query("SELECT split_part(event_id, '-', 1) || '-' || split_part(event_id, '-', 2)"
+                      " || '-' || split_part(event_id, '-', 3), count(*) FROM "
+                      "visual_reco_feedbackevent WHERE event_id LIKE 'kill-%%' GROUP BY 1")
+    stored = dict(rows)
+    assert killed == 2 and len(answered) > 20
+    assert [b for b in answered if stored.get(b) != 10] == []  # every answered batch, whole
+    assert [b for b, n in stored.items() if n != 10] == []  # no batch in part
