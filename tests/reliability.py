@@ -21,6 +21,7 @@ FAULTS = [
     "Weights file corrupted",
     "Worker pool child killed mid-batch (OOM killer)",
     "Whole worker killed mid-batch",
+    "Web process killed twice under shopper-feedback load",
 ]
 
 
@@ -59,7 +60,7 @@ def table() -> str:
         f"Measured by `make test` (the suite `tests/test_fault_injection.py` and "
         f"`tests/test_faults.py`) on {_machine()}, {date.today().isoformat()}.",
         "",
-        "| fault | what happened | time to recover (s) | products lost |",
+        "| fault | what happened | time to recover (s) | products (or event batches) lost |",
         "| --- | --- | ---: | ---: |",
     ]
     lines += [f"| {r.fault} | {r.happened} | {r.recovered_s:g} | {r.lost} |"
