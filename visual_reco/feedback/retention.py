@@ -47,7 +47,7 @@ def purge_events(older_than: timedelta | None = None, batch_size: int = PURGE_BA
     A roll-up runs first, so every event is counted in the aggregates before it is deleted,
     and the cutoff is noted so that the roll-up never recomputes a day from what is left."""
     cutoff = timezone.now() - (older_than if older_than is not None else retention())
-    rollup()
+    rollup(wait=True)  # a run in progress may not have counted them yet: wait for ours
     with transaction.atomic():
         note_purge(cutoff)
     deleted = 0

@@ -7,8 +7,8 @@ those days wholly from the raw events, in SQL, in one transaction (delete, then
 arrives days late is counted when its day is recomputed. Runs are serialized by a Postgres
 advisory lock: a run that finds another in progress does nothing.
 
-Days older than ``RETENTION_DAYS``, or touched by a purge, are never recomputed: their raw
-events may be gone, and their aggregates are all that is left of them.
+Days touched by a purge are never recomputed: some of their raw events are gone, and their
+aggregates are all that is left of them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from visual_reco.choices import EventType
-from visual_reco.conf import reco_settings
 from visual_reco.models import FeedbackDaily, FeedbackEvent, FeedbackRollup, FeedbackVariantDaily
 
 logger = logging.getLogger("visual_reco")
@@ -55,15 +54,11 @@ def utc_day(when: datetime) -> date:
     return when.astimezone(UTC).date()
 
 
-def first_recomputable_day(now: datetime | None = None) -> date:
-    """The first UTC day whose raw events are all still there: after the day of the
-    retention cutoff and after the day of the latest purge's cutoff."""
-    now = now or timezone.now()
-    first = utc_day(now - timedelta(days=int(reco_settings.FEEDBACK["RETENTION_DAYS"])))
+def first_recomputable_day() -> date | None:
+    """The first UTC day whose raw events are all still there: the day after the latest
+    purge's cutoff (None: nothing was purged, every day can be recomputed)."""
     purged = FeedbackRollup.objects.filter(name=PURGED).first()
-    if purged is not None:
-        first = max(first, utc_day(purged.watermark))
-    return first + timedelta(days=1)
+    return None if purged is None else utc_day(purged.watermark) + timedelta(days=1)
 
 
 def note_purge(cutoff: datetime) -> None:
@@ -115,7 +110,7 @@ def recompute_days(days: list[date]) -> None:
             GROUP BY 1, 2, 3""", [start, end, days])
 
 
-def _touched_days(since: datetime | None, first_day: date) -> list[date]:
+def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
     events = _table(FeedbackEvent)
     sql = f"SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date AS d FROM {events}"
     params: list[object] = []
@@ -124,20 +119,24 @@ def _touched_days(since: datetime | None, first_day: date) -> list[date]:
         params.append(since - COMMIT_MARGIN)
     with connection.cursor() as cursor:
         cursor.execute(sql + " ORDER BY d", params)
-        return [row[0] for row in cursor.fetchall() if row[0] >= first_day]
+        return [row[0] for row in cursor.fetchall() if first_day is None or row[0] >= first_day]
 
 
-def rollup() -> RollupResult:
-    """Recompute the days touched by events received since the last run; idempotent."""
+def rollup(*, wait: bool = False) -> RollupResult:
+    """Recompute the days touched by events received since the last run; idempotent.
+    Another run in progress makes this one do nothing, or, with ``wait``, wait for it."""
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
-            if not cursor.fetchone()[0]:
+            if wait:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s), true", [LOCK_KEY])
+            else:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
+            if not cursor.fetchone()[-1]:
                 logger.info("Feedback roll-up skipped: another run is in progress")
                 return RollupResult(None, None)
         started = timezone.now()
         state = FeedbackRollup.objects.filter(name=WATERMARK).first()
-        days = _touched_days(state.watermark if state else None, first_recomputable_day(started))
+        days = _touched_days(state.watermark if state else None, first_recomputable_day())
         recompute_days(days)
         FeedbackRollup.objects.update_or_create(
             name=WATERMARK, defaults={"watermark": started, "finished_at": timezone.now(),
