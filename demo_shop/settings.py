@@ -78,6 +78,9 @@ CELERY_RESULT_EXPIRES = 300
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "visual-reco-sweep": {"task": "visual_reco.sweep", "schedule": 300.0},
+    # Shopper feedback: daily aggregates for the admin's analytics, and the retention.
+    "visual-reco-rollup-feedback": {"task": "visual_reco.rollup_feedback", "schedule": 60.0},
+    "visual-reco-purge-feedback": {"task": "visual_reco.purge_feedback", "schedule": 86400.0},
 }
 
 VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product"}

@@ -1,20 +1,28 @@
 """`VisualRecoAdminMixin`: embedding status columns and filters, error details, and a
-"Recompute image embeddings" action."""
+"Recompute image embeddings" action; the shopper-feedback analytics page."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import ngettext
 
 from visual_reco.choices import EmbeddingStatus
+from visual_reco.feedback.analytics import Report, ctr_chart, default_period, report, to_csv
+from visual_reco.feedback.rollup import WATERMARK
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import reindex
+from visual_reco.models import FeedbackDaily, FeedbackRollup
 from visual_reco.registry import selected_fields
 
 STATUS_COLOURS = {
@@ -24,6 +32,7 @@ STATUS_COLOURS = {
     EmbeddingStatus.FAILED: "#cf222e",
     EmbeddingStatus.NO_IMAGE: "#6e7781",
 }
+MAX_DAYS = 366
 
 
 class VisualRecoAdminMixin:
@@ -97,3 +106,74 @@ class VisualRecoAdminMixin:
 
 
 VisualRecoAdmin = VisualRecoAdminMixin  # the name before 0.2
+
+
+@admin.register(FeedbackDaily)
+class FeedbackAnalyticsAdmin(admin.ModelAdmin):
+    """Shopper-feedback analytics, read from the daily aggregates: the changelist of
+    `FeedbackDaily` is the analytics page, with its CSV export next to it. Staff with the
+    view permission of the aggregates see it; nothing here can be added or edited."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [path("export.csv", self.admin_site.admin_view(self.export_csv),
+                     name="{}_{}_export".format(*info)), *super().get_urls()]
+
+    def _period(self, request: HttpRequest) -> tuple[date, date, list[str]]:
+        start, end = default_period(timezone.now().date())
+        errors = []
+        for name in ("start", "end"):
+            value = request.GET.get(name)
+            if not value:
+                continue
+            try:
+                parsed = date.fromisoformat(value)
+            except ValueError:
+                errors.append(f"{name}: {value!r} is not a date (YYYY-MM-DD)")
+                continue
+            start, end = (parsed, end) if name == "start" else (start, parsed)
+        if start > end:
+            errors.append("the start is after the end")
+            start, end = end, start
+        if (end - start).days > MAX_DAYS:
+            errors.append(f"at most {MAX_DAYS} days at once")
+            start = end - timedelta(days=MAX_DAYS)
+        return start, end, errors
+
+    def _report(self, request: HttpRequest) -> tuple[Report, list[str]]:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        start, end, errors = self._period(request)
+        return report(start, end), errors
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        """The analytics page."""
+        result, errors = self._report(request)
+        charts = [(surface, ctr_chart(surface)) for surface in result.surfaces]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Feedback analytics", "opts": self.opts, "report": result,
+            "charts": charts, "errors": errors,
+            "csv_url": reverse(f"{self.admin_site.name}:visual_reco_feedbackdaily_export")
+            + f"?start={result.start}&end={result.end}",
+            "rollup": FeedbackRollup.objects.filter(name=WATERMARK).first(),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "visual_reco/admin/analytics.html", context)
+
+    def export_csv(self, request: HttpRequest) -> HttpResponse:
+        """The analytics table as CSV."""
+        result, _ = self._report(request)
+        response = HttpResponse(to_csv(result), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = (
+            f'attachment; filename="feedback-{result.start}-{result.end}.csv"')
+        return response

@@ -9,7 +9,8 @@ from django.db import models
 
 from visual_reco.choices import EmbeddingStatus, EventType
 
-__all__ = ["EmbeddingStatus", "EventType", "FeedbackEvent"]
+__all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent", "FeedbackRollup",
+           "FeedbackVariantDaily"]
 
 
 class FeedbackEvent(models.Model):
@@ -45,7 +46,71 @@ class FeedbackEvent(models.Model):
                          name="visual_reco_event_touch"),
             # Roll-ups read what arrived since the last one.
             models.Index(fields=["received_at"], name="visual_reco_event_received"),
+            # Roll-ups recompute whole days; purges delete the oldest.
+            models.Index(fields=["occurred_at"], name="visual_reco_event_occurred"),
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.product} ({self.surface or 'unattributed'})"
+
+
+class FeedbackDaily(models.Model):
+    """Events of one UTC day per served list kind and product, counted from the raw events
+    by `visual_reco.feedback.rollup` (the one writer). No visitor is stored here: these rows
+    outlive the raw events (``RETENTION_DAYS``) and a visitor's erasure."""
+
+    day = models.DateField()
+    surface = models.CharField(max_length=32, blank=True, default="")
+    variant = models.CharField(max_length=32, blank=True, default="")
+    source = models.CharField(max_length=64, blank=True, default="")
+    product = models.CharField(max_length=64)
+    impressions = models.PositiveIntegerField(default=0)
+    clicks = models.PositiveIntegerField(default=0)
+    add_to_carts = models.PositiveIntegerField(default=0)
+    purchases = models.PositiveIntegerField(default=0)
+    favorites = models.PositiveIntegerField(default=0)
+    dismissals = models.PositiveIntegerField(default=0)
+    revenue = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+
+    class Meta:
+        verbose_name = "feedback analytics"
+        verbose_name_plural = "feedback analytics"
+        constraints = [models.UniqueConstraint(
+            fields=["day", "surface", "variant", "source", "product"],
+            name="visual_reco_daily_once")]
+        indexes = [models.Index(fields=["surface", "variant", "day"],
+                                name="visual_reco_daily_variant")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.surface}/{self.variant} {self.product}"
+
+
+class FeedbackVariantDaily(models.Model):
+    """Distinct visitor keys of one UTC day per surface and variant: those with any event
+    (for the sample-ratio check) and those who clicked. Written by the roll-up only."""
+
+    day = models.DateField()
+    surface = models.CharField(max_length=32)
+    variant = models.CharField(max_length=32, blank=True, default="")
+    visitors = models.PositiveIntegerField(default=0)
+    clickers = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "surface", "variant"],
+                                               name="visual_reco_variant_daily_once")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.surface}/{self.variant}: {self.visitors} visitors"
+
+
+class FeedbackRollup(models.Model):
+    """The roll-up's watermark: events received from ``watermark`` on (less a margin for
+    transactions still open) have not been counted yet. One row, written by the roll-up."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    watermark = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    days = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}: up to {self.watermark:%Y-%m-%d %H:%M:%S}"

@@ -1,4 +1,5 @@
-"""Celery tasks: embed a batch of objects, embed a search photo, and the periodic sweep.
+"""Celery tasks: embed a batch of objects, embed a search photo, the periodic sweep, and the
+feedback roll-up and purge.
 
 Senders publish them by name (`visual_reco.jobs`, `visual_reco.query_photos`); this module
 is imported by workers (``app.autodiscover_tasks()``).
@@ -19,6 +20,8 @@ from django.db import InterfaceError, OperationalError
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedding import embed_objects
+from visual_reco.feedback.retention import PURGE_TASK, purge_events
+from visual_reco.feedback.rollup import ROLLUP_TASK, rollup
 from visual_reco.jobs import EMBED_TASK, SWEEP_TASK, sweep
 from visual_reco.query_photos import EMBED_QUERY_TASK, embed_query_bytes
 from visual_reco.registry import embedded_models, embedding_fields
@@ -47,6 +50,19 @@ def embed_query_task(image_base64: str, embedder: str = DEFAULT_EMBEDDER) -> lis
 def sweep_task() -> dict[str, int]:
     """Queue stale rows and pending rows nobody queued (e.g. the broker was down)."""
     return {label: result.queued for label, result in sweep().items()}
+
+
+@shared_task(name=ROLLUP_TASK, ignore_result=True)
+def rollup_feedback_task() -> dict[str, Any]:
+    """Recompute the daily feedback aggregates of the days new events touched."""
+    result = rollup()
+    return {"skipped": result.skipped, "days": [str(day) for day in result.days or []]}
+
+
+@shared_task(name=PURGE_TASK, ignore_result=True)
+def purge_feedback_task() -> int:
+    """Delete raw feedback events older than ``FEEDBACK["RETENTION_DAYS"]``."""
+    return purge_events()
 
 
 def warm_models() -> None:

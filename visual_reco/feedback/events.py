@@ -24,6 +24,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.feedback.experiments import Variant, assign
 from visual_reco.feedback.tokens import BadToken, ServedList, issue, read
 from visual_reco.feedback.visitors import (
+    keys_within,
     new_visitor_id,
     tracking_allowed,
     visitor_id,
@@ -187,19 +188,6 @@ def _store(rows: list[FeedbackEvent]) -> tuple[int, int]:
     return len(new), len(rows) - len(new)
 
 
-def _keys_within(raw_id: str, now: datetime, window: timedelta) -> list[str]:
-    """The visitor's keys in every rotation period that overlaps the window."""
-    days = max(int(reco_settings.FEEDBACK["VISITOR_KEY_ROTATION_DAYS"]), 1)
-    keys, when = [], now
-    while True:
-        keys.append(visitor_key(raw_id, when))
-        if when - timedelta(days=days) < now - window:
-            break
-        when -= timedelta(days=days)
-    keys.append(visitor_key(raw_id, now - window))
-    return list(dict.fromkeys(keys))
-
-
 def _last_touch(keys: list[str], product: str, now: datetime) -> FeedbackEvent | None:
     """The visitor's latest click (or attributed cart) on ``product`` within the window."""
     window = timedelta(seconds=reco_settings.FEEDBACK["ATTRIBUTION_WINDOW"])
@@ -242,7 +230,7 @@ def record(request: HttpRequest, type: str, product: Any, *, quantity: int = 1,
                           user_id=_user_id(request), event_id=event_id or uuid.uuid4().hex,
                           product=product_id, quantity=quantity, revenue=revenue)
     served = read(token) if token else None
-    touch = None if served else _last_touch(_keys_within(raw_id, now, window), product_id, now)
+    touch = None if served else _last_touch(keys_within(raw_id, now, window), product_id, now)
     if served is not None:
         event.surface, event.variant, event.source = served.surface, served.variant, \
             served.source[:64]

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -59,3 +59,17 @@ def visitor_key(raw_id: str, when: datetime | None = None) -> str:
     secret = hashlib.sha256(f"visual_reco.visitor:{settings.SECRET_KEY}".encode()).digest()
     message = f"{period}:{raw_id}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def keys_within(raw_id: str, now: datetime, window: timedelta) -> list[str]:
+    """The keys of ``raw_id`` in every rotation period that overlaps ``window`` before
+    ``now``, newest first."""
+    days = max(int(reco_settings.FEEDBACK["VISITOR_KEY_ROTATION_DAYS"]), 1)
+    keys, when = [], now
+    while True:
+        keys.append(visitor_key(raw_id, when))
+        if when - timedelta(days=days) < now - window:
+            break
+        when -= timedelta(days=days)
+    keys.append(visitor_key(raw_id, now - window))
+    return list(dict.fromkeys(keys))

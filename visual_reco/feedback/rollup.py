@@ -1,0 +1,144 @@
+"""Daily aggregates of the raw feedback events: the one writer of `FeedbackDaily` and
+`FeedbackVariantDaily`, which analytics read instead of the events.
+
+Each run finds the UTC days touched by events received since the last run and recomputes
+those days wholly from the raw events, in SQL, in one transaction (delete, then
+``INSERT ... SELECT ... GROUP BY``). So a second run changes nothing, and an event that
+arrives days late is counted when its day is recomputed. Runs are serialized by a Postgres
+advisory lock: a run that finds another in progress does nothing.
+
+Days touched by a purge are never recomputed: some of their raw events are gone, and their
+aggregates are all that is left of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from visual_reco.choices import EventType
+from visual_reco.models import FeedbackDaily, FeedbackEvent, FeedbackRollup, FeedbackVariantDaily
+
+logger = logging.getLogger("visual_reco")
+
+ROLLUP_TASK = "visual_reco.rollup_feedback"
+WATERMARK = "daily"
+PURGED = "purged"
+# An event's received_at is taken before its transaction commits: one committed after a
+# run started may carry an earlier time. Each run looks back this far again (recomputing a
+# day twice is harmless), so request transactions shorter than this are never missed.
+COMMIT_MARGIN = timedelta(minutes=5)
+# pg_advisory lock key: the first eight bytes of "vr-rollup".
+LOCK_KEY = int.from_bytes(b"vr-rollu", "big") >> 1
+
+
+@dataclass(frozen=True)
+class RollupResult:
+    """What a run did: the days it recomputed (None when another run held the lock)."""
+
+    days: list[date] | None
+    watermark: datetime | None
+
+    @property
+    def skipped(self) -> bool:
+        """Whether another run was in progress, so this one did nothing."""
+        return self.days is None
+
+
+def utc_day(when: datetime) -> date:
+    """The UTC calendar day of ``when``."""
+    return when.astimezone(UTC).date()
+
+
+def first_recomputable_day() -> date | None:
+    """The first UTC day whose raw events are all still there: the day after the latest
+    purge's cutoff (None: nothing was purged, every day can be recomputed)."""
+    purged = FeedbackRollup.objects.filter(name=PURGED).first()
+    return None if purged is None else utc_day(purged.watermark) + timedelta(days=1)
+
+
+def note_purge(cutoff: datetime) -> None:
+    """Remember that raw events before ``cutoff`` are being deleted, so their days are
+    never recomputed from what is left of them."""
+    state = FeedbackRollup.objects.select_for_update().filter(name=PURGED).first()
+    if state is None or state.watermark < cutoff:
+        FeedbackRollup.objects.update_or_create(
+            name=PURGED, defaults={"watermark": cutoff, "finished_at": timezone.now()})
+
+
+def _table(model: type) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _count(kind: str) -> str:
+    return f"count(*) FILTER (WHERE type = '{kind}')"
+
+
+def recompute_days(days: list[date]) -> None:
+    """Replace the aggregates of ``days`` with counts of their raw events (call inside a
+    transaction, under the lock)."""
+    if not days:
+        return
+    events, daily, variants = (_table(FeedbackEvent), _table(FeedbackDaily),
+                               _table(FeedbackVariantDaily))
+    day = "(occurred_at AT TIME ZONE 'UTC')::date"
+    start = datetime.combine(min(days), datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    where = f"occurred_at >= %s AND occurred_at < %s AND {day} = ANY(%s::date[])"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {daily} WHERE day = ANY(%s::date[])", [days])
+        cursor.execute(f"DELETE FROM {variants} WHERE day = ANY(%s::date[])", [days])
+        cursor.execute(f"""
+            INSERT INTO {daily} (day, surface, variant, source, product, impressions, clicks,
+                                 add_to_carts, purchases, favorites, dismissals, revenue)
+            SELECT {day}, surface, variant, source, product,
+                   {_count(EventType.IMPRESSION)}, {_count(EventType.CLICK)},
+                   {_count(EventType.ADD_TO_CART)}, {_count(EventType.PURCHASE)},
+                   {_count(EventType.FAVORITE)}, {_count(EventType.DISMISS)},
+                   coalesce(sum(revenue) FILTER (WHERE type = '{EventType.PURCHASE}'), 0)
+            FROM {events} WHERE {where}
+            GROUP BY 1, 2, 3, 4, 5""", [start, end, days])
+        cursor.execute(f"""
+            INSERT INTO {variants} (day, surface, variant, visitors, clickers)
+            SELECT {day}, surface, variant, count(DISTINCT visitor),
+                   count(DISTINCT visitor) FILTER (WHERE type = '{EventType.CLICK}')
+            FROM {events} WHERE {where} AND surface <> ''
+            GROUP BY 1, 2, 3""", [start, end, days])
+
+
+def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
+    events = _table(FeedbackEvent)
+    sql = f"SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date AS d FROM {events}"
+    params: list[object] = []
+    if since is not None:
+        sql += " WHERE received_at >= %s"
+        params.append(since - COMMIT_MARGIN)
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY d", params)
+        return [row[0] for row in cursor.fetchall() if first_day is None or row[0] >= first_day]
+
+
+def rollup(*, wait: bool = False) -> RollupResult:
+    """Recompute the days touched by events received since the last run; idempotent.
+    Another run in progress makes this one do nothing, or, with ``wait``, wait for it."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if wait:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s), true", [LOCK_KEY])
+            else:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
+            if not cursor.fetchone()[-1]:
+                logger.info("Feedback roll-up skipped: another run is in progress")
+                return RollupResult(None, None)
+        started = timezone.now()
+        state = FeedbackRollup.objects.filter(name=WATERMARK).first()
+        days = _touched_days(state.watermark if state else None, first_recomputable_day())
+        recompute_days(days)
+        FeedbackRollup.objects.update_or_create(
+            name=WATERMARK, defaults={"watermark": started, "finished_at": timezone.now(),
+                                      "days": len(days)})
+    return RollupResult(days, started)
