@@ -83,8 +83,10 @@ def _cart_lines(request: HttpRequest) -> list[dict]:
 
 @require_POST
 def cart_add(request: HttpRequest, pk: int) -> HttpResponse:
-    """Put one of a product in the cart."""
+    """Put one of a product in the cart (one in stock; the page shows no button otherwise)."""
     product = get_object_or_404(Product, pk=pk)
+    if not product.in_stock:
+        return redirect(product)
     cart = request.session.get(CART, {})
     cart[str(product.pk)] = cart.get(str(product.pk), 0) + 1
     request.session[CART] = cart
@@ -102,7 +104,7 @@ def cart(request: HttpRequest) -> HttpResponse:
 @require_POST
 def checkout(request: HttpRequest) -> HttpResponse:
     """Buy the cart: the demo takes no payment and stores no order; it records a purchase
-    per line (event id unique per order line, so a resubmitted order counts once)."""
+    per line, whose event id is unique per order line: a line recorded again is stored once."""
     lines = _cart_lines(request)
     if not lines:
         return redirect("cart")
