@@ -1,17 +1,21 @@
 """Shopper feedback: tokens on served lists, the events endpoint, server-side records with
 last-touch attribution, A/B assignment and the privacy switches."""
 
+import gzip
 import json
 import re
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core import signing
 from django.core.cache import caches
+from django.template import Context, Template
 from django.test import RequestFactory
 from django.utils import timezone
 
+import visual_reco
 from tests.test_surfaces import render
 from visual_reco.feedback import record
 from visual_reco.feedback.experiments import assign
@@ -137,6 +141,24 @@ def test_the_tag_carries_the_token_for_the_script(items):
     assert 'data-vr-visitor="' in html  # a new visitor: the script keeps this id
     token = html.split('data-vr-token="', 1)[1].split('"', 1)[0]
     assert read(token).products == tuple(str(item.pk) for item in items[1:4])
+
+
+# the widget's script
+SCRIPT = Path(visual_reco.__file__).parent / "static" / "visual_reco" / "feedback.js"
+
+
+def test_the_widget_script_is_at_most_3_kb_gzipped():
+    assert len(gzip.compress(SCRIPT.read_bytes(), compresslevel=9)) <= 3 * 1024
+
+
+@pytest.mark.parametrize("headers, tracked", [({}, True), ({"HTTP_DNT": "1"}, False),
+                                              ({"HTTP_SEC_GPC": "1"}, False)])
+def test_the_tag_includes_the_script_only_when_tracking(items, headers, tracked):
+    request = RequestFactory().get("/", **headers)
+    html = Template("{% load visual_reco %}{% visually_similar item limit=3 %}").render(
+        Context({"request": request, "item": items[0]}))
+    assert html.count('<script src="/static/visual_reco/feedback.js" defer></script>') == tracked
+    assert ("data-vr-token=" in html) == tracked
 
 
 # the events endpoint

@@ -2,13 +2,17 @@
 
 import base64
 import io
+import uuid
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from demo_shop.shop.models import Product
+from visual_reco import feedback
 from visual_reco.api.views import model_value
 from visual_reco.images import ImageError, open_image
 from visual_reco.query_photos import SearchUnavailable
@@ -63,3 +67,59 @@ def photo_search(request: HttpRequest) -> HttpResponse:
         except (ImageError, SearchUnavailable) as exc:
             context["error"] = str(exc)
     return render(request, "shop/photo_search.html", context)
+
+
+# The cart lives in the session: {product pk (str): quantity}.
+CART = "cart"
+
+
+def _cart_lines(request: HttpRequest) -> list[dict]:
+    """The cart's lines with their products (lines whose product is gone are dropped)."""
+    quantities = request.session.get(CART, {})
+    products = Product.objects.in_bulk([int(pk) for pk in quantities])
+    return [{"product": product, "quantity": quantities[str(pk)],
+             "total": product.price * quantities[str(pk)]} for pk, product in products.items()]
+
+
+@require_POST
+def cart_add(request: HttpRequest, pk: int) -> HttpResponse:
+    """Put one of a product in the cart (one in stock; the page shows no button otherwise)."""
+    product = get_object_or_404(Product, pk=pk)
+    if not product.in_stock:
+        return redirect(product)
+    cart = request.session.get(CART, {})
+    cart[str(product.pk)] = cart.get(str(product.pk), 0) + 1
+    request.session[CART] = cart
+    feedback.record(request, "add_to_cart", product, quantity=1, price=product.price)
+    return redirect("cart")
+
+
+def cart(request: HttpRequest) -> HttpResponse:
+    """The cart, with a Buy button."""
+    lines = _cart_lines(request)
+    return render(request, "shop/cart.html",
+                  {"lines": lines, "total": sum((line["total"] for line in lines), Decimal(0))})
+
+
+@require_POST
+def checkout(request: HttpRequest) -> HttpResponse:
+    """Buy the cart: the demo takes no payment and stores no order; it records a purchase
+    per line, whose event id is unique per order line: a line recorded again is stored once."""
+    lines = _cart_lines(request)
+    if not lines:
+        return redirect("cart")
+    order_id = uuid.uuid4().hex[:12]
+    for line in lines:
+        product = line["product"]
+        feedback.record(request, "purchase", product, quantity=line["quantity"],
+                        price=product.price, event_id=f"{order_id}:{product.pk}")
+    request.session[CART] = {}
+    request.session["last_order"] = {
+        "id": order_id, "items": sum(line["quantity"] for line in lines),
+        "total": str(sum((line["total"] for line in lines), Decimal(0)))}
+    return redirect("thanks")
+
+
+def thanks(request: HttpRequest) -> HttpResponse:
+    """After Buy: the order's number and total."""
+    return render(request, "shop/thanks.html", {"order": request.session.get("last_order")})

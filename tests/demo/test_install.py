@@ -98,7 +98,8 @@ def test_the_wheel_holds_every_file_of_the_package(installed):
              if path.is_file() and "__pycache__" not in path.parts}
     assert {"visual_reco/py.typed", "visual_reco/migrations/__init__.py",
             "visual_reco/templates/visual_reco/similar.html",
-            "visual_reco/static/visual_reco/visual_reco.css"} <= files
+            "visual_reco/static/visual_reco/visual_reco.css",
+            "visual_reco/static/visual_reco/feedback.js"} <= files
     assert sorted(files - names) == []
     assert installed.script.is_file()
     # The README names the file that `pip wheel` makes.
