@@ -33,6 +33,8 @@ bench: install
 	$(RUN) $(BIN)/python manage.py bench_pipeline
 	$(RUN) $(BIN)/python manage.py bench_api
 	$(RUN) $(BIN)/python manage.py bench_events
+	$(RUN) $(BIN)/python manage.py bench_feedback
+	$(RUN) $(BIN)/python manage.py bench_widget
 	$(RUN) $(BIN)/python manage.py bench_vectors
 
 # Every benchmark, small and short (under 5 minutes), into $(QUICK_OUT) so that it never
@@ -48,6 +50,8 @@ bench-quick: install
 	  $(BIN)/python manage.py bench_api --catalog-size 10000 --seconds 3 --products 200 \
 	    --concurrency 1 8 --search-concurrency 2 && \
 	  $(BIN)/python manage.py bench_events --seconds 3 --concurrency 8 --kills 2 && \
+	  $(BIN)/python manage.py bench_feedback --events 200000 --requests 5 && \
+	  $(BIN)/python manage.py bench_widget --loads 5 && \
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
 	@echo "Wrote $(QUICK_OUT)"
 

@@ -11,7 +11,9 @@ is installed (`.ci/run` installs Debian's).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import shutil
 import time
@@ -41,8 +43,8 @@ GPC_ON = "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {ge
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory, django_db_blocker) -> Iterator[Shop]:
     """The demo shop with 18 embedded products on a database and a Redis of its own."""
-    with running_shop(tmp_path_factory.mktemp("browser-shop"), f"browser_{os.getpid()}",
-                      admin=False) as shop:
+    with running_shop(tmp_path_factory.mktemp("browser-shop"),
+                      f"browser_{os.getpid()}") as shop:
         yield shop
 
 
@@ -165,6 +167,18 @@ def test_impressions_click_cart_and_purchase_are_credited_to_the_list(shop, brow
     assert len(visitors) == 1, "one shopper, one pseudonymous key"
     assert sent and all(request.method == "POST" for request in sent)
     context.close()
+
+    # Shop staff see it in the admin's analytics once the roll-up ran (beat runs it).
+    shop.manage("visual_reco_rollup_feedback")
+    analytics = shop.session.get(f"{shop.base}/admin/visual_reco/feedbackdaily/", timeout=30)
+    assert analytics.status_code == 200 and "<svg" in analytics.text
+    export = shop.session.get(f"{shop.base}/admin/visual_reco/feedbackdaily/export.csv",
+                              timeout=30)
+    (row,) = [r for r in csv.DictReader(io.StringIO(export.text))
+              if (r["surface"], r["variant"]) == ("similar", "control")]
+    assert (int(row["clicks"]), int(row["add_to_carts"]), int(row["purchases"])) == (1, 1, 1)
+    assert int(row["impressions"]) == len(set(counted))
+    assert Decimal(row["revenue"]) == Decimal(price)
 
 
 @pytest.mark.parametrize("privacy", ["global privacy control", "do not track"])

@@ -26,6 +26,9 @@ import psycopg
 import pytest
 import redis
 
+from tests.celery_app import app as celery_app
+from visual_reco import tasks as checkout_tasks
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "visual_reco"
 BUILD_TIMEOUT = 300
@@ -255,9 +258,14 @@ def test_a_project_with_only_the_wheel_checks_migrates_and_finds_everything(
     assert Path(found["template"]).is_relative_to(installed.site)
     assert Path(found["static"]).is_relative_to(installed.site)
     assert found["urls"] == ["/api/visual-reco/products/7/similar/", "/api/visual-reco/search/"]
-    assert found["commands"] == ["visual_reco_evaluate", "visual_reco_reindex",
-                                 "visual_reco_status", "visual_reco_train_classifier"]
-    assert found["tasks"] == ["visual_reco.embed", "visual_reco.embed_query", "visual_reco.sweep"]
+    # The same commands and tasks as the checkout has.
+    commands = sorted(p.stem for p in (ROOT / "visual_reco" / "management" / "commands").glob(
+        "visual_reco_*.py"))
+    assert found["commands"] == commands and "visual_reco_reindex" in commands
+    assert checkout_tasks.EMBED_TASK in celery_app.tasks  # the checkout's tasks registered
+    assert found["tasks"] == sorted(t for t in celery_app.tasks if t.startswith("visual_reco."))
+    assert {"visual_reco.embed", "visual_reco.embed_query", "visual_reco.sweep"} <= set(
+        found["tasks"])
     assert found["current_app"] == "shopproject"  # the web process sends through it
     assert found["beat"] == "visual_reco.sweep"
     assert found["column"] == "halfvec(2048)"
