@@ -170,10 +170,12 @@ def test_a_batch_is_stored_once(visitor, served):
     assert first.status_code == 200 and first.json() == {"stored": 3, "duplicates": 0}
     again = post(visitor, batch)  # a beacon resent after a lost answer
     assert again.json() == {"stored": 0, "duplicates": 3}
+    twice = event(token, ids[2], event_id="same")
+    assert post(visitor, [twice, twice]).json() == {"stored": 1, "duplicates": 1}
     click = FeedbackEvent.objects.get(type=EventType.CLICK)
     assert (click.surface, click.variant, click.position) == ("similar_api", "control", 2)
     assert click.visitor == visitor_key(VISITOR) and click.user_id == ""
-    assert FeedbackEvent.objects.count() == 3
+    assert FeedbackEvent.objects.count() == 4
 
 
 BAD_EVENTS = {

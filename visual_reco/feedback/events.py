@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.db import connection
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -176,16 +177,25 @@ def accept_batch(request: HttpRequest, payload: Any) -> tuple[int, int]:
 
 
 def _store(rows: list[FeedbackEvent]) -> tuple[int, int]:
-    """Insert the events not stored before; ``(stored, duplicates)``."""
-    unique = {(row.visitor, row.event_id): row for row in rows}
-    known = set(FeedbackEvent.objects.filter(
-        visitor__in={visitor for visitor, _ in unique},
-        event_id__in={event_id for _, event_id in unique},
-    ).values_list("visitor", "event_id"))
-    new = [row for pair, row in unique.items() if pair not in known]
-    # A batch sent twice at the same moment: the unique constraint keeps one of each.
-    FeedbackEvent.objects.bulk_create(new, ignore_conflicts=True)
-    return len(new), len(rows) - len(new)
+    """Insert the events not stored before, in one statement; ``(stored, duplicates)``.
+
+    ``ON CONFLICT DO NOTHING`` on the (visitor, event id) constraint drops what is already
+    there, including the same batch sent twice at the same moment, and ``RETURNING`` counts
+    what was new, without a look-up first.
+    """
+    fields = [field for field in FeedbackEvent._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [field.get_db_prep_save(field.pre_save(row, True), connection)
+              for row in rows for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(FeedbackEvent._meta.db_table)} ({columns}) VALUES "
+            f"{', '.join([row_sql] * len(rows))} "
+            "ON CONFLICT (visitor, event_id) DO NOTHING RETURNING 1", params)
+        stored = len(cursor.fetchall())
+    return stored, len(rows) - stored
 
 
 def _last_touch(keys: list[str], product: str, now: datetime) -> FeedbackEvent | None:
