@@ -268,3 +268,20 @@ def test_a_click_outside_the_attribution_window_is_not_credited(visitor, served,
     request = RequestFactory().post("/cart/")
     request.COOKIES["vr_vid"] = VISITOR
     assert record(request, "add_to_cart", ids[0]).surface == ""
+
+
+def test_a_list_of_your_own_template_can_be_tracked(items):
+    html = render('{% tracked_list "photo_search" "photo" products as tracking %}'
+                  '<section class="visual-reco"{% if tracking %}'
+                  '{% include "visual_reco/tracking_attributes.html" %}{% endif %}>',
+                  products=items[2:5])
+    token = html.split('data-vr-token="', 1)[1].split('"', 1)[0]
+    served = read(token)
+    assert (served.surface, served.source) == ("photo_search", "photo")
+    assert served.products == tuple(str(item.pk) for item in items[2:5])
+    assert 'data-vr-events="/api/visual-reco/events/"' in html
+    request = RequestFactory().get("/", HTTP_SEC_GPC="1")
+    untracked = Template('{% load visual_reco %}{% tracked_list "photo_search" "photo" p as t %}'
+                         '{{ t|default:"none" }}').render(Context({"request": request,
+                                                                   "p": items[2:5]}))
+    assert untracked == "none"

@@ -32,19 +32,41 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     embedding = get_embedding_field(model, field)
     candidates = queryset if queryset is not None else model._default_manager.all()
     request = context.get("request")
-    tracked = serving(request, SURFACE) if _events_url() else None
     products = similar_products(obj, candidates, limit, field=embedding.name)
-    token = token_for(tracked, SURFACE, obj.pk, products,
-                      get_embedder(embedding.embedder).fingerprint)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
          "status": getattr(obj, embedding.status_name),
-         "tracking": token and {"token": token, "events_url": _events_url(),
-                                "new_visitor": tracked.new_visitor_id,
-                                "cookie": reco_settings.FEEDBACK["VISITOR_COOKIE"]}},
+         "tracking": _tracking(request, SURFACE, obj.pk, products, embedding.embedder)},
         request=request,
     )
+
+
+@register.simple_tag(takes_context=True)
+def tracked_list(context: template.Context, surface: str, source: Any, products: Any,
+                 field: str | None = None) -> dict[str, Any] | None:
+    """``{% tracked_list "photo_search" "photo" results as tracking %}``: what a list of
+    your own template needs for the widget's script to report it (None when this visitor is
+    not tracked). Put ``{% include "visual_reco/tracking_attributes.html" %}`` in its
+    ``<section class="visual-reco">``, ``class="visual-reco__item" data-pk data-position``
+    on its items, and load ``visual_reco/feedback.js``, as ``visual_reco/similar.html``
+    does."""
+    products = list(products or [])
+    alias = get_embedding_field(type(products[0]), field).embedder if products else None
+    return _tracking(context.get("request"), surface, source, products, alias)
+
+
+def _tracking(request: Any, surface: str, source: Any, products: list[Any],
+              embedder: str | None) -> dict[str, Any] | None:
+    """The token and the script's settings for a list served on ``surface``."""
+    events_url = _events_url()
+    tracked = serving(request, surface) if events_url and products else None
+    fingerprint = get_embedder(embedder).fingerprint if embedder else ""
+    token = token_for(tracked, surface, source, products, fingerprint)
+    if token is None:
+        return None
+    return {"token": token, "events_url": events_url, "new_visitor": tracked.new_visitor_id,
+            "cookie": reco_settings.FEEDBACK["VISITOR_COOKIE"]}
 
 
 def _events_url() -> str | None:
