@@ -21,7 +21,12 @@ from visual_reco.feedback.analytics import report
 from visual_reco.feedback.retention import forget_visitor, parse_age, purge_events
 from visual_reco.feedback.rollup import LOCK_KEY, rollup
 from visual_reco.feedback.visitors import visitor_key
-from visual_reco.models import FeedbackDaily, FeedbackEvent, FeedbackVariantDaily
+from visual_reco.models import (
+    FeedbackDaily,
+    FeedbackEvent,
+    FeedbackPositionDaily,
+    FeedbackVariantDaily,
+)
 from visual_reco.tasks import purge_feedback_task, rollup_feedback_task
 
 ANALYTICS = "/admin/visual_reco/feedbackdaily/"
@@ -86,6 +91,7 @@ def make_events(count, days=5, seed=7, now=None):
             visitor=f"{rng.randrange(40):032x}", event_id=f"e{seed}-{n}", surface=surface,
             variant=rng.choice(["control", "boosted"]) if surface else "",
             source=str(rng.randrange(3)) if surface else "", product=str(rng.randrange(6)),
+            position=rng.randrange(1, 9) if surface else None,
             revenue=Decimal(rng.randrange(100, 5000)) / 100 if kind == "purchase" else None))
     return FeedbackEvent.objects.bulk_create(rows)
 
@@ -117,6 +123,23 @@ def stored():
     variants = {(r.day, r.surface, r.variant): (r.visitors, r.clickers)
                 for r in FeedbackVariantDaily.objects.all()}
     return daily, variants
+
+
+@pytest.mark.django_db
+def test_the_rollup_counts_impressions_and_clicks_by_position():
+    events = make_events(400, seed=11)
+    rollup()
+    expected = Counter()
+    for e in events:
+        if e.surface and e.type in ("impression", "click"):
+            expected[(e.occurred_at.astimezone(UTC).date(), e.surface, e.variant, e.position,
+                      e.type)] += 1
+    stored_rows = Counter()
+    for r in FeedbackPositionDaily.objects.all():
+        for kind, count in (("impression", r.impressions), ("click", r.clicks)):
+            if count:
+                stored_rows[(r.day, r.surface, r.variant, r.position, kind)] = count
+    assert stored_rows == expected and expected
 
 
 @pytest.mark.django_db

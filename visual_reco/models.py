@@ -103,6 +103,26 @@ class FeedbackVariantDaily(models.Model):
         return f"{self.day} {self.surface}/{self.variant}: {self.visitors} visitors"
 
 
+class FeedbackPositionDaily(models.Model):
+    """Impressions and clicks of one UTC day per surface, variant and position in the list:
+    how often each position is looked at, for debiasing click rates
+    (`visual_reco.feedback.ranking.examination`). Written by the roll-up only."""
+
+    day = models.DateField()
+    surface = models.CharField(max_length=32)
+    variant = models.CharField(max_length=32, blank=True, default="")
+    position = models.PositiveSmallIntegerField()
+    impressions = models.PositiveIntegerField(default=0)
+    clicks = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "surface", "variant", "position"],
+                                               name="visual_reco_position_daily_once")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.surface}/{self.variant} #{self.position}"
+
+
 class FeedbackRollup(models.Model):
     """The roll-up's watermark: events received from ``watermark`` on (less a margin for
     transactions still open) have not been counted yet. One row, written by the roll-up."""

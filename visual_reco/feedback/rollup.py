@@ -1,5 +1,6 @@
-"""Daily aggregates of the raw feedback events: the one writer of `FeedbackDaily` and
-`FeedbackVariantDaily`, which analytics read instead of the events.
+"""Daily aggregates of the raw feedback events: the one writer of `FeedbackDaily`,
+`FeedbackVariantDaily` and `FeedbackPositionDaily`, which analytics and ranking read instead
+of the events.
 
 Each run finds the UTC days touched by events received since the last run and recomputes
 those days wholly from the raw events, in SQL, in one transaction (delete, then
@@ -21,7 +22,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from visual_reco.choices import EventType
-from visual_reco.models import FeedbackDaily, FeedbackEvent, FeedbackRollup, FeedbackVariantDaily
+from visual_reco.models import (
+    FeedbackDaily,
+    FeedbackEvent,
+    FeedbackPositionDaily,
+    FeedbackRollup,
+    FeedbackVariantDaily,
+)
 
 logger = logging.getLogger("visual_reco")
 
@@ -83,8 +90,9 @@ def recompute_days(days: list[date]) -> None:
     transaction, under the lock)."""
     if not days:
         return
-    events, daily, variants = (_table(FeedbackEvent), _table(FeedbackDaily),
-                               _table(FeedbackVariantDaily))
+    events, daily, variants, positions = (_table(FeedbackEvent), _table(FeedbackDaily),
+                                          _table(FeedbackVariantDaily),
+                                          _table(FeedbackPositionDaily))
     day = "(occurred_at AT TIME ZONE 'UTC')::date"
     start = datetime.combine(min(days), datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
@@ -92,6 +100,7 @@ def recompute_days(days: list[date]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {daily} WHERE day = ANY(%s::date[])", [days])
         cursor.execute(f"DELETE FROM {variants} WHERE day = ANY(%s::date[])", [days])
+        cursor.execute(f"DELETE FROM {positions} WHERE day = ANY(%s::date[])", [days])
         cursor.execute(f"""
             INSERT INTO {daily} (day, surface, variant, source, product, impressions, clicks,
                                  add_to_carts, purchases, favorites, dismissals, revenue)
@@ -108,6 +117,12 @@ def recompute_days(days: list[date]) -> None:
                    count(DISTINCT visitor) FILTER (WHERE type = '{EventType.CLICK}')
             FROM {events} WHERE {where} AND surface <> ''
             GROUP BY 1, 2, 3""", [start, end, days])
+        cursor.execute(f"""
+            INSERT INTO {positions} (day, surface, variant, position, impressions, clicks)
+            SELECT {day}, surface, variant, position, {_count(EventType.IMPRESSION)},
+                   {_count(EventType.CLICK)}
+            FROM {events} WHERE {where} AND surface <> '' AND position IS NOT NULL
+            GROUP BY 1, 2, 3, 4""", [start, end, days])
 
 
 def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
