@@ -35,7 +35,6 @@ from visual_reco.api.throttling import (
     search_slots,
 )
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import get_embedder
 from visual_reco.feedback.events import BatchError, Serving, accept_batch, serving, token_for
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
@@ -147,8 +146,7 @@ class SimilarProductsView(VisualRecoAPIView):
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),
             "results": item_serializer(results, many=True, context=context).data,
-            "token": token_for(tracked, self.surface, product.pk, results,
-                               get_embedder(embedding.embedder).fingerprint),
+            "token": token_for(tracked, self.surface, product.pk, results, embedding.embedder),
         }))
 
 
@@ -232,7 +230,7 @@ class PhotoSearchView(VisualRecoAPIView):
                                                         context=context).data,
             "timings_ms": {k: round(v, 1) for k, v in found.timings_ms.items()},
             "token": token_for(tracked, self.surface, "photo", found.results,
-                               get_embedder(embedding.embedder).fingerprint),
+                               embedding.embedder),
         }))
 
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from visual_reco.choices import EventType
 from visual_reco.conf import reco_settings
+from visual_reco.embedders import get_embedder
 from visual_reco.feedback.experiments import Variant, assign
 from visual_reco.feedback.tokens import BadToken, ServedList, issue, read
 from visual_reco.feedback.visitors import (
@@ -42,6 +43,8 @@ EVENT_FIELDS = frozenset({"type", "event_id", "token", "product", "position", "t
 EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_QUANTITY = 1000
 NEW_VISITOR = "_visual_reco_new_visitor"
+# The columns that tie an event to the list it was served in.
+ATTRIBUTION = ("surface", "variant", "source", "position", "list_id", "fingerprint")
 
 
 class BatchError(ValueError):
@@ -72,12 +75,21 @@ def serving(request: HttpRequest | None, surface: str) -> Serving | None:
 
 
 def token_for(serving_: Serving | None, surface: str, source: object,
-              products: list[Any], fingerprint: str = "") -> str | None:
-    """The attribution token of a list about to be served (None when not tracked)."""
+              products: list[Any], embedder: str | None = None) -> str | None:
+    """The attribution token of a list about to be served, with the fingerprint of the
+    ``embedder`` alias that ranked it (None when not tracked)."""
     if serving_ is None:
         return None
+    fingerprint = get_embedder(embedder).fingerprint if embedder else ""
     return issue(surface, source, products, variant=serving_.variant.name,
                  fingerprint=fingerprint)
+
+
+def _credit(served: ServedList, product: str) -> dict[str, Any]:
+    """The columns that credit an event about ``product`` to the list ``served``."""
+    return {"surface": served.surface, "variant": served.variant,
+            "source": served.source[:64], "position": served.position_of(product),
+            "list_id": served.list_id, "fingerprint": served.fingerprint}
 
 
 def _user_id(request: HttpRequest) -> str:
@@ -141,9 +153,8 @@ def _event(raw: Any, where: str, now: datetime, lists: dict[str, ServedList],
         raise BatchError(f"{where}.quantity: a whole number from 1 to {MAX_QUANTITY}")
     return FeedbackEvent(
         type=kind, occurred_at=_timestamp(raw.get("ts"), now, where), visitor=key,
-        user_id=user_id, event_id=event_id, surface=served.surface, variant=served.variant,
-        source=served.source[:64], product=product, position=position,
-        list_id=served.list_id, fingerprint=served.fingerprint, quantity=quantity)
+        user_id=user_id, event_id=event_id, product=product, quantity=quantity,
+        **_credit(served, product))
 
 
 def accept_batch(request: HttpRequest, payload: Any) -> tuple[int, int]:
@@ -198,13 +209,16 @@ def _store(rows: list[FeedbackEvent]) -> tuple[int, int]:
     return stored, len(rows) - stored
 
 
-def _last_touch(keys: list[str], product: str, now: datetime) -> FeedbackEvent | None:
-    """The visitor's latest click (or attributed cart) on ``product`` within the window."""
+def _last_touch(raw_id: str, product: str, now: datetime) -> dict[str, Any]:
+    """The credit of the visitor's latest click (or attributed cart) on ``product`` within
+    ``ATTRIBUTION_WINDOW``, under any of its keys of that time; empty when there is none."""
     window = timedelta(seconds=reco_settings.FEEDBACK["ATTRIBUTION_WINDOW"])
-    return (FeedbackEvent.objects
-            .filter(visitor__in=keys, product=product, occurred_at__gte=now - window,
-                    type__in=[EventType.CLICK, EventType.ADD_TO_CART])
-            .exclude(surface="").order_by("-occurred_at").first())
+    touch = (FeedbackEvent.objects
+             .filter(visitor__in=keys_within(raw_id, now, window), product=product,
+                     occurred_at__gte=now - window,
+                     type__in=[EventType.CLICK, EventType.ADD_TO_CART])
+             .exclude(surface="").order_by("-occurred_at").values(*ATTRIBUTION).first())
+    return touch or {}
 
 
 def record(request: HttpRequest, type: str, product: Any, *, quantity: int = 1,
@@ -235,19 +249,9 @@ def record(request: HttpRequest, type: str, product: Any, *, quantity: int = 1,
         return None
     now = timezone.now()
     product_id = str(getattr(product, "pk", product))
-    window = timedelta(seconds=reco_settings.FEEDBACK["ATTRIBUTION_WINDOW"])
+    credit = _credit(read(token), product_id) if token else _last_touch(raw_id, product_id, now)
     event = FeedbackEvent(type=type, occurred_at=now, visitor=visitor_key(raw_id, now),
                           user_id=_user_id(request), event_id=event_id or uuid.uuid4().hex,
-                          product=product_id, quantity=quantity, revenue=revenue)
-    served = read(token) if token else None
-    touch = None if served else _last_touch(keys_within(raw_id, now, window), product_id, now)
-    if served is not None:
-        event.surface, event.variant, event.source = served.surface, served.variant, \
-            served.source[:64]
-        event.position, event.list_id = served.position_of(product_id), served.list_id
-        event.fingerprint = served.fingerprint
-    elif touch is not None:
-        for name in ("surface", "variant", "source", "position", "list_id", "fingerprint"):
-            setattr(event, name, getattr(touch, name))
+                          product=product_id, quantity=quantity, revenue=revenue, **credit)
     _store([event])
     return event

@@ -9,7 +9,6 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import get_embedder
 from visual_reco.feedback.events import serving, token_for
 from visual_reco.registry import get_embedding_field
 from visual_reco.result_cache import similar_products
@@ -61,8 +60,7 @@ def _tracking(request: Any, surface: str, source: Any, products: list[Any],
     """The token and the script's settings for a list served on ``surface``."""
     events_url = _events_url()
     tracked = serving(request, surface) if events_url and products else None
-    fingerprint = get_embedder(embedder).fingerprint if embedder else ""
-    token = token_for(tracked, surface, source, products, fingerprint)
+    token = token_for(tracked, surface, source, products, embedder)
     if token is None:
         return None
     return {"token": token, "events_url": events_url, "new_visitor": tracked.new_visitor_id,
