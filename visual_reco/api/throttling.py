@@ -30,10 +30,15 @@ class VisualRecoRateThrottle(SimpleRateThrottle):
         return reco_settings.THROTTLE_RATES.get(self.scope)
 
     def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": f"visual_reco_{self.scope}",
+                                    "ident": self.client(request)}
+
+    def client(self, request: Request) -> str:
+        """Who is counted: the user when logged in, else the client address."""
         user = getattr(request, "user", None)
-        ident = (f"user-{user.pk}" if user is not None and user.is_authenticated
-                 else self.get_ident(request))
-        return self.cache_format % {"scope": f"visual_reco_{self.scope}", "ident": ident}
+        if user is not None and user.is_authenticated:
+            return f"user-{user.pk}"
+        return self.get_ident(request)
 
     def allow_request(self, request: Request, view: Any) -> bool:
         try:
@@ -62,9 +67,9 @@ class EventsVisitorThrottle(VisualRecoRateThrottle):
 
     scope = "events_visitor"
 
-    def get_cache_key(self, request: Request, view: Any) -> str:
-        ident = visitor_id(request) or self.get_ident(request)
-        return self.cache_format % {"scope": f"visual_reco_{self.scope}", "ident": ident}
+    def client(self, request: Request) -> str:
+        """The visitor id cookie, else the client address."""
+        return visitor_id(request) or self.get_ident(request)
 
 
 class EventsAddressThrottle(VisualRecoRateThrottle):
@@ -73,9 +78,9 @@ class EventsAddressThrottle(VisualRecoRateThrottle):
 
     scope = "events_ip"
 
-    def get_cache_key(self, request: Request, view: Any) -> str:
-        return self.cache_format % {"scope": f"visual_reco_{self.scope}",
-                                    "ident": self.get_ident(request)}
+    def client(self, request: Request) -> str:
+        """The client address."""
+        return self.get_ident(request)
 
 
 _slots_lock = threading.Lock()
