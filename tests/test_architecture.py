@@ -21,7 +21,7 @@ LAYERS = {
     "fields": ["registry", "fields", "checks"],
     "queries": ["query", "result_cache", "inline_storage", "categories", "classifier", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
-                 "feedback.experiments",
+                 "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.events", "feedback.stats", "feedback.rollup", "feedback.retention",
                  "feedback.analytics"],
     "pipeline": ["embedding", "jobs", "signals", "tasks"],

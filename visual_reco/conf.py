@@ -128,6 +128,34 @@ DEFAULTS: dict[str, Any] = {
                        "events_visitor": "120/min", "events_ip": "1200/min"},
     "THROTTLE_CACHE": "default",
     "SEARCH_CONCURRENCY": 4,
+    # How similar-products lists are ranked (docs/FEEDBACK.md); keys merge with these, and an
+    # A/B variant's RANKING (FEEDBACK["EXPERIMENTS"]) overrides them for its visitors.
+    "RANKING": {
+        # Re-rank a visual candidate pool of POOL x limit with shopper feedback; off: the
+        # visual order. Without any feedback the order is the visual order either way.
+        "RERANK": True,
+        "POOL": 3,
+        # Share of the last slots that exploration (Thompson sampling) may give to
+        # candidates with little feedback yet.
+        "EXPLORE": 0.125,
+        # Weights of ln(click rate / mean) and ln(conversions per click / mean) against
+        # the cosine similarity, and the views a rate needs to weigh as much as the mean.
+        "CTR_WEIGHT": 0.1,
+        "CONVERSION_WEIGHT": 0.05,
+        "PRIOR_STRENGTH": 50.0,
+        # Surfaces whose feedback counts for each other (the tag's and the API's lists).
+        "FEEDBACK_SURFACES": ["similar", "similar_api"],
+        # Added to a candidate's score for each of its fields that is true, e.g.
+        # {"in_stock": 0.05}.
+        "BOOST": {},
+        # Primary keys, or the import string of a callable(source) returning them: shown
+        # first in this order when they are among the candidates (PIN), or never (EXCLUDE).
+        "PIN": [],
+        "EXCLUDE": [],
+        # Import string of a callable(source, products, scores) -> scores, applied to the
+        # visual (and boosted) scores before feedback is added.
+        "SCORER": None,
+    },
     # Shopper feedback (visual_reco.feedback, docs/PRIVACY.md); keys merge with these.
     "FEEDBACK": {
         "ENABLED": True,
@@ -162,7 +190,8 @@ DEFAULTS: dict[str, Any] = {
 
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
-MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK"}
+MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
+                "RANKING"}
 
 
 class VisualRecoSettings:

@@ -9,7 +9,8 @@ from django.db import models
 
 from visual_reco.choices import EmbeddingStatus, EventType
 
-__all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent", "FeedbackRollup",
+__all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
+           "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
            "FeedbackVariantDaily"]
 
 
@@ -65,6 +66,9 @@ class FeedbackDaily(models.Model):
     source = models.CharField(max_length=64, blank=True, default="")
     product = models.CharField(max_length=64)
     impressions = models.PositiveIntegerField(default=0)
+    # Impressions weighted by how often their list position is looked at (see
+    # `visual_reco.feedback.ranking.examination`): the views the products really got.
+    examined = models.FloatField(default=0.0)
     clicks = models.PositiveIntegerField(default=0)
     add_to_carts = models.PositiveIntegerField(default=0)
     purchases = models.PositiveIntegerField(default=0)
@@ -121,6 +125,53 @@ class FeedbackPositionDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.surface}/{self.variant} #{self.position}"
+
+
+class FeedbackStats(models.Model):
+    """Running totals over every rolled-up day, kept by the roll-up (the one writer) as it
+    replaces days: what re-ranking reads, a few rows per request instead of a sum over days."""
+
+    surface = models.CharField(max_length=32, blank=True, default="")
+    product = models.CharField(max_length=64)
+    impressions = models.BigIntegerField(default=0)
+    examined = models.FloatField(default=0.0)
+    clicks = models.BigIntegerField(default=0)
+    add_to_carts = models.BigIntegerField(default=0)
+    purchases = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def conversions(self) -> int:
+        """Carts and purchases: what a click led to."""
+        return self.add_to_carts + self.purchases
+
+
+class FeedbackPairStats(FeedbackStats):
+    """Totals per surface, source and product: how shoppers treated this product when it
+    was shown for that source."""
+
+    source = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["surface", "source", "product"],
+                                               name="visual_reco_pair_stats_once")]
+
+    def __str__(self) -> str:
+        return f"{self.surface} {self.source} -> {self.product}"
+
+
+class FeedbackProductStats(FeedbackStats):
+    """Totals per surface and product, over every source (surface ``""``: events that no
+    served list led to, such as purchases found by other means)."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["surface", "product"],
+                                               name="visual_reco_product_stats_once")]
+
+    def __str__(self) -> str:
+        return f"{self.surface or 'unattributed'} {self.product}"
 
 
 class FeedbackRollup(models.Model):

@@ -36,11 +36,11 @@ from visual_reco.api.throttling import (
 )
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import BatchError, Serving, accept_batch, serving, token_for
+from visual_reco.feedback.similar import ranked_similar
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.registry import embedding_fields, get_embedding_field, product_model
-from visual_reco.result_cache import similar_products
 from visual_reco.search import search_by_photo
 
 try:
@@ -139,7 +139,8 @@ class SimilarProductsView(VisualRecoAPIView):
         # The vector stays in the database: the similarity query reads it there.
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
         tracked = serving(request, self.surface)
-        results = similar_products(product, self.get_queryset(), limit, field=embedding.name)
+        results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
+                                 variant=tracked.variant if tracked else None)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
         return _tracked(request, tracked, Response({

@@ -77,12 +77,17 @@ def serving(request: HttpRequest | None, surface: str) -> Serving | None:
 def token_for(serving_: Serving | None, surface: str, source: object,
               products: list[Any], embedder: str | None = None) -> str | None:
     """The attribution token of a list about to be served, with the fingerprint of the
-    ``embedder`` alias that ranked it (None when not tracked)."""
+    ``embedder`` alias that ranked it and the products' scores when they were re-ranked
+    (`visual_reco.feedback.similar`); None when not tracked."""
     if serving_ is None:
         return None
     fingerprint = get_embedder(embedder).fingerprint if embedder else ""
+    scores = ([(getattr(product, "visual_score", None), product.reco_score)
+               for product in products]
+              if products and all(hasattr(product, "reco_score") for product in products)
+              else ())
     return issue(surface, source, products, variant=serving_.variant.name,
-                 fingerprint=fingerprint)
+                 fingerprint=fingerprint, scores=scores)
 
 
 def _credit(served: ServedList, product: str) -> dict[str, Any]:

@@ -91,7 +91,9 @@ def smoothed(successes: float, trials: float, mean: float, strength: float) -> f
     return (successes + mean * strength) / (trials + strength)
 
 
-def feedback_terms(evidence: Sequence[Evidence], prior: Prior) -> np.ndarray:
+def feedback_terms(evidence: Sequence[Evidence], prior: Prior, *,
+                   ctr_weight: float = CTR_WEIGHT,
+                   conversion_weight: float = CONVERSION_WEIGHT) -> np.ndarray:
     """What feedback adds to each candidate's visual score (0 for one nobody has seen)."""
     terms = np.zeros(len(evidence))
     for index, seen in enumerate(evidence):
@@ -101,24 +103,30 @@ def feedback_terms(evidence: Sequence[Evidence], prior: Prior) -> np.ndarray:
         pair = smoothed(seen.pair_clicks, seen.pair_views, target, prior.strength)
         conversion = smoothed(seen.target_conversions, seen.target_clicks, prior.conversion,
                               prior.strength)
-        terms[index] = (CTR_WEIGHT * np.log(pair / prior.ctr)
-                        + CONVERSION_WEIGHT * np.log(conversion / prior.conversion))
+        terms[index] = (ctr_weight * np.log(pair / prior.ctr)
+                        + conversion_weight * np.log(conversion / prior.conversion))
     return terms
 
 
 def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, limit: int,
-           *, explore_share: float = 0.0, rng: np.random.Generator | None = None) -> list[int]:
+           *, explore_share: float = 0.0, rng: np.random.Generator | None = None,
+           ctr_weight: float = CTR_WEIGHT, conversion_weight: float = CONVERSION_WEIGHT,
+           terms: np.ndarray | None = None) -> list[int]:
     """The candidates to show, best first, as indices into ``visual``/``evidence``.
 
     Without any feedback the visual order, exactly (ties keep the candidates' order). With
     ``explore_share``, at most ``floor(share * limit)`` of the last slots go to the
     candidates below the cut whose sampled click rate scores best (Thompson sampling).
+    ``terms`` are the `feedback_terms`, when the caller has them already.
     """
     visual = np.asarray(visual, dtype=np.float64)
     if all(seen.empty for seen in evidence):
-        return list(np.argsort(-visual, kind="stable")[:limit])
-    scores = visual + feedback_terms(evidence, prior)
-    order = list(np.argsort(-scores, kind="stable"))
+        return [int(i) for i in np.argsort(-visual, kind="stable")[:limit]]
+    if terms is None:
+        terms = feedback_terms(evidence, prior, ctr_weight=ctr_weight,
+                               conversion_weight=conversion_weight)
+    scores = visual + terms
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
     slots = int(np.floor(explore_share * limit))
     if slots <= 0 or len(order) <= limit:
         return order[:limit]
@@ -131,6 +139,6 @@ def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, 
         alpha = seen.pair_clicks + target * prior.strength
         beta = max(seen.pair_views - seen.pair_clicks, 0.0) + (1 - target) * prior.strength
         draw = rng.beta(alpha, beta)
-        sampled.append(visual[index] + CTR_WEIGHT * np.log(draw / prior.ctr))
+        sampled.append(visual[index] + ctr_weight * np.log(draw / prior.ctr))
     chosen = [rest[i] for i in np.argsort(-np.asarray(sampled), kind="stable")[:slots]]
     return kept + chosen

@@ -1,6 +1,7 @@
 """Daily aggregates of the raw feedback events: the one writer of `FeedbackDaily`,
-`FeedbackVariantDaily` and `FeedbackPositionDaily`, which analytics and ranking read instead
-of the events.
+`FeedbackVariantDaily` and `FeedbackPositionDaily`, which analytics read instead of the
+events, and of the running totals `FeedbackPairStats` and `FeedbackProductStats`, which
+re-ranking reads.
 
 Each run finds the UTC days touched by events received since the last run and recomputes
 those days wholly from the raw events, in SQL, in one transaction (delete, then
@@ -10,6 +11,10 @@ advisory lock: a run that finds another in progress does nothing.
 
 Days touched by a purge are never recomputed: some of their raw events are gone, and their
 aggregates are all that is left of them.
+
+The running totals follow the days: a day's old counts are taken away and its new ones
+added, in the same transaction. A day's impressions are weighted by the examination of
+their positions as estimated when the day is rolled up (`examination_by_surface`).
 """
 
 from __future__ import annotations
@@ -17,15 +22,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from visual_reco.choices import EventType
+from visual_reco.feedback.ranking import examination
 from visual_reco.models import (
     FeedbackDaily,
     FeedbackEvent,
+    FeedbackPairStats,
     FeedbackPositionDaily,
+    FeedbackProductStats,
     FeedbackRollup,
     FeedbackVariantDaily,
 )
@@ -85,9 +95,50 @@ def _count(kind: str) -> str:
     return f"count(*) FILTER (WHERE type = '{kind}')"
 
 
+def examination_by_surface() -> dict[str, list[float]]:
+    """How often each list position is looked at, per surface, relative to the first
+    (`visual_reco.feedback.ranking.examination` of the position aggregates of every day)."""
+    counts: dict[str, dict[int, tuple[int, int]]] = {}
+    for row in (FeedbackPositionDaily.objects.values("surface", "position")
+                .annotate(shown=Sum("impressions"), clicked=Sum("clicks"))):
+        counts.setdefault(row["surface"], {})[row["position"]] = (row["shown"], row["clicked"])
+    found = {}
+    for surface, by_position in counts.items():
+        last = max(by_position)
+        shown = [by_position.get(position, (0, 0))[0] for position in range(1, last + 1)]
+        clicked = [by_position.get(position, (0, 0))[1] for position in range(1, last + 1)]
+        found[surface] = [float(weight) for weight in examination(shown, clicked)]
+    return found
+
+
+def _add_to_stats(cursor: Any, sign: int, days: list[date]) -> None:
+    """Add (``sign`` 1) or take away (-1) the daily rows of ``days`` to the running totals."""
+    daily, pairs, products = (_table(FeedbackDaily), _table(FeedbackPairStats),
+                              _table(FeedbackProductStats))
+    sums = (f"{sign} * sum(impressions), {sign} * sum(examined), {sign} * sum(clicks), "
+            f"{sign} * sum(add_to_carts), {sign} * sum(purchases)")
+    update = ", ".join(f"{column} = {{table}}.{column} + EXCLUDED.{column}" for column in
+                       ("impressions", "examined", "clicks", "add_to_carts", "purchases"))
+    cursor.execute(f"""
+        INSERT INTO {pairs} (surface, source, product, impressions, examined, clicks,
+                             add_to_carts, purchases)
+        SELECT surface, source, product, {sums} FROM {daily}
+        WHERE day = ANY(%s::date[]) AND surface <> '' AND source <> ''
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (surface, source, product) DO UPDATE SET {update.format(table=pairs)}""",
+                   [days])
+    cursor.execute(f"""
+        INSERT INTO {products} (surface, product, impressions, examined, clicks, add_to_carts,
+                                purchases)
+        SELECT surface, product, {sums} FROM {daily} WHERE day = ANY(%s::date[])
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (surface, product) DO UPDATE SET {update.format(table=products)}""",
+                   [days])
+
+
 def recompute_days(days: list[date]) -> None:
-    """Replace the aggregates of ``days`` with counts of their raw events (call inside a
-    transaction, under the lock)."""
+    """Replace the aggregates of ``days`` with counts of their raw events, and the running
+    totals with them (call inside a transaction, under the lock)."""
     if not days:
         return
     events, daily, variants, positions = (_table(FeedbackEvent), _table(FeedbackDaily),
@@ -98,31 +149,46 @@ def recompute_days(days: list[date]) -> None:
     end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     where = f"occurred_at >= %s AND occurred_at < %s AND {day} = ANY(%s::date[])"
     with connection.cursor() as cursor:
+        _add_to_stats(cursor, -1, days)
         cursor.execute(f"DELETE FROM {daily} WHERE day = ANY(%s::date[])", [days])
         cursor.execute(f"DELETE FROM {variants} WHERE day = ANY(%s::date[])", [days])
         cursor.execute(f"DELETE FROM {positions} WHERE day = ANY(%s::date[])", [days])
-        cursor.execute(f"""
-            INSERT INTO {daily} (day, surface, variant, source, product, impressions, clicks,
-                                 add_to_carts, purchases, favorites, dismissals, revenue)
-            SELECT {day}, surface, variant, source, product,
-                   {_count(EventType.IMPRESSION)}, {_count(EventType.CLICK)},
-                   {_count(EventType.ADD_TO_CART)}, {_count(EventType.PURCHASE)},
-                   {_count(EventType.FAVORITE)}, {_count(EventType.DISMISS)},
-                   coalesce(sum(revenue) FILTER (WHERE type = '{EventType.PURCHASE}'), 0)
-            FROM {events} WHERE {where}
-            GROUP BY 1, 2, 3, 4, 5""", [start, end, days])
-        cursor.execute(f"""
-            INSERT INTO {variants} (day, surface, variant, visitors, clickers)
-            SELECT {day}, surface, variant, count(DISTINCT visitor),
-                   count(DISTINCT visitor) FILTER (WHERE type = '{EventType.CLICK}')
-            FROM {events} WHERE {where} AND surface <> ''
-            GROUP BY 1, 2, 3""", [start, end, days])
         cursor.execute(f"""
             INSERT INTO {positions} (day, surface, variant, position, impressions, clicks)
             SELECT {day}, surface, variant, position, {_count(EventType.IMPRESSION)},
                    {_count(EventType.CLICK)}
             FROM {events} WHERE {where} AND surface <> '' AND position IS NOT NULL
             GROUP BY 1, 2, 3, 4""", [start, end, days])
+        weights = [(surface, position, weight)
+                   for surface, by_position in examination_by_surface().items()
+                   for position, weight in enumerate(by_position, start=1)]
+        cursor.execute(f"""
+            INSERT INTO {daily} (day, surface, variant, source, product, impressions, examined,
+                                 clicks, add_to_carts, purchases, favorites, dismissals,
+                                 revenue)
+            SELECT {day}, e.surface, variant, source, product,
+                   {_count(EventType.IMPRESSION)},
+                   coalesce(sum(coalesce(w.weight, 1.0))
+                            FILTER (WHERE type = '{EventType.IMPRESSION}'), 0),
+                   {_count(EventType.CLICK)},
+                   {_count(EventType.ADD_TO_CART)}, {_count(EventType.PURCHASE)},
+                   {_count(EventType.FAVORITE)}, {_count(EventType.DISMISS)},
+                   coalesce(sum(revenue) FILTER (WHERE type = '{EventType.PURCHASE}'), 0)
+            FROM {events} e
+            LEFT JOIN unnest(%s::text[], %s::int[], %s::float8[]) AS w(surface, position,
+                                                                      weight)
+              ON w.surface = e.surface AND w.position = e.position
+            WHERE {where}
+            GROUP BY 1, 2, 3, 4, 5""",
+                       [[w[0] for w in weights], [w[1] for w in weights],
+                        [w[2] for w in weights], start, end, days])
+        cursor.execute(f"""
+            INSERT INTO {variants} (day, surface, variant, visitors, clickers)
+            SELECT {day}, surface, variant, count(DISTINCT visitor),
+                   count(DISTINCT visitor) FILTER (WHERE type = '{EventType.CLICK}')
+            FROM {events} WHERE {where} AND surface <> ''
+            GROUP BY 1, 2, 3""", [start, end, days])
+        _add_to_stats(cursor, 1, days)
 
 
 def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:

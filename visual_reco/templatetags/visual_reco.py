@@ -9,9 +9,9 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
 from visual_reco.conf import reco_settings
-from visual_reco.feedback.events import serving, token_for
+from visual_reco.feedback.events import Serving, serving, token_for
+from visual_reco.feedback.similar import ranked_similar
 from visual_reco.registry import get_embedding_field
-from visual_reco.result_cache import similar_products
 
 register = template.Library()
 SURFACE = "similar"
@@ -21,7 +21,8 @@ SURFACE = "similar"
 def visually_similar(context: template.Context, obj: Any, limit: int | None = None,
                      queryset: Any = None, template_name: str | None = None,
                      title: str = "You may also like", field: str | None = None) -> str:
-    """Render the products that look like ``obj`` with ``visual_reco/similar.html``.
+    """Render the products that look like ``obj`` with ``visual_reco/similar.html``,
+    ranked by the visitor's A/B variant (`visual_reco.feedback.similar.ranked_similar`).
 
     ``queryset`` restricts the candidates (e.g. ``in_stock`` products); ``field`` picks the
     embedding to compare (default: the model's first); the template can be overridden per
@@ -31,12 +32,14 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     embedding = get_embedding_field(model, field)
     candidates = queryset if queryset is not None else model._default_manager.all()
     request = context.get("request")
-    products = similar_products(obj, candidates, limit, field=embedding.name)
+    tracked = serving(request, SURFACE) if _events_url() else None
+    products = ranked_similar(obj, candidates, limit, field=embedding.name,
+                              variant=tracked.variant if tracked else None)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
          "status": getattr(obj, embedding.status_name),
-         "tracking": _tracking(request, SURFACE, obj.pk, products, embedding.embedder)},
+         "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding.embedder)},
         request=request,
     )
 
@@ -52,18 +55,17 @@ def tracked_list(context: template.Context, surface: str, source: Any, products:
     does."""
     products = list(products or [])
     alias = get_embedding_field(type(products[0]), field).embedder if products else None
-    return _tracking(context.get("request"), surface, source, products, alias)
+    tracked = serving(context.get("request"), surface) if _events_url() else None
+    return _tracking(tracked, surface, source, products, alias)
 
 
-def _tracking(request: Any, surface: str, source: Any, products: list[Any],
+def _tracking(tracked: Serving | None, surface: str, source: Any, products: list[Any],
               embedder: str | None) -> dict[str, Any] | None:
     """The token and the script's settings for a list served on ``surface``."""
-    events_url = _events_url()
-    tracked = serving(request, surface) if events_url and products else None
-    token = token_for(tracked, surface, source, products, embedder)
+    token = token_for(tracked, surface, source, products, embedder) if products else None
     if token is None:
         return None
-    return {"token": token, "events_url": events_url, "new_visitor": tracked.new_visitor_id,
+    return {"token": token, "events_url": _events_url(), "new_visitor": tracked.new_visitor_id,
             "cookie": reco_settings.FEEDBACK["VISITOR_COOKIE"]}
 
 

@@ -1,0 +1,132 @@
+"""The similar-products list a visitor is shown: a visual candidate pool re-ranked with
+shopper feedback and the shop's business rules, by the ranking options of the visitor's A/B
+variant (``VISUAL_RECO["RANKING"]`` overridden by the variant's ``RANKING``).
+
+In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list) without
+the ``EXCLUDE`` ids; their cosine similarity plus ``BOOST``; the ``SCORER``; plus feedback
+(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first. Each row
+carries ``visual_score`` (None for a pinned row from outside the pool), ``feedback_score``
+and ``reco_score`` (what it was ranked by).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.db import models
+from django.utils.module_loading import import_string
+
+from visual_reco.conf import reco_settings
+from visual_reco.feedback.evidence import evidence_for, prior_for
+from visual_reco.feedback.experiments import Variant
+from visual_reco.feedback.ranking import feedback_terms, rerank
+from visual_reco.result_cache import similar_products
+
+Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class RankingOptions:
+    """The ``RANKING`` settings one list is ranked with."""
+
+    rerank: bool
+    pool: int
+    explore: float
+    ctr_weight: float
+    conversion_weight: float
+    prior_strength: float
+    feedback_surfaces: tuple[str, ...]
+    boost: tuple[tuple[str, float], ...]
+    pin: Any
+    exclude: Any
+    scorer: str | None
+
+    @classmethod
+    def of(cls, variant: Variant | None = None) -> RankingOptions:
+        """The options of ``variant``: the ``RANKING`` setting with its overrides."""
+        merged = {**reco_settings.RANKING, **(variant.ranking if variant else {})}
+        return cls(rerank=bool(merged["RERANK"]), pool=max(1, int(merged["POOL"])),
+                   explore=float(merged["EXPLORE"]), ctr_weight=float(merged["CTR_WEIGHT"]),
+                   conversion_weight=float(merged["CONVERSION_WEIGHT"]),
+                   prior_strength=float(merged["PRIOR_STRENGTH"]),
+                   feedback_surfaces=tuple(merged["FEEDBACK_SURFACES"]),
+                   boost=tuple((str(name), float(weight))
+                               for name, weight in dict(merged["BOOST"]).items()),
+                   pin=merged["PIN"], exclude=merged["EXCLUDE"], scorer=merged["SCORER"])
+
+
+def _ids(rule: Any, source: models.Model) -> list[str]:
+    """The primary keys a PIN or EXCLUDE rule names for ``source``, as text."""
+    if not rule:
+        return []
+    if isinstance(rule, str):
+        rule = import_string(rule)(source)
+    return [str(pk) for pk in rule or ()]
+
+
+def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
+                   limit: int | None = None, *, field: str | None = None,
+                   variant: Variant | None = None,
+                   rng: np.random.Generator | None = None) -> list[models.Model]:
+    """The similar products of ``obj`` among ``candidates`` as ``variant`` ranks them,
+    best first (see the module docstring)."""
+    options = RankingOptions.of(variant)
+    limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+    if candidates is None:
+        candidates = type(obj)._default_manager.all()
+    plain = (not options.rerank and not options.boost and not options.scorer
+             and not options.pin and not options.exclude)
+    if plain:
+        rows = similar_products(obj, candidates, limit, field=field)
+        for row in rows:
+            row.feedback_score, row.reco_score = 0.0, row.visual_score
+        return rows
+    excluded = set(_ids(options.exclude, obj))
+    pinned = [pk for pk in _ids(options.pin, obj) if pk not in excluded and pk != str(obj.pk)]
+    pool_size = limit * options.pool + len(excluded)
+    pool = [row for row in similar_products(obj, candidates, pool_size, field=field)
+            if str(row.pk) not in excluded and str(row.pk) not in pinned]
+    scores = np.array([row.visual_score for row in pool], dtype=np.float64)
+    for name, weight in options.boost:
+        scores += weight * np.array([bool(getattr(row, name, False)) for row in pool])
+    if options.scorer and pool:
+        scorer: Scorer = import_string(options.scorer)
+        scores = np.asarray(scorer(obj, pool, scores.copy()), dtype=np.float64)
+    terms = np.zeros(len(pool))
+    prior = (prior_for(options.feedback_surfaces, options.prior_strength)
+             if options.rerank and pool else None)
+    if prior is not None:
+        evidence = evidence_for(options.feedback_surfaces, obj.pk, [row.pk for row in pool])
+        terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
+                               conversion_weight=options.conversion_weight)
+        kept = max(limit - len(pinned), 0)
+        order = rerank(scores, evidence, prior, kept, explore_share=options.explore, rng=rng,
+                       ctr_weight=options.ctr_weight,
+                       conversion_weight=options.conversion_weight, terms=terms)
+    else:
+        order = [int(i) for i in np.argsort(-scores, kind="stable")][:max(limit - len(pinned), 0)]
+    for index, row in enumerate(pool):
+        row.feedback_score = float(terms[index])
+        row.reco_score = float(scores[index] + terms[index])
+    ranked = [pool[index] for index in order]
+    return (_pinned_rows(obj, candidates, pinned, field) + ranked)[:limit]
+
+
+def _pinned_rows(obj: models.Model, candidates: models.QuerySet, pinned: list[str],
+                 field: str | None) -> list[models.Model]:
+    """The pinned rows that are among ``candidates``, in the pin order."""
+    if not pinned:
+        return []
+    from_pool = {str(row.pk): row for row in
+                 similar_products(obj, candidates.filter(pk__in=pinned), len(pinned),
+                                  field=field)}
+    rows = []
+    for pk in pinned:
+        row = from_pool.get(pk)
+        if row is not None:
+            row.feedback_score, row.reco_score = 0.0, None
+            rows.append(row)
+    return rows
