@@ -18,13 +18,16 @@ from django.utils import timezone
 
 from visual_reco.feedback import stats
 from visual_reco.feedback.analytics import report
+from visual_reco.feedback.ranking import examination
 from visual_reco.feedback.retention import forget_visitor, parse_age, purge_events
-from visual_reco.feedback.rollup import LOCK_KEY, rollup
+from visual_reco.feedback.rollup import LOCK_KEY, examination_by_surface, rollup
 from visual_reco.feedback.visitors import visitor_key
 from visual_reco.models import (
     FeedbackDaily,
     FeedbackEvent,
+    FeedbackPairStats,
     FeedbackPositionDaily,
+    FeedbackProductStats,
     FeedbackVariantDaily,
 )
 from visual_reco.tasks import purge_feedback_task, rollup_feedback_task
@@ -165,6 +168,62 @@ def test_running_the_rollup_twice_changes_nothing():
     FeedbackEvent.objects.update(received_at=timezone.now() - timedelta(hours=1))
     rollup()
     assert rollup().days == [] and stored() == first  # nothing new: nothing recomputed
+
+
+def running_totals():
+    columns = ("impressions", "examined", "clicks", "add_to_carts", "purchases")
+    pairs = {(r.surface, r.source, r.product): tuple(round(getattr(r, c), 6) for c in columns)
+             for r in FeedbackPairStats.objects.all() if any(getattr(r, c) for c in columns)}
+    products = {(r.surface, r.product): tuple(round(getattr(r, c), 6) for c in columns)
+                for r in FeedbackProductStats.objects.all() if any(getattr(r, c) for c in columns)}
+    return pairs, products
+
+
+def totals_of_daily_rows():
+    pairs, products = defaultdict(lambda: [0] * 5), defaultdict(lambda: [0] * 5)
+    for r in FeedbackDaily.objects.all():
+        counts = (r.impressions, r.examined, r.clicks, r.add_to_carts, r.purchases)
+        for key, table in (((r.surface, r.source, r.product), pairs),
+                           ((r.surface, r.product), products)):
+            if table is pairs and not (r.surface and r.source):
+                continue
+            table[key] = [a + b for a, b in zip(table[key], counts, strict=True)]
+    return ({k: tuple(round(v, 6) for v in c) for k, c in pairs.items() if any(c)},
+            {k: tuple(round(v, 6) for v in c) for k, c in products.items() if any(c)})
+
+
+@pytest.mark.django_db
+def test_the_running_totals_follow_the_days_they_sum():
+    make_events(400, seed=3)
+    rollup()
+    assert running_totals() == totals_of_daily_rows() and running_totals()[0]
+    rollup()  # the same days replaced again: the totals must not double
+    make_events(150, seed=4)  # more events on days already rolled up
+    rollup()
+    assert running_totals() == totals_of_daily_rows()
+    assert sum(r.impressions for r in FeedbackProductStats.objects.all()) == (
+        FeedbackEvent.objects.filter(type="impression").count())
+
+
+@pytest.mark.django_db
+def test_examined_views_weigh_impressions_by_their_position():
+    events = make_events(500, seed=5)
+    rollup()
+    weights = examination_by_surface()
+    by_position = defaultdict(lambda: [0, 0])
+    for e in events:
+        if e.surface == "similar" and e.type in ("impression", "click"):
+            by_position[e.position][e.type == "click"] += 1
+    last = max(by_position)
+    expected = examination([by_position[p][0] for p in range(1, last + 1)],
+                           [by_position[p][1] for p in range(1, last + 1)])
+    assert weights["similar"] == pytest.approx(list(expected))
+    row = FeedbackDaily.objects.filter(surface="similar", impressions__gt=1).first()
+    shown = [e for e in events if (e.occurred_at.astimezone(UTC).date(), e.surface, e.variant,
+                                   e.source, e.product, e.type)
+             == (row.day, row.surface, row.variant, row.source, row.product, "impression")]
+    assert row.examined == pytest.approx(sum(expected[e.position - 1] for e in shown))
+    assert row.examined < row.impressions or all(e.position == 1 for e in shown)
 
 
 @pytest.mark.django_db
