@@ -87,6 +87,8 @@ VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product"}
 if os.environ.get("DEMO_RATE_LIMITS", "1") == "0":  # benchmarks: one client sends it all
     VISUAL_RECO["THROTTLE_RATES"] = {"photo_search": None, "similar": None,
                                      "events_visitor": None, "events_ip": None}
+if os.environ.get("DEMO_RANKING") == "visual":  # benchmarks: the visual order, no feedback
+    VISUAL_RECO["RANKING"] = {"RERANK": False}
 
 
 def redis_database(url: str, number: int) -> str:

@@ -1,0 +1,221 @@
+"""``manage.py bench_reranking``: what re-ranking with feedback costs a similar-products list,
+at 100k products with the aggregates of 10 million events.
+
+The events are generated in SQL on pairs the benchmark then asks for (each sampled product
+with its visual candidate pool) and, for the rest, on random pairs of the whole catalog, so
+the running totals are as large as a busy shop's and every list finds evidence. Then, in
+this process, each list is timed visual-only and re-ranked; and gunicorn serves the API
+under load, once visual-only and once re-ranked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
+from demo_shop.bench.helpers import HOST, gunicorn_demo, machine_line, write_section
+from demo_shop.bench.loadgen import LoadResult, get_requests, run_load
+from demo_shop.shop.models import Product
+from visual_reco.conf import reco_settings
+from visual_reco.feedback.evidence import forget_priors
+from visual_reco.feedback.rollup import (
+    LOCK_KEY,
+    first_recomputable_day,
+    recompute_days,
+    rollup,
+)
+from visual_reco.feedback.similar import ranked_similar
+from visual_reco.models import FeedbackEvent, FeedbackPairStats
+from visual_reco.result_cache import similar_products
+
+CHUNK = 1_000_000
+PAIRS = "bench_rerank_pairs"
+MIX = ("CASE WHEN r < 880 THEN 'impression' WHEN r < 970 THEN 'click' WHEN r < 990 THEN "
+       "'add_to_cart' ELSE 'purchase' END")
+LIMIT = 8
+
+
+class Command(BaseCommand):
+    """Generate events, roll them up, time lists in process, then load gunicorn."""
+
+    help = "Benchmark re-ranking with feedback (in process and under gunicorn)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--events", type=int, default=10_000_000)
+        parser.add_argument("--catalog-size", type=int, default=100_000)
+        parser.add_argument("--sources", type=int, default=1000,
+                            help="products whose lists are asked for")
+        parser.add_argument("--lists", type=int, default=2000, help="lists timed in process")
+        parser.add_argument("--seconds", type=float, default=10.0)
+        parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
+        parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
+        parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--no-write", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        ensure_demo_catalog(say=self.stdout.write)
+        padded = pad_catalog(options["catalog_size"], say=self.stdout.write)
+        self._clean()
+        try:
+            sources = list(Product.objects.filter(image_embedding_status="ready")
+                           .order_by("?").values_list("pk", flat=True)[:options["sources"]])
+            started = time.perf_counter()
+            self._generate(sources, options)
+            self.stdout.write(f"{options['events']:,} events generated in "
+                              f"{time.perf_counter() - started:.0f} s")
+            started = time.perf_counter()
+            rollup(wait=True)
+            rolled = time.perf_counter() - started
+            pairs = FeedbackPairStats.objects.count()
+            self.stdout.write(f"roll-up {rolled:.0f} s; {pairs:,} pair totals")
+            timings = self._in_process(sources, options["lists"])
+            loads = self._under_load(sources, options)
+        finally:
+            self._clean()
+            if padded:
+                remove_padding(say=self.stdout.write)
+        if not options["no_write"]:
+            self._write(options, pairs, timings, loads)
+
+    def _generate(self, sources: list[int], options: dict[str, Any]) -> None:
+        pool = LIMIT * int(reco_settings.RANKING["POOL"])
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {PAIRS}")
+            cursor.execute(f"CREATE UNLOGGED TABLE {PAIRS} (n serial, source text, product text,"
+                           " position int)")
+            for source in sources:
+                rows = similar_products(Product.objects.get(pk=source), None, pool)
+                cursor.executemany(
+                    f"INSERT INTO {PAIRS} (source, product, position) VALUES (%s, %s, %s)",
+                    [(str(source), str(row.pk), index % LIMIT + 1)
+                     for index, row in enumerate(rows)])
+            cursor.execute(f"SELECT count(*) FROM {PAIRS}")
+            pairs = cursor.fetchone()[0]
+            cursor.execute("SELECT max(id) FROM " + Product._meta.db_table)
+            top = cursor.fetchone()[0]
+            for start in range(0, options["events"], CHUNK):
+                stop = min(start + CHUNK, options["events"])
+                # Half the events on the asked-for pools, half on random pairs of the catalog.
+                cursor.execute(f"""
+                    INSERT INTO {FeedbackEvent._meta.db_table}
+                      (type, occurred_at, received_at, visitor, user_id, event_id, surface,
+                       variant, source, product, position, list_id, fingerprint, quantity)
+                    SELECT {MIX}, now() - (g %% 28) * interval '1 day', now(),
+                           md5('v' || (g %% 300000)::text), '', 'bench-rr-' || g,
+                           CASE WHEN g %% 2 = 0 THEN 'similar' ELSE 'similar_api' END,
+                           'control',
+                           CASE WHEN g %% 2 = 0 THEN p.source
+                                ELSE (1 + g * 31 %% %(top)s)::text END,
+                           CASE WHEN g %% 2 = 0 THEN p.product
+                                ELSE (1 + g * 17 %% %(top)s)::text END,
+                           CASE WHEN g %% 2 = 0 THEN p.position ELSE 1 + g %% 8 END,
+                           '', 'bench', 1
+                    FROM (SELECT g, (g * 2654435761 %% 1000) AS r
+                          FROM generate_series(%(start)s::bigint, %(stop)s - 1) AS g) AS s
+                    JOIN {PAIRS} p ON p.n = 1 + (s.g * 7919 %% %(pairs)s)
+                """, {"top": top, "pairs": pairs, "start": start, "stop": stop})
+            cursor.execute(f"ANALYZE {FeedbackEvent._meta.db_table}")
+
+    def _in_process(self, sources: list[int], lists: int) -> dict[str, list[float]]:
+        forget_priors()
+        products = {product.pk: product for product in
+                    Product.objects.filter(pk__in=sources).defer("image_embedding")}
+        timings: dict[str, list[float]] = {"visual": [], "reranked": []}
+        for n in range(lists):
+            source = products[sources[n % len(sources)]]
+            for name in ("visual", "reranked"):
+                started = time.perf_counter()
+                if name == "visual":
+                    rows = similar_products(source, None, LIMIT)
+                else:
+                    rows = ranked_similar(source, None, LIMIT)
+                timings[name].append((time.perf_counter() - started) * 1000)
+                assert len(rows) == LIMIT
+        for name, values in timings.items():
+            self.stdout.write(f"in process, {name}: p50 {np.percentile(values, 50):.2f} ms, "
+                              f"p99 {np.percentile(values, 99):.2f} ms")
+        return timings
+
+    def _under_load(self, sources: list[int], options: dict[str, Any]
+                    ) -> dict[str, dict[int, LoadResult]]:
+        paths = [f"/api/visual-reco/products/{pk}/similar/?limit={LIMIT}" for pk in sources]
+        loads: dict[str, dict[int, LoadResult]] = {}
+        for ranking, cache in (("visual", "0"), ("reranked", "0"), ("visual", "1"),
+                               ("reranked", "1")):
+            name = f"{ranking}, cache {'on' if cache == '1' else 'off'}"
+            env = {"DEMO_RATE_LIMITS": "0", "DEMO_SIMILAR_CACHE": cache,
+                   "DEMO_RANKING": ranking}
+            loads[name] = {}
+            with gunicorn_demo(options["workers"], options["threads"], env) as (port, _):
+                # Every list asked once: warm connections, and with the cache the steady
+                # state of a busy shop (the candidate pools cached, the feedback read live).
+                run_load(HOST, port, get_requests(HOST, paths), 4, 0,
+                         max_requests=len(paths))
+                for level in options["concurrency"]:
+                    result = run_load(HOST, port, get_requests(HOST, paths), level,
+                                      options["seconds"])
+                    loads[name][level] = result
+                    self.stdout.write(f"{name} c={level}: {result.rate:.0f} req/s, "
+                                      f"p50 {result.percentile(50):.1f} ms, "
+                                      f"p99 {result.percentile(99):.1f} ms, "
+                                      f"{result.errors} errors")
+        return loads
+
+    def _clean(self) -> None:
+        """Delete the bench's events and pairs, and count the days they were on again from
+        the shop's own events."""
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {FeedbackEvent._meta.db_table} "
+                           "WHERE event_id LIKE 'bench-rr-%%'")
+            deleted = cursor.rowcount
+            cursor.execute(f"DROP TABLE IF EXISTS {PAIRS}")
+        if not deleted:
+            return
+        today = timezone.now().date()
+        first = first_recomputable_day()
+        days = [today - timedelta(days=n) for n in range(30)]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+            recompute_days(sorted(day for day in days if first is None or day >= first))
+
+    def _write(self, options: dict[str, Any], pairs: int, timings: dict[str, list[float]],
+               loads: dict[str, dict[int, LoadResult]]) -> None:
+        visual, reranked = timings["visual"], timings["reranked"]
+        added = np.percentile(reranked, 99) - np.percentile(visual, 99)
+        added_median = np.percentile(reranked, 50) - np.percentile(visual, 50)
+        rows = "\n".join(
+            f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f} | "
+            f"{result.percentile(99):.1f} | {result.errors} |"
+            for name, by_level in loads.items() for level, result in by_level.items())
+        body = (
+            f"{options['catalog_size']:,} products (the demo catalog padded with synthetic "
+            f"vectors), {options['events']:,} feedback events over 28 days rolled up into "
+            f"{pairs:,} pair totals: half on the candidate pools of {options['sources']:,} "
+            "sampled products, half on random pairs. Lists of "
+            f"{LIMIT}, pool {reco_settings.RANKING['POOL']} x {LIMIT}. "
+            f"{machine_line()}.\n\n"
+            f"In process ({options['lists']:,} lists each, the same sources, similar cache "
+            "off):\n\n"
+            "| ranking | p50 ms | p99 ms |\n|---|---:|---:|\n"
+            f"| visual only (`similar_products`, {LIMIT} rows) | "
+            f"{np.percentile(visual, 50):.2f} | {np.percentile(visual, 99):.2f} |\n"
+            f"| re-ranked (`ranked_similar`: pool, evidence, ranking) | "
+            f"{np.percentile(reranked, 50):.2f} | {np.percentile(reranked, 99):.2f} |\n"
+            f"| **added by re-ranking** | {added_median:.2f} "
+            f"| **{added:.2f}** |\n\n"
+            f"The API under gunicorn ({options['workers']} processes x {options['threads']} "
+            f"threads, {options['seconds']:.0f} s per level, closed loop on loopback):\n\n"
+            "| ranking | connections | req/s | p50 ms | p99 ms | errors |\n"
+            "|---|---:|---:|---:|---:|---:|\n" + rows + "\n\n"
+            f"Command: `manage.py bench_reranking --events {options['events']}` "
+            "(`make bench`).")
+        path = write_section(f"## Re-ranking with feedback\n\n{body}")
+        self.stdout.write(f"Wrote {path}")
