@@ -325,6 +325,14 @@ def test_the_tag_renders_a_tracked_list(items):
 
 
 @pytest.mark.django_db
+def test_the_tag_leaves_out_the_page_s_own_product(items):
+    store("click", items[0])
+    html = render_for(VISITOR, "{% picked_for_you limit=3 exclude=item %}", item=items[0])
+    assert html.count('class="visual-reco__item"') == 3 and ">item 0<" not in html
+    assert read(token_of(html)).source == "taste"
+
+
+@pytest.mark.django_db
 def test_the_tag_renders_nothing_for_an_empty_catalog():
     assert render("{% picked_for_you %}").strip() == ""
 

@@ -17,6 +17,7 @@ Each row carries ``visual_score`` (cosine similarity to the taste; None for a be
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -285,12 +286,13 @@ def _best_sellers_rows(candidates: models.QuerySet, category: Any, limit: int,
 
 def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = None,
               limit: int | None = None, *, category: Any = None, field: str | None = None,
-              variant: Variant | None = None,
+              variant: Variant | None = None, exclude: Iterable[Any] = (),
               now: datetime | None = None) -> Picks:
     """The products picked for this request's visitor among ``candidates`` (default: the
     product model's), best first (see the module docstring). ``category`` is the page's
-    category, for a visitor without history. A request that may not be tracked (Do Not
-    Track, Global Privacy Control, no consent) has no history read: it gets best sellers."""
+    category, for a visitor without history; ``exclude`` are products (or primary keys)
+    not to show, such as the page's own. A request that may not be tracked (Do Not Track,
+    Global Privacy Control, no consent) has no history read: it gets best sellers."""
     options = PickOptions.of(variant)
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
@@ -302,6 +304,7 @@ def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = 
         request) else (None, "")
     events = recent_events(raw_id, user_id, now, options)
     hidden = {product for kind, product, _ in events if kind in HIDING_EVENTS}
+    hidden |= {str(getattr(product, "pk", product)) for product in exclude}
     rows: list[models.Model] = []
     source = BEST_SELLERS
     if options.strategy == TASTE and events:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.db import models
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
@@ -50,21 +51,27 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
 @register.simple_tag(takes_context=True)
 def picked_for_you(context: template.Context, limit: int | None = None, category: Any = None,
                    queryset: Any = None, template_name: str | None = None,
-                   title: str = "Picked for you", field: str | None = None) -> str:
+                   title: str = "Picked for you", field: str | None = None,
+                   exclude: Any = None) -> str:
     """Render the products picked for this visitor (`visual_reco.feedback.picks`) with
     ``PICKS["TEMPLATE"]``, by the strategy of its A/B variant on surface
     ``picked_for_you``; nothing when there is nothing to show.
 
     ``category`` is the page's category: a visitor without history gets its best sellers.
-    ``queryset`` restricts the candidates (default: the product model's); ``field`` picks
-    the embedding (default: the model's first).
+    ``exclude`` is a product (the page's own) or a list of them not to show. ``queryset``
+    restricts the candidates (default: the product model's); ``field`` picks the embedding
+    (default: the model's first).
     """
     candidates = queryset if queryset is not None else product_model()._default_manager.all()
     embedding = get_embedding_field(candidates.model, field)
     request = context.get("request")
     tracked = serving(request, PICKS_SURFACE) if _events_url() else None
+    if exclude is None:
+        exclude = []
+    elif isinstance(exclude, models.Model | str | int):
+        exclude = [exclude]
     picks = picks_for(request, candidates, limit, category=category, field=embedding.name,
-                      variant=tracked.variant if tracked else None)
+                      variant=tracked.variant if tracked else None, exclude=exclude)
     return render_to_string(
         template_name or reco_settings.PICKS["TEMPLATE"],
         {"products": picks.products, "source": picks.source, "title": title,
