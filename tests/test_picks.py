@@ -25,6 +25,7 @@ from visual_reco.feedback.picks import (
     PickOptions,
     best_converting,
     forget_best_sellers,
+    half_vector,
     picks_for,
     recent_events,
     recent_events_query,
@@ -134,6 +135,15 @@ def test_one_click_makes_a_taste_and_purchases_are_left_out(items):
     assert scores == sorted(scores, reverse=True)
     for row in picks.products:
         assert row.reco_score == pytest.approx(row.visual_score + row.feedback_score)
+
+
+@pytest.mark.django_db
+def test_vectors_are_read_in_binary_as_stored(items):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT halfvec_send(embedding) FROM testapp_item WHERE id = %s",
+                       [items[3].pk])
+        binary = bytes(cursor.fetchone()[0])
+    assert np.array_equal(half_vector(binary), vector_of(items[3]))
 
 
 @pytest.mark.django_db

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
 from django.db import connection, models
+from django.db.models import F, Func
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -34,7 +36,7 @@ from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.taste import Taste, product_weights, strongest, taste_of
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats
-from visual_reco.query import to_array, visual
+from visual_reco.query import visual
 from visual_reco.registry import get_embedding_field, product_model
 
 TASTE = "taste"
@@ -165,20 +167,29 @@ def _pks(model: type[models.Model], ids: list[str]) -> list[Any]:
     return found
 
 
+def half_vector(binary: bytes) -> np.ndarray:
+    """A halfvec in pgvector's binary form (dimensions, 0, big-endian float16s), as float32."""
+    return np.frombuffer(binary, dtype=">f2", offset=4).astype(np.float32)
+
+
 def visitor_taste(model: type[models.Model], weights: dict[str, float], options: PickOptions,
                   field: str | None = None) -> Taste:
     """The taste of a visitor whose products weigh ``weights``: the vectors and categories
     of the ``MAX_PRODUCTS`` weightiest, read by primary key in one query."""
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
-    columns = ["pk", embedding.attname] + ([category.attname] if category else [])
+    columns = ["pk", "binary_vector"] + ([category.attname] if category else [])
     vectors, categories = {}, {}
     chosen = strongest(weights, options.max_products)
-    for row in model._base_manager.filter(pk__in=_pks(model, chosen)).values_list(*columns):
+    # halfvec's binary form: parsing 2,048 numbers of text per product took 30 ms for 50.
+    rows = (model._base_manager.filter(pk__in=_pks(model, chosen))
+            .annotate(binary_vector=Func(F(embedding.attname), function="halfvec_send",
+                                         output_field=models.BinaryField()))
+            .values_list(*columns))
+    for row in rows:
         product = str(row[0])
-        vector = to_array(row[1])
-        if vector is not None:
-            vectors[product] = vector
+        if row[1] is not None:
+            vectors[product] = half_vector(bytes(row[1]))
         if category is not None and row[2] is not None:
             categories[product] = str(row[2])
     return taste_of({product: weights[product] for product in chosen}, vectors, categories)
