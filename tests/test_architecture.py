@@ -22,6 +22,7 @@ LAYERS = {
     "queries": ["query", "result_cache", "inline_storage", "categories", "classifier", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
+                 "feedback.taste", "feedback.picks",
                  "feedback.events", "feedback.stats", "feedback.rollup", "feedback.retention",
                  "feedback.analytics"],
     "pipeline": ["embedding", "jobs", "signals", "tasks"],

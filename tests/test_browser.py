@@ -100,13 +100,17 @@ def buy(page: Page, product: str) -> str:
     return page.locator("#order-id").inner_text() if page.locator("#order-id").count() else ""
 
 
+# The product page's "You may also like" (its "Picked for you" is a list of its own).
+SIMILAR_LIST = "section.visual-reco:not(.visual-reco--picks)"
+
+
 def test_impressions_click_cart_and_purchase_are_credited_to_the_list(shop, browser):
     # The list starts below the fold: nothing of it is in view before the page scrolls.
     context = browser.new_context(viewport={"width": 1280, "height": 700})
     sent = watch_events(context)
     page = context.new_page()
     page.goto(f"{shop.base}/products/{source_product(shop)}/")
-    widget = page.locator("section.visual-reco[data-vr-token]")
+    widget = page.locator(f"{SIMILAR_LIST}[data-vr-token]")
     token = widget.get_attribute("data-vr-token")
     list_id = hashlib.blake2b(token.encode(), digest_size=8).hexdigest()
     visitor = widget.get_attribute("data-vr-visitor")
@@ -192,7 +196,7 @@ def test_a_browser_that_asks_not_to_be_tracked_stores_nothing(shop, browser, pri
     sent = watch_events(context)
     page = context.new_page()
     page.goto(f"{shop.base}/products/{source_product(shop)}/")
-    widget = page.locator("section.visual-reco")
+    widget = page.locator(SIMILAR_LIST)
     token = widget.get_attribute("data-vr-token")
     assert (token is None) == (privacy == "do not track")
     widget.scroll_into_view_if_needed()

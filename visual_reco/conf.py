@@ -125,7 +125,8 @@ DEFAULTS: dict[str, Any] = {
     # in this cache alias (use one every process shares), and photo searches one process
     # runs at once (more are answered 503 with Retry-After).
     "THROTTLE_RATES": {"photo_search": "30/min", "similar": "600/min",
-                       "events_visitor": "120/min", "events_ip": "1200/min"},
+                       "picked_for_you": "600/min", "events_visitor": "120/min",
+                       "events_ip": "1200/min"},
     "THROTTLE_CACHE": "default",
     "SEARCH_CONCURRENCY": 4,
     # How similar-products lists are ranked (docs/FEEDBACK.md); keys merge with these, and an
@@ -155,6 +156,37 @@ DEFAULTS: dict[str, Any] = {
         # Import string of a callable(source, products, scores) -> scores, applied to the
         # visual (and boosted) scores before feedback is added.
         "SCORER": None,
+    },
+    # "Picked for you" (visual_reco.feedback.picks): a visitor's taste from recent events;
+    # keys merge with these, and an A/B variant's RANKING {"PICKS": "best_sellers"} (a
+    # STRATEGY) or {"PICKS": {...}} (keys of this dict) overrides them for its visitors.
+    "PICKS": {
+        # "taste": near the visitor's taste vector, re-scored by category affinity (the
+        # best-converting products for a visitor without history); "best_sellers": always
+        # the best-converting products.
+        "STRATEGY": "taste",
+        # How much each recent event says about taste. Impressions count only for products
+        # the visitor did nothing else with (seen, not clicked: a weak negative).
+        "EVENT_WEIGHTS": {"purchase": 4.0, "add_to_cart": 2.0, "favorite": 2.0, "click": 1.0,
+                          "impression": -0.1, "dismiss": -1.0},
+        # An event's weight halves every HALF_LIFE_DAYS; events older than WINDOW_DAYS, and
+        # all but the visitor's latest MAX_EVENTS, are not read.
+        "HALF_LIFE_DAYS": 14.0,
+        "WINDOW_DAYS": 60,
+        "MAX_EVENTS": 200,
+        # Vectors read: the products with the largest weights only.
+        "MAX_PRODUCTS": 50,
+        # Added to a candidate's cosine similarity: this x the visitor's affinity for its
+        # category (from -1: only passed over, to 1: everything liked is in it).
+        "CATEGORY_WEIGHT": 0.1,
+        # Candidates: the POOL x limit products nearest to the taste vector.
+        "POOL": 4,
+        # Best-converting: (carts + purchases) per examined impression, smoothed towards the
+        # mean by PRIOR_STRENGTH pseudo-views; each process keeps a category's ranking
+        # BEST_SELLERS_TTL seconds.
+        "PRIOR_STRENGTH": 50.0,
+        "BEST_SELLERS_TTL": 300,
+        "TEMPLATE": "visual_reco/picked_for_you.html",
     },
     # Shopper feedback (visual_reco.feedback, docs/PRIVACY.md); keys merge with these.
     "FEEDBACK": {
@@ -191,7 +223,7 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
-                "RANKING"}
+                "RANKING", "PICKS"}
 
 
 class VisualRecoSettings:

@@ -49,6 +49,11 @@ class FeedbackEvent(models.Model):
             models.Index(fields=["received_at"], name="visual_reco_event_received"),
             # Roll-ups recompute whole days; purges delete the oldest.
             models.Index(fields=["occurred_at"], name="visual_reco_event_occurred"),
+            # Picked for you: a visitor's latest events, read newest first up to a cap.
+            models.Index(fields=["visitor", "occurred_at"], name="visual_reco_event_recent"),
+            # The same for a logged-in user (user ids are stored only with STORE_USER_ID).
+            models.Index(fields=["user_id", "occurred_at"], condition=~models.Q(user_id=""),
+                         name="visual_reco_event_user_recent"),
         ]
 
     def __str__(self) -> str:

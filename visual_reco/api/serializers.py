@@ -14,7 +14,8 @@ class SimilarItemSerializer(serializers.Serializer):
     name = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
     image = serializers.SerializerMethodField()
-    score = serializers.FloatField(source="visual_score", read_only=True)
+    # Null for a product that is not ranked by looks (a best seller picked for a visitor).
+    score = serializers.FloatField(source="visual_score", read_only=True, allow_null=True)
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""
@@ -51,6 +52,24 @@ class SimilarQuerySerializer(serializers.Serializer):
 
     limit = serializers.IntegerField(required=False, min_value=1)
     field = serializers.CharField(required=False, max_length=100)
+
+
+class PicksQuerySerializer(serializers.Serializer):
+    """Query parameters of the picked-for-you endpoint: how many, which embedding, and the
+    page's category (for a visitor without history)."""
+
+    limit = serializers.IntegerField(required=False, min_value=1)
+    field = serializers.CharField(required=False, max_length=100)
+    category = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+
+
+class PicksResponseSerializer(serializers.Serializer):
+    """Products picked for the visitor, how they were picked (``taste``: near the visitor's
+    taste; ``best_sellers``: the best-converting products), and the attribution token."""
+
+    source = serializers.ChoiceField(["taste", "best_sellers"])
+    results = SimilarItemSerializer(many=True)
+    token = serializers.CharField(allow_null=True)
 
 
 class PhotoSearchRequestSerializer(serializers.Serializer):

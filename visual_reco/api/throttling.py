@@ -61,6 +61,12 @@ class SimilarThrottle(VisualRecoRateThrottle):
     scope = "similar"
 
 
+class PicksThrottle(VisualRecoRateThrottle):
+    """Picked-for-you requests per client (``THROTTLE_RATES["picked_for_you"]``)."""
+
+    scope = "picked_for_you"
+
+
 class EventsVisitorThrottle(VisualRecoRateThrottle):
     """Event batches per visitor (``THROTTLE_RATES["events_visitor"]``), by the visitor id
     cookie, else by client address."""

@@ -1,4 +1,5 @@
-"""DRF views: similar products for a product, and search by photo."""
+"""DRF views: similar products for a product, products picked for a visitor, search by
+photo, and shopper feedback."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError, models
 from django.http import Http404
@@ -24,6 +25,8 @@ from visual_reco.api.serializers import (
     EventBatchSerializer,
     PhotoSearchRequestSerializer,
     PhotoSearchResponseSerializer,
+    PicksQuerySerializer,
+    PicksResponseSerializer,
     SimilarQuerySerializer,
     SimilarResponseSerializer,
 )
@@ -31,11 +34,13 @@ from visual_reco.api.throttling import (
     EventsAddressThrottle,
     EventsVisitorThrottle,
     PhotoSearchThrottle,
+    PicksThrottle,
     SimilarThrottle,
     search_slots,
 )
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import BatchError, Serving, accept_batch, serving, token_for
+from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
@@ -149,6 +154,66 @@ class SimilarProductsView(VisualRecoAPIView):
             "results": item_serializer(results, many=True, context=context).data,
             "token": token_for(tracked, self.surface, product.pk, results, embedding.embedder),
         }))
+
+
+def _picks_parameters() -> list[Any]:
+    if OpenApiParameter is None:
+        return []
+    return [*_query_parameters(),
+            OpenApiParameter("category", str, description="The page's category: a visitor "
+                             "without history gets its best-converting products.")]
+
+
+class PickedForYouView(VisualRecoAPIView):
+    """``GET picked-for-you/?limit=N&category=C&field=F``: the products picked for this
+    visitor (its ``vr_vid`` cookie; a logged-in user's own events too with
+    ``FEEDBACK["STORE_USER_ID"]``), near its taste or, without history, the best-converting
+    products of ``category``; never what it bought. With the attribution ``token``."""
+
+    embedding_field: str | None = None
+    surface = "picked_for_you_api"
+    throttle_classes = [PicksThrottle]
+
+    def get_queryset(self) -> models.QuerySet:
+        """The products picks are drawn from (override to add filters, e.g. in stock)."""
+        return product_model()._default_manager.all()
+
+    @extend_schema(parameters=_picks_parameters(), responses=PicksResponseSerializer)
+    def get(self, request: Request) -> Response:
+        """Return the products picked for this visitor."""
+        params = PicksQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        limit = _checked_limit(params.validated_data.get("limit"))
+        candidates = self.get_queryset()
+        embedding = _embedding(candidates.model, params.validated_data.get("field"),
+                               self.embedding_field)
+        category = params.validated_data.get("category")
+        if category is not None:
+            category = _category(candidates.model, category)
+        tracked = serving(request, self.surface)
+        picks = picks_for(request, candidates, limit, category=category, field=embedding.name,
+                          variant=tracked.variant if tracked else None)
+        context = {"request": request, "source_field": embedding.source}
+        return _tracked(request, tracked, Response({
+            "source": picks.source,
+            "results": reco_settings.SIMILAR_SERIALIZER(picks.products, many=True,
+                                                        context=context).data,
+            "token": token_for(tracked, self.surface, picks.source, picks.products,
+                               embedding.embedder),
+        }))
+
+
+def _category(model: type[models.Model], raw: str) -> Any:
+    """A ``category`` parameter parsed by the model's ``CATEGORY_FIELD``, or a 400."""
+    try:
+        field = model._meta.get_field(reco_settings.CATEGORY_FIELD)
+    except FieldDoesNotExist:
+        raise serializers.ValidationError(
+            {"category": ["These products have no category."]}) from None
+    try:
+        return model_value(field, raw)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({"category": exc.messages}) from None
 
 
 def _checked_limit(value: int | None) -> int:

@@ -97,7 +97,9 @@ def _credit(served: ServedList, product: str) -> dict[str, Any]:
             "list_id": served.list_id, "fingerprint": served.fingerprint}
 
 
-def _user_id(request: HttpRequest) -> str:
+def stored_user_id(request: HttpRequest) -> str:
+    """The logged-in user's id as events store it: only with ``FEEDBACK["STORE_USER_ID"]``,
+    else empty."""
     user = getattr(request, "user", None)
     if reco_settings.FEEDBACK["STORE_USER_ID"] and user is not None and user.is_authenticated:
         return str(user.pk)
@@ -186,7 +188,7 @@ def accept_batch(request: HttpRequest, payload: Any) -> tuple[int, int]:
     now = timezone.now()
     key = visitor_key(raw_id, now)
     lists: dict[str, ServedList] = {}
-    user_id = _user_id(request)
+    user_id = stored_user_id(request)
     rows = [_event(raw, f"events[{index}]", now, lists, key, user_id)
             for index, raw in enumerate(events)]
     return _store(rows)
@@ -256,7 +258,8 @@ def record(request: HttpRequest, type: str, product: Any, *, quantity: int = 1,
     product_id = str(getattr(product, "pk", product))
     credit = _credit(read(token), product_id) if token else _last_touch(raw_id, product_id, now)
     event = FeedbackEvent(type=type, occurred_at=now, visitor=visitor_key(raw_id, now),
-                          user_id=_user_id(request), event_id=event_id or uuid.uuid4().hex,
+                          user_id=stored_user_id(request),
+                          event_id=event_id or uuid.uuid4().hex,
                           product=product_id, quantity=quantity, revenue=revenue, **credit)
     _store([event])
     return event

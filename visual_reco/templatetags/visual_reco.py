@@ -1,20 +1,24 @@
-"""Template tags: ``{% load visual_reco %}{% visually_similar product limit=8 %}``."""
+"""Template tags: ``{% load visual_reco %}{% visually_similar product limit=8 %}``,
+``{% picked_for_you limit=8 category=category %}``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import template
+from django.db import models
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
+from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.similar import ranked_similar
-from visual_reco.registry import get_embedding_field
+from visual_reco.registry import get_embedding_field, product_model
 
 register = template.Library()
 SURFACE = "similar"
+PICKS_SURFACE = "picked_for_you"
 
 
 @register.simple_tag(takes_context=True)
@@ -40,6 +44,40 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
          "status": getattr(obj, embedding.status_name),
          "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding.embedder)},
+        request=request,
+    )
+
+
+@register.simple_tag(takes_context=True)
+def picked_for_you(context: template.Context, limit: int | None = None, category: Any = None,
+                   queryset: Any = None, template_name: str | None = None,
+                   title: str = "Picked for you", field: str | None = None,
+                   exclude: Any = None) -> str:
+    """Render the products picked for this visitor (`visual_reco.feedback.picks`) with
+    ``PICKS["TEMPLATE"]``, by the strategy of its A/B variant on surface
+    ``picked_for_you``; nothing when there is nothing to show.
+
+    ``category`` is the page's category: a visitor without history gets its best sellers.
+    ``exclude`` is a product (the page's own) or a list of them not to show. ``queryset``
+    restricts the candidates (default: the product model's); ``field`` picks the embedding
+    (default: the model's first).
+    """
+    candidates = queryset if queryset is not None else product_model()._default_manager.all()
+    embedding = get_embedding_field(candidates.model, field)
+    request = context.get("request")
+    tracked = serving(request, PICKS_SURFACE) if _events_url() else None
+    if exclude is None:
+        exclude = []
+    elif isinstance(exclude, models.Model | str | int):
+        exclude = [exclude]
+    picks = picks_for(request, candidates, limit, category=category, field=embedding.name,
+                      variant=tracked.variant if tracked else None, exclude=exclude)
+    return render_to_string(
+        template_name or reco_settings.PICKS["TEMPLATE"],
+        {"products": picks.products, "source": picks.source, "title": title,
+         "image_field": embedding.source,
+         "tracking": _tracking(tracked, PICKS_SURFACE, picks.source, picks.products,
+                               embedding.embedder)},
         request=request,
     )
 

@@ -1,0 +1,331 @@
+"""Picked for you: products for one visitor, from its recent events (anonymous: its
+visitor keys; logged in, with ``FEEDBACK["STORE_USER_ID"]``: also its user id), by the
+``PICKS`` options of its A/B variant (a variant's ``RANKING`` ``{"PICKS": "best_sellers"}``).
+
+``taste``: the visitor's latest ``MAX_EVENTS`` events within ``WINDOW_DAYS`` (two index
+scans), the vectors of its ``MAX_PRODUCTS`` weightiest products (by primary key), their
+weighted mean (`visual_reco.feedback.taste`), one HNSW query for the ``POOL`` x ``limit``
+nearest products, re-scored by the visitor's category affinities. A visitor without a liked
+product, and the ``best_sellers`` strategy, get the best-converting products of the current
+category instead. Either way what the visitor bought or dismissed is left out, and a short
+list is filled with best sellers.
+
+Each row carries ``visual_score`` (cosine similarity to the taste; None for a best seller),
+``feedback_score`` (the category term, or the smoothed conversion rate) and ``reco_score``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
+from django.db import connection, models
+from django.db.models import F, Func
+from django.http import HttpRequest
+from django.utils import timezone
+
+from visual_reco.choices import EventType
+from visual_reco.conf import DEFAULTS, reco_settings
+from visual_reco.feedback.events import stored_user_id
+from visual_reco.feedback.experiments import Variant
+from visual_reco.feedback.taste import Taste, product_weights, strongest, taste_of
+from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
+from visual_reco.models import FeedbackEvent, FeedbackProductStats
+from visual_reco.query import visual
+from visual_reco.registry import get_embedding_field, product_model
+
+TASTE = "taste"
+BEST_SELLERS = "best_sellers"
+STRATEGIES = (TASTE, BEST_SELLERS)
+# Products the visitor is never shown again.
+HIDING_EVENTS = frozenset({EventType.PURCHASE, EventType.DISMISS})
+# Ranked best sellers kept per category: enough for MAX_LIMIT after leaving out what a
+# visitor bought and what the candidates' filters drop.
+BEST_SELLERS_DEPTH = 300
+MAX_CACHED_RANKINGS = 512
+_best_sellers: dict[tuple[str, str | None, float], tuple[float, list[tuple[str, float]]]] = {}
+
+
+@dataclass(frozen=True)
+class PickOptions:
+    """The ``PICKS`` settings one list is picked with."""
+
+    strategy: str
+    event_weights: dict[str, float]
+    half_life_days: float
+    window_days: float
+    max_events: int
+    max_products: int
+    category_weight: float
+    pool: int
+    prior_strength: float
+    best_sellers_ttl: float
+
+    @classmethod
+    def of(cls, variant: Variant | None = None) -> PickOptions:
+        """The options of ``variant``: ``PICKS``, overridden by the variant's ``RANKING``
+        ``"PICKS"`` (a strategy's name, or a dict of ``PICKS`` keys)."""
+        merged = dict(reco_settings.PICKS)
+        override = variant.ranking.get("PICKS") if variant else None
+        if isinstance(override, str):
+            merged["STRATEGY"] = override
+        elif isinstance(override, dict):
+            merged.update(override)
+        if merged["STRATEGY"] not in STRATEGIES:
+            raise ImproperlyConfigured(f"VISUAL_RECO['PICKS']['STRATEGY'] must be one of "
+                                       f"{STRATEGIES}, not {merged['STRATEGY']!r}")
+        weights = {**DEFAULTS["PICKS"]["EVENT_WEIGHTS"], **merged["EVENT_WEIGHTS"]}
+        return cls(strategy=merged["STRATEGY"],
+                   event_weights={kind: float(weight) for kind, weight in weights.items()},
+                   half_life_days=float(merged["HALF_LIFE_DAYS"]),
+                   window_days=float(merged["WINDOW_DAYS"]),
+                   max_events=max(0, int(merged["MAX_EVENTS"])),
+                   max_products=max(1, int(merged["MAX_PRODUCTS"])),
+                   category_weight=float(merged["CATEGORY_WEIGHT"]),
+                   pool=max(1, int(merged["POOL"])),
+                   prior_strength=float(merged["PRIOR_STRENGTH"]),
+                   best_sellers_ttl=float(merged["BEST_SELLERS_TTL"]))
+
+
+@dataclass(frozen=True)
+class Picks:
+    """A list picked for a visitor, and how: ``source`` is ``"taste"`` or
+    ``"best_sellers"`` (what the token records as the list's source)."""
+
+    products: list[models.Model]
+    source: str
+
+
+def _table(model: type) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def recent_events_query(raw_id: str | None, user_id: str, now: datetime,
+                        options: PickOptions) -> tuple[str, list[Any]] | None:
+    """The SQL and parameters of `recent_events` (None when there is no one to read)."""
+    since = now - timedelta(days=options.window_days)
+    parts, params = [], []
+    events = _table(FeedbackEvent)
+    if raw_id and options.max_events:
+        keys = keys_within(raw_id, now, timedelta(days=options.window_days))
+        parts.append(f"""
+            SELECT e.id, e.type, e.product, e.occurred_at
+            FROM unnest(%s::varchar[]) AS k(visitor) CROSS JOIN LATERAL (
+                SELECT id, type, product, occurred_at FROM {events}
+                WHERE visitor = k.visitor AND occurred_at >= %s
+                ORDER BY occurred_at DESC LIMIT %s) AS e""")
+        params += [keys, since, options.max_events]
+    if user_id and options.max_events:
+        # user_id <> '' spelled out: the partial index on user_id requires it.
+        parts.append(f"""
+            (SELECT id, type, product, occurred_at FROM {events}
+             WHERE user_id = %s AND user_id <> '' AND occurred_at >= %s
+             ORDER BY occurred_at DESC LIMIT %s)""")
+        params += [user_id, since, options.max_events]
+    if not parts:
+        return None
+    # UNION, not UNION ALL: an event stored with both the key and the user id counts once.
+    return (f"""SELECT type, product, occurred_at FROM ({" UNION ".join(parts)}) AS recent
+                ORDER BY occurred_at DESC LIMIT %s""", [*params, options.max_events])
+
+
+def recent_events(raw_id: str | None, user_id: str, now: datetime,
+                  options: PickOptions) -> list[tuple[str, str, float]]:
+    """``(type, product, age in days)`` of the latest ``MAX_EVENTS`` events of visitor
+    ``raw_id`` (under each of its keys within ``WINDOW_DAYS``) and of ``user_id``, newest
+    first. Each key and the user id is one index scan that stops after ``MAX_EVENTS`` rows."""
+    query = recent_events_query(raw_id, user_id, now, options)
+    if query is None:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(*query)
+        return [(kind, product, (now - when).total_seconds() / 86400.0)
+                for kind, product, when in cursor.fetchall()]
+
+
+def _category_field(model: type[models.Model]) -> models.Field | None:
+    """The model's ``CATEGORY_FIELD``, if it has one."""
+    try:
+        return model._meta.get_field(reco_settings.CATEGORY_FIELD)
+    except FieldDoesNotExist:
+        return None
+
+
+def _pks(model: type[models.Model], ids: list[str]) -> list[Any]:
+    """``ids`` (primary keys as events store them, text) that are valid for ``model``."""
+    found = []
+    for value in ids:
+        try:
+            found.append(model._meta.pk.to_python(value))
+        except ValidationError:
+            continue
+    return found
+
+
+def half_vector(binary: bytes) -> np.ndarray:
+    """A halfvec in pgvector's binary form (dimensions, 0, big-endian float16s), as float32."""
+    return np.frombuffer(binary, dtype=">f2", offset=4).astype(np.float32)
+
+
+def visitor_taste(model: type[models.Model], weights: dict[str, float], options: PickOptions,
+                  field: str | None = None) -> Taste:
+    """The taste of a visitor whose products weigh ``weights``: the vectors and categories
+    of the ``MAX_PRODUCTS`` weightiest, read by primary key in one query."""
+    embedding = get_embedding_field(model, field)
+    category = _category_field(model)
+    columns = ["pk", "binary_vector"] + ([category.attname] if category else [])
+    vectors, categories = {}, {}
+    chosen = strongest(weights, options.max_products)
+    # halfvec's binary form: parsing 2,048 numbers of text per product took 30 ms for 50.
+    rows = (model._base_manager.filter(pk__in=_pks(model, chosen))
+            .annotate(binary_vector=Func(F(embedding.attname), function="halfvec_send",
+                                         output_field=models.BinaryField()))
+            .values_list(*columns))
+    for row in rows:
+        product = str(row[0])
+        if row[1] is not None:
+            vectors[product] = half_vector(bytes(row[1]))
+        if category is not None and row[2] is not None:
+            categories[product] = str(row[2])
+    return taste_of({product: weights[product] for product in chosen}, vectors, categories)
+
+
+def best_converting(model: type[models.Model], category: Any,
+                    options: PickOptions) -> list[tuple[str, float]]:
+    """``(product, smoothed conversion rate)`` of the products of ``category`` (None: all)
+    that converted, best first, at most ``BEST_SELLERS_DEPTH``: carts and purchases on every
+    surface (organic ones included) per examined impression (at least one per conversion),
+    smoothed towards the mean of those products by ``PRIOR_STRENGTH`` pseudo-views. Kept
+    ``BEST_SELLERS_TTL`` seconds per process: it is the same for every visitor, and a sum
+    over the products' totals."""
+    value = None if category is None else str(getattr(category, "pk", category))
+    key = (model._meta.label, value, options.prior_strength)
+    now = time.monotonic()
+    cached = _best_sellers.get(key)
+    if cached is not None and cached[0] >= now:
+        return cached[1]
+    ids = None
+    if category is not None:
+        ids = [str(pk) for pk in model._default_manager.filter(
+            **{reco_settings.CATEGORY_FIELD: category}).values_list("pk", flat=True)]
+    ranking: list[tuple[str, float]] = []
+    if ids is None or ids:
+        with connection.cursor() as cursor:
+            cursor.execute(f"""
+                WITH totals AS (
+                    SELECT product, sum(examined) AS examined,
+                           sum(add_to_carts + purchases) AS conversions
+                    FROM {_table(FeedbackProductStats)}
+                    WHERE %s::varchar[] IS NULL OR product = ANY(%s::varchar[])
+                    GROUP BY product),
+                per_product AS (
+                    -- A sale of a product no list showed (organic) was seen at least once.
+                    SELECT product, greatest(examined, conversions) AS views, conversions
+                    FROM totals),
+                mean AS (
+                    SELECT (sum(conversions) + 0.5) / (sum(views) + 1.0) AS rate
+                    FROM per_product)
+                SELECT product, (conversions + rate * %s) / (views + %s) AS score
+                FROM per_product, mean WHERE conversions > 0
+                ORDER BY score DESC, product LIMIT %s""",
+                           [ids, ids, options.prior_strength, options.prior_strength,
+                            BEST_SELLERS_DEPTH])
+            ranking = [(product, float(score)) for product, score in cursor.fetchall()]
+    if len(_best_sellers) >= MAX_CACHED_RANKINGS:
+        _best_sellers.clear()
+    _best_sellers[key] = (now + options.best_sellers_ttl, ranking)
+    return ranking
+
+
+def forget_best_sellers() -> None:
+    """Rank best sellers again on next use (after a roll-up in the same process, in tests)."""
+    _best_sellers.clear()
+
+
+def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[str],
+             options: PickOptions, field: str | None) -> list[models.Model]:
+    """The candidates nearest to the taste, re-scored by category affinity, best first."""
+    size = limit * options.pool + len(hidden)
+    pool = [row for row in visual(candidates).similar_to_vector(taste.vector, size, field=field)
+            if str(row.pk) not in hidden]
+    category = _category_field(candidates.model)
+    for row in pool:
+        value = getattr(row, category.attname, None) if category else None
+        affinity = taste.affinities.get(str(value), 0.0) if value is not None else 0.0
+        row.feedback_score = options.category_weight * affinity
+        row.reco_score = row.visual_score + row.feedback_score
+    pool.sort(key=lambda row: -row.reco_score)
+    return pool[:limit]
+
+
+def _best_sellers_rows(candidates: models.QuerySet, category: Any, limit: int,
+                       left_out: set[str], options: PickOptions,
+                       field: str | None) -> list[models.Model]:
+    """The ``limit`` best-converting candidates of ``category`` not in ``left_out``; the
+    rest of the category, newest first, when too few converted."""
+    if limit <= 0:
+        return []
+    model = candidates.model
+    deferred = get_embedding_field(model, field).attname
+    wanted = [(product, rate) for product, rate in best_converting(model, category, options)
+              if product not in left_out][:limit * 3]
+    found = {str(row.pk): row for row in
+             candidates.filter(pk__in=_pks(model, [product for product, _ in wanted]))
+             .defer(deferred)}
+    rows = []
+    for product, rate in wanted:
+        row = found.get(product)
+        if row is not None and len(rows) < limit:
+            row.visual_score, row.feedback_score, row.reco_score = None, rate, rate
+            rows.append(row)
+    if len(rows) < limit:
+        scope = candidates
+        if category is not None:
+            scope = scope.filter(**{reco_settings.CATEGORY_FIELD: category})
+        skipped = _pks(model, sorted(left_out | {str(row.pk) for row in rows}))
+        for row in (scope.exclude(pk__in=skipped).defer(deferred)
+                    .order_by("-pk")[:limit - len(rows)]):
+            row.visual_score, row.feedback_score, row.reco_score = None, 0.0, None
+            rows.append(row)
+    return rows
+
+
+def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = None,
+              limit: int | None = None, *, category: Any = None, field: str | None = None,
+              variant: Variant | None = None, exclude: Iterable[Any] = (),
+              now: datetime | None = None) -> Picks:
+    """The products picked for this request's visitor among ``candidates`` (default: the
+    product model's), best first (see the module docstring). ``category`` is the page's
+    category, for a visitor without history; ``exclude`` are products (or primary keys)
+    not to show, such as the page's own. A request that may not be tracked (Do Not Track,
+    Global Privacy Control, no consent) has no history read: it gets best sellers."""
+    options = PickOptions.of(variant)
+    limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+    if candidates is None:
+        candidates = product_model()._default_manager.all()
+    model = candidates.model
+    field = get_embedding_field(model, field).name
+    now = now or timezone.now()
+    raw_id, user_id = (visitor_id(request), stored_user_id(request)) if tracking_allowed(
+        request) else (None, "")
+    events = recent_events(raw_id, user_id, now, options)
+    hidden = {product for kind, product, _ in events if kind in HIDING_EVENTS}
+    hidden |= {str(getattr(product, "pk", product)) for product in exclude}
+    rows: list[models.Model] = []
+    source = BEST_SELLERS
+    if options.strategy == TASTE and events:
+        weights = product_weights(events, options.event_weights, options.half_life_days)
+        if any(weight > 0 for weight in weights.values()):
+            taste = visitor_taste(model, weights, options, field)
+            if not taste.empty:
+                rows = _nearest(candidates, taste, limit, hidden, options, field)
+                source = TASTE
+    shown = hidden | {str(row.pk) for row in rows}
+    rows += _best_sellers_rows(candidates, category, limit - len(rows), shown, options, field)
+    return Picks(rows, source)
+

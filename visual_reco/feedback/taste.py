@@ -1,0 +1,89 @@
+"""A visitor's taste from its recent events: the arithmetic, on numbers only
+(`visual_reco.feedback.picks` reads the events and the vectors and serves the list).
+
+An event weighs its type's weight (``PICKS["EVENT_WEIGHTS"]``: purchase > cart > click >
+0 > impression), halved every ``HALF_LIFE_DAYS`` of age. A product's weight is the sum of
+its events'; impressions count only for products the visitor did nothing else with (seen and
+passed over: a weak negative). The taste vector is the weighted sum of those products' unit
+vectors (the passed-over ones pull away a little), normalised; a category's affinity is its
+products' summed weight over the total absolute weight, from -1 (only passed over) to 1
+(everything the visitor liked is in it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from visual_reco.choices import EventType
+
+# Below this norm the weighted sum is noise (likes and passes that cancel out).
+MIN_TASTE_NORM = 1e-6
+
+
+@dataclass(frozen=True)
+class Taste:
+    """Where a visitor's taste points in the embedding space (None: nowhere yet), and its
+    affinity for each category."""
+
+    vector: np.ndarray | None
+    affinities: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is no taste to rank by (no product the visitor liked)."""
+        return self.vector is None
+
+
+def decay(age_days: float, half_life_days: float) -> float:
+    """The share of its weight an event keeps at ``age_days`` (1 now, 0.5 after a half-life;
+    a timestamp slightly ahead of the server's clock counts as now)."""
+    return float(0.5 ** (max(age_days, 0.0) / max(half_life_days, 1e-9)))
+
+
+def product_weights(events: Iterable[tuple[str, str, float]], weights: Mapping[str, float],
+                    half_life_days: float) -> dict[str, float]:
+    """What ``events`` (type, product, age in days) say about each product, decayed by age;
+    a product's impressions count only when the visitor did nothing else with it."""
+    events = list(events)
+    engaged = {product for kind, product, _ in events if kind != EventType.IMPRESSION}
+    totals: dict[str, float] = {}
+    for kind, product, age in events:
+        if kind == EventType.IMPRESSION and product in engaged:
+            continue
+        weight = float(weights.get(kind, 0.0)) * decay(age, half_life_days)
+        totals[product] = totals.get(product, 0.0) + weight
+    return totals
+
+
+def strongest(weights: Mapping[str, float], count: int) -> list[str]:
+    """The ``count`` products whose weights say the most (largest absolute weight first)."""
+    ranked = sorted(weights, key=lambda product: (-abs(weights[product]), product))
+    return [product for product in ranked[:count] if weights[product] != 0]
+
+
+def taste_of(weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
+             categories: Mapping[str, str]) -> Taste:
+    """The taste of a visitor whose products weigh ``weights``, from their ``vectors`` and
+    ``categories`` (a product missing from either does not count there). Empty when no
+    product with a vector has a positive weight."""
+    affinities: dict[str, float] = {}
+    for product, category in categories.items():
+        if product in weights:
+            affinities[category] = affinities.get(category, 0.0) + weights[product]
+    total = sum(abs(weights[product]) for product in categories if product in weights)
+    if total > 0:
+        affinities = {category: value / total for category, value in affinities.items()}
+    known = [product for product in weights if product in vectors and weights[product] != 0]
+    if not any(weights[product] > 0 for product in known):
+        return Taste(None, affinities)
+    matrix = np.stack([np.asarray(vectors[product], dtype=np.float64) for product in known])
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = matrix / np.where(norms > 0, norms, 1.0)
+    vector = np.array([weights[product] for product in known]) @ matrix
+    norm = float(np.linalg.norm(vector))
+    if norm < MIN_TASTE_NORM:
+        return Taste(None, affinities)
+    return Taste((vector / norm).astype(np.float32), affinities)
