@@ -7,8 +7,8 @@ scans), the vectors of its ``MAX_PRODUCTS`` weightiest products (by primary key)
 weighted mean (`visual_reco.feedback.taste`), one HNSW query for the ``POOL`` x ``limit``
 nearest products, re-scored by the visitor's category affinities. A visitor without a liked
 product, and the ``best_sellers`` strategy, get the best-converting products of the current
-category instead. Either way what the visitor bought or dismissed is left out, and a short
-list is filled with best sellers.
+category instead. Either way what the visitor bought, dismissed, opened or put in the cart
+is left out, and a short list is filled with best sellers.
 
 Each row carries ``visual_score`` (cosine similarity to the taste; None for a best seller),
 ``feedback_score`` (the category term, or the smoothed conversion rate) and ``reco_score``.
@@ -42,8 +42,10 @@ from visual_reco.registry import get_embedding_field, product_model
 TASTE = "taste"
 BEST_SELLERS = "best_sellers"
 STRATEGIES = (TASTE, BEST_SELLERS)
-# Products the visitor is never shown again.
-HIDING_EVENTS = frozenset({EventType.PURCHASE, EventType.DISMISS})
+# Products the visitor is not shown again: bought, dismissed, or already opened or in the
+# cart (picks are for finding something new; the product page and the cart show those).
+HIDING_EVENTS = frozenset({EventType.PURCHASE, EventType.DISMISS, EventType.CLICK,
+                           EventType.ADD_TO_CART})
 # Ranked best sellers kept per category: enough for MAX_LIMIT after leaving out what a
 # visitor bought and what the candidates' filters drop.
 BEST_SELLERS_DEPTH = 300
