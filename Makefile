@@ -34,7 +34,7 @@ bench: install
 	$(RUN) $(BIN)/python manage.py bench_api
 	$(RUN) $(BIN)/python manage.py bench_events
 	$(RUN) $(BIN)/python manage.py bench_feedback
-	$(RUN) $(BIN)/python manage.py bench_reranking
+	$(RUN) $(BIN)/python manage.py bench_ranking
 	$(RUN) $(BIN)/python manage.py bench_widget
 	$(RUN) $(BIN)/python manage.py bench_vectors
 
@@ -52,7 +52,7 @@ bench-quick: install
 	    --concurrency 1 8 --search-concurrency 2 && \
 	  $(BIN)/python manage.py bench_events --seconds 3 --concurrency 8 --kills 2 && \
 	  $(BIN)/python manage.py bench_feedback --events 200000 --requests 5 && \
-	  $(BIN)/python manage.py bench_reranking --events 200000 --catalog-size 10000 \
+	  $(BIN)/python manage.py bench_ranking --events 200000 --catalog-size 10000 \
 	    --sources 100 --lists 100 --seconds 2 --concurrency 4 --workers 2 && \
 	  $(BIN)/python manage.py bench_widget --loads 5 && \
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'

@@ -96,10 +96,18 @@ def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrenc
     return result
 
 
-def get_requests(host: str, paths: list[str]) -> Callable[[], bytes]:
-    """A request factory cycling through GET ``paths``."""
-    cycle = itertools.cycle(paths)
-    return lambda: (f"GET {next(cycle)} HTTP/1.1\r\nHost: {host}\r\n\r\n").encode()
+def get_requests(host: str, paths: list[str],
+                 cookies: list[str] | None = None) -> Callable[[], bytes]:
+    """A request factory cycling through GET ``paths``, with ``cookies[i]`` (a ``Cookie``
+    header's value) on the i-th path when given."""
+    cycle = itertools.cycle(zip(paths, cookies or [""] * len(paths), strict=True))
+
+    def request() -> bytes:
+        path, cookie = next(cycle)
+        header = f"Cookie: {cookie}\r\n" if cookie else ""
+        return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n".encode()
+
+    return request
 
 
 def multipart_post(host: str, path: str, field_name: str, filename: str,

@@ -1,11 +1,13 @@
-"""``manage.py bench_reranking``: what re-ranking with feedback costs a similar-products list,
-at 100k products with the aggregates of 10 million events.
+"""``manage.py bench_ranking``: what re-ranking with feedback costs a similar-products list,
+and what a picked-for-you list costs, at 100k products with 10 million events.
 
 The events are generated in SQL on pairs the benchmark then asks for (each sampled product
 with its visual candidate pool) and, for the rest, on random pairs of the whole catalog, so
-the running totals are as large as a busy shop's and every list finds evidence. Then, in
-this process, each list is timed visual-only and re-ranked; and gunicorn serves the API
-under load, once visual-only and once re-ranked.
+the running totals are as large as a busy shop's and every list finds evidence; and
+``--visitors`` visitors get a history of 40 events each under their real (hashed) keys.
+Then, in this process, each list is timed visual-only and re-ranked, and each visitor's
+picks; and gunicorn serves the API under load: similar lists visual-only and re-ranked, and
+picked-for-you with the visitors' cookies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
+from django.test import RequestFactory
 from django.utils import timezone
 
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
@@ -26,6 +29,8 @@ from demo_shop.bench.loadgen import LoadResult, get_requests, run_load
 from demo_shop.shop.models import Product
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.evidence import forget_priors
+from visual_reco.feedback.experiments import Variant
+from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.rollup import (
     LOCK_KEY,
     first_recomputable_day,
@@ -33,6 +38,7 @@ from visual_reco.feedback.rollup import (
     rollup,
 )
 from visual_reco.feedback.similar import ranked_similar
+from visual_reco.feedback.visitors import visitor_key
 from visual_reco.models import FeedbackEvent, FeedbackPairStats
 from visual_reco.result_cache import similar_products
 
@@ -41,6 +47,7 @@ PAIRS = "bench_rerank_pairs"
 MIX = ("CASE WHEN r < 880 THEN 'impression' WHEN r < 970 THEN 'click' WHEN r < 990 THEN "
        "'add_to_cart' ELSE 'purchase' END")
 LIMIT = 8
+BEST_SELLERS_ONLY = Variant("best_sellers", ranking={"PICKS": "best_sellers"})
 
 
 class Command(BaseCommand):
@@ -54,6 +61,8 @@ class Command(BaseCommand):
         parser.add_argument("--sources", type=int, default=1000,
                             help="products whose lists are asked for")
         parser.add_argument("--lists", type=int, default=2000, help="lists timed in process")
+        parser.add_argument("--visitors", type=int, default=1000,
+                            help="visitors with a history, for picked-for-you")
         parser.add_argument("--seconds", type=float, default=10.0)
         parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
         parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
@@ -69,6 +78,7 @@ class Command(BaseCommand):
                            .order_by("?").values_list("pk", flat=True)[:options["sources"]])
             started = time.perf_counter()
             self._generate(sources, options)
+            visitors = self._histories(options["visitors"])
             self.stdout.write(f"{options['events']:,} events generated in "
                               f"{time.perf_counter() - started:.0f} s")
             started = time.perf_counter()
@@ -77,13 +87,15 @@ class Command(BaseCommand):
             pairs = FeedbackPairStats.objects.count()
             self.stdout.write(f"roll-up {rolled:.0f} s; {pairs:,} pair totals")
             timings = self._in_process(sources, options["lists"])
-            loads = self._under_load(sources, options)
+            timings.update(self._picks_in_process(visitors, options["lists"]))
+            loads = self._under_load(sources, visitors, options)
         finally:
             self._clean()
             if padded:
                 remove_padding(say=self.stdout.write)
         if not options["no_write"]:
             self._write(options, pairs, timings, loads)
+            self._write_picks(options, timings, loads)
 
     def _generate(self, sources: list[int], options: dict[str, Any]) -> None:
         pool = LIMIT * int(reco_settings.RANKING["POOL"])
@@ -124,6 +136,45 @@ class Command(BaseCommand):
                 """, {"top": top, "pairs": pairs, "start": start, "stop": stop})
             cursor.execute(f"ANALYZE {FeedbackEvent._meta.db_table}")
 
+    def _histories(self, count: int) -> list[str]:
+        """``count`` visitors, each with 40 events of the last 14 days (24 impressions, 12
+        clicks, 3 carts, 1 purchase) on random products, stored under its real key."""
+        raw_ids = [f"bench-visitor-{n:08d}" for n in range(count)]
+        keys = [visitor_key(raw_id) for raw_id in raw_ids]
+        kinds = ["impression"] * 24 + ["click"] * 12 + ["add_to_cart"] * 3 + ["purchase"]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT max(id) FROM " + Product._meta.db_table)
+            top = cursor.fetchone()[0]
+            cursor.execute(f"""
+                INSERT INTO {FeedbackEvent._meta.db_table}
+                  (type, occurred_at, received_at, visitor, user_id, event_id, surface,
+                   variant, source, product, position, list_id, fingerprint, quantity)
+                SELECT (%s::text[])[1 + e], now() - (k.n * 7 + e) %% 336 * interval '1 hour',
+                       now(), k.key, '', 'bench-rr-h' || k.n || '-' || e, '', '', '',
+                       (1 + (k.n * 7919 + e * 104729) %% %s)::text, NULL, '', 'bench', 1
+                FROM unnest(%s::text[]) WITH ORDINALITY AS k(key, n),
+                     generate_series(0, 39) AS e""", [kinds, top, keys])
+            cursor.execute(f"ANALYZE {FeedbackEvent._meta.db_table}")
+        return raw_ids
+
+    def _picks_in_process(self, visitors: list[str], lists: int) -> dict[str, list[float]]:
+        factory = RequestFactory()
+        cookie = reco_settings.FEEDBACK["VISITOR_COOKIE"]
+        timings: dict[str, list[float]] = {"picks": [], "best sellers": []}
+        for n in range(lists):
+            request = factory.get("/")
+            request.COOKIES[cookie] = visitors[n % len(visitors)]
+            for name, variant in (("picks", None), ("best sellers", BEST_SELLERS_ONLY)):
+                started = time.perf_counter()
+                picks = picks_for(request, None, LIMIT, variant=variant)
+                timings[name].append((time.perf_counter() - started) * 1000)
+                assert len(picks.products) == LIMIT
+                assert name != "picks" or picks.source == "taste"
+        for name, values in timings.items():
+            self.stdout.write(f"in process, {name}: p50 {np.percentile(values, 50):.2f} ms, "
+                              f"p99 {np.percentile(values, 99):.2f} ms")
+        return timings
+
     def _in_process(self, sources: list[int], lists: int) -> dict[str, list[float]]:
         forget_priors()
         products = {product.pk: product for product in
@@ -144,9 +195,12 @@ class Command(BaseCommand):
                               f"p99 {np.percentile(values, 99):.2f} ms")
         return timings
 
-    def _under_load(self, sources: list[int], options: dict[str, Any]
+    def _under_load(self, sources: list[int], visitors: list[str], options: dict[str, Any]
                     ) -> dict[str, dict[int, LoadResult]]:
         paths = [f"/api/visual-reco/products/{pk}/similar/?limit={LIMIT}" for pk in sources]
+        cookie = reco_settings.FEEDBACK["VISITOR_COOKIE"]
+        picks = ([f"/api/visual-reco/picked-for-you/?limit={LIMIT}"] * len(visitors),
+                 [f"{cookie}={raw_id}" for raw_id in visitors])
         loads: dict[str, dict[int, LoadResult]] = {}
         for ranking, cache in (("visual", "0"), ("reranked", "0"), ("visual", "1"),
                                ("reranked", "1")):
@@ -163,11 +217,20 @@ class Command(BaseCommand):
                     result = run_load(HOST, port, get_requests(HOST, paths), level,
                                       options["seconds"])
                     loads[name][level] = result
-                    self.stdout.write(f"{name} c={level}: {result.rate:.0f} req/s, "
-                                      f"p50 {result.percentile(50):.1f} ms, "
-                                      f"p99 {result.percentile(99):.1f} ms, "
-                                      f"{result.errors} errors")
+                    self._report(name, level, result)
+                if ranking == "reranked" and cache == "1":
+                    loads["picked for you"] = {}
+                    for level in options["concurrency"]:
+                        result = run_load(HOST, port, get_requests(HOST, *picks), level,
+                                          options["seconds"])
+                        loads["picked for you"][level] = result
+                        self._report("picked for you", level, result)
         return loads
+
+    def _report(self, name: str, level: int, result: LoadResult) -> None:
+        self.stdout.write(f"{name} c={level}: {result.rate:.0f} req/s, "
+                          f"p50 {result.percentile(50):.1f} ms, "
+                          f"p99 {result.percentile(99):.1f} ms, {result.errors} errors")
 
     def _clean(self) -> None:
         """Delete the bench's events and pairs, and count the days they were on again from
@@ -191,10 +254,8 @@ class Command(BaseCommand):
         visual, reranked = timings["visual"], timings["reranked"]
         added = np.percentile(reranked, 99) - np.percentile(visual, 99)
         added_median = np.percentile(reranked, 50) - np.percentile(visual, 50)
-        rows = "\n".join(
-            f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f} | "
-            f"{result.percentile(99):.1f} | {result.errors} |"
-            for name, by_level in loads.items() for level, result in by_level.items())
+        rows = _load_rows({name: by_level for name, by_level in loads.items()
+                           if name != "picked for you"})
         body = (
             f"{options['catalog_size']:,} products (the demo catalog padded with synthetic "
             f"vectors), {options['events']:,} feedback events over 28 days rolled up into "
@@ -215,7 +276,36 @@ class Command(BaseCommand):
             f"threads, {options['seconds']:.0f} s per level, closed loop on loopback):\n\n"
             "| ranking | connections | req/s | p50 ms | p99 ms | errors |\n"
             "|---|---:|---:|---:|---:|---:|\n" + rows + "\n\n"
-            f"Command: `manage.py bench_reranking --events {options['events']}` "
+            f"Command: `manage.py bench_ranking --events {options['events']}` "
             "(`make bench`).")
         path = write_section(f"## Re-ranking with feedback\n\n{body}")
         self.stdout.write(f"Wrote {path}")
+
+    def _write_picks(self, options: dict[str, Any], timings: dict[str, list[float]],
+                     loads: dict[str, dict[int, LoadResult]]) -> None:
+        picks, sellers = timings["picks"], timings["best sellers"]
+        body = (
+            f"The same catalog and events, plus {options['visitors']:,} visitors with 40 "
+            "events each of the last 14 days (24 impressions, 12 clicks, 3 carts, 1 purchase "
+            f"on random products) under their hashed keys. Lists of {LIMIT}. "
+            f"{machine_line()}.\n\n"
+            f"In process (`picks_for`, {options['lists']:,} lists each):\n\n"
+            "| strategy | p50 ms | p99 ms |\n|---|---:|---:|\n"
+            f"| taste (events, vectors, HNSW pool, category affinity) | "
+            f"{np.percentile(picks, 50):.2f} | {np.percentile(picks, 99):.2f} |\n"
+            f"| best sellers (cached per process) | {np.percentile(sellers, 50):.2f} | "
+            f"{np.percentile(sellers, 99):.2f} |\n\n"
+            "`GET picked-for-you/` under gunicorn, each request with a visitor's cookie:\n\n"
+            "| list | connections | req/s | p50 ms | p99 ms | errors |\n"
+            "|---|---:|---:|---:|---:|---:|\n"
+            + _load_rows({"picked for you": loads["picked for you"]}) + "\n\n"
+            f"Command: `manage.py bench_ranking --events {options['events']}` (`make bench`).")
+        path = write_section(f"## Picked for you\n\n{body}")
+        self.stdout.write(f"Wrote {path}")
+
+
+def _load_rows(loads: dict[str, dict[int, LoadResult]]) -> str:
+    return "\n".join(
+        f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f} | "
+        f"{result.percentile(99):.1f} | {result.errors} |"
+        for name, by_level in loads.items() for level, result in by_level.items())
