@@ -23,7 +23,7 @@ LAYERS = {
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.events", "feedback.stats", "feedback.rollup", "feedback.retention",
-                 "feedback.analytics"],
+                 "feedback.analytics", "feedback.learned", "feedback.learning"],
     "pipeline": ["embedding", "jobs", "signals", "tasks"],
     "surfaces": ["apps", "admin", "api", "api.serializers", "api.throttling", "api.views",
                  "api.urls",
