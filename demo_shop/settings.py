@@ -81,6 +81,8 @@ CELERY_BEAT_SCHEDULE = {
     # Shopper feedback: daily aggregates for the admin's analytics, and the retention.
     "visual-reco-rollup-feedback": {"task": "visual_reco.rollup_feedback", "schedule": 60.0},
     "visual-reco-purge-feedback": {"task": "visual_reco.purge_feedback", "schedule": 86400.0},
+    # The ranking learned from feedback: trained, judged, served only when it does better.
+    "visual-reco-learn-ranking": {"task": "visual_reco.learn_ranking", "schedule": 86400.0},
 }
 
 VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product"}

@@ -24,7 +24,7 @@ LAYERS = {
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.taste", "feedback.picks",
                  "feedback.events", "feedback.stats", "feedback.rollup", "feedback.retention",
-                 "feedback.analytics"],
+                 "feedback.analytics", "feedback.learned", "feedback.learning"],
     "pipeline": ["embedding", "jobs", "signals", "tasks"],
     "surfaces": ["apps", "admin", "api", "api.serializers", "api.throttling", "api.views",
                  "api.urls",

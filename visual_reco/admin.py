@@ -1,5 +1,6 @@
 """`VisualRecoAdminMixin`: embedding status columns and filters, error details, and a
-"Recompute image embeddings" action; the shopper-feedback analytics page."""
+"Recompute image embeddings" action; the shopper-feedback analytics page; the learned
+ranking's versions with their held-back numbers."""
 
 from __future__ import annotations
 
@@ -7,22 +8,23 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import ngettext
 
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.feedback.analytics import Report, ctr_chart, default_period, report, to_csv
+from visual_reco.feedback.learning import current_fingerprint, retire, serve
 from visual_reco.feedback.rollup import WATERMARK
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import reindex
-from visual_reco.models import FeedbackDaily, FeedbackRollup
+from visual_reco.models import FeedbackDaily, FeedbackRollup, LearnedRanking
 from visual_reco.registry import selected_fields
 
 STATUS_COLOURS = {
@@ -177,3 +179,87 @@ class FeedbackAnalyticsAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = (
             f'attachment; filename="feedback-{result.start}-{result.end}.csv"')
         return response
+
+
+@admin.register(LearnedRanking)
+class LearnedRankingAdmin(admin.ModelAdmin):
+    """The versions `manage.py visual_reco_learn` trained, newest first: which one serves
+    and their numbers on the held-back lists against the visual order. Read-only; staff who
+    may change them can serve or retire one."""
+
+    list_display = ["version", "created_at", "field_label", "serving_label", "held_back",
+                    "ndcg", "mrr", "auc", "decision"]
+    list_filter = ["serving", "model", "field"]
+    ordering = ["-created_at"]
+    actions = ["serve_version", "retire_version"]
+    exclude = ["weights"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [field.name for field in self.opts.fields if field.name != "weights"]
+
+    @admin.display(description="field")
+    def field_label(self, obj: LearnedRanking) -> str:
+        """``app.model.field``."""
+        return f"{obj.model}.{obj.field}"
+
+    @admin.display(description="serving")
+    def serving_label(self, obj: LearnedRanking) -> str:
+        """Whether it serves, and a warning when the field's embedder changed since."""
+        try:
+            stale = obj.fingerprint != current_fingerprint(obj)
+        except (LookupError, ImproperlyConfigured):  # the model or field is gone
+            stale = True
+        if stale:
+            return format_html('<span style="color:#cf222e">{}</span>',
+                               "trained on another embedder: never serves")
+        return "yes" if obj.serving else "no"
+
+    @admin.display(description="held-back lists")
+    def held_back(self, obj: LearnedRanking) -> Any:
+        """How many held-back lists with a click it was judged on."""
+        return obj.metrics.get("lists")
+
+    def _pair(self, obj: LearnedRanking, name: str) -> str:
+        visual = (obj.metrics.get("visual") or {}).get(name)
+        learned = (obj.metrics.get("learned") or {}).get(name)
+        return f"{visual} → {learned}" if visual is not None else "-"
+
+    @admin.display(description="NDCG visual → learned")
+    def ndcg(self, obj: LearnedRanking) -> str:
+        """NDCG of the visual order and of this version on the held-back lists."""
+        return self._pair(obj, "ndcg")
+
+    @admin.display(description="MRR visual → learned")
+    def mrr(self, obj: LearnedRanking) -> str:
+        """Mean reciprocal rank of the first click, visual order and this version."""
+        return self._pair(obj, "mrr")
+
+    @admin.display(description="AUC visual → learned")
+    def auc(self, obj: LearnedRanking) -> str:
+        """Clicked ranked above skipped, visual order and this version."""
+        return self._pair(obj, "auc")
+
+    @admin.action(description="Serve this version", permissions=["change"])
+    def serve_version(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Serve the one selected version (for its field; the one before stops)."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select one version to serve.", messages.WARNING)
+            return
+        row = queryset.get()
+        try:
+            serve(row)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"{row.version} serves {row.model}.{row.field}.",
+                          messages.SUCCESS)
+
+    @admin.action(description="Stop serving (visual order)", permissions=["change"])
+    def retire_version(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Stop serving the selected versions."""
+        for row in queryset.filter(serving=True):
+            retire(row)
+        self.message_user(request, "The selected versions do not serve.", messages.SUCCESS)

@@ -156,6 +156,35 @@ DEFAULTS: dict[str, Any] = {
         # Import string of a callable(source, products, scores) -> scores, applied to the
         # visual (and boosted) scores before feedback is added.
         "SCORER": None,
+        # Score the pool with the version of `manage.py visual_reco_learn` that serves for
+        # the field (learned on its embedder's vectors) instead of the plain cosine; the
+        # visual order while none serves.
+        "LEARNED": False,
+    },
+    # `manage.py visual_reco_learn` and the task visual_reco.learn_ranking; keys merge.
+    "LEARNING": {
+        # Rank of the learned correction to the cosine similarity, learned in the SUBSPACE
+        # directions the products' vectors vary most in (docs/ARCHITECTURE.md).
+        "RANK": 32,
+        "SUBSPACE": 256,
+        # The latest share of the served lists kept back to judge the model on, and the
+        # latest share of the rest that decides when training stops.
+        "HOLDOUT": 0.2,
+        "VALIDATION": 0.1,
+        # A version serves only when judged on at least MIN_LISTS held-back lists with a
+        # click, and when its NDCG there beats the visual order's by MARGIN, at least
+        # MIN_Z standard errors above zero.
+        "MIN_LISTS": 200,
+        "MARGIN": 0.01,
+        "MIN_Z": 2.0,
+        "NDCG_AT": 8,
+        # Training: weight decay, Adam's step, at most this many full-batch steps, and the
+        # weight of a visitor's carted/bought pairs against a served list's clicks.
+        "L2": 0.01,
+        "LEARNING_RATE": 0.001,
+        "MAX_STEPS": 300,
+        "COPURCHASE_WEIGHT": 0.5,
+        "SEED": 0,
     },
     # "Picked for you" (visual_reco.feedback.picks): a visitor's taste from recent events;
     # keys merge with these, and an A/B variant's RANKING {"PICKS": "best_sellers"} (a
@@ -223,7 +252,7 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
-                "RANKING", "PICKS"}
+                "RANKING", "PICKS", "LEARNING"}
 
 
 class VisualRecoSettings:

@@ -11,7 +11,7 @@ from visual_reco.choices import EmbeddingStatus, EventType
 
 __all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
            "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
-           "FeedbackVariantDaily"]
+           "FeedbackVariantDaily", "LearnedRanking"]
 
 
 class FeedbackEvent(models.Model):
@@ -190,3 +190,39 @@ class FeedbackRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: up to {self.watermark:%Y-%m-%d %H:%M:%S}"
+
+
+class LearnedRanking(models.Model):
+    """One version of the ranking learned from feedback on top of an embedding field's
+    frozen vectors (`visual_reco.feedback.learning` writes it, `visual_reco.feedback.learned`
+    serves it).
+
+    ``version`` is a hash of what it was trained from: the embedder's fingerprint, the
+    parameters and the events read, so training again on the same data gives the same
+    version. It serves only while ``fingerprint`` is the field's embedder's fingerprint, and
+    at most one version serves per field.
+    """
+
+    version = models.CharField(max_length=16, unique=True)
+    model = models.CharField(max_length=100)
+    field = models.CharField(max_length=100)
+    fingerprint = models.CharField(max_length=128)
+    created_at = models.DateTimeField(auto_now_add=True)
+    params = models.JSONField(default=dict)
+    # The events it was trained and judged on: count and highest id.
+    events = models.PositiveIntegerField(default=0)
+    last_event = models.BigIntegerField(default=0)
+    # Held-out numbers of the visual order and of this model (see `learning.evaluate`).
+    metrics = models.JSONField(default=dict)
+    serving = models.BooleanField(default=False)
+    decision = models.CharField(max_length=200, blank=True, default="")
+    weights = models.BinaryField(editable=False)
+
+    class Meta:
+        verbose_name = "learned ranking"
+        constraints = [models.UniqueConstraint(
+            fields=["model", "field"], condition=models.Q(serving=True),
+            name="visual_reco_learned_one_serving")]
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"

@@ -1,5 +1,5 @@
 """Celery tasks: embed a batch of objects, embed a search photo, the periodic sweep, and the
-feedback roll-up and purge.
+feedback roll-up, purge and learned ranking.
 
 Senders publish them by name (`visual_reco.jobs`, `visual_reco.query_photos`); this module
 is imported by workers (``app.autodiscover_tasks()``).
@@ -20,6 +20,7 @@ from django.db import InterfaceError, OperationalError
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedding import embed_objects
+from visual_reco.feedback.learning import LEARN_TASK, learn
 from visual_reco.feedback.retention import PURGE_TASK, purge_events
 from visual_reco.feedback.rollup import ROLLUP_TASK, rollup
 from visual_reco.jobs import EMBED_TASK, SWEEP_TASK, sweep
@@ -63,6 +64,14 @@ def rollup_feedback_task() -> dict[str, Any]:
 def purge_feedback_task() -> int:
     """Delete raw feedback events older than ``FEEDBACK["RETENTION_DAYS"]``."""
     return purge_events()
+
+
+@shared_task(name=LEARN_TASK, ignore_result=True)
+def learn_ranking_task() -> dict[str, Any]:
+    """Learn the ranking of the product model's default field from the feedback so far
+    (`visual_reco.feedback.learning.learn`); nothing is trained when no event is new."""
+    result = learn()
+    return {"version": result.version, "serving": result.serving, "reason": result.reason}
 
 
 def warm_models() -> None:

@@ -3,10 +3,11 @@ shopper feedback and the shop's business rules, by the ranking options of the vi
 variant (``VISUAL_RECO["RANKING"]`` overridden by the variant's ``RANKING``).
 
 In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list) without
-the ``EXCLUDE`` ids; their cosine similarity plus ``BOOST``; the ``SCORER``; plus feedback
-(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first. Each row
-carries ``visual_score`` (None for a pinned row from outside the pool), ``feedback_score``
-and ``reco_score`` (what it was ranked by).
+the ``EXCLUDE`` ids; their cosine similarity (with ``LEARNED``, the score of the version
+serving for the field, `visual_reco.feedback.learned`) plus ``BOOST``; the ``SCORER``; plus
+feedback (`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first.
+Each row carries ``visual_score`` (None for a pinned row from outside the pool),
+``feedback_score`` and ``reco_score`` (what it was ranked by).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.utils.module_loading import import_string
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
+from visual_reco.feedback.learned import learned_scores, serving_model
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.result_cache import similar_products
 
@@ -43,6 +45,7 @@ class RankingOptions:
     pin: Any
     exclude: Any
     scorer: str | None
+    learned: bool = False
 
     @classmethod
     def of(cls, variant: Variant | None = None) -> RankingOptions:
@@ -55,7 +58,8 @@ class RankingOptions:
                    feedback_surfaces=tuple(merged["FEEDBACK_SURFACES"]),
                    boost=tuple((str(name), float(weight))
                                for name, weight in dict(merged["BOOST"]).items()),
-                   pin=merged["PIN"], exclude=merged["EXCLUDE"], scorer=merged["SCORER"])
+                   pin=merged["PIN"], exclude=merged["EXCLUDE"], scorer=merged["SCORER"],
+                   learned=bool(merged["LEARNED"]))
 
 
 def _ids(rule: Any, source: models.Model) -> list[str]:
@@ -77,8 +81,9 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
         candidates = type(obj)._default_manager.all()
+    learned = serving_model(type(obj), field) if options.learned else None
     plain = (not options.rerank and not options.boost and not options.scorer
-             and not options.pin and not options.exclude)
+             and not options.pin and not options.exclude and learned is None)
     if plain:
         rows = similar_products(obj, candidates, limit, field=field)
         for row in rows:
@@ -90,6 +95,8 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     pool = [row for row in similar_products(obj, candidates, pool_size, field=field)
             if str(row.pk) not in excluded and str(row.pk) not in pinned]
     scores = np.array([row.visual_score for row in pool], dtype=np.float64)
+    if learned is not None and pool:
+        scores = learned_scores(learned, obj, pool, field, scores)
     for name, weight in options.boost:
         scores += weight * np.array([bool(getattr(row, name, False)) for row in pool])
     if options.scorer and pool:

@@ -1,0 +1,132 @@
+"""The ranking learned from feedback, at serve time: numpy only (training, with TensorFlow, is
+`visual_reco.feedback.learning`).
+
+A learned version scores a candidate ``y`` for a source ``x`` (both unit vectors of the
+field's frozen embeddings) as the cosine plus a low-rank symmetric correction::
+
+    score(x, y) = x.y + ((xU).(yV) + (xV).(yU)) / 2
+
+``V`` starts at zero, so an untrained model is the visual order exactly, and the correction
+only moves what shoppers' clicks moved. Each process loads the serving version of a field
+once and looks again every ``SERVING_TTL`` seconds; a version trained on another embedder's
+vectors (fingerprint) is never used.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import models
+from django.db.models import BinaryField, F, Func
+
+from visual_reco.embedders import get_embedder
+from visual_reco.models import LearnedRanking
+from visual_reco.registry import get_embedding_field
+
+SERVING_TTL = 60.0
+# Read in chunks so a large catalogue never builds one huge IN list.
+VECTOR_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class LearnedModel:
+    """One learned version's weights: ``u`` and ``v`` are (dimensions, rank) float32."""
+
+    version: str
+    fingerprint: str
+    u: np.ndarray
+    v: np.ndarray
+
+    def scores(self, source: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The score of each row of ``targets`` for ``source`` (see the module docstring)."""
+        x = unit(np.asarray(source, dtype=np.float32)[None, :])[0]
+        y = unit(np.asarray(targets, dtype=np.float32))
+        xu, xv = x @ self.u, x @ self.v
+        correction = 0.5 * ((y @ self.v) @ xu + (y @ self.u) @ xv)
+        return (y @ x + correction).astype(np.float64)
+
+    def to_bytes(self) -> bytes:
+        """The weights as an ``.npz`` file's bytes (what `LearnedRanking.weights` stores)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, u=self.u.astype(np.float32), v=self.v.astype(np.float32))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_row(cls, row: LearnedRanking) -> LearnedModel:
+        """The model a `LearnedRanking` row stores."""
+        with np.load(io.BytesIO(bytes(row.weights)), allow_pickle=False) as arrays:
+            return cls(row.version, row.fingerprint, arrays["u"], arrays["v"])
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """``rows`` scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+_serving: dict[tuple[str, str], tuple[float, LearnedModel | None]] = {}
+
+
+def serving_model(model: type[models.Model], field: str | None = None) -> LearnedModel | None:
+    """The learned version serving for ``field`` of ``model``, None when none does or when
+    it was trained on vectors of another embedder than the field's (checked on each call)."""
+    embedding = get_embedding_field(model, field)
+    key = (model._meta.label_lower, embedding.name)
+    now = time.monotonic()
+    cached = _serving.get(key)
+    if cached is None or cached[0] < now:
+        current = (LearnedRanking.objects.filter(model=key[0], field=key[1], serving=True)
+                   .values_list("version", flat=True).first())
+        loaded = cached[1] if cached else None
+        if current is None:
+            loaded = None
+        elif loaded is None or loaded.version != current:
+            row = LearnedRanking.objects.filter(version=current).first()
+            loaded = LearnedModel.from_row(row) if row is not None else None
+        cached = _serving[key] = (now + SERVING_TTL, loaded)
+    learned = cached[1]
+    if learned is None or learned.fingerprint != get_embedder(embedding.embedder).fingerprint:
+        return None
+    return learned
+
+
+def forget_serving() -> None:
+    """Look for the serving versions again on next use (after serving another one)."""
+    _serving.clear()
+
+
+def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[object],
+                   using: str | None = None) -> dict[str, np.ndarray]:
+    """The stored vectors of ``pks`` (rows without one are left out), by primary key as
+    text, read as ``halfvec`` binary: no text parsing of 2,048 numbers a row."""
+    embedding = get_embedding_field(model, field)
+    found: dict[str, np.ndarray] = {}
+    manager = model._base_manager.using(using) if using else model._base_manager
+    for start in range(0, len(pks), VECTOR_CHUNK):
+        rows = (manager.filter(pk__in=list(pks[start:start + VECTOR_CHUNK]),
+                               **{f"{embedding.attname}__isnull": False})
+                .annotate(_visual_reco_raw=Func(F(embedding.attname), function="halfvec_send",
+                                                output_field=BinaryField()))
+                .values_list("pk", "_visual_reco_raw"))
+        for pk, raw in rows:
+            raw = bytes(raw)
+            dimensions = int.from_bytes(raw[:2], "big")
+            found[str(pk)] = np.frombuffer(raw, dtype=">f2", count=dimensions,
+                                           offset=4).astype(np.float32)
+    return found
+
+
+def learned_scores(learned: LearnedModel, obj: models.Model, pool: Sequence[models.Model],
+                   field: str | None, fallback: np.ndarray) -> np.ndarray:
+    """The learned scores of the ``pool`` rows for ``obj``, read with their vectors in one
+    query; ``fallback`` (the visual scores) when a vector is missing."""
+    vectors = stored_vectors(type(obj), field, [obj.pk, *(row.pk for row in pool)],
+                             using=obj._state.db)
+    source = vectors.get(str(obj.pk))
+    if source is None or any(str(row.pk) not in vectors for row in pool):
+        return fallback
+    return learned.scores(source, np.stack([vectors[str(row.pk)] for row in pool]))
