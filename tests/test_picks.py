@@ -25,7 +25,6 @@ from visual_reco.feedback.picks import (
     PickOptions,
     best_converting,
     forget_best_sellers,
-    half_vector,
     picks_for,
     recent_events,
     recent_events_query,
@@ -35,7 +34,7 @@ from visual_reco.feedback.taste import decay, product_weights, strongest, taste_
 from visual_reco.feedback.tokens import read
 from visual_reco.feedback.visitors import visitor_key
 from visual_reco.models import FeedbackEvent
-from visual_reco.query import vector_of
+from visual_reco.query import from_binary, vector_of
 
 VISITOR = "picks-visitor-0123456789abcdef"
 PICKS = "/api/visual-reco/picked-for-you/"
@@ -143,7 +142,7 @@ def test_vectors_are_read_in_binary_as_stored(items):
         cursor.execute("SELECT halfvec_send(embedding) FROM testapp_item WHERE id = %s",
                        [items[3].pk])
         binary = bytes(cursor.fetchone()[0])
-    assert np.array_equal(half_vector(binary), vector_of(items[3]))
+    assert np.array_equal(from_binary(binary), vector_of(items[3]))
 
 
 @pytest.mark.django_db

@@ -14,7 +14,7 @@ from typing import IO, Any, Self
 
 import numpy as np
 from django.db import connections, models, transaction
-from django.db.models import Exists, Subquery
+from django.db.models import Exists, F, Func, Subquery
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
@@ -43,6 +43,20 @@ def to_array(value: Any) -> np.ndarray | None:
     if isinstance(value, HalfVector):
         return value.to_numpy().astype(np.float32)
     return np.asarray(value, dtype=np.float32)
+
+
+def binary_vector(attname: str) -> Func:
+    """The ``halfvec`` column ``attname`` in pgvector's binary form, for `from_binary`:
+    parsing the text of 2,048 numbers costs about 0.6 ms a row, this almost nothing."""
+    return Func(F(attname), function="halfvec_send", output_field=models.BinaryField())
+
+
+def from_binary(raw: bytes | memoryview) -> np.ndarray:
+    """A ``halfvec`` in pgvector's binary form (dimensions, unused, big-endian float16s)
+    as float32."""
+    raw = bytes(raw)
+    dimensions = int.from_bytes(raw[:2], "big")
+    return np.frombuffer(raw, dtype=">f2", count=dimensions, offset=4).astype(np.float32)
 
 
 class VisualQuerySet(models.QuerySet):

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db import models
-from django.db.models import BinaryField, F, Func
 
 from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
+from visual_reco.query import binary_vector, from_binary
 from visual_reco.registry import get_embedding_field
 
 SERVING_TTL = 60.0
@@ -109,14 +109,10 @@ def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[o
     for start in range(0, len(pks), VECTOR_CHUNK):
         rows = (manager.filter(pk__in=list(pks[start:start + VECTOR_CHUNK]),
                                **{f"{embedding.attname}__isnull": False})
-                .annotate(_visual_reco_raw=Func(F(embedding.attname), function="halfvec_send",
-                                                output_field=BinaryField()))
+                .annotate(_visual_reco_raw=binary_vector(embedding.attname))
                 .values_list("pk", "_visual_reco_raw"))
         for pk, raw in rows:
-            raw = bytes(raw)
-            dimensions = int.from_bytes(raw[:2], "big")
-            found[str(pk)] = np.frombuffer(raw, dtype=">f2", count=dimensions,
-                                           offset=4).astype(np.float32)
+            found[str(pk)] = from_binary(raw)
     return found
 
 
