@@ -11,6 +11,7 @@ import pytest
 from django.template import Context, Template
 from django.test import RequestFactory
 
+from visual_reco.feedback import record
 from visual_reco.feedback.evidence import forget_priors
 from visual_reco.feedback.experiments import assign
 from visual_reco.feedback.rollup import rollup
@@ -164,3 +165,20 @@ def test_the_tag_serves_the_re_ranked_list(client, items):
         Context({"obj": items[0], "request": request}))
     shown = [int(pk) for pk in re.findall(r'data-pk="(\d+)"', html)]
     assert shown == [row.pk for row in ranked_similar(items[0], limit=5)] != before
+
+
+def test_what_a_visitor_bought_or_dismissed_leaves_its_lists_at_once(client, items, settings):
+    before = visual_order(items[0])
+    token, shown = similar(client, items[0], visitor="v-buyer-000000000001")
+    client.post(EVENTS, json.dumps({"events": [
+        {"type": "dismiss", "event_id": "d1", "token": token, "product": str(shown[1]),
+         "ts": int(time.time() * 1000)}]}), content_type="application/json")
+    request = RequestFactory().post("/checkout/")
+    request.COOKIES["vr_vid"] = "v-buyer-000000000001"
+    record(request, "purchase", shown[0], event_id="order-1")
+    after = similar(client, items[0], visitor="v-buyer-000000000001")[1]
+    assert after == [pk for pk in visual_order(items[0], 5) if pk not in shown[:2]][:5]
+    assert shown[0] not in after and shown[1] not in after  # no roll-up needed
+    assert similar(client, items[0], visitor="v-someone-else-0001")[1] == before
+    ranking(settings, HIDE=[])
+    assert similar(client, items[0], visitor="v-buyer-000000000001")[1] == before

@@ -153,6 +153,9 @@ DEFAULTS: dict[str, Any] = {
         # first in this order when they are among the candidates (PIN), or never (EXCLUDE).
         "PIN": [],
         "EXCLUDE": [],
+        # Event types after which a visitor no longer sees the product in similar lists
+        # (read from its recent events, as "picked for you" reads them; [] for none).
+        "HIDE": ["purchase", "dismiss"],
         # Import string of a callable(source, products, scores) -> scores, applied to the
         # visual (and boosted) scores before feedback is added.
         "SCORER": None,

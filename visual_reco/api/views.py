@@ -145,7 +145,8 @@ class SimilarProductsView(VisualRecoAPIView):
         product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
-                                 variant=tracked.variant if tracked else None)
+                                 variant=tracked.variant if tracked else None,
+                                 request=request)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
         context = {"request": request, "source_field": embedding.source}
         return _tracked(request, tracked, Response({

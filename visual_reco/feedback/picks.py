@@ -48,6 +48,7 @@ HIDING_EVENTS = frozenset({EventType.PURCHASE, EventType.DISMISS, EventType.CLIC
 # visitor bought and what the candidates' filters drop.
 BEST_SELLERS_DEPTH = 300
 MAX_CACHED_RANKINGS = 512
+HISTORY = "_visual_reco_history"
 _best_sellers: dict[tuple[str, str | None, float], tuple[float, list[tuple[str, float]]]] = {}
 
 
@@ -146,6 +147,24 @@ def recent_events(raw_id: str | None, user_id: str, now: datetime,
         cursor.execute(*query)
         return [(kind, product, (now - when).total_seconds() / 86400.0)
                 for kind, product, when in cursor.fetchall()]
+
+
+def history(request: HttpRequest | None, options: PickOptions | None = None,
+            now: datetime | None = None) -> list[tuple[str, str, float]]:
+    """`recent_events` of this request's visitor (none when it may not be tracked), read
+    once per request: the lists of one page share them."""
+    options = options or PickOptions.of()
+    now = now or timezone.now()
+    key = (options.window_days, options.max_events)
+    cached = getattr(request, HISTORY, None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    raw_id, user_id = (visitor_id(request), stored_user_id(request)) if tracking_allowed(
+        request) else (None, "")
+    events = recent_events(raw_id, user_id, now, options)
+    if request is not None:
+        setattr(request, HISTORY, (key, events))
+    return events
 
 
 def _category_field(model: type[models.Model]) -> models.Field | None:
@@ -303,9 +322,7 @@ def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = 
     model = candidates.model
     field = get_embedding_field(model, field).name
     now = now or timezone.now()
-    raw_id, user_id = (visitor_id(request), stored_user_id(request)) if tracking_allowed(
-        request) else (None, "")
-    events = recent_events(raw_id, user_id, now, options)
+    events = history(request, options, now)
     hidden = {product for kind, product, _ in events if kind in HIDING_EVENTS}
     hidden |= {str(getattr(product, "pk", product)) for product in exclude}
     rows: list[models.Model] = []

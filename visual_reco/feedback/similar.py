@@ -3,9 +3,10 @@ shopper feedback and the shop's business rules, by the ranking options of the vi
 variant (``VISUAL_RECO["RANKING"]`` overridden by the variant's ``RANKING``).
 
 In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list) without
-the ``EXCLUDE`` ids; their cosine similarity (with ``LEARNED``, the score of the version
-serving for the field, `visual_reco.feedback.learned`) plus ``BOOST``; the ``SCORER``; plus
-feedback (`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first.
+the ``EXCLUDE`` ids and what the visitor bought or dismissed (``HIDE``); their cosine
+similarity (with ``LEARNED``, the score of the version serving for the field,
+`visual_reco.feedback.learned`) plus ``BOOST``; the ``SCORER``; plus feedback
+(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first.
 Each row carries ``visual_score`` (None for a pinned row from outside the pool),
 ``feedback_score`` and ``reco_score`` (what it was ranked by).
 """
@@ -18,12 +19,14 @@ from typing import Any
 
 import numpy as np
 from django.db import models
+from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.learned import learned_scores, serving_model
+from visual_reco.feedback.picks import history
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.result_cache import similar_products
 
@@ -46,6 +49,7 @@ class RankingOptions:
     exclude: Any
     scorer: str | None
     learned: bool = False
+    hide: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, variant: Variant | None = None) -> RankingOptions:
@@ -59,7 +63,7 @@ class RankingOptions:
                    boost=tuple((str(name), float(weight))
                                for name, weight in dict(merged["BOOST"]).items()),
                    pin=merged["PIN"], exclude=merged["EXCLUDE"], scorer=merged["SCORER"],
-                   learned=bool(merged["LEARNED"]))
+                   learned=bool(merged["LEARNED"]), hide=frozenset(merged["HIDE"]))
 
 
 def _ids(rule: Any, source: models.Model) -> list[str]:
@@ -73,23 +77,26 @@ def _ids(rule: Any, source: models.Model) -> list[str]:
 
 def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
                    limit: int | None = None, *, field: str | None = None,
-                   variant: Variant | None = None,
+                   variant: Variant | None = None, request: HttpRequest | None = None,
                    rng: np.random.Generator | None = None) -> list[models.Model]:
     """The similar products of ``obj`` among ``candidates`` as ``variant`` ranks them,
-    best first (see the module docstring)."""
+    best first (see the module docstring), without what this ``request``'s visitor did one
+    of the ``HIDE`` events to (bought or dismissed, by default)."""
     options = RankingOptions.of(variant)
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
         candidates = type(obj)._default_manager.all()
     learned = serving_model(type(obj), field) if options.learned else None
+    hidden = ({product for kind, product, _ in history(request) if kind in options.hide}
+              if options.hide and request is not None else set())
     plain = (not options.rerank and not options.boost and not options.scorer
-             and not options.pin and not options.exclude and learned is None)
+             and not options.pin and not options.exclude and learned is None and not hidden)
     if plain:
         rows = similar_products(obj, candidates, limit, field=field)
         for row in rows:
             row.feedback_score, row.reco_score = 0.0, row.visual_score
         return rows
-    excluded = set(_ids(options.exclude, obj))
+    excluded = set(_ids(options.exclude, obj)) | hidden
     pinned = [pk for pk in _ids(options.pin, obj) if pk not in excluded and pk != str(obj.pk)]
     pool_size = limit * options.pool + len(excluded)
     pool = [row for row in similar_products(obj, candidates, pool_size, field=field)

@@ -38,7 +38,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     request = context.get("request")
     tracked = serving(request, SURFACE) if _events_url() else None
     products = ranked_similar(obj, candidates, limit, field=embedding.name,
-                              variant=tracked.variant if tracked else None)
+                              variant=tracked.variant if tracked else None, request=request)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
