@@ -1,0 +1,506 @@
+"""Simulated shoppers for docs/FEEDBACK.md: visitors with hidden tastes browse product pages
+through the real API, click under a position-biased cascade model, put some of what they
+clicked in the cart and buy some of that; the real roll-up runs after each round.
+
+Everything a shopper does goes through the shop's own code, in this process: the similar
+list is ``GET`` from `SimilarProductsView` through Django's test ``Client`` (URL routing,
+middleware, DRF, the visitor's ``vr_vid`` cookie, the A/B assignment of
+`visual_reco.feedback.experiments`), impressions, clicks and carts are ``POST`` to
+`EventsView` with the list's token, and purchases are recorded by
+`visual_reco.feedback.events.record` at "checkout", as the demo shop's checkout does. The
+metrics are computed from the simulator's own log of what it was served and did (the
+variant is read from each list's token); `event_counts` reads the events table and
+`rollup_counts` the aggregates, so that both can be checked against the log.
+
+The click model. A visitor on a product page looks at the similar list from the top:
+position 1 is examined, each next one with probability `CONTINUE` if nothing was clicked
+yet (so position k is examined ``CONTINUE ** (k - 1)`` of the time at most). An examined
+item is clicked with probability ``sigmoid(attraction)``; a click opens that product's page,
+where the visitor may add it to the cart. A page without a click ends the visit with
+probability `LEAVE`, else the visitor lands on another product of their own choosing.
+
+Scenarios (`SCENARIOS`):
+
+- ``looks``: each visitor likes one colour family and one category (drawn as often as the
+  catalog has them) and lands mostly on products of that category; attraction grows with a
+  match of either and with the visual similarity of the item to the page's product.
+- ``unrelated``: each visitor likes a hidden "brand" that is assigned to products at random
+  *per visitor*, so whether an item attracts has nothing to do with its looks, nor with any
+  fact about the product that other visitors' clicks could reveal: no ranking can do better
+  than another here, and one that seems to is fooling itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.db import connection
+from django.test import Client, RequestFactory
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from visual_reco.conf import reco_settings
+from visual_reco.feedback.events import record
+from visual_reco.feedback.evidence import forget_priors
+from visual_reco.feedback.rollup import rollup
+from visual_reco.feedback.tokens import read
+from visual_reco.models import FeedbackDaily, FeedbackEvent
+
+LIMIT = 8
+CONTINUE = 0.85
+LEAVE = 0.5
+MAX_PAGES = 12
+BUY = 0.6
+SIMILAR_SURFACE = "similar_api"
+PICKS_SURFACE = "picked_for_you"
+PICKS_URL_NAMES = ("visual_reco:picked-for-you", "visual_reco:picked_for_you")
+# Luma colour names -> colour families the visitors' tastes are about.
+COLOUR_FAMILIES = {
+    "black": "neutral", "bk": "neutral", "gray": "neutral", "gr": "neutral",
+    "white": "neutral", "brown": "neutral", "br": "neutral", "sa": "neutral", "": "neutral",
+    "blue": "blue", "lb": "blue", "red": "warm", "orange": "warm", "yellow": "warm",
+    "green": "green", "purple": "purple", "lavender": "purple",
+}
+
+
+def colour_family(colour: str) -> str:
+    """The colour family of a Luma colour name ("neutral" for unknown ones)."""
+    return COLOUR_FAMILIES.get(colour.strip().lower(), "neutral")
+
+
+@dataclass
+class Catalog:
+    """The products the simulated visitors browse: primary keys (as the API spells them),
+    unit vectors, categories and colour families, row i for product i."""
+
+    pks: list[str]
+    vectors: np.ndarray
+    categories: list[str]
+    families: list[str]
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {pk: i for i, pk in enumerate(self.pks)}
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        self.vectors = self.vectors / np.where(norms == 0, 1, norms)
+
+    def __len__(self) -> int:
+        return len(self.pks)
+
+
+@dataclass
+class Visitor:
+    """One simulated visitor: the cookie id and the hidden tastes."""
+
+    id: str
+    family: str
+    category: str
+    brand: int
+    rng: np.random.Generator
+    brands: dict[int, int] = field(default_factory=dict)
+
+    def brand_of(self, product: int) -> int:
+        """The brand this visitor sees in ``product`` (random, fixed for the visit)."""
+        if product not in self.brands:
+            self.brands[product] = int(self.rng.integers(BRANDS))
+        return self.brands[product]
+
+
+BRANDS = 5
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+class Scenario:
+    """How visitors' tastes are drawn and how much an item attracts them."""
+
+    name = ""
+    description = ""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def visitor(self, visitor_id: str, rng: np.random.Generator) -> Visitor:
+        """A new visitor with tastes drawn as often as the catalog has them."""
+        pick = int(rng.integers(len(self.catalog)))
+        other = int(rng.integers(len(self.catalog)))
+        return Visitor(visitor_id, self.catalog.families[pick], self.catalog.categories[other],
+                       int(rng.integers(BRANDS)), rng)
+
+    def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
+        """The product a visitor arrives on (from a category page, a search, an ad)."""
+        return int(rng.integers(len(self.catalog)))
+
+    def attraction(self, visitor: Visitor, page: int, item: int,
+                   rng: np.random.Generator) -> float:
+        """The probability that ``visitor``, on ``page``, clicks ``item`` once examined."""
+        raise NotImplementedError
+
+    def cart(self, visitor: Visitor, item: int) -> float:
+        """The probability that a visitor who opened ``item``'s page adds it to the cart."""
+        raise NotImplementedError
+
+
+class LooksScenario(Scenario):
+    """Tastes for a colour family and a category; looks matter."""
+
+    name = "looks"
+    description = ("each visitor likes one colour family and one category; attraction "
+                   "logit = -3.2 + 1.4 [colour family] + 1.4 [category] + 3 (cosine to the "
+                   "page's product - 0.75) + N(0, 0.5); 70% of landings are on the liked "
+                   "category")
+
+    def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
+        if rng.random() < 0.7:
+            liked = [i for i, c in enumerate(self.catalog.categories) if c == visitor.category]
+            return int(rng.choice(liked))
+        return super().landing(visitor, rng)
+
+    def attraction(self, visitor: Visitor, page: int, item: int,
+                   rng: np.random.Generator) -> float:
+        cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
+        logit = (-3.2 + 1.4 * (self.catalog.families[item] == visitor.family)
+                 + 1.4 * (self.catalog.categories[item] == visitor.category)
+                 + 3.0 * (cosine - 0.75) + rng.normal(0.0, 0.5))
+        return _sigmoid(logit)
+
+    def cart(self, visitor: Visitor, item: int) -> float:
+        matches = ((self.catalog.families[item] == visitor.family)
+                   + (self.catalog.categories[item] == visitor.category))
+        return 0.08 + 0.1 * matches
+
+
+class UnrelatedScenario(Scenario):
+    """Tastes for a hidden brand assigned at random per visitor: nothing to learn."""
+
+    name = "unrelated"
+    description = ("each visitor likes one of 5 hidden brands, assigned to products at "
+                   "random per visitor; attraction logit = -2.4 + 1.4 [brand] + N(0, 0.5); "
+                   "landings uniform; looks, category and colour play no part")
+
+    def attraction(self, visitor: Visitor, page: int, item: int,
+                   rng: np.random.Generator) -> float:
+        logit = -2.4 + 1.4 * (visitor.brand_of(item) == visitor.brand) + rng.normal(0.0, 0.5)
+        return _sigmoid(logit)
+
+    def cart(self, visitor: Visitor, item: int) -> float:
+        return 0.08 + 0.1 * (visitor.brand_of(item) == visitor.brand)
+
+
+SCENARIOS: dict[str, type[Scenario]] = {"looks": LooksScenario, "unrelated": UnrelatedScenario}
+
+
+@dataclass
+class SurfaceLog:
+    """What one visit was served and did on one surface."""
+
+    variant: str = ""
+    lists: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    carts: int = 0
+    purchases: int = 0
+
+
+@dataclass
+class SessionLog:
+    """One visit: its round, its visitor and what happened per surface."""
+
+    round: int
+    visitor: str
+    surfaces: dict[str, SurfaceLog] = field(default_factory=dict)
+
+
+@dataclass
+class Options:
+    """One simulation run."""
+
+    scenario: str = "looks"
+    sessions: int = 5000
+    rounds: int = 10
+    seed: int = 2
+    limit: int = LIMIT
+    picks: bool = False
+    # Called after each round's roll-up (e.g. to fit the learned model).
+    after_round: Callable[[int], None] | None = None
+    progress: Callable[[str], None] | None = None
+
+
+class Simulator:
+    """Runs visits of simulated shoppers against the shop through the real request path."""
+
+    def __init__(self, catalog: Catalog, options: Options) -> None:
+        self.catalog = catalog
+        self.options = options
+        self.scenario = SCENARIOS[options.scenario](catalog)
+        self.client = Client()
+        self.factory = RequestFactory()
+        self.cookie = reco_settings.FEEDBACK["VISITOR_COOKIE"]
+        self.picks_url = picks_url() if options.picks else None
+        self.logs: list[SessionLog] = []
+        self.requests = 0
+        self._event = 0
+
+    def run(self) -> list[SessionLog]:
+        """All rounds: each round's visits, then the roll-up (and ``after_round``)."""
+        per_round = split(self.options.sessions, self.options.rounds)
+        number = 0
+        for round_index, count in enumerate(per_round, start=1):
+            for _ in range(count):
+                self.logs.append(self.visit(round_index, number))
+                number += 1
+            rollup(wait=True)
+            forget_priors()  # a web process reads the new prior within PRIOR_TTL
+            if self.options.after_round:
+                self.options.after_round(round_index)
+            if self.options.progress:
+                self.options.progress(self._round_line(round_index))
+        return self.logs
+
+    def _round_line(self, round_index: int) -> str:
+        rows = summarize([log for log in self.logs if log.round == round_index],
+                         SIMILAR_SURFACE)
+        cells = ", ".join(f"{name} CTR {row.ctr:.2%} ({row.sessions} visits)"
+                          for name, row in rows.items())
+        return f"{self.options.scenario} round {round_index}: {cells}"
+
+    def visit(self, round_index: int, number: int) -> SessionLog:
+        """One visitor's visit: pages until they leave, then checkout of their cart."""
+        seed = self.options.seed
+        visitor_id = f"sim{seed}-{self.options.scenario}-{number:07d}"
+        # Tastes come from a stream of their own, the same in both scenarios for a seed.
+        visitor = self.scenario.visitor(visitor_id, np.random.default_rng([seed, 0, number]))
+        rng = np.random.default_rng([seed, 1, number])
+        log = SessionLog(round_index, visitor_id)
+        self.client.cookies[self.cookie] = visitor_id
+        page = self.scenario.landing(visitor, rng)
+        cart: list[str] = []
+        for _ in range(MAX_PAGES):
+            clicked = self._look(visitor, page, rng, log, cart)
+            if clicked is not None:
+                page = clicked
+                continue
+            if rng.random() < LEAVE:
+                break
+            page = self.scenario.landing(visitor, rng)
+        self._checkout(visitor_id, cart, rng, log)
+        return log
+
+    def _look(self, visitor: Visitor, page: int, rng: np.random.Generator, log: SessionLog,
+              cart: list[str]) -> int | None:
+        """Show the page with its lists, each fetched from the API as the page's script
+        would; the visitor reads them in order and opens at most one item. Returns the
+        product opened, if any."""
+        pk = self.catalog.pks[page]
+        urls = [(SIMILAR_SURFACE, reverse("visual_reco:similar", args=[pk]))]
+        if self.picks_url:
+            urls.append((PICKS_SURFACE, self.picks_url))
+        served = [(surface, *self._fetch(url)) for surface, url in urls]
+        opened = None
+        for surface, ids, token in served:
+            stats = log.surfaces.setdefault(surface, SurfaceLog(read(token).variant))
+            stats.lists += 1
+            stats.impressions += len(ids)
+            events = [self._raw("impression", token, product) for product in ids]
+            choice = self._cascade(visitor, page, ids, rng) if opened is None else None
+            if choice is not None:
+                events.append(self._raw("click", token, ids[choice]))
+                stats.clicks += 1
+                opened = (stats, ids[choice], token)
+            self._post(events)
+        if opened is None:
+            return None
+        stats, product, token = opened
+        item = self.catalog.index[product]
+        if rng.random() < self.scenario.cart(visitor, item):
+            self._post([self._raw("add_to_cart", token, product)])
+            stats.carts += 1
+            cart.append(product)
+        return item
+
+    def _fetch(self, url: str) -> tuple[list[str], str]:
+        response = self.client.get(url, {"limit": self.options.limit})
+        self.requests += 1
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {url}: {response.status_code} {response.content[:200]}")
+        body = response.json()
+        return [str(row["id"]) for row in body["results"]], body["token"]
+
+    def _cascade(self, visitor: Visitor, page: int, ids: Sequence[str],
+                 rng: np.random.Generator) -> int | None:
+        for position, product in enumerate(ids):
+            if position and rng.random() >= CONTINUE:
+                return None
+            item = self.catalog.index.get(product)
+            if item is not None and rng.random() < self.scenario.attraction(
+                    visitor, page, item, rng):
+                return position
+        return None
+
+    def _raw(self, kind: str, token: str, product: str) -> dict[str, Any]:
+        self._event += 1
+        return {"type": kind, "event_id": f"e{self._event}", "token": token,
+                "product": product, "ts": int(timezone.now().timestamp() * 1000)}
+
+    def _post(self, events: list[dict[str, Any]]) -> None:
+        response = self.client.post(reverse("visual_reco:events"), json.dumps({"events": events}),
+                                    content_type="application/json")
+        self.requests += 1
+        if response.status_code != 200 or response.json()["stored"] != len(events):
+            raise RuntimeError(f"events refused: {response.status_code} {response.content[:300]}")
+
+    def _checkout(self, visitor_id: str, cart: list[str], rng: np.random.Generator,
+                  log: SessionLog) -> None:
+        """Buy some of the cart, each line recorded by the shop's order code (last touch)."""
+        bought = [product for product in cart if rng.random() < BUY]
+        if not bought:
+            return
+        request = self.factory.post("/cart/buy/")
+        request.COOKIES[self.cookie] = visitor_id
+        for product in bought:
+            event = record(request, "purchase", product, quantity=1)
+            surface = event.surface if event is not None else ""
+            if surface in log.surfaces:
+                log.surfaces[surface].purchases += 1
+
+
+def picks_url() -> str | None:
+    """The picked-for-you endpoint's URL, None while the shop has none."""
+    for name in PICKS_URL_NAMES:
+        try:
+            return reverse(name)
+        except NoReverseMatch:
+            continue
+    return None
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` sessions in ``parts`` rounds as even as possible."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+@dataclass
+class Estimate:
+    """A ratio over sessions with its 95% bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class VariantRow:
+    """One variant's numbers over a set of visits."""
+
+    sessions: int
+    impressions: int
+    clicks: int
+    carts: int
+    purchases: int
+    ctr_ci: Estimate
+    purchases_ci: Estimate
+    samples: np.ndarray  # bootstrap CTRs, for intervals of ratios between variants
+
+    @property
+    def ctr(self) -> float:
+        """Clicks per impression."""
+        return self.clicks / self.impressions if self.impressions else 0.0
+
+
+BOOTSTRAP = 2000
+
+
+def _bootstrap(numerator: np.ndarray, denominator: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+    """Ratios of sums over ``BOOTSTRAP`` resamples of the sessions (rows kept whole, since
+    impressions within a visit are not independent)."""
+    n = len(numerator)
+    picks = rng.integers(0, n, size=(BOOTSTRAP, n))
+    shown = denominator[picks].sum(axis=1)
+    return numerator[picks].sum(axis=1) / np.where(shown == 0, 1, shown)
+
+
+def _interval(value: float, samples: np.ndarray) -> Estimate:
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return Estimate(value, float(low), float(high))
+
+
+def summarize(logs: Iterable[SessionLog], surface: str, *, seed: int = 0
+              ) -> dict[str, VariantRow]:
+    """Per variant of ``surface``: counts, CTR and purchases per 1,000 impressions with 95%
+    bootstrap intervals over visits."""
+    by_variant: dict[str, list[SurfaceLog]] = {}
+    for log in logs:
+        stats = log.surfaces.get(surface)
+        if stats is not None:
+            by_variant.setdefault(stats.variant, []).append(stats)
+    rows = {}
+    rng = np.random.default_rng(seed)
+    for variant, stats in sorted(by_variant.items()):
+        impressions = np.array([s.impressions for s in stats], dtype=np.float64)
+        clicks = np.array([s.clicks for s in stats], dtype=np.float64)
+        purchases = np.array([s.purchases for s in stats], dtype=np.float64)
+        shown = impressions.sum()
+        ctr_samples = _bootstrap(clicks, impressions, rng)
+        bought = _bootstrap(purchases, impressions, rng) * 1000
+        rows[variant] = VariantRow(
+            len(stats), int(shown), int(clicks.sum()), sum(s.carts for s in stats),
+            int(purchases.sum()),
+            _interval(clicks.sum() / shown if shown else 0.0, ctr_samples),
+            _interval(purchases.sum() / shown * 1000 if shown else 0.0, bought), ctr_samples)
+    return rows
+
+
+def lift(row: VariantRow, baseline: VariantRow) -> Estimate:
+    """``row``'s CTR relative to ``baseline``'s, minus one, with a 95% interval from their
+    (independent) bootstrap samples."""
+    ratio = row.samples / np.where(baseline.samples == 0, np.nan, baseline.samples) - 1
+    value = row.ctr / baseline.ctr - 1 if baseline.ctr else float("nan")
+    low, high = np.nanpercentile(ratio, [2.5, 97.5])
+    return Estimate(value, float(low), float(high))
+
+
+def event_counts() -> dict[tuple[str, str, str], int]:
+    """Stored events per (surface, variant, type), from the events table."""
+    counts: dict[tuple[str, str, str], int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT surface, variant, type, count(*) FROM "
+                       f"{connection.ops.quote_name(FeedbackEvent._meta.db_table)} "
+                       "GROUP BY 1, 2, 3")
+        for surface, variant, kind, count in cursor.fetchall():
+            counts[(surface, variant, kind)] = count
+    return counts
+
+
+def rollup_counts() -> dict[tuple[str, str], dict[str, int]]:
+    """Impressions, clicks, carts and purchases per (surface, variant) in the daily
+    aggregates the roll-up wrote."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    columns = ("impressions", "clicks", "add_to_carts", "purchases")
+    for row in FeedbackDaily.objects.values("surface", "variant", *columns):
+        into = found.setdefault((row["surface"], row["variant"]), dict.fromkeys(columns, 0))
+        for column in columns:
+            into[column] += row[column]
+    return found
+
+
+def log_counts(logs: Iterable[SessionLog]) -> dict[tuple[str, str], dict[str, int]]:
+    """The same totals from the simulator's log, to compare with `rollup_counts`."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for log in logs:
+        for surface, stats in log.surfaces.items():
+            into = found.setdefault((surface, stats.variant), {
+                "impressions": 0, "clicks": 0, "add_to_carts": 0, "purchases": 0})
+            into["impressions"] += stats.impressions
+            into["clicks"] += stats.clicks
+            into["add_to_carts"] += stats.carts
+            into["purchases"] += stats.purchases
+    return found
