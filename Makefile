@@ -59,7 +59,7 @@ quality: install  # ONLY=grocery or ONLY=luma measures one dataset and keeps the
 	$(RUN) $(BIN)/python manage.py quality_report $(if $(ONLY),--only $(ONLY))
 
 # Simulated shoppers on the Magento Luma catalog, through the real API and roll-up:
-# docs/FEEDBACK.md and docs/feedback_ctr.png (about 25 minutes). QUICK=1: 300 visits, written
+# docs/FEEDBACK.md and docs/feedback_ctr.png (about 20 minutes). QUICK=1: 300 visits, written
 # under .cache/feedback-quick; LUMA=path when the dataset is not in ../shared/datasets.
 feedback-report: install
 	$(RUN) $(BIN)/python manage.py feedback_simulation $(if $(QUICK),--quick) \
