@@ -9,7 +9,7 @@ CATALOG ?=
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint bench bench-quick quality clean
+.PHONY: install demo test lint bench bench-quick quality feedback-report clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ bench-quick: install
 
 quality: install  # ONLY=grocery or ONLY=luma measures one dataset and keeps the other table
 	$(RUN) $(BIN)/python manage.py quality_report $(if $(ONLY),--only $(ONLY))
+
+# Simulated shoppers on the Magento Luma catalog, through the real API and roll-up:
+# docs/FEEDBACK.md and docs/feedback_ctr.png (about 20 minutes). QUICK=1: 300 visits, written
+# under .cache/feedback-quick; LUMA=path when the dataset is not in ../shared/datasets.
+feedback-report: install
+	$(RUN) $(BIN)/python manage.py feedback_simulation $(if $(QUICK),--quick) \
+	  $(if $(LUMA),--dataset "$(abspath $(LUMA))")
 
 lint: install
 	$(BIN)/ruff check .
