@@ -20,6 +20,7 @@ from django.utils import timezone
 from tests.test_surfaces import render
 from tests.testapp.models import Item
 from visual_reco.feedback import record
+from visual_reco.feedback.evidence import forget_priors
 from visual_reco.feedback.experiments import Variant, assign
 from visual_reco.feedback.picks import (
     PickOptions,
@@ -135,6 +136,31 @@ def test_one_click_makes_a_taste_and_purchases_are_left_out(items):
     for row in picks.products:
         assert row.reco_score == pytest.approx(row.visual_score + row.feedback_score)
 
+
+
+@pytest.mark.django_db
+def test_what_every_shopper_clicked_lifts_a_pick(items):
+    store("click", items[4])
+    before = ids(picks_for(request_for(), limit=5).products)
+    last = before[-1]
+    now = timezone.now()
+    FeedbackEvent.objects.bulk_create(
+        [FeedbackEvent(type=kind, occurred_at=now, visitor=f"other-{n:026d}",
+                       event_id=f"o{n}-{kind}", surface="similar_api", variant="control",
+                       source=str(items[0].pk), product=str(last), position=1)
+         for n in range(80) for kind in ("impression", "click", "add_to_cart")[:2 + n % 4 // 3]]
+        + [FeedbackEvent(type="impression", occurred_at=now, visitor=f"other-{n:026d}",
+                         event_id=f"o{n}-shown-{pk}", surface="similar_api", variant="control",
+                         source=str(items[0].pk), product=str(pk), position=2)
+           for n in range(80) for pk in before[:-1]])
+    rollup()
+    forget_priors()
+    after = picks_for(request_for(), limit=5).products
+    assert ids(after).index(last) < before.index(last)
+    category = {row.pk: 0.1 * (row.category == items[4].category) for row in after}
+    shopper_terms = {row.pk: row.feedback_score - category[row.pk] for row in after}
+    assert shopper_terms[last] > 0
+    assert all(shopper_terms[pk] < 0 for pk in before[:-1] if pk in shopper_terms)
 
 @pytest.mark.django_db
 def test_vectors_are_read_in_binary_as_stored(items):

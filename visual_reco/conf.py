@@ -211,6 +211,13 @@ DEFAULTS: dict[str, Any] = {
         # Added to a candidate's cosine similarity: this x the visitor's affinity for its
         # category (from -1: only passed over, to 1: everything liked is in it).
         "CATEGORY_WEIGHT": 0.1,
+        # And what every shopper did with it, as in the re-ranking: CTR_WEIGHT x ln(click
+        # rate / mean) + CONVERSION_WEIGHT x ln(conversions per click / mean), the
+        # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH (0: off).
+        "CTR_WEIGHT": 0.1,
+        "CONVERSION_WEIGHT": 0.05,
+        "FEEDBACK_SURFACES": ["similar", "similar_api", "picked_for_you",
+                              "picked_for_you_api"],
         # Candidates: the POOL x limit products nearest to the taste vector.
         "POOL": 4,
         # Best-converting: (carts + purchases) per examined impression, smoothed towards the

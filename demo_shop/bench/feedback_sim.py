@@ -54,6 +54,7 @@ from visual_reco.conf import DEFAULTS, reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.feedback.events import record
 from visual_reco.feedback.evidence import forget_priors
+from visual_reco.feedback.picks import forget_best_sellers
 from visual_reco.feedback.rollup import rollup
 from visual_reco.feedback.tokens import read
 from visual_reco.models import (
@@ -72,7 +73,7 @@ LEAVE = 0.5
 MAX_PAGES = 12
 BUY = 0.6
 SIMILAR_SURFACE = "similar_api"
-PICKS_SURFACE = "picked_for_you"
+PICKS_SURFACE = "picked_for_you_api"
 PICKS_URL_NAMES = ("visual_reco:picked-for-you", "visual_reco:picked_for_you")
 # Luma colour names -> colour families the visitors' tastes are about.
 COLOUR_FAMILIES = {
@@ -127,6 +128,9 @@ class Visitor:
 
 
 BRANDS = 5
+# Spread of the products' appeal to everyone in the looks scenario (logit units): a product
+# one deviation up is clicked about twice as often as an average one.
+APPEAL_SD = 0.7
 # Share of landings on a product the visitor picked for their tastes (from a category
 # page); the rest are on any product (an ad, a link).
 LIKED_LANDING = 0.7
@@ -142,8 +146,12 @@ class Scenario:
     name = ""
     description = ""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, seed: int = 0) -> None:
         self.catalog = catalog
+        # How much each product appeals to everyone whatever their tastes (price, fit,
+        # photos, reviews): a logit offset, drawn once per seed; zero where a scenario
+        # has none.
+        self.appeal = np.zeros(len(catalog))
 
     def visitor(self, visitor_id: str, rng: np.random.Generator) -> Visitor:
         """A new visitor with tastes drawn as often as the catalog has them."""
@@ -172,13 +180,18 @@ class Scenario:
 
 
 class LooksScenario(Scenario):
-    """Tastes for a colour family and a category; looks matter."""
+    """Tastes for a colour family and a category; looks matter; products differ in appeal."""
 
     name = "looks"
     description = ("each visitor likes one colour family and one category; attraction "
                    "logit = -3.2 + 1.4 [colour family] + 1.4 [category] + 3 (cosine to the "
-                   "page's product - 0.75) + N(0, 0.5); 70% of landings are on a product of "
-                   "the liked category and colour family")
+                   "page's product - 0.75) + appeal + N(0, 0.5), where each product's appeal "
+                   f"to everyone is drawn once from N(0, {APPEAL_SD}); 70% of landings are on "
+                   "a product of the liked category and colour family")
+
+    def __init__(self, catalog: Catalog, seed: int = 0) -> None:
+        super().__init__(catalog, seed)
+        self.appeal = np.random.default_rng([seed, 99]).normal(0.0, APPEAL_SD, len(catalog))
 
     def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
         if rng.random() < LIKED_LANDING:
@@ -202,7 +215,7 @@ class LooksScenario(Scenario):
         found = np.zeros(len(items))
         for (family, category), weight in weights.items():
             logit = (-3.2 + 1.4 * (families == family) + 1.4 * (categories == category)
-                     + 3.0 * (cosine - 0.75))
+                     + 3.0 * (cosine - 0.75) + self.appeal[items])
             found += weight * (1 / (1 + np.exp(-logit)))
         return found
 
@@ -239,7 +252,7 @@ class LooksScenario(Scenario):
         cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
         logit = (-3.2 + 1.4 * (self.catalog.families[item] == visitor.family)
                  + 1.4 * (self.catalog.categories[item] == visitor.category)
-                 + 3.0 * (cosine - 0.75) + rng.normal(0.0, 0.5))
+                 + 3.0 * (cosine - 0.75) + self.appeal[item] + rng.normal(0.0, 0.5))
         return _sigmoid(logit)
 
     def cart(self, visitor: Visitor, item: int) -> float:
@@ -310,7 +323,7 @@ class Simulator:
     def __init__(self, catalog: Catalog, options: Options) -> None:
         self.catalog = catalog
         self.options = options
-        self.scenario = SCENARIOS[options.scenario](catalog)
+        self.scenario = SCENARIOS[options.scenario](catalog, options.seed)
         self.client = Client()
         self.factory = RequestFactory()
         self.cookie = reco_settings.FEEDBACK["VISITOR_COOKIE"]
@@ -328,7 +341,9 @@ class Simulator:
                 self.logs.append(self.visit(round_index, number))
                 number += 1
             rollup(wait=True)
-            forget_priors()  # a web process reads the new prior within PRIOR_TTL
+            # A web process reads the new prior and best sellers within their TTLs.
+            forget_priors()
+            forget_best_sellers()
             if self.options.after_round:
                 self.options.after_round(round_index)
             if self.options.progress:
@@ -370,10 +385,12 @@ class Simulator:
         would; the visitor reads them in order and opens at most one item. Returns the
         product opened, if any."""
         pk = self.catalog.pks[page]
-        urls = [(SIMILAR_SURFACE, reverse("visual_reco:similar", args=[pk]))]
+        urls = [(SIMILAR_SURFACE, reverse("visual_reco:similar", args=[pk]), {})]
         if self.picks_url:
-            urls.append((PICKS_SURFACE, self.picks_url))
-        served = [(surface, *self._fetch(url)) for surface, url in urls]
+            # The page's category: what a visitor without history gets the best of.
+            urls.append((PICKS_SURFACE, self.picks_url,
+                         {"category": self.catalog.categories[page]}))
+        served = [(surface, *self._fetch(url, params)) for surface, url, params in urls]
         opened = None
         for surface, ids, token in served:
             stats = log.surfaces.setdefault(surface, SurfaceLog(read(token).variant))
@@ -396,8 +413,8 @@ class Simulator:
             cart.append(product)
         return item
 
-    def _fetch(self, url: str) -> tuple[list[str], str]:
-        response = self.client.get(url, {"limit": self.options.limit})
+    def _fetch(self, url: str, params: dict[str, str]) -> tuple[list[str], str]:
+        response = self.client.get(url, {"limit": self.options.limit, **params})
         self.requests += 1
         if response.status_code != 200:
             raise RuntimeError(f"GET {url}: {response.status_code} {response.content[:200]}")
@@ -599,10 +616,10 @@ SIMILAR_VARIANTS: dict[str, dict[str, Any]] = {
 # Picked for you against best-sellers, when the shop has the endpoint; the variants'
 # options are those of the picks' settings.
 PICKS_VARIANTS: dict[str, dict[str, Any]] = {
-    "bestsellers": {"PICKS": {"PERSONAL": False}},
-    "picked": {"PICKS": {"PERSONAL": True}},
+    "best_sellers": {"PICKS": "best_sellers"},
+    "picked": {"PICKS": "taste"},
 }
-BASELINE = {SIMILAR_SURFACE: "visual", PICKS_SURFACE: "bestsellers"}
+BASELINE = {SIMILAR_SURFACE: "visual", PICKS_SURFACE: "best_sellers"}
 LEARN_COMMAND = "visual_reco_learn"
 EARLY_ROUNDS = 3
 GOAL_RERANK = 0.20
@@ -648,11 +665,11 @@ def simulation_settings(similar: dict[str, dict[str, Any]], picks: dict[str, dic
         name: {"SHARE": share, "RANKING": options} for name, options in similar.items()}}}
     if picks:
         experiments[PICKS_SURFACE] = {"ENABLED": True, "VARIANTS": {
-            name: {"SHARE": 100.0 / len(picks), **options} for name, options in picks.items()}}
+            name: {"SHARE": 100.0 / len(picks), "RANKING": options}
+            for name, options in picks.items()}}
     config["FEEDBACK"] = {**config.get("FEEDBACK", {}), "EXPERIMENTS": experiments}
     config["RANKING"] = {**config.get("RANKING", {}), **ranking}
-    config["THROTTLE_RATES"] = {"photo_search": None, "similar": None, "events_visitor": None,
-                                "events_ip": None}
+    config["THROTTLE_RATES"] = dict.fromkeys(DEFAULTS["THROTTLE_RATES"])
     config["SIMILAR_CACHE"] = None
     return config
 

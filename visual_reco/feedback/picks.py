@@ -5,7 +5,8 @@ visitor keys; logged in, with ``FEEDBACK["STORE_USER_ID"]``: also its user id), 
 ``taste``: the visitor's latest ``MAX_EVENTS`` events within ``WINDOW_DAYS`` (two index
 scans), the vectors of its ``MAX_PRODUCTS`` weightiest products (by primary key), their
 weighted mean (`visual_reco.feedback.taste`), one HNSW query for the ``POOL`` x ``limit``
-nearest products, re-scored by the visitor's category affinities. A visitor without a liked
+nearest products, re-scored by the visitor's category affinities and every shopper's rates
+(as the re-ranking scores them). A visitor without a liked
 product, and the ``best_sellers`` strategy, get the best-converting products of the current
 category instead. Either way what the visitor bought, dismissed, opened or put in the cart
 is left out, and a short list is filled with best sellers.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
 from django.db import connection, models
 from django.http import HttpRequest
@@ -30,7 +32,9 @@ from django.utils import timezone
 from visual_reco.choices import EventType
 from visual_reco.conf import DEFAULTS, reco_settings
 from visual_reco.feedback.events import stored_user_id
+from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
+from visual_reco.feedback.ranking import feedback_terms
 from visual_reco.feedback.taste import Taste, product_weights, strongest, taste_of
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats
@@ -63,6 +67,9 @@ class PickOptions:
     max_events: int
     max_products: int
     category_weight: float
+    ctr_weight: float
+    conversion_weight: float
+    feedback_surfaces: tuple[str, ...]
     pool: int
     prior_strength: float
     best_sellers_ttl: float
@@ -88,6 +95,9 @@ class PickOptions:
                    max_events=max(0, int(merged["MAX_EVENTS"])),
                    max_products=max(1, int(merged["MAX_PRODUCTS"])),
                    category_weight=float(merged["CATEGORY_WEIGHT"]),
+                   ctr_weight=float(merged["CTR_WEIGHT"]),
+                   conversion_weight=float(merged["CONVERSION_WEIGHT"]),
+                   feedback_surfaces=tuple(merged["FEEDBACK_SURFACES"]),
                    pool=max(1, int(merged["POOL"])),
                    prior_strength=float(merged["PRIOR_STRENGTH"]),
                    best_sellers_ttl=float(merged["BEST_SELLERS_TTL"]))
@@ -260,15 +270,24 @@ def forget_best_sellers() -> None:
 
 def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[str],
              options: PickOptions, field: str | None) -> list[models.Model]:
-    """The candidates nearest to the taste, re-scored by category affinity, best first."""
+    """The candidates nearest to the taste, re-scored by category affinity and by what
+    every shopper did with them, best first."""
     size = limit * options.pool + len(hidden)
     pool = [row for row in visual(candidates).similar_to_vector(taste.vector, size, field=field)
             if str(row.pk) not in hidden]
     category = _category_field(candidates.model)
-    for row in pool:
+    terms = np.zeros(len(pool))
+    prior = (prior_for(options.feedback_surfaces, options.prior_strength)
+             if pool and (options.ctr_weight or options.conversion_weight) else None)
+    if prior is not None:
+        # Product-level evidence only: a pick has no source product.
+        evidence = evidence_for(options.feedback_surfaces, "", [row.pk for row in pool])
+        terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
+                               conversion_weight=options.conversion_weight)
+    for row, term in zip(pool, terms, strict=True):
         value = getattr(row, category.attname, None) if category else None
         affinity = taste.affinities.get(str(value), 0.0) if value is not None else 0.0
-        row.feedback_score = options.category_weight * affinity
+        row.feedback_score = options.category_weight * affinity + float(term)
         row.reco_score = row.visual_score + row.feedback_score
     pool.sort(key=lambda row: -row.reco_score)
     return pool[:limit]
