@@ -79,18 +79,23 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "visual-reco-sweep": {"task": "visual_reco.sweep", "schedule": 300.0},
     # Shopper feedback: daily aggregates for the admin's analytics, and the retention.
-    "visual-reco-rollup-feedback": {"task": "visual_reco.rollup_feedback", "schedule": 60.0},
+    # Every 15 s: in the demo, a click shows in the ranking within seconds.
+    "visual-reco-rollup-feedback": {"task": "visual_reco.rollup_feedback", "schedule": 15.0},
     "visual-reco-purge-feedback": {"task": "visual_reco.purge_feedback", "schedule": 86400.0},
     # The ranking learned from feedback: trained, judged, served only when it does better.
     "visual-reco-learn-ranking": {"task": "visual_reco.learn_ranking", "schedule": 86400.0},
 }
 
-VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product"}
+# A demo has one shopper: a rate weighs as much as the mean after 5 views, not 50, so that
+# one click and one purchase visibly move a product up for everyone.
+VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product", "RANKING": {"PRIOR_STRENGTH": 5.0}}
 if os.environ.get("DEMO_RATE_LIMITS", "1") == "0":  # benchmarks: one client sends it all
     VISUAL_RECO["THROTTLE_RATES"] = {"photo_search": None, "similar": None,
                                      "events_visitor": None, "events_ip": None}
 if os.environ.get("DEMO_RANKING") == "visual":  # benchmarks: the visual order, no feedback
     VISUAL_RECO["RANKING"] = {"RERANK": False}
+elif os.environ.get("DEMO_RANKING") == "reranked":  # benchmarks: the library's defaults
+    VISUAL_RECO["RANKING"] = {}
 
 
 def redis_database(url: str, number: int) -> str:

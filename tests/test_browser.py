@@ -185,6 +185,52 @@ def test_impressions_click_cart_and_purchase_are_credited_to_the_list(shop, brow
     assert Decimal(row["revenue"]) == Decimal(price)
 
 
+def listed(page: Page, section: str) -> list[str]:
+    """The products a list on the page shows, in order."""
+    items = page.locator(f"{section} li.visual-reco__item")
+    return [items.nth(i).get_attribute("data-pk") for i in range(items.count())]
+
+
+PICKS_LIST = "section.visual-reco--picks"
+
+
+def test_clicking_and_buying_change_the_next_pages(shop, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 2400})
+    page = context.new_page()
+    source = source_product(shop)
+    page.goto(f"{shop.base}/products/{source}/")
+    before = listed(page, SIMILAR_LIST)
+    assert page.locator(PICKS_LIST).get_attribute("data-source") == "best_sellers"
+    page.wait_for_timeout(1500)  # every item in view for a second: impressions
+    clicked = page.locator(f'{SIMILAR_LIST} li.visual-reco__item[data-position="3"]')
+    product = clicked.get_attribute("data-pk")
+    with page.expect_navigation():
+        clicked.locator("a").click()
+    # The next page's picks already follow the click (what was opened is not picked).
+    poll(lambda: events(shop, "type = 'click' AND product = %s", (product,)), "the click")
+    page.reload()
+    assert page.locator(PICKS_LIST).get_attribute("data-source") == "taste"
+    assert product not in listed(page, PICKS_LIST)
+    buy(page, product)
+    # Bought: gone from this shopper's "You may also like" at once, the rest in order.
+    page.goto(f"{shop.base}/products/{source}/")
+    assert listed(page, SIMILAR_LIST)[:len(before) - 2] == [
+        pk for pk in before if pk != product][:len(before) - 2]
+    assert product not in listed(page, SIMILAR_LIST)
+    context.close()
+    # Once the roll-up ran (the demo's beat runs it every 15 s), every shopper sees the
+    # clicked and bought product higher on that page.
+    shop.manage("visual_reco_rollup_feedback")
+
+    def position_for_a_new_shopper() -> list[int]:
+        found = shop.session.get(f"{shop.base}/api/visual-reco/products/{source}/similar/",
+                                 timeout=10).json()["results"]
+        ids = [row["id"] for row in found]
+        return [ids.index(product) + 1] if product in ids[:2] else []
+
+    assert poll(position_for_a_new_shopper, "the product to move up", timeout=30)[0] < 3
+
+
 @pytest.mark.parametrize("privacy", ["global privacy control", "do not track"])
 def test_a_browser_that_asks_not_to_be_tracked_stores_nothing(shop, browser, privacy):
     stored_before = len(events(shop))

@@ -668,7 +668,8 @@ def simulation_settings(similar: dict[str, dict[str, Any]], picks: dict[str, dic
             name: {"SHARE": 100.0 / len(picks), "RANKING": options}
             for name, options in picks.items()}}
     config["FEEDBACK"] = {**config.get("FEEDBACK", {}), "EXPERIMENTS": experiments}
-    config["RANKING"] = {**config.get("RANKING", {}), **ranking}
+    # The library's ranking defaults, not the demo's (tuned for one shopper), plus the run's.
+    config["RANKING"] = dict(ranking)
     config["THROTTLE_RATES"] = dict.fromkeys(DEFAULTS["THROTTLE_RATES"])
     config["SIMILAR_CACHE"] = None
     return config

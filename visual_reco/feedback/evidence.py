@@ -16,6 +16,8 @@ from visual_reco.feedback.ranking import Evidence, Prior
 from visual_reco.models import FeedbackPairStats, FeedbackProductStats
 
 PRIOR_TTL = 60.0
+# Before any feedback there is no prior; the first roll-up should count within seconds.
+NO_PRIOR_TTL = 5.0
 _priors: dict[tuple[str, ...], tuple[float, tuple[float, float] | None]] = {}
 
 
@@ -68,7 +70,7 @@ def prior_for(surfaces: Sequence[str], strength: float) -> Prior | None:
             # Half a pseudo-event each, so a surface without clicks yet has a rate above 0.
             rates = ((float(clicks) + 0.5) / (float(views) + 1.0),
                      (float(conversions) + 0.5) / (float(clicks) + 1.0))
-        cached = (now + PRIOR_TTL, rates)
+        cached = (now + (PRIOR_TTL if rates else NO_PRIOR_TTL), rates)
         _priors[key] = cached
     if cached[1] is None:
         return None
