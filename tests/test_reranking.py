@@ -11,6 +11,7 @@ import pytest
 from django.template import Context, Template
 from django.test import RequestFactory
 
+from tests.testapp.models import Item
 from visual_reco.feedback import record
 from visual_reco.feedback.evidence import forget_priors
 from visual_reco.feedback.experiments import assign
@@ -168,6 +169,7 @@ def test_the_tag_serves_the_re_ranked_list(client, items):
 
 
 def test_what_a_visitor_bought_or_dismissed_leaves_its_lists_at_once(client, items, settings):
+    ranking(settings, PERSONAL_WEIGHT=0)  # the order of the rest stays visual
     before = visual_order(items[0])
     token, shown = similar(client, items[0], visitor="v-buyer-000000000001")
     client.post(EVENTS, json.dumps({"events": [
@@ -180,5 +182,19 @@ def test_what_a_visitor_bought_or_dismissed_leaves_its_lists_at_once(client, ite
     assert after == [pk for pk in visual_order(items[0], 5) if pk not in shown[:2]][:5]
     assert shown[0] not in after and shown[1] not in after  # no roll-up needed
     assert similar(client, items[0], visitor="v-someone-else-0001")[1] == before
-    ranking(settings, HIDE=[])
+    ranking(settings, HIDE=[], PERSONAL_WEIGHT=0)
     assert similar(client, items[0], visitor="v-buyer-000000000001")[1] == before
+
+
+def test_a_visitor_s_categories_lean_its_lists(client, items, settings):
+    before = visual_order(items[0])
+    cups = [pk for pk in before if Item.objects.get(pk=pk).category == "cups"]
+    request = RequestFactory().post("/checkout/")
+    request.COOKIES["vr_vid"] = "v-cup-lover-0000001"
+    record(request, "purchase", items[5].pk, event_id="order-cups")  # item 5: a cup
+    ranking(settings, PERSONAL_WEIGHT=1.0)
+    leaning = similar(client, items[0], visitor="v-cup-lover-0000001")[1]
+    other_cups = [pk for pk in cups if pk != items[5].pk]
+    assert other_cups and leaning[:len(other_cups)] == other_cups  # in their visual order
+    assert items[5].pk not in leaning  # bought
+    assert similar(client, items[0], visitor="v-someone-else-0002")[1] == before

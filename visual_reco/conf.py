@@ -156,6 +156,9 @@ DEFAULTS: dict[str, Any] = {
         # Event types after which a visitor no longer sees the product in similar lists
         # (read from its recent events, as "picked for you" reads them; [] for none).
         "HIDE": ["purchase", "dismiss"],
+        # Added to a candidate's score: this x the visitor's affinity for its category
+        # (CATEGORY_FIELD; -1 to 1, from its recent events as "picked for you" weighs them).
+        "PERSONAL_WEIGHT": 0.1,
         # Import string of a callable(source, products, scores) -> scores, applied to the
         # visual (and boosted) scores before feedback is added.
         "SCORER": None,

@@ -216,6 +216,23 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     return taste_of({product: weights[product] for product in chosen}, vectors, categories)
 
 
+def category_affinities(request: HttpRequest | None, model: type[models.Model],
+                        options: PickOptions | None = None) -> dict[str, float]:
+    """This request's visitor's affinity for each category (-1 to 1) from its recent
+    events: the categories of its weightiest products, read by primary key (no vectors)."""
+    category = _category_field(model)
+    events = history(request, options) if category is not None else []
+    if not events:
+        return {}
+    options = options or PickOptions.of()
+    weights = product_weights(events, options.event_weights, options.half_life_days)
+    chosen = strongest(weights, options.max_products)
+    categories = {str(pk): str(value) for pk, value in model._base_manager.filter(
+        pk__in=_pks(model, chosen)).values_list("pk", category.attname) if value is not None}
+    return taste_of({product: weights[product] for product in chosen}, {},
+                    categories).affinities
+
+
 def best_converting(model: type[models.Model], category: Any,
                     options: PickOptions) -> list[tuple[str, float]]:
     """``(product, smoothed conversion rate)`` of the products of ``category`` (None: all)
