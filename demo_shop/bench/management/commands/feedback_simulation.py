@@ -11,8 +11,14 @@ run embeds the photos.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import pickle
+import shlex
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +129,19 @@ def load_luma(folder: Path, cache: Path) -> tuple[Catalog, float]:
     return catalog, time.perf_counter() - started
 
 
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--x v`` or ``--x=v``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 class Command(BaseCommand):
     """Simulate shoppers on the Luma catalog and write docs/FEEDBACK.md."""
 
@@ -147,6 +166,10 @@ class Command(BaseCommand):
         parser.add_argument("--out", default=None,
                             help="default docs/FEEDBACK.md, .cache/feedback-quick with --quick")
         parser.add_argument("--no-write", action="store_true")
+        parser.add_argument("--jobs", type=int, default=2,
+                            help="with --scenario both: scenarios run at once, each in a "
+                                 "process and a database of its own")
+        parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
         base = Path(settings.BASE_DIR)
@@ -169,7 +192,28 @@ class Command(BaseCommand):
         scenarios = ["looks", "unrelated"] if options["scenario"] == "both" \
             else [options["scenario"]]
         started = time.perf_counter()
-        with own_database(DATABASE):
+        if len(scenarios) > 1 and options["jobs"] > 1:
+            run = self._in_processes(scenarios, options)
+        else:
+            run = self._in_this_process(scenarios, similar, folder, base, options)
+        if options["save"]:
+            with open(options["save"], "wb") as handle:
+                pickle.dump({**run, "notes": notes + run["notes"]}, handle)
+            return
+        total = time.perf_counter() - started
+        notes = list(dict.fromkeys(notes + run["notes"]))
+        for note in notes:
+            self.stdout.write(f"Note: {note}")
+        if not options["no_write"]:
+            report = Report(run["results"], options, notes, run["products"], total, similar,
+                            out, command=self._command_line())
+            report.write()
+            self.stdout.write(f"Wrote {out}")
+
+    def _in_this_process(self, scenarios: list[str], similar: dict[str, dict[str, Any]],
+                         folder: Path, base: Path, options: dict[str, Any]) -> dict[str, Any]:
+        notes: list[str] = []
+        with own_database(f"{DATABASE}_{'_'.join(scenarios)}"):
             catalog, load_seconds = load_luma(folder, base / ".cache" / "feedback-sim")
             self.stdout.write(f"{len(catalog)} products loaded in {load_seconds:.0f} s")
             picks = PICKS_VARIANTS if picks_url() else {}
@@ -181,13 +225,36 @@ class Command(BaseCommand):
             with override_settings(VISUAL_RECO=config):
                 for scenario in scenarios:
                     results[scenario] = self._scenario(scenario, catalog, options, bool(picks))
-        total = time.perf_counter() - started
-        for note in notes:
-            self.stdout.write(f"Note: {note}")
-        if not options["no_write"]:
-            report = Report(results, options, notes, len(catalog), total, similar, out)
-            report.write()
-            self.stdout.write(f"Wrote {out}")
+        return {"results": results, "notes": notes, "products": len(catalog)}
+
+    def _in_processes(self, scenarios: list[str], options: dict[str, Any]) -> dict[str, Any]:
+        """Each scenario in a process of its own (this command with ``--scenario``), at
+        most ``--jobs`` at once; their results, merged."""
+        passed = _without(sys.argv[2:], "--scenario")
+        with tempfile.TemporaryDirectory() as folder:
+            saved = {scenario: Path(folder) / f"{scenario}.pickle" for scenario in scenarios}
+            running: list[subprocess.Popen] = []
+            for scenario in scenarios:
+                while len(running) >= options["jobs"]:
+                    running.pop(0).wait()
+                running.append(subprocess.Popen(
+                    [sys.executable, sys.argv[0], "feedback_simulation", *passed,
+                     "--scenario", scenario, "--save", str(saved[scenario])]))
+            for process in running:
+                process.wait()
+            merged: dict[str, Any] = {"results": {}, "notes": [], "products": 0}
+            for scenario, path in saved.items():
+                if not path.exists():
+                    raise CommandError(f"the {scenario} scenario's process failed")
+                with open(path, "rb") as handle:
+                    part = pickle.load(handle)
+                merged["results"].update(part["results"])
+                merged["notes"] += part["notes"]
+                merged["products"] = part["products"]
+        return merged
+
+    def _command_line(self) -> str:
+        return "manage.py feedback_simulation " + shlex.join(_without(sys.argv[2:], "--save"))
 
     def _scenario(self, scenario: str, catalog: Catalog, options: dict[str, Any],
                   picks: bool) -> dict[str, Any]:
