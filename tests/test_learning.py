@@ -25,7 +25,7 @@ from visual_reco.feedback.learned import (
     serving_model,
     stored_vectors,
 )
-from visual_reco.feedback.learning import learn, list_metrics, serve
+from visual_reco.feedback.learning import gather_feedback, learn, list_metrics, serve
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.models import FeedbackEvent, LearnedRanking
 from visual_reco.query import vector_of
@@ -251,3 +251,16 @@ def test_the_admin_shows_the_serving_version_and_its_numbers(catalogue, admin_cl
     admin_client.post("/admin/visual_reco/learnedranking/", {
         "action": "serve_version", "_selected_action": [row.pk]})
     assert LearnedRanking.objects.get().serving
+
+
+@pytest.mark.django_db
+def test_only_the_latest_max_events_are_read(catalogue):
+    now = timezone.now()
+    made = FeedbackEvent.objects.bulk_create([
+        FeedbackEvent(type="impression", occurred_at=now, visitor="v" * 32, event_id=f"m{n}",
+                      surface="similar", variant="control", source=str(catalogue[0][0].pk),
+                      product=str(catalogue[0][n + 1].pk), position=n % 8 + 1, list_id=f"l{n}")
+        for n in range(10)])
+    feedback = gather_feedback(Item, None, ["similar"], max_events=4)
+    assert feedback.events == 4 and feedback.last_event == max(e.pk for e in made)
+    assert gather_feedback(Item, None, ["similar"]).events == 10

@@ -191,6 +191,8 @@ DEFAULTS: dict[str, Any] = {
         "MAX_STEPS": 300,
         "COPURCHASE_WEIGHT": 0.5,
         "SEED": 0,
+        # Only the latest events are read (memory and time stay bounded on a busy shop).
+        "MAX_EVENTS": 2_000_000,
     },
     # "Picked for you" (visual_reco.feedback.picks): a visitor's taste from recent events;
     # keys merge with these, and an A/B variant's RANKING {"PICKS": "best_sellers"} (a

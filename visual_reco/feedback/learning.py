@@ -122,14 +122,21 @@ class LearnResult:
 
 
 def gather_feedback(model: type[models.Model], field_name: str | None,
-                    surfaces: list[str]) -> Feedback:
-    """The served lists of ``surfaces`` and the visitors' baskets, with the vectors of every
-    product they name (lists whose source has no vector are left out)."""
+                    surfaces: list[str], max_events: int | None = None) -> Feedback:
+    """The served lists of ``surfaces`` and the visitors' baskets, from the latest
+    ``max_events`` events (None: all), with the vectors of every product they name (lists
+    whose source has no vector are left out)."""
     lists: dict[tuple[str, str], dict[str, Any]] = {}
     baskets: dict[str, dict[str, float]] = {}
     events = last_event = 0
-    rows = (FeedbackEvent.objects
-            .filter(Q(surface__in=surfaces) & ~Q(list_id="") | Q(type__in=BASKET))
+    relevant = FeedbackEvent.objects.filter(
+        Q(surface__in=surfaces) & ~Q(list_id="") | Q(type__in=BASKET))
+    if max_events:
+        first = (relevant.order_by("-id").values_list("id", flat=True)
+                 [max_events - 1:max_events].first())
+        if first is not None:
+            relevant = relevant.filter(id__gte=first)
+    rows = (relevant
             .order_by("id")
             .values_list("id", "visitor", "list_id", "source", "product", "type",
                          "position", "occurred_at", "surface"))
@@ -451,7 +458,8 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     fingerprint = get_embedder(embedding.embedder).fingerprint
     params = {**reco_settings.LEARNING, **overrides,
               "SURFACES": sorted(reco_settings.RANKING["FEEDBACK_SURFACES"])}
-    feedback = gather_feedback(model, embedding.name, params["SURFACES"])
+    feedback = gather_feedback(model, embedding.name, params["SURFACES"],
+                               params["MAX_EVENTS"])
     result.version = version = version_of(label, embedding.name, fingerprint, params, feedback)
     known = LearnedRanking.objects.filter(version=version).first()
     if known is not None:
