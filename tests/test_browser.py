@@ -212,12 +212,12 @@ def test_clicking_and_buying_change_the_next_pages(shop, browser):
     assert page.locator(PICKS_LIST).get_attribute("data-source") == "taste"
     assert product not in listed(page, PICKS_LIST)
     buy(page, product)
-    # Bought: gone from this shopper's "You may also like" at once, the rest in order.
+    # Bought: gone from this shopper's "You may also like" at once (the rest leans to the
+    # category it bought from).
     page.goto(f"{shop.base}/products/{source}/")
-    assert listed(page, SIMILAR_LIST)[:len(before) - 2] == [
-        pk for pk in before if pk != product][:len(before) - 2]
-    assert product not in listed(page, SIMILAR_LIST)
+    after = listed(page, SIMILAR_LIST)
     context.close()
+    assert product not in after and len(after) == len(before)
     # Once the roll-up ran (the demo's beat runs it every 15 s), every shopper sees the
     # clicked and bought product higher on that page.
     shop.manage("visual_reco_rollup_feedback")
