@@ -83,3 +83,14 @@ def test_exploration_takes_at_most_its_share_of_the_slots_and_shows_new_products
                    rng=np.random.default_rng(7))
     assert again == rerank(VISUAL, evidence, PRIOR, 8, explore_share=0.25,
                            rng=np.random.default_rng(7))
+
+
+def test_exploration_copes_with_more_clicks_than_examined_views():
+    # Clicks at rarely examined positions: more clicks than debiased views.
+    hot = Evidence(pair_views=1, pair_clicks=100, target_views=2, target_clicks=200)
+    evidence = [Evidence(pair_views=100, pair_clicks=5, target_views=100, target_clicks=5),
+                Evidence(), hot, hot]
+    for seed in range(20):
+        shown = rerank([0.9, 0.8, 0.7, 0.6], evidence, PRIOR, 2, explore_share=0.5,
+                       rng=np.random.default_rng(seed))
+        assert len(shown) == 2 and len(set(shown)) == 2

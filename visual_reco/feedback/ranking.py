@@ -28,6 +28,7 @@ import numpy as np
 CTR_WEIGHT = 0.1
 CONVERSION_WEIGHT = 0.05
 MIN_EXAMINATION = 0.1
+MAX_RATE = 0.99
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,11 @@ def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, 
     sampled = []
     for index in rest:
         seen = evidence[index]
-        target = smoothed(seen.target_clicks, seen.target_views, prior.ctr, prior.strength)
-        alpha = seen.pair_clicks + target * prior.strength
+        # Clicks per examined view can pass 1 (clicks at rarely examined positions): a
+        # Beta needs a rate below 1.
+        target = min(smoothed(seen.target_clicks, seen.target_views, prior.ctr,
+                              prior.strength), MAX_RATE)
+        alpha = max(seen.pair_clicks, 0.0) + target * prior.strength
         beta = max(seen.pair_views - seen.pair_clicks, 0.0) + (1 - target) * prior.strength
         draw = rng.beta(alpha, beta)
         sampled.append(visual[index] + ctr_weight * np.log(draw / prior.ctr))
