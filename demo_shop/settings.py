@@ -7,6 +7,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 
+from visual_reco.conf import DEFAULTS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret")
 # Off unless asked for (DJANGO_DEBUG=1): debug pages show settings and paths to anyone.
@@ -90,8 +92,7 @@ CELERY_BEAT_SCHEDULE = {
 # one click and one purchase visibly move a product up for everyone.
 VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product", "RANKING": {"PRIOR_STRENGTH": 5.0}}
 if os.environ.get("DEMO_RATE_LIMITS", "1") == "0":  # benchmarks: one client sends it all
-    VISUAL_RECO["THROTTLE_RATES"] = {"photo_search": None, "similar": None,
-                                     "events_visitor": None, "events_ip": None}
+    VISUAL_RECO["THROTTLE_RATES"] = dict.fromkeys(DEFAULTS["THROTTLE_RATES"])
 if os.environ.get("DEMO_RANKING") == "visual":  # benchmarks: the visual order, no feedback
     VISUAL_RECO["RANKING"] = {"RERANK": False}
 elif os.environ.get("DEMO_RANKING") == "reranked":  # benchmarks: the library's defaults
