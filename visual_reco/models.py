@@ -5,13 +5,13 @@ visual_reco needs both (the ``vector`` extension before the shop's migrations, i
 storage after them).
 """
 
-from django.db import models
+from django.db import connection, models
 
 from visual_reco.choices import EmbeddingStatus, EventType
 
 __all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
            "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
-           "FeedbackVariantDaily", "LearnedRanking"]
+           "FeedbackVariantDaily", "LearnedRanking", "quoted_table"]
 
 
 class FeedbackEvent(models.Model):
@@ -226,3 +226,8 @@ class LearnedRanking(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
+
+
+def quoted_table(model: type[models.Model]) -> str:
+    """The quoted SQL name of ``model``'s table, for the feedback code's raw SQL."""
+    return connection.ops.quote_name(model._meta.db_table)

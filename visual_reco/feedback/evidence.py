@@ -13,16 +13,13 @@ from collections.abc import Sequence
 from django.db import connection
 
 from visual_reco.feedback.ranking import Evidence, Prior
-from visual_reco.models import FeedbackPairStats, FeedbackProductStats
+from visual_reco.models import FeedbackPairStats, FeedbackProductStats, quoted_table
 
 PRIOR_TTL = 60.0
 # Before any feedback there is no prior; the first roll-up should count within seconds.
 NO_PRIOR_TTL = 5.0
 _priors: dict[tuple[str, ...], tuple[float, tuple[float, float] | None]] = {}
 
-
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
 
 
 def evidence_for(surfaces: Sequence[str], source: object,
@@ -36,11 +33,11 @@ def evidence_for(surfaces: Sequence[str], source: object,
     with connection.cursor() as cursor:
         cursor.execute(f"""
             SELECT true, product, sum(examined), sum(clicks), 0
-            FROM {_table(FeedbackPairStats)}
+            FROM {quoted_table(FeedbackPairStats)}
             WHERE surface = ANY(%s) AND source = %s AND product = ANY(%s) GROUP BY product
             UNION ALL
             SELECT false, product, sum(examined), sum(clicks), sum(add_to_carts + purchases)
-            FROM {_table(FeedbackProductStats)}
+            FROM {quoted_table(FeedbackProductStats)}
             WHERE surface = ANY(%s) AND product = ANY(%s) GROUP BY product""",
                        [list(surfaces), str(source)[:64], ids, list(surfaces), ids])
         for is_pair, product, views, clicks, conversions in cursor.fetchall():
@@ -63,7 +60,7 @@ def prior_for(surfaces: Sequence[str], strength: float) -> Prior | None:
         with connection.cursor() as cursor:
             cursor.execute(f"""
                 SELECT sum(examined), sum(clicks), sum(add_to_carts + purchases)
-                FROM {_table(FeedbackProductStats)} WHERE surface = ANY(%s)""", [list(key)])
+                FROM {quoted_table(FeedbackProductStats)} WHERE surface = ANY(%s)""", [list(key)])
             views, clicks, conversions = cursor.fetchone()
         rates = None
         if views:

@@ -37,7 +37,7 @@ from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.ranking import feedback_terms
 from visual_reco.feedback.taste import Taste, product_weights, strongest, taste_of
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
-from visual_reco.models import FeedbackEvent, FeedbackProductStats
+from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
 from visual_reco.query import binary_vector, from_binary, visual
 from visual_reco.registry import get_embedding_field, product_model
 
@@ -112,16 +112,13 @@ class Picks:
     source: str
 
 
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
 
 def recent_events_query(raw_id: str | None, user_id: str, now: datetime,
                         options: PickOptions) -> tuple[str, list[Any]] | None:
     """The SQL and parameters of `recent_events` (None when there is no one to read)."""
     since = now - timedelta(days=options.window_days)
     parts, params = [], []
-    events = _table(FeedbackEvent)
+    events = quoted_table(FeedbackEvent)
     if raw_id and options.max_events:
         keys = keys_within(raw_id, now, timedelta(days=options.window_days))
         parts.append(f"""
@@ -258,7 +255,7 @@ def best_converting(model: type[models.Model], category: Any,
                 WITH totals AS (
                     SELECT product, sum(examined) AS examined,
                            sum(add_to_carts + purchases) AS conversions
-                    FROM {_table(FeedbackProductStats)}
+                    FROM {quoted_table(FeedbackProductStats)}
                     WHERE %s::varchar[] IS NULL OR product = ANY(%s::varchar[])
                     GROUP BY product),
                 per_product AS (

@@ -38,6 +38,7 @@ from visual_reco.models import (
     FeedbackProductStats,
     FeedbackRollup,
     FeedbackVariantDaily,
+    quoted_table,
 )
 
 logger = logging.getLogger("visual_reco")
@@ -87,9 +88,6 @@ def note_purge(cutoff: datetime) -> None:
             name=PURGED, defaults={"watermark": cutoff, "finished_at": timezone.now()})
 
 
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
 
 def _count(kind: str) -> str:
     return f"count(*) FILTER (WHERE type = '{kind}')"
@@ -113,8 +111,8 @@ def examination_by_surface() -> dict[str, list[float]]:
 
 def _add_to_stats(cursor: Any, sign: int, days: list[date]) -> None:
     """Add (``sign`` 1) or take away (-1) the daily rows of ``days`` to the running totals."""
-    daily, pairs, products = (_table(FeedbackDaily), _table(FeedbackPairStats),
-                              _table(FeedbackProductStats))
+    daily, pairs, products = (quoted_table(FeedbackDaily), quoted_table(FeedbackPairStats),
+                              quoted_table(FeedbackProductStats))
     sums = (f"{sign} * sum(impressions), {sign} * sum(examined), {sign} * sum(clicks), "
             f"{sign} * sum(add_to_carts), {sign} * sum(purchases)")
     update = ", ".join(f"{column} = {{table}}.{column} + EXCLUDED.{column}" for column in
@@ -141,9 +139,9 @@ def recompute_days(days: list[date]) -> None:
     totals with them (call inside a transaction, under the lock)."""
     if not days:
         return
-    events, daily, variants, positions = (_table(FeedbackEvent), _table(FeedbackDaily),
-                                          _table(FeedbackVariantDaily),
-                                          _table(FeedbackPositionDaily))
+    events, daily, variants, positions = (quoted_table(FeedbackEvent), quoted_table(FeedbackDaily),
+                                          quoted_table(FeedbackVariantDaily),
+                                          quoted_table(FeedbackPositionDaily))
     day = "(occurred_at AT TIME ZONE 'UTC')::date"
     start = datetime.combine(min(days), datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
@@ -192,7 +190,7 @@ def recompute_days(days: list[date]) -> None:
 
 
 def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
-    events = _table(FeedbackEvent)
+    events = quoted_table(FeedbackEvent)
     sql = f"SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date AS d FROM {events}"
     params: list[object] = []
     if since is not None:
