@@ -4,6 +4,7 @@ strategy, and the tag and the endpoint that serve it with a token."""
 
 import itertools
 import json
+import re
 import time
 from datetime import timedelta
 
@@ -31,7 +32,14 @@ from visual_reco.feedback.picks import (
     recent_events_query,
 )
 from visual_reco.feedback.rollup import rollup
-from visual_reco.feedback.taste import decay, product_weights, strongest, taste_of
+from visual_reco.feedback.taste import (
+    Taste,
+    decay,
+    in_context,
+    product_weights,
+    strongest,
+    taste_of,
+)
 from visual_reco.feedback.tokens import read
 from visual_reco.feedback.visitors import visitor_key
 from visual_reco.models import FeedbackEvent
@@ -51,6 +59,20 @@ def fresh_rankings():
 
 
 # the arithmetic (no database)
+def test_the_page_s_product_is_blended_into_the_taste_by_its_weight():
+    taste = Taste(np.array([1.0, 0.0, 0.0], dtype=np.float32), {"cups": 1.0})
+    page = np.array([0.0, 2.0, 0.0])
+    assert in_context(taste, page, 0.0) is taste
+    assert in_context(taste, None, 0.5) is taste
+    assert in_context(Taste(None), page, 0.5).vector is None
+    half = in_context(taste, page, 0.5)
+    assert np.allclose(half.vector, [2 ** -0.5, 2 ** -0.5, 0.0])
+    assert half.affinities == {"cups": 1.0}
+    assert np.allclose(in_context(taste, page, 0.8).vector,
+                       np.array([0.2, 0.8, 0.0]) / np.hypot(0.2, 0.8))
+    assert np.allclose(in_context(taste, page, 1.0).vector, [0.0, 1.0, 0.0])
+
+
 def test_events_weigh_by_type_and_halve_every_half_life():
     weights = product_weights([("purchase", "a", 0), ("add_to_cart", "b", 0), ("click", "c", 0),
                                ("impression", "d", 0), ("dismiss", "e", 0)], WEIGHTS, 14)
@@ -108,9 +130,18 @@ def store(kind, item, *, visitor=VISITOR, days_ago=0.0, user_id=""):
         event_id=f"t{next(EVENT_IDS)}", product=str(item.pk))
 
 
-def expected_order(items, liked, *, category_weight=0.1, leave_out=()):
-    """The candidates in the order the taste of one click on ``liked`` ranks them."""
-    taste = vector_of(liked).astype(np.float64)
+def unit(vector):
+    vector = np.asarray(vector, dtype=np.float64)
+    return vector / np.linalg.norm(vector)
+
+
+def expected_order(items, liked, *, category_weight=0.1, leave_out=(), page=None,
+                   context_weight=0.5):
+    """The candidates in the order the taste of one click on ``liked`` ranks them (on
+    ``page``'s product page: blended with its vector)."""
+    taste = unit(vector_of(liked))
+    if page is not None:
+        taste = (1 - context_weight) * taste + context_weight * unit(vector_of(page))
     scores = {}
     for item in items:
         if item.pk in leave_out:
@@ -180,6 +211,25 @@ def test_the_ranking_is_cosine_to_the_taste_plus_category_affinity(items):
                                        if pk != items[4].pk]
     assert picks.products[0].feedback_score == pytest.approx(0.1)  # all liked: plates
     assert {row.feedback_score for row in picks.products if row.category == "cups"} == {0.0}
+
+
+@pytest.mark.django_db
+def test_on_a_product_page_the_picks_lean_towards_the_page_s_product(items, settings):
+    store("click", items[4])  # a plate
+    page = items[1]  # a cup
+    plain = ids(picks_for(request_for(), limit=6).products)
+    picks = picks_for(request_for(), limit=6, product=page)
+    unblended = [pk for pk in expected_order(items, items[4]) if pk not in {items[4].pk, page.pk}]
+    wanted = [pk for pk in expected_order(items, items[4], page=page)
+              if pk not in {items[4].pk, page.pk}]
+    assert ids(picks.products) == wanted[:6] and picks.source == "taste"
+    assert wanted != unblended  # the page's product changed the order
+    assert page.pk not in ids(picks.products) and ids(picks.products) != plain
+    # By primary key as well; a weight of 0 is the taste alone (less the page's product).
+    assert ids(picks_for(request_for(), limit=6, product=page.pk).products) == wanted[:6]
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "PICKS": {"CONTEXT_WEIGHT": 0}}
+    assert ids(picks_for(request_for(), limit=5, product=page).products) == [
+        pk for pk in plain if pk != page.pk][:5]
 
 
 @pytest.mark.django_db
@@ -296,7 +346,9 @@ def test_a_best_seller_the_visitor_bought_or_dismissed_is_left_out(items, settin
     store("dismiss", items[2])
     picks = picks_for(request_for(), limit=3, category="plates")
     assert picks.source == "best_sellers"  # the strategy, though the purchase makes a taste
-    assert ids(picks.products) == [items[0].pk] and items[0].pk in plates
+    # The one plate left, then (the category has no more) the best of the others.
+    assert ids(picks.products)[0] == items[0].pk and items[0].pk in plates
+    assert len(picks.products) == 3 and not set(ids(picks.products)[1:]) & set(plates)
 
 
 def shown(item, impressions, carts, tag):
@@ -378,6 +430,17 @@ def test_the_tag_leaves_out_the_page_s_own_product(items):
 
 
 @pytest.mark.django_db
+def test_picks_leave_out_what_the_page_s_similar_list_shows(items):
+    store("click", items[1])
+    html = render_for(VISITOR, "{% visually_similar item limit=3 %}"
+                      "<hr>{% picked_for_you limit=4 product=item %}", item=items[0])
+    similar, picks = html.split("<hr>")
+    shown, picked = (set(re.findall(r">item (\d)<", part)) for part in (similar, picks))
+    assert len(shown) == 3 and len(picked) == 2  # six items: the page, 3 similar, 2 left
+    assert not shown & picked and "0" not in picked
+
+
+@pytest.mark.django_db
 def test_the_tag_renders_nothing_for_an_empty_catalog():
     assert render("{% picked_for_you %}").strip() == ""
 
@@ -419,6 +482,30 @@ def test_the_endpoint_learns_from_a_click_on_its_own_list(visitor, items):
 
 
 @pytest.mark.django_db
+def test_the_endpoint_takes_the_page_s_product_and_what_the_page_shows(visitor, items):
+    page = next(item for item in items if item.category == "cups")
+    cups = {str(item.pk) for item in items if item.category == "cups"}
+    first = visitor.get(PICKS, {"limit": 2, "product": page.pk}).json()
+    # No history: the best sellers of the page's category, without the page's product.
+    assert first["source"] == "best_sellers"
+    assert {result["id"] for result in first["results"]} <= cups - {str(page.pk)}
+    shown = [result["id"] for result in first["results"]][:1]
+    again = visitor.get(PICKS, {"limit": 3, "product": page.pk,
+                                "exclude": ",".join(shown)}).json()
+    assert not {result["id"] for result in again["results"]} & {*shown, str(page.pk)}
+    # A category with nothing left to show: the best of every other category.
+    rest = visitor.get(PICKS, {"limit": 2, "product": page.pk,
+                               "exclude": ",".join(cups - {str(page.pk)})}).json()
+    assert len(rest["results"]) == 2 and not {result["id"] for result in rest["results"]} & cups
+    store("click", items[4])
+    picked = visitor.get(PICKS, {"limit": 4, "product": page.pk}).json()
+    wanted = [str(pk) for pk in expected_order(items, items[4], page=page)
+              if pk not in {items[4].pk, page.pk}]
+    assert picked["source"] == "taste"
+    assert [result["id"] for result in picked["results"]] == wanted[:4]
+
+
+@pytest.mark.django_db
 def test_a_new_visitor_gets_an_id_cookie(client, items):
     response = client.get(PICKS)
     assert response.status_code == 200 and response.json()["token"]
@@ -429,6 +516,10 @@ def test_a_new_visitor_gets_an_id_cookie(client, items):
 @pytest.mark.parametrize("query, field", [
     ("limit=0", "limit"), ("limit=abc", "limit"), ("limit=101", "limit"),
     ("field=nope", "field"), ("category=" + "x" * 51, "category"), ("category=a%00b", "category"),
+    ("product=999999", "product"), ("product=abc", "product"),
+    ("product=99999999999999999999", "product"), ("product=" + "1" * 300, "product"),
+    ("exclude=1,abc", "exclude"), ("exclude=99999999999999999999", "exclude"),
+    ("exclude=" + ",".join(map(str, range(1, 102))), "exclude"),
 ])
 def test_bad_parameters_are_400_with_the_reason(client, items, query, field):
     response = client.get(f"{PICKS}?{query}")

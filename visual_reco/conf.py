@@ -213,6 +213,9 @@ DEFAULTS: dict[str, Any] = {
         "MAX_EVENTS": 200,
         # Vectors read: the products with the largest weights only.
         "MAX_PRODUCTS": 50,
+        # On a product page (picks_for's product, the tag's and the API's ``product``): the
+        # share of the page's product in the vector the candidates are nearest to.
+        "CONTEXT_WEIGHT": 0.5,
         # Added to a candidate's cosine similarity: this x the visitor's affinity for its
         # category (from -1: only passed over, to 1: everything liked is in it).
         "CATEGORY_WEIGHT": 0.1,

@@ -386,11 +386,13 @@ class Simulator:
         product opened, if any."""
         pk = self.catalog.pks[page]
         urls = [(SIMILAR_SURFACE, reverse("visual_reco:similar", args=[pk]), {})]
-        if self.picks_url:
-            # The page's category: what a visitor without history gets the best of.
-            urls.append((PICKS_SURFACE, self.picks_url,
-                         {"category": self.catalog.categories[page]}))
         served = [(surface, *self._fetch(url, params)) for surface, url, params in urls]
+        if self.picks_url:
+            # As the page's script asks: the page's product (its category is what a visitor
+            # without history gets the best of) and the similar list's products, not to be
+            # shown twice.
+            served.append((PICKS_SURFACE, *self._fetch(self.picks_url, {
+                "product": pk, "exclude": ",".join(served[0][1])})))
         opened = None
         for surface, ids, token in served:
             stats = log.surfaces.setdefault(surface, SurfaceLog(read(token).variant))
@@ -402,7 +404,8 @@ class Simulator:
                 events.append(self._raw("click", token, ids[choice]))
                 stats.clicks += 1
                 opened = (stats, ids[choice], token)
-            self._post(events)
+            if events:  # an empty list: nothing to report
+                self._post(events)
         if opened is None:
             return None
         stats, product, token = opened

@@ -6,6 +6,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+# Products a picked-for-you request may ask to leave out (the page's other lists).
+MAX_EXCLUDE = 100
+
 
 class SimilarItemSerializer(serializers.Serializer):
     """One recommended object: id, name, page and image URLs, similarity score."""
@@ -55,12 +58,21 @@ class SimilarQuerySerializer(serializers.Serializer):
 
 
 class PicksQuerySerializer(serializers.Serializer):
-    """Query parameters of the picked-for-you endpoint: how many, which embedding, and the
-    page's category (for a visitor without history)."""
+    """Query parameters of the picked-for-you endpoint: how many, which embedding, the
+    page's product and category, and products the page already shows."""
 
     limit = serializers.IntegerField(required=False, min_value=1)
     field = serializers.CharField(required=False, max_length=100)
     category = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+    product = serializers.CharField(required=False, max_length=255)
+    exclude = serializers.CharField(required=False, allow_blank=True, max_length=4000)
+
+    def validate_exclude(self, value: str) -> list[str]:
+        """Comma-separated primary keys, at most ``MAX_EXCLUDE``."""
+        ids = [part.strip() for part in value.split(",") if part.strip()]
+        if len(ids) > MAX_EXCLUDE:
+            raise serializers.ValidationError(f"At most {MAX_EXCLUDE} products.")
+        return ids
 
 
 class PicksResponseSerializer(serializers.Serializer):

@@ -161,15 +161,20 @@ def _picks_parameters() -> list[Any]:
     if OpenApiParameter is None:
         return []
     return [*_query_parameters(),
+            OpenApiParameter("product", str, description="The page's product: blended into "
+                             "the visitor's taste, not shown, its category the default."),
             OpenApiParameter("category", str, description="The page's category: a visitor "
-                             "without history gets its best-converting products.")]
+                             "without history gets its best-converting products."),
+            OpenApiParameter("exclude", str, description="Comma-separated ids of products "
+                             "the page already shows (at most 100).")]
 
 
 class PickedForYouView(VisualRecoAPIView):
-    """``GET picked-for-you/?limit=N&category=C&field=F``: the products picked for this
-    visitor (its ``vr_vid`` cookie; a logged-in user's own events too with
-    ``FEEDBACK["STORE_USER_ID"]``), near its taste or, without history, the best-converting
-    products of ``category``; never what it bought. With the attribution ``token``."""
+    """``GET picked-for-you/?limit=N&product=P&category=C&exclude=A,B&field=F``: the
+    products picked for this visitor (its ``vr_vid`` cookie; a logged-in user's own events
+    too with ``FEEDBACK["STORE_USER_ID"]``), near its taste blended with the page's
+    ``product`` or, without history, the best-converting products of ``category`` (default:
+    the product's); never what it bought, nor ``exclude``. With the attribution ``token``."""
 
     embedding_field: str | None = None
     surface = "picked_for_you_api"
@@ -191,9 +196,14 @@ class PickedForYouView(VisualRecoAPIView):
         category = params.validated_data.get("category")
         if category is not None:
             category = _category(candidates.model, category)
+        product = params.validated_data.get("product")
+        if product is not None:
+            product = _page_product(candidates.model, product, embedding.attname)
         tracked = serving(request, self.surface)
         picks = picks_for(request, candidates, limit, category=category, field=embedding.name,
-                          variant=tracked.variant if tracked else None)
+                          variant=tracked.variant if tracked else None, product=product,
+                          exclude=_page_products(candidates.model,
+                                                 params.validated_data.get("exclude", [])))
         context = {"request": request, "source_field": embedding.source}
         return _tracked(request, tracked, Response({
             "source": picks.source,
@@ -202,6 +212,26 @@ class PickedForYouView(VisualRecoAPIView):
             "token": token_for(tracked, self.surface, picks.source, picks.products,
                                embedding.embedder),
         }))
+
+
+def _page_product(model: type[models.Model], raw: str, vector: str) -> models.Model:
+    """The product a ``product`` parameter names (without its ``vector``), or a 400."""
+    try:
+        found = (model._base_manager.filter(pk=model_value(model._meta.pk, raw))
+                 .defer(vector).first())
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({"product": exc.messages}) from None
+    if found is None:
+        raise serializers.ValidationError({"product": ["No product with this id."]})
+    return found
+
+
+def _page_products(model: type[models.Model], raw: list[str]) -> list[Any]:
+    """The primary keys an ``exclude`` parameter lists, or a 400 naming a bad one."""
+    try:
+        return [model_value(model._meta.pk, value) for value in raw]
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({"exclude": exc.messages}) from None
 
 
 def _category(model: type[models.Model], raw: str) -> Any:

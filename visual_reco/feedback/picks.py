@@ -6,7 +6,10 @@ visitor keys; logged in, with ``FEEDBACK["STORE_USER_ID"]``: also its user id), 
 scans), the vectors of its ``MAX_PRODUCTS`` weightiest products (by primary key), their
 weighted mean (`visual_reco.feedback.taste`), one HNSW query for the ``POOL`` x ``limit``
 nearest products, re-scored by the visitor's category affinities and every shopper's rates
-(as the re-ranking scores them). A visitor without a liked
+(as the re-ranking scores them). On a product page the page's product (``product``) is
+blended into the taste by ``CONTEXT_WEIGHT``, is not shown, and gives the category when
+none is passed; what the page's other lists showed before (`note_shown`) is not shown
+again. A visitor without a liked
 product, and the ``best_sellers`` strategy, get the best-converting products of the current
 category instead. Either way what the visitor bought, dismissed, opened or put in the cart
 is left out, and a short list is filled with best sellers.
@@ -35,7 +38,7 @@ from visual_reco.feedback.events import stored_user_id
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.ranking import feedback_terms
-from visual_reco.feedback.taste import Taste, product_weights, strongest, taste_of
+from visual_reco.feedback.taste import Taste, in_context, product_weights, strongest, taste_of
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
 from visual_reco.query import binary_vector, from_binary, visual
@@ -53,6 +56,7 @@ HIDING_EVENTS = frozenset({EventType.PURCHASE, EventType.DISMISS, EventType.CLIC
 BEST_SELLERS_DEPTH = 300
 MAX_CACHED_RANKINGS = 512
 HISTORY = "_visual_reco_history"
+SHOWN = "_visual_reco_shown"
 _best_sellers: dict[tuple[str, str | None, float], tuple[float, list[tuple[str, float]]]] = {}
 
 
@@ -66,6 +70,7 @@ class PickOptions:
     window_days: float
     max_events: int
     max_products: int
+    context_weight: float
     category_weight: float
     ctr_weight: float
     conversion_weight: float
@@ -94,6 +99,7 @@ class PickOptions:
                    window_days=float(merged["WINDOW_DAYS"]),
                    max_events=max(0, int(merged["MAX_EVENTS"])),
                    max_products=max(1, int(merged["MAX_PRODUCTS"])),
+                   context_weight=float(merged["CONTEXT_WEIGHT"]),
                    category_weight=float(merged["CATEGORY_WEIGHT"]),
                    ctr_weight=float(merged["CTR_WEIGHT"]),
                    conversion_weight=float(merged["CONVERSION_WEIGHT"]),
@@ -174,6 +180,17 @@ def history(request: HttpRequest | None, options: PickOptions | None = None,
     return events
 
 
+def note_shown(request: HttpRequest | None, products: Iterable[Any]) -> None:
+    """Remember that this request's page shows ``products`` (or primary keys): picks
+    rendered later on the same page leave them out."""
+    if request is not None:
+        shown = getattr(request, SHOWN, None)
+        if shown is None:
+            shown = set()
+            setattr(request, SHOWN, shown)
+        shown.update(str(getattr(product, "pk", product)) for product in products)
+
+
 def _category_field(model: type[models.Model]) -> models.Field | None:
     """The model's ``CATEGORY_FIELD``, if it has one."""
     try:
@@ -187,22 +204,25 @@ def _pks(model: type[models.Model], ids: list[str]) -> list[Any]:
     found = []
     for value in ids:
         try:
-            found.append(model._meta.pk.to_python(value))
+            # clean, not to_python: it checks the range too (a 20-digit id is no integer key).
+            found.append(model._meta.pk.clean(value, None))
         except ValidationError:
             continue
     return found
 
 
 def visitor_taste(model: type[models.Model], weights: dict[str, float], options: PickOptions,
-                  field: str | None = None) -> Taste:
+                  field: str | None = None, page: str | None = None) -> Taste:
     """The taste of a visitor whose products weigh ``weights``: the vectors and categories
-    of the ``MAX_PRODUCTS`` weightiest, read by primary key in one query."""
+    of the ``MAX_PRODUCTS`` weightiest, read by primary key in one query (with the page's
+    product's vector, blended in by ``CONTEXT_WEIGHT``)."""
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
     columns = ["pk", "binary_vector"] + ([category.attname] if category else [])
     vectors, categories = {}, {}
     chosen = strongest(weights, options.max_products)
-    rows = (model._base_manager.filter(pk__in=_pks(model, chosen))
+    read = chosen + ([page] if page is not None and options.context_weight > 0 else [])
+    rows = (model._base_manager.filter(pk__in=_pks(model, read))
             .annotate(binary_vector=binary_vector(embedding.attname)).values_list(*columns))
     for row in rows:
         product = str(row[0])
@@ -210,7 +230,9 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
             vectors[product] = from_binary(row[1])
         if category is not None and row[2] is not None:
             categories[product] = str(row[2])
-    return taste_of({product: weights[product] for product in chosen}, vectors, categories)
+    taste = taste_of({product: weights[product] for product in chosen}, vectors, categories)
+    return in_context(taste, vectors.get(page) if page is not None else None,
+                      options.context_weight)
 
 
 def category_affinities(request: HttpRequest | None, model: type[models.Model],
@@ -311,9 +333,21 @@ def _best_sellers_rows(candidates: models.QuerySet, category: Any, limit: int,
                        left_out: set[str], options: PickOptions,
                        field: str | None) -> list[models.Model]:
     """The ``limit`` best-converting candidates of ``category`` not in ``left_out``; the
-    rest of the category, newest first, when too few converted."""
+    rest of the category, newest first, when too few converted; those of every category
+    when the category has too few."""
     if limit <= 0:
         return []
+    rows = _category_best_sellers(candidates, category, limit, left_out, options, field)
+    if len(rows) < limit and category is not None:
+        rows += _category_best_sellers(candidates, None, limit - len(rows),
+                                       left_out | {str(row.pk) for row in rows}, options, field)
+    return rows
+
+
+def _category_best_sellers(candidates: models.QuerySet, category: Any, limit: int,
+                           left_out: set[str], options: PickOptions,
+                           field: str | None) -> list[models.Model]:
+    """`_best_sellers_rows` within ``category`` (None: every category)."""
     model = candidates.model
     deferred = get_embedding_field(model, field).attname
     wanted = [(product, rate) for product, rate in best_converting(model, category, options)
@@ -339,15 +373,27 @@ def _best_sellers_rows(candidates: models.QuerySet, category: Any, limit: int,
     return rows
 
 
+def _category_of(model: type[models.Model], product: Any) -> Any:
+    """``product``'s category (read by primary key when it is one), None without one."""
+    category = _category_field(model)
+    if category is None:
+        return None
+    if isinstance(product, models.Model):
+        return getattr(product, category.attname)
+    return (model._base_manager.filter(pk__in=_pks(model, [str(product)]))
+            .values_list(category.attname, flat=True).first())
+
+
 def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = None,
               limit: int | None = None, *, category: Any = None, field: str | None = None,
               variant: Variant | None = None, exclude: Iterable[Any] = (),
-              now: datetime | None = None) -> Picks:
+              product: Any = None, now: datetime | None = None) -> Picks:
     """The products picked for this request's visitor among ``candidates`` (default: the
-    product model's), best first (see the module docstring). ``category`` is the page's
-    category, for a visitor without history; ``exclude`` are products (or primary keys)
-    not to show, such as the page's own. A request that may not be tracked (Do Not Track,
-    Global Privacy Control, no consent) has no history read: it gets best sellers."""
+    product model's), best first (see the module docstring). ``product`` is the page's
+    product (or its primary key), if the page has one; ``category`` is the page's category,
+    for a visitor without history (default: ``product``'s); ``exclude`` are products (or
+    primary keys) not to show. A request that may not be tracked (Do Not Track, Global
+    Privacy Control, no consent) has no history read: it gets best sellers."""
     options = PickOptions.of(variant)
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
@@ -357,13 +403,20 @@ def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = 
     now = now or timezone.now()
     events = history(request, options, now)
     hidden = {product for kind, product, _ in events if kind in HIDING_EVENTS}
-    hidden |= {str(getattr(product, "pk", product)) for product in exclude}
+    hidden |= {str(getattr(item, "pk", item)) for item in exclude}
+    hidden |= getattr(request, SHOWN, set())
+    page = None
+    if product is not None:
+        page = str(getattr(product, "pk", product))
+        hidden.add(page)
+        if category is None:
+            category = _category_of(model, product)
     rows: list[models.Model] = []
     source = BEST_SELLERS
     if options.strategy == TASTE and events:
         weights = product_weights(events, options.event_weights, options.half_life_days)
         if any(weight > 0 for weight in weights.values()):
-            taste = visitor_taste(model, weights, options, field)
+            taste = visitor_taste(model, weights, options, field, page)
             if not taste.empty:
                 rows = _nearest(candidates, taste, limit, hidden, options, field)
                 source = TASTE

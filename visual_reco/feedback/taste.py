@@ -7,7 +7,8 @@ its events'; impressions count only for products the visitor did nothing else wi
 passed over: a weak negative). The taste vector is the weighted sum of those products' unit
 vectors (the passed-over ones pull away a little), normalised; a category's affinity is its
 products' summed weight over the total absolute weight, from -1 (only passed over) to 1
-(everything the visitor liked is in it).
+(everything the visitor liked is in it). On a product page the page's product can be blended
+in (`in_context`): what the visitor looks at now says more than last week's clicks.
 """
 
 from __future__ import annotations
@@ -87,3 +88,21 @@ def taste_of(weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
     if norm < MIN_TASTE_NORM:
         return Taste(None, affinities)
     return Taste((vector / norm).astype(np.float32), affinities)
+
+
+def in_context(taste: Taste, page_vector: np.ndarray | None, weight: float) -> Taste:
+    """``taste`` pulled towards the page's product: the normalised blend ``(1 - weight) x
+    taste + weight x page`` (the taste unchanged without a page vector or a taste, or with
+    ``weight`` 0)."""
+    if taste.vector is None or page_vector is None or weight <= 0:
+        return taste
+    page = np.asarray(page_vector, dtype=np.float64)
+    norm = float(np.linalg.norm(page))
+    if norm == 0:
+        return taste
+    weight = min(float(weight), 1.0)
+    blend = (1.0 - weight) * taste.vector.astype(np.float64) + weight * page / norm
+    blend_norm = float(np.linalg.norm(blend))
+    if blend_norm < MIN_TASTE_NORM:
+        return taste
+    return Taste((blend / blend_norm).astype(np.float32), taste.affinities)

@@ -12,7 +12,7 @@ from django.urls import NoReverseMatch, reverse
 
 from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
-from visual_reco.feedback.picks import picks_for
+from visual_reco.feedback.picks import note_shown, picks_for
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.registry import get_embedding_field, product_model
 
@@ -39,6 +39,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     tracked = serving(request, SURFACE) if _events_url() else None
     products = ranked_similar(obj, candidates, limit, field=embedding.name,
                               variant=tracked.variant if tracked else None, request=request)
+    note_shown(request, [obj, *products])
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
@@ -52,13 +53,15 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
 def picked_for_you(context: template.Context, limit: int | None = None, category: Any = None,
                    queryset: Any = None, template_name: str | None = None,
                    title: str = "Picked for you", field: str | None = None,
-                   exclude: Any = None) -> str:
+                   exclude: Any = None, product: Any = None) -> str:
     """Render the products picked for this visitor (`visual_reco.feedback.picks`) with
     ``PICKS["TEMPLATE"]``, by the strategy of its A/B variant on surface
     ``picked_for_you``; nothing when there is nothing to show.
 
-    ``category`` is the page's category: a visitor without history gets its best sellers.
-    ``exclude`` is a product (the page's own) or a list of them not to show. ``queryset``
+    ``product`` is the page's product: its look is blended into the visitor's taste, it is
+    not shown, and its category is the default ``category`` (a visitor without history gets
+    that category's best sellers). ``exclude`` is a product or a list of them not to show;
+    what ``{% visually_similar %}`` showed earlier on the page is left out too. ``queryset``
     restricts the candidates (default: the product model's); ``field`` picks the embedding
     (default: the model's first).
     """
@@ -71,7 +74,8 @@ def picked_for_you(context: template.Context, limit: int | None = None, category
     elif isinstance(exclude, models.Model | str | int):
         exclude = [exclude]
     picks = picks_for(request, candidates, limit, category=category, field=embedding.name,
-                      variant=tracked.variant if tracked else None, exclude=exclude)
+                      variant=tracked.variant if tracked else None, exclude=exclude,
+                      product=product)
     return render_to_string(
         template_name or reco_settings.PICKS["TEMPLATE"],
         {"products": picks.products, "source": picks.source, "title": title,

@@ -161,6 +161,10 @@ class Command(BaseCommand):
         parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                             help="an extra similar-list variant with these RANKING options "
                                  "(for tuning), e.g. 'w3={\"CTR_WEIGHT\": 0.3}'")
+        parser.add_argument("--picks-variant", action="append", default=[],
+                            metavar="NAME=JSON",
+                            help="an extra picked-for-you variant with these PICKS options "
+                                 "(for tuning), e.g. 'c8={\"CONTEXT_WEIGHT\": 0.8}'")
         parser.add_argument("--ranking", default="{}", metavar="JSON",
                             help="RANKING settings for every variant (for tuning)")
         parser.add_argument("--out", default=None,
@@ -185,6 +189,10 @@ class Command(BaseCommand):
         for spec in options["variant"]:
             name, _, raw = spec.partition("=")
             similar[name] = {"RERANK": True, **json.loads(raw or "{}")}
+        picks = dict(PICKS_VARIANTS)
+        for spec in options["picks_variant"]:
+            name, _, raw = spec.partition("=")
+            picks[name] = {"PICKS": {"STRATEGY": "taste", **json.loads(raw or "{}")}}
         notes = []
         if not learned_available():
             notes.append("re-ranked+learned: not measured (visual_reco has no learned "
@@ -195,7 +203,7 @@ class Command(BaseCommand):
         if len(scenarios) > 1 and options["jobs"] > 1:
             run = self._in_processes(scenarios, options)
         else:
-            run = self._in_this_process(scenarios, similar, folder, base, options)
+            run = self._in_this_process(scenarios, similar, picks, folder, base, options)
         if options["save"]:
             with open(options["save"], "wb") as handle:
                 pickle.dump({**run, "notes": notes + run["notes"]}, handle)
@@ -211,12 +219,13 @@ class Command(BaseCommand):
             self.stdout.write(f"Wrote {out}")
 
     def _in_this_process(self, scenarios: list[str], similar: dict[str, dict[str, Any]],
-                         folder: Path, base: Path, options: dict[str, Any]) -> dict[str, Any]:
+                         picks: dict[str, dict[str, Any]], folder: Path, base: Path,
+                         options: dict[str, Any]) -> dict[str, Any]:
         notes: list[str] = []
         with own_database(f"{DATABASE}_{'_'.join(scenarios)}"):
             catalog, load_seconds = load_luma(folder, base / ".cache" / "feedback-sim")
             self.stdout.write(f"{len(catalog)} products loaded in {load_seconds:.0f} s")
-            picks = PICKS_VARIANTS if picks_url() else {}
+            picks = picks if picks_url() else {}
             if not picks:
                 notes.append("picked-for-you vs best-sellers: not measured (the shop has no "
                              "picked-for-you endpoint yet)")
