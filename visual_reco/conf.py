@@ -221,13 +221,15 @@ DEFAULTS: dict[str, Any] = {
         "CATEGORY_WEIGHT": 0.1,
         # And what every shopper did with it, as in the re-ranking: CTR_WEIGHT x ln(click
         # rate / mean) + CONVERSION_WEIGHT x ln(conversions per click / mean), the
-        # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH (0: off).
-        "CTR_WEIGHT": 0.1,
-        "CONVERSION_WEIGHT": 0.05,
+        # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH (0: off). Heavier
+        # than the re-ranking's, with a wider pool: what everyone likes near the taste
+        # (chosen on the simulation's tuning seed, docs/FEEDBACK.md).
+        "CTR_WEIGHT": 1.0,
+        "CONVERSION_WEIGHT": 0.5,
         "FEEDBACK_SURFACES": ["similar", "similar_api", "picked_for_you",
                               "picked_for_you_api"],
         # Candidates: the POOL x limit products nearest to the taste vector.
-        "POOL": 4,
+        "POOL": 10,
         # Best-converting: (carts + purchases) per examined impression, smoothed towards the
         # mean by PRIOR_STRENGTH pseudo-views; each process keeps a category's ranking
         # BEST_SELLERS_TTL seconds.
