@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "visual_reco"
 LAYERS = {
     "standalone": ["dev_services"],
     "settings": ["conf", "choices", "models", "commit_hooks", "broker"],
-    "pixels": ["images", "preprocessing", "colour"],
+    "pixels": ["images", "preprocessing", "colour", "aspects"],
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders",
                   "query_photos"],
     "fields": ["registry", "fields", "checks"],

@@ -23,9 +23,9 @@ def test_field_adds_companion_columns_and_hnsw_index():
     names = {f.name for f in Item._meta.fields}
     assert {"embedding_status", "embedding_error", "embedding_fingerprint",
             "embedding_updated_at"} <= names
-    (index,) = [i for i in Item._meta.indexes if i.name.endswith("_hnsw")]
-    assert index.fields == ["embedding"]
-    assert index.opclasses == ["halfvec_cosine_ops"]
+    indexes = {tuple(i.fields): i for i in Item._meta.indexes if i.name.endswith("_hnsw")}
+    assert set(indexes) == {("embedding",), ("embedding_colour",)}
+    assert indexes[("embedding",)].opclasses == ["halfvec_cosine_ops"]
 
 
 def test_deconstructed_field_does_not_add_companions_twice():
@@ -76,7 +76,8 @@ def commit(django_capture_on_commit_callbacks):
 def ready_item(photos, commit, sent):
     with commit():
         item = Item.objects.create(name="a", photo=upload(photos[0].path))
-    Item.objects.filter(pk=item.pk).update(embedding=[0.5] * 2048, embedding_status="ready")
+    Item.objects.filter(pk=item.pk).update(embedding=[0.5] * 2048, embedding_status="ready",
+                                           embedding_colour=[112 ** -0.5] * 112)
     sent.clear()
     return Item.objects.get(pk=item.pk)
 
@@ -103,7 +104,7 @@ def test_save_without_photo_change_queues_nothing(ready_item, commit, sent):
     assert sent == []
     ready_item.refresh_from_db()
     assert ready_item.embedding_status == EmbeddingStatus.READY
-    assert ready_item.embedding is not None
+    assert ready_item.embedding is not None and ready_item.embedding_colour is not None
 
 
 def test_changed_photo_resets_vector_and_queues(ready_item, photos, commit, sent):
@@ -113,7 +114,7 @@ def test_changed_photo_resets_vector_and_queues(ready_item, photos, commit, sent
     assert sent == [[ready_item.pk]]
     ready_item.refresh_from_db()
     assert ready_item.embedding_status == EmbeddingStatus.PENDING
-    assert ready_item.embedding is None
+    assert ready_item.embedding is None and ready_item.embedding_colour is None
 
 
 def test_same_name_reupload_counts_as_a_change(ready_item, photos, commit, sent):
@@ -130,7 +131,7 @@ def test_removed_photo_means_no_image(ready_item, commit, sent):
     assert sent == []
     ready_item.refresh_from_db()
     assert ready_item.embedding_status == EmbeddingStatus.NO_IMAGE
-    assert ready_item.embedding is None
+    assert ready_item.embedding is None and ready_item.embedding_colour is None
 
 
 def test_item_without_photo_queues_nothing(commit, sent):
@@ -206,7 +207,7 @@ def test_field_is_usable_on_abstract_base():
     assert {"photo_embedding_status", "photo_embedding_error", "photo_embedding_fingerprint",
             "photo_embedding_updated_at"} <= {f.name for f in Look._meta.fields}
     assert sorted(i.fields[0] for i in Look._meta.indexes if i.name.endswith("_hnsw")) == [
-        "detail_embedding", "photo_embedding"]
+        "detail_embedding", "photo_embedding", "photo_embedding_colour"]
     look = Look.objects.create(name="x")
     assert look.photo_embedding_status == EmbeddingStatus.NO_IMAGE
 

@@ -35,7 +35,7 @@ def test_saved_photo_is_embedded_by_the_worker(celery_worker, photos):
 
     assert item.embedding_status == EmbeddingStatus.READY, item.embedding_error
     embedder = get_embedder()
-    assert item.embedding_fingerprint == embedder.fingerprint
+    assert item.embedding_fingerprint == f"{embedder.fingerprint}+colour.1"
     assert item.embedding_updated_at is not None
     stored = vector_of(item)
     assert stored.shape == (2048,)
@@ -57,7 +57,8 @@ def test_corrupt_photo_fails_alone_in_its_batch(celery_worker, photos):
 
     assert bad.embedding_status == EmbeddingStatus.FAILED
     assert "truncated or corrupt" in bad.embedding_error
-    assert bad.embedding is None
+    assert bad.embedding is None and bad.embedding_colour is None
+    assert good1.embedding_colour is not None and good2.embedding_colour is not None
     assert good1.embedding_status == good2.embedding_status == EmbeddingStatus.READY
 
 
@@ -204,6 +205,10 @@ def test_every_field_and_every_embedded_model_goes_through_the_worker(celery_wor
     detail = vector_of(look, "detail_embedding")
     assert float(photo @ detail) < 0.99  # each field embedded its own source
     assert float(vector_of(image) @ vector_of(look)) < 0.99
+    # The default field stores its colour; detail_embedding has aspects=() and no colour.
+    assert look.photo_embedding_colour is not None and image.embedding_colour is not None
+    assert look.photo_embedding_fingerprint.endswith("+colour.1")
+    assert look.detail_embedding_fingerprint == get_embedder().fingerprint
     assert Look.objects.similar_to_vector(detail, 1, field="detail_embedding")[0].pk == look.pk
 
 

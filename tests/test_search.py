@@ -20,30 +20,41 @@ from visual_reco.images import ImageError, open_image
 from visual_reco.models import EmbeddingStatus
 from visual_reco.query import vector_of
 from visual_reco.query_photos import embed_query_images
+from visual_reco.registry import get_embedding_field
 
 SEARCH = "/api/visual-reco/search/"
 
 
 @pytest.fixture(scope="session")
-def photo_vectors(photos):
-    """Embeddings of the 18 photos, computed once with the real indexing code path."""
-    vectors = []
+def embedded_photos(photos):
+    """Embeddings and colour vectors of the 18 photos, computed once with the real indexing
+    code path."""
+    vectors, colours = [], []
     for photo in photos:
         with open(photo.path, "rb") as handle:
-            vectors.append(get_embedder().embed([open_image(handle)])[0])
-    return vectors
+            found, aspects = get_embedder().embed_with_aspects([open_image(handle)], ("colour",))
+        vectors.append(found[0])
+        colours.append(aspects["colour"][0])
+    return vectors, colours
+
+
+@pytest.fixture(scope="session")
+def photo_vectors(embedded_photos):
+    """Embeddings of the 18 photos."""
+    return embedded_photos[0]
 
 
 @pytest.fixture
-def catalog(photos, photo_vectors, db):
-    """The 18 kitchenware photos as items with their real embeddings."""
+def catalog(photos, embedded_photos, db):
+    """The 18 kitchenware photos as items with their real embeddings and colours."""
     items = [Item.objects.create(name=f"{p.label} {p.ident}", category=p.label,
                                  in_stock=i % 3 != 0, photo=upload(p.path))
              for i, p in enumerate(photos)]
-    for item, vector in zip(items, photo_vectors, strict=True):
-        Item.objects.filter(pk=item.pk).update(
-            embedding=vector, embedding_status=EmbeddingStatus.READY,
-            embedding_fingerprint=get_embedder().fingerprint)
+    field = get_embedding_field(Item)
+    for item, vector, colour in zip(items, *embedded_photos, strict=True):
+        Item.objects.filter(pk=item.pk).update(**field.state(
+            EmbeddingStatus.READY, vector=vector, aspect_vectors={"colour": colour},
+            fingerprint=field.fingerprint_for(get_embedder())))
     return items
 
 

@@ -10,22 +10,23 @@ from django.db import DatabaseError, connections
 from django.db.models import FileField
 
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import build_embedder
+from visual_reco.embedders import Embedder, build_embedder
 from visual_reco.registry import embedded_models, embedding_fields, product_model
 
 
 @checks.register(checks.Tags.models)
 def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E001: field dimensions differ from its embedder's; E002: bad source field;
-    E003: an embedder the fields name cannot be built from the settings (once per embedder)."""
+    E003: an embedder the fields name cannot be built from the settings (once per embedder);
+    E008: the fingerprint of a field's rows would not fit its fingerprint column."""
     errors: list[checks.CheckMessage] = []
     fields = [field for model in embedded_models() for field in embedding_fields(model)
               if field.model is model  # each field once, on the model that declares it
               and (app_configs is None or model._meta.app_config in app_configs)]
-    dimensions: dict[str, int] = {}
+    embedders: dict[str, Embedder] = {}
     for alias in dict.fromkeys(field.embedder for field in fields):
         try:
-            dimensions[alias] = build_embedder(alias=alias).dimensions
+            embedders[alias] = build_embedder(alias=alias)
         except Exception as exc:
             users = ", ".join(f"{f.model.__name__}.{f.name}" for f in fields
                               if f.embedder == alias)
@@ -38,14 +39,26 @@ def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[check
             errors.append(checks.Error(
                 f"source={field.source!r} is not an ImageField/FileField of "
                 f"{model.__name__}.", obj=field, id="visual_reco.E002"))
-        expected = dimensions.get(field.embedder)
-        if expected is not None and field.dimensions != expected:
+        embedder = embedders.get(field.embedder)
+        if embedder is None:
+            continue
+        expected = embedder.dimensions
+        if field.dimensions != expected:
             errors.append(checks.Error(
                 f"{model.__name__}.{field.name} stores {field.dimensions} dimensions but "
                 f"its embedder {field.embedder!r} produces {expected}.",
                 hint=f"Set ImageEmbeddingField(dimensions={expected}), make a migration, "
                      "and reindex; or configure an embedder of the field's size.",
                 obj=field, id="visual_reco.E001"))
+        fingerprint = field.fingerprint_for(embedder)
+        column = model._meta.get_field(field.fingerprint_name).max_length
+        if len(fingerprint) > column:
+            errors.append(checks.Error(
+                f"{model.__name__}.{field.name}: the fingerprint {fingerprint!r} of its "
+                f"embedder {field.embedder!r} and aspects is {len(fingerprint)} characters; "
+                f"{field.fingerprint_name} holds {column}.",
+                hint="Give the embedder a shorter fingerprint.", obj=field,
+                id="visual_reco.E008"))
     return errors
 
 

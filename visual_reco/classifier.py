@@ -79,7 +79,7 @@ def training_data(model: type[models.Model],
         raise ValueError(f"{model._meta.label} has no field {reco_settings.CATEGORY_FIELD!r}")
     rows = model._base_manager.filter(**{
         embedding.status_name: EmbeddingStatus.READY,
-        embedding.fingerprint_name: get_embedder(embedding.embedder).fingerprint,
+        embedding.fingerprint_name: embedding.fingerprint_for(get_embedder(embedding.embedder)),
     }).exclude(**{name: ""}).values_list(embedding.attname, name)
     vectors, labels = [], []
     for vector, label in rows.iterator(chunk_size=1000):

@@ -26,9 +26,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["BIN_CENTRES", "DIMENSIONS", "GRID", "PALETTE", "LabGrid", "colour_similarity",
-           "colour_vector", "dominant_colours", "foreground_mask", "lab_histogram",
-           "srgb_to_lab"]
+__all__ = ["BIN_CENTRES", "DIMENSIONS", "GRID", "PALETTE", "VERSION", "LabGrid",
+           "colour_similarity", "colour_vector", "dominant_colours", "foreground_mask",
+           "lab_histogram", "srgb_to_lab"]
+
+# Bump when `colour_vector`'s defaults or implementation change its output: stored colour
+# vectors carry it in their field's fingerprint (`visual_reco.aspects`), so rows embedded with
+# another version become stale and are computed again.
+VERSION = 1
 
 # The colour work runs on the input reduced by an integer factor to at least this side
 # (299 px -> 74 px): enough pixels for a histogram, and ~1 ms.

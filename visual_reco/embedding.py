@@ -44,9 +44,10 @@ class EmbedResult:
 def embed_objects(model: type[models.Model], pks: Sequence[Any], *, field: str | None = None,
                   force: bool = False) -> EmbedResult:
     """Embed the images of ``pks`` for ``field`` (None: every embedding field of ``model``)
-    and store vectors or failures, one model call per field.
+    and store vectors with their aspects, or failures, one model call per field.
 
-    Rows already embedded by the field's current embedder are skipped unless ``force``. A
+    Rows already embedded by the field's current embedder and aspect versions
+    (`ImageEmbeddingField.fingerprint_for`) are skipped unless ``force``. A
     row whose image changed since it was read is not overwritten (its own task will handle
     it). A bad image marks only its own row failed, with a message for shop staff.
     """
@@ -60,7 +61,7 @@ def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
                  force: bool) -> EmbedResult:
     storage = embedding.source_field().storage
     embedder = get_embedder(embedding.embedder)
-    fingerprint = embedder.fingerprint
+    fingerprint = embedding.fingerprint_for(embedder)
     manager = model._base_manager
     rows = manager.filter(pk__in=pks).values_list(
         "pk", embedding.source, embedding.status_name, embedding.fingerprint_name)
@@ -78,11 +79,14 @@ def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
             else:
                 images.append(outcome)
                 loaded.append((pk, name))
-    vectors = embedder.embed(images) if images else []
+    # One prepared array per image gives both the vector and the aspects.
+    vectors, aspects = (embedder.embed_with_aspects(images, embedding.aspects) if images
+                        else ([], {}))
     now = timezone.now()
-    for (pk, name), vector in zip(loaded, vectors, strict=True):
+    for row, ((pk, name), vector) in enumerate(zip(loaded, vectors, strict=True)):
         manager.filter(pk=pk, **{embedding.source: name}).update(**embedding.state(
-            EmbeddingStatus.READY, vector=vector, fingerprint=fingerprint, at=now))
+            EmbeddingStatus.READY, vector=vector, fingerprint=fingerprint, at=now,
+            aspect_vectors={aspect: values[row] for aspect, values in aspects.items()}))
     for pk, name, message in failures:
         logger.info("Embedding %s %s (%s) failed: %s", model._meta.label, pk, embedding.name,
                     message)

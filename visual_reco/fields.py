@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,8 +13,11 @@ from django.db import models
 from pgvector.django import HalfVectorField, HnswIndex
 
 from visual_reco import registry
+from visual_reco.aspects import get_aspect, signature
 from visual_reco.choices import EmbeddingStatus
-from visual_reco.embedders import DEFAULT_EMBEDDER
+from visual_reco.embedders import DEFAULT_EMBEDDER, Embedder
+
+DEFAULT_ASPECTS = ("colour",)
 
 
 class ImageEmbeddingField(HalfVectorField):
@@ -25,24 +29,33 @@ class ImageEmbeddingField(HalfVectorField):
 
     - ``<name>_status``: `EmbeddingStatus` (pending, ready, failed, stale, no_image),
     - ``<name>_error``: why the last attempt failed, for shop staff,
-    - ``<name>_fingerprint``: the embedder that produced the vector,
+    - ``<name>_fingerprint``: the embedder (and aspect versions) that produced the vector,
     - ``<name>_updated_at``: when the vector was written (or the row was last queued),
+    - ``<name>_<aspect>`` for each of ``aspects`` (`visual_reco.aspects`; default
+      ``("colour",)``, ``()`` for none): a small ``halfvec`` computed by the same task from
+      the same prepared image, written and cleared with the vector,
 
-    and an HNSW cosine index on the vector. The column is ``halfvec`` because HNSW indexes
-    ``vector`` only up to 2,000 dimensions and CNN features are often 2,048. A model may have
-    several; each registers itself in `visual_reco.registry`.
+    and an HNSW cosine index on the vector and on each aspect. The column is ``halfvec``
+    because HNSW indexes ``vector`` only up to 2,000 dimensions and CNN features are often
+    2,048. A model may have several; each registers itself in `visual_reco.registry`.
     """
 
     description = "Image embedding (pgvector halfvec) computed from an image field"
 
     def __init__(self, *args: Any, source: str, embedder: str = DEFAULT_EMBEDDER,
                  dimensions: int = 2048, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
-                 with_companions: bool = True, **kwargs: Any) -> None:
+                 aspects: Sequence[str] = DEFAULT_ASPECTS, with_companions: bool = True,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
+        if isinstance(aspects, str):
+            raise ValueError(f"aspects must be a sequence of names, e.g. ({aspects!r},)")
         self.source = source
         self.embedder = embedder
+        self.aspects: tuple[str, ...] = tuple(dict.fromkeys(aspects))
+        for aspect in self.aspects:
+            get_aspect(aspect)  # an unknown name fails here, where the model is defined
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         # Migrations list the companion fields and the index themselves, so the field
@@ -55,6 +68,8 @@ class ImageEmbeddingField(HalfVectorField):
         kwargs["source"] = self.source
         if self.embedder != DEFAULT_EMBEDDER:
             kwargs["embedder"] = self.embedder
+        if self.aspects != DEFAULT_ASPECTS:
+            kwargs["aspects"] = self.aspects
         kwargs["with_companions"] = False
         return name, "visual_reco.fields.ImageEmbeddingField", args, kwargs
 
@@ -82,19 +97,43 @@ class ImageEmbeddingField(HalfVectorField):
         """Name of the timestamp field."""
         return self.companion_name("updated_at")
 
-    def state(self, status: str, *, vector: Any = None, fingerprint: str = "", error: str = "",
-              at: datetime | None = None, keep_vector: bool = False) -> dict[str, Any]:
+    def aspect_name(self, aspect: str) -> str:
+        """Name of the field holding one of this field's ``aspects``, e.g.
+        ``image_embedding_colour``."""
+        if aspect not in self.aspects:
+            raise ValueError(f"{self.name} has no aspect {aspect!r}; its aspects are "
+                             f"{self.aspects}")
+        return self.companion_name(aspect)
+
+    @property
+    def colour_name(self) -> str:
+        """Name of the colour-vector field (`ValueError` when the field has no colour)."""
+        return self.aspect_name("colour")
+
+    def fingerprint_for(self, embedder: Embedder) -> str:
+        """What ``<name>_fingerprint`` holds for vectors (and aspects) computed now by
+        ``embedder``: its fingerprint plus the versions of this field's aspects, e.g.
+        ``xception-299-avg:0123456789ab+colour.1``. A row holding anything else is stale."""
+        return embedder.fingerprint + signature(self.aspects)
+
+    def state(self, status: str, *, vector: Any = None,
+              aspect_vectors: Mapping[str, Any] | None = None, fingerprint: str = "",
+              error: str = "", at: datetime | None = None,
+              keep_vector: bool = False) -> dict[str, Any]:
         """The column values of one embedding state, for ``update(**...)`` or ``setattr``.
 
-        The only place that spells out the status columns. ``keep_vector`` leaves the vector
-        and its fingerprint as they are (a row queued again keeps being recommended until
-        its new vector replaces the old one).
+        The only place that spells out the status columns. ``aspect_vectors`` are the
+        values of the field's aspects by name (missing ones are cleared with the vector).
+        ``keep_vector`` leaves the vector, its aspects and its fingerprint as they are (a
+        row queued again keeps being recommended until its new vector replaces the old one).
         """
         values: dict[str, Any] = {self.status_name: status, self.error_name: error,
                                   self.updated_at_name: at}
         if not keep_vector:
             values[self.attname] = vector
             values[self.fingerprint_name] = fingerprint
+            for aspect in self.aspects:
+                values[self.aspect_name(aspect)] = (aspect_vectors or {}).get(aspect)
         return values
 
     def source_field(self) -> models.FileField:
@@ -126,16 +165,23 @@ class ImageEmbeddingField(HalfVectorField):
             "updated_at": models.DateTimeField(f"{verbose} updated at", null=True, blank=True,
                                                editable=False),
         }
+        for aspect in self.aspects:
+            companions[aspect] = HalfVectorField(
+                f"{verbose} {aspect}", dimensions=get_aspect(aspect).dimensions, null=True,
+                blank=True, editable=False)
         for suffix, field in companions.items():
             cls.add_to_class(self.companion_name(suffix), field)
+        indexes = [self.hnsw_index(cls, name),
+                   *(self.hnsw_index(cls, self.aspect_name(a)) for a in self.aspects)]
         # A new list: Meta.indexes may be shared with a parent. Migrations read original_attrs.
-        cls._meta.indexes = [*cls._meta.indexes, self.hnsw_index(cls, name)]
+        cls._meta.indexes = [*cls._meta.indexes, *indexes]
         cls._meta.original_attrs["indexes"] = cls._meta.indexes
         if cls._meta.apps is apps:  # not a migration's historical model
             registry.register(self)
 
     def hnsw_index(self, cls: type[models.Model], name: str) -> HnswIndex:
-        """The HNSW cosine index for this column (named from the model and field)."""
+        """The HNSW cosine index for the column of field ``name`` (this one or an aspect's),
+        named from the model and field, with this field's build parameters."""
         digest = hashlib.sha1(f"{cls._meta.label_lower}.{name}".encode()).hexdigest()[:10]
         return HnswIndex(name=f"vr_{digest}_hnsw", fields=[name], m=self.hnsw_m,
                          ef_construction=self.hnsw_ef_construction,

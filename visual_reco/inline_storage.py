@@ -7,6 +7,10 @@ columns are narrow it prices an exact scan far too low and prefers it to the HNS
 returns needs extra TOAST lookups. pgvector's documentation recommends ``SET STORAGE PLAIN``
 for this. It applies to rows written from then on: ``visual_reco_reindex --all`` rewrites
 older ones.
+
+The small aspect vectors (`visual_reco.aspects`, a few hundred bytes) are kept inline too:
+next to a ``PLAIN`` 4 kB vector a row is always over the threshold, so Postgres would move
+them to TOAST, one extra lookup per row read.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from django.db import connections
 from visual_reco.registry import embedded_models, embedding_fields
 
 # Inline only while the vectors leave room in an 8 kB page for the rest of the row: on a table
-# with several embedding fields the first ones declared (the default first) are inlined and
-# the others stay in TOAST, or the row would not fit in a page at all.
+# with several embedding fields the first ones declared (the default first), each followed by
+# its aspects, are inlined and the others stay in TOAST, or the row would not fit in a page.
 MAX_INLINE_BYTES = 6000
 
 
@@ -36,12 +40,14 @@ def inline_columns() -> dict[str, list[str]]:
     for model in embedded_models():
         for field in embedding_fields(model):
             table = field.model._meta.db_table  # a multi-table parent's field is in its table
-            if field.column in chosen.get(table, []):
-                continue
-            left = budget.setdefault(table, MAX_INLINE_BYTES)
-            if vector_bytes(field) <= left:
-                budget[table] = left - vector_bytes(field)
-                chosen.setdefault(table, []).append(field.column)
+            aspects = [field.model._meta.get_field(field.aspect_name(a)) for a in field.aspects]
+            for column in [field, *aspects]:
+                if column.column in chosen.get(table, []):
+                    continue
+                left = budget.setdefault(table, MAX_INLINE_BYTES)
+                if vector_bytes(column) <= left:
+                    budget[table] = left - vector_bytes(column)
+                    chosen.setdefault(table, []).append(column.column)
     return chosen
 
 

@@ -94,14 +94,16 @@ def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
 
 
 def mark_stale(model: type[models.Model], *, field: str | None = None) -> int:
-    """Mark ready vectors made by another embedder than the field's configured one as stale;
-    return how many."""
+    """Mark ready vectors made by another embedder than the field's configured one, or with
+    other aspect versions (`ImageEmbeddingField.fingerprint_for`), as stale; return how many.
+    """
     changed = 0
     for embedding in selected_fields(model, field):
         changed += model._base_manager.filter(
             **{embedding.status_name: EmbeddingStatus.READY}
         ).exclude(
-            **{embedding.fingerprint_name: get_embedder(embedding.embedder).fingerprint}
+            **{embedding.fingerprint_name:
+               embedding.fingerprint_for(get_embedder(embedding.embedder))}
         ).update(**embedding.state(EmbeddingStatus.STALE, keep_vector=True, at=timezone.now()))
     return changed
 

@@ -41,11 +41,12 @@ class Photographed(models.Model):
 
 
 class Look(Photographed):
-    """Two embedding fields: one inherited from the abstract base (the default), one own."""
+    """Two embedding fields: one inherited from the abstract base (the default), one own,
+    without aspects (no colour column)."""
 
     name = models.CharField(max_length=100)
     detail = models.ImageField(upload_to="looks/", blank=True)
-    detail_embedding = ImageEmbeddingField(source="detail")
+    detail_embedding = ImageEmbeddingField(source="detail", aspects=())
 
     objects = VisualQuerySet.as_manager()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from visual_reco.aspects import compute_aspects
 from visual_reco.embedders.base import Embedder, l2_normalise
 from visual_reco.embedders.weights import file_digest, resolve_model_file, split_spec
 from visual_reco.preprocessing import Preprocessing
@@ -114,26 +115,36 @@ class KerasApplicationEmbedder(Embedder):
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB images in batches; returns unit vectors, shape (n, dimensions)."""
+        return self.embed_with_aspects(images, ())[0]
+
+    def embed_with_aspects(self, images: Sequence[Image.Image], aspects: Sequence[str],
+                           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`embed`, with the aspects computed from each batch's prepared uint8 arrays before
+        the model's own input scaling: one resize per image for both."""
         if not images:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
+            return (np.zeros((0, self.dimensions), dtype=np.float32),
+                    compute_aspects([], aspects))
         self.load()
         starts = range(0, len(images), self.batch_size)
 
-        def prepared(start: int) -> np.ndarray:
+        def prepared(start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             batch = np.stack([self.prepare(im) for im in images[start:start + self.batch_size]])
-            return self._preprocess(batch.astype(np.float32))
+            found = compute_aspects(batch, aspects)
+            return self._preprocess(batch.astype(np.float32)), found
 
-        outputs = []
+        outputs, found = [], []
         # Resizing the next batch overlaps the model call on this one (PIL and TF release
         # the GIL), keeping image work off the critical path.
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(prepared, starts[0])
             for index in range(len(starts)):
-                batch = pending.result()
+                batch, batch_aspects = pending.result()
                 if index + 1 < len(starts):
                     pending = pool.submit(prepared, starts[index + 1])
                 outputs.append(np.asarray(self._model.predict_on_batch(batch)))
-        return l2_normalise(np.concatenate(outputs))
+                found.append(batch_aspects)
+        return (l2_normalise(np.concatenate(outputs)),
+                {name: np.concatenate([part[name] for part in found]) for name in aspects})
 
 
 _digests: dict[Path, str] = {}

@@ -26,7 +26,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--all", action="store_true", help="every row with an image")
         parser.add_argument("--pending", action="store_true", help="rows waiting for a vector")
-        parser.add_argument("--stale", action="store_true", help="rows from another embedder")
+        parser.add_argument("--stale", action="store_true",
+                            help="rows from another embedder or aspect version")
         parser.add_argument("--failed", action="store_true", help="rows whose image failed")
         parser.add_argument("--model", help="app_label.ModelName (default: every embedded model)")
         parser.add_argument("--field", help="one embedding field of --model (default: all)")
@@ -63,7 +64,8 @@ class Command(BaseCommand):
         label = f"{model._meta.label}.{field.name}"
         stale = mark_stale(model, field=field.name)
         if stale:
-            self.stdout.write(f"{label}: {stale} vectors came from another embedder (stale).")
+            self.stdout.write(f"{label}: {stale} vectors came from another embedder or aspect "
+                              "version (stale).")
         queryset = select(model, self._statuses(options), field=field.name)
         pks = list(queryset.values_list("pk", flat=True))
         if not pks:

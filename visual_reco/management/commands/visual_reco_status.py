@@ -30,4 +30,5 @@ class Command(BaseCommand):
             for field in embedding_fields(model):
                 summary = "  ".join(f"{status}={n}" for status, n in counts[field.name].items())
                 self.stdout.write(f"{model._meta.label}.{field.name} "
-                                  f"({get_embedder(field.embedder).fingerprint}): {summary}")
+                                  f"({field.fingerprint_for(get_embedder(field.embedder))}): "
+                                  f"{summary}")
