@@ -19,7 +19,7 @@ LAYERS = {
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders",
                   "query_photos"],
     "fields": ["registry", "fields", "checks"],
-    "queries": ["query", "result_cache", "inline_storage", "categories", "classifier", "search"],
+    "queries": ["modes", "query", "result_cache", "inline_storage", "categories", "classifier", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.taste", "feedback.picks",
