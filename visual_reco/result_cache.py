@@ -102,7 +102,7 @@ def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float, Any]]
                 attname: str) -> list[models.Model] | None:
     if not pairs:
         return []
-    rows = {row.pk: row for row in candidates.filter(pk__in=[pk for pk, _ in pairs])
+    rows = {row.pk: row for row in candidates.filter(pk__in=[pair[0] for pair in pairs])
             .defer(attname).order_by()}
     if len(rows) != len(pairs):
         return None  # a row left the candidates without a signal (update(), raw SQL)
