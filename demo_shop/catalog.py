@@ -29,6 +29,7 @@ class CatalogItem:
     name: str
     category: str
     path: Path
+    style: str = ""
 
 
 def kitchenware_items() -> list[CatalogItem]:
@@ -64,5 +65,5 @@ def _magento_items(folder: Path, rows: list[dict[str, str]]) -> list[CatalogItem
         if row["colour"]:
             name = f"{name} ({row['colour']})"
         items.setdefault(sku, CatalogItem(sku, name, row["category"] or "Gift cards",
-                                          folder / row["path"]))
+                                          folder / row["path"], row["style"]))
     return list(items.values())

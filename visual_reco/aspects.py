@@ -25,16 +25,21 @@ __all__ = ["ASPECTS", "Aspect", "compute_aspects", "get_aspect", "signature"]
 @dataclass(frozen=True)
 class Aspect:
     """One kind of aspect vector: ``compute`` maps a prepared HxWx3 uint8 image to a float32
-    vector of ``dimensions`` values; ``version`` names its current output."""
+    vector of ``dimensions`` values; ``version`` names its current output; ``sharpness`` is
+    its default exponent in a blend."""
 
     name: str
     dimensions: int
     compute: Callable[[np.ndarray], np.ndarray]
     version: str
+    # The exponent of its clipped cosine in a blend when a spec gives only a weight
+    # (`visual_reco.modes`).
+    sharpness: float = 1.0
 
 
 ASPECTS: dict[str, Aspect] = {
-    "colour": Aspect("colour", colour.DIMENSIONS, colour.colour_vector, str(colour.VERSION)),
+    "colour": Aspect("colour", colour.DIMENSIONS, colour.colour_vector, str(colour.VERSION),
+                     colour.SHARPNESS),
 }
 
 

@@ -120,6 +120,26 @@ DEFAULTS: dict[str, Any] = {
     "SIMILAR_CACHE": None,
     "SIMILAR_CACHE_TIMEOUT": 600,
     "DEFAULT_LIMIT": 8,
+    # Similar in what way (visual_reco.modes; README "Similar in what way"): named blends of
+    # an embedding's aspects ("shape": the CNN vector; "colour": its colour vector). A weight
+    # alone uses the aspect's sharpness (shape 1, colour 16); {"weight", "sharpness"} sets
+    # both. Chosen in demo_shop/bench/colour_research.py. Keys merge with these.
+    "ASPECT_MODES": {
+        "similar": {"shape": 1.0, "colour": {"weight": 0.4, "sharpness": 16.0}},
+        "same_colour": {"shape": 1.0, "colour": {"weight": 3.0, "sharpness": 1.0}},
+        # With VARIANT_FIELD: the query's other variants first; then (and without it) shape
+        # with unlike colours preferred.
+        "same_style_other_colours": {"shape": 1.0, "colour": {"weight": -0.5, "sharpness": 1.0},
+                                     "variants_first": True},
+        "shape": {"shape": 1.0},
+    },
+    # The mode of the template tag, the API and similar_products when none is asked for
+    # (None: the plain CNN cosine). QuerySet.visually_similar() blends only when asked.
+    "DEFAULT_MODE": "similar",
+    # A blend re-scores this many candidates, found by its heaviest aspect's index.
+    "ASPECT_CANDIDATES": 100,
+    # The field grouping a product's colour variants (e.g. a style code); None: none.
+    "VARIANT_FIELD": None,
     "MAX_LIMIT": 100,
     # API requests per client ("N/s", "N/min", "N/hour", "N/day"; None: no limit), counted
     # in this cache alias (use one every process shares), and photo searches one process
@@ -272,7 +292,7 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
-                "RANKING", "PICKS", "LEARNING"}
+                "RANKING", "PICKS", "LEARNING", "ASPECT_MODES"}
 
 
 class VisualRecoSettings:

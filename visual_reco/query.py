@@ -3,26 +3,37 @@
 ``Product.objects.filter(in_stock=True).visually_similar(product, limit=8)`` orders by cosine
 distance through the HNSW index. pgvector 0.8's iterative index scan keeps scanning until
 ``limit`` rows pass the filters, so a selective filter does not silently return fewer.
+
+With ``mode=`` or ``aspects=`` (`visual_reco.modes`) the rows are ranked by a blend of the
+embedding ("shape") and its aspects ("colour"), in one query: the ``ASPECT_CANDIDATES``
+nearest rows by the heaviest aspect's index (an inner subquery, exact or HNSW as above),
+re-scored exactly on every aspect and ordered by the blend outside it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import IO, Any, Self
 
 import numpy as np
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models, transaction
-from django.db.models import Exists, F, Func, Subquery
+from django.db.models import Case, Exists, F, Func, Subquery, Value, When
+from django.db.models.functions import Greatest
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
 from visual_reco.conf import reco_settings
+from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
 
 DISTANCE = "visual_distance"
+# While set, a blend's candidate subquery ranks its rows exactly (`CandidateDistance`).
+_EXACT_CANDIDATES: ContextVar[bool] = ContextVar("visual_reco_exact_candidates", default=False)
 
 
 def vector_of(obj: models.Model, field: str | None = None) -> np.ndarray | None:
@@ -59,33 +70,113 @@ def from_binary(raw: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(raw, dtype=">f2", count=dimensions, offset=4).astype(np.float32)
 
 
+class CandidateDistance(Func):
+    """A blend's candidate order (a distance): as it is, so HNSW can serve it, or plus 0.0
+    while `exact_candidates` is active, so the candidates are ranked exactly."""
+
+    template = "%(expressions)s"
+    output_field = models.FloatField()
+
+    def as_sql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        if _EXACT_CANDIDATES.get():
+            extra_context["template"] = "(%(expressions)s) + 0.0"
+        return super().as_sql(compiler, connection, **extra_context)
+
+
+@contextmanager
+def exact_candidates() -> Iterator[None]:
+    """Compile blended searches with exactly ranked candidates (no index) in this block."""
+    token = _EXACT_CANDIDATES.set(True)
+    try:
+        yield
+    finally:
+        _EXACT_CANDIDATES.reset(token)
+
+
+class _Known(Func):
+    # pgvector answers NaN for a zero vector; a missing or zero aspect counts 0, as absent.
+    template = "COALESCE(NULLIF(%(expressions)s, 'NaN'::float8), 0.0)"
+    output_field = models.FloatField()
+
+
+def _similarity(column: str, query: Any) -> Any:
+    """The cosine similarity of ``column`` to ``query`` (NULL for a row without a vector)."""
+    return models.ExpressionWrapper(Value(1.0) - CosineDistance(column, query),
+                                    output_field=models.FloatField())
+
+
+def _term(term: Term, column: str, query: Any) -> Any:
+    """``weight * max(cos, 0) ** sharpness`` (the bare cosine for sharpness 1), 0 when the
+    row has no vector."""
+    cosine = _similarity(column, query)
+    if term.sharpness != 1.0:
+        cosine = Func(Greatest(cosine, Value(0.0)), Value(term.sharpness), function="POWER",
+                      output_field=models.FloatField())
+    return models.ExpressionWrapper(Value(term.weight) * _Known(cosine),
+                                    output_field=models.FloatField())
+
+
+def score_name(aspect: str) -> str:
+    """The annotation with one aspect's cosine similarity in a blended search."""
+    return f"{aspect}_score"
+
+
 class VisualQuerySet(models.QuerySet):
     """A QuerySet with ``visually_similar``, ``similar_to_vector`` and ``similar_to_image``."""
 
     _visual_search = False
     # The rows a filtered search chooses from (None: no caller filters), for `_exact`.
     _visual_candidates: models.QuerySet | None = None
+    # A blended search: its blend, the rows asked for, and the variant attribute to keep one
+    # row per value of (collapse_variants).
+    _visual_blend: Blend | None = None
+    _visual_limit = 0
+    _visual_collapse: str | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
         clone._visual_search = self._visual_search
         clone._visual_candidates = self._visual_candidates
+        clone._visual_blend = self._visual_blend
+        clone._visual_limit = self._visual_limit
+        clone._visual_collapse = self._visual_collapse
         return clone
 
     def similar_to_vector(self, vector: Any, limit: int | None = None, *,
-                          field: str | None = None, _filtered: bool | None = None) -> Self:
+                          field: str | None = None, colour: Any = None,
+                          aspects: Mapping[str, Any] | Blend | None = None,
+                          mode: str | None = None, collapse_variants: bool = False,
+                          _filtered: bool | None = None) -> Self:
         """The ``limit`` rows nearest to ``vector``, annotated with ``visual_distance``
         (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance).
 
         When the queryset is filtered and the planner expects at most
         ``EXACT_SEARCH_MAX_ROWS`` rows to pass, those rows are ranked exactly instead of
         walking the HNSW graph, which would have to skip almost everything it visits.
+
+        With ``mode`` (a name in ``ASPECT_MODES``) or ``aspects`` (a blend spec,
+        `visual_reco.modes`), rows are ranked by the blend of ``vector`` ("shape") and
+        ``colour`` (the query's colour vector; without it colour counts for nothing):
+        ``visual_score`` is the blend, ``visual_distance`` 1 - it, ``<aspect>_score`` each
+        aspect's cosine (None for a row without that vector), and rows also carry an
+        ``aspect_scores`` dict. ``collapse_variants`` keeps the best row of each
+        ``VARIANT_FIELD`` value.
         """
+        blend = blend_for(mode, aspects)
         embedding = get_embedding_field(self.model, field)
         filtered = bool(self.query.where) if _filtered is None else _filtered
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
-        query = (vector if hasattr(vector, "resolve_expression")
-                 else HalfVector(np.asarray(vector, dtype=np.float32)))
+        query = _query_vector(vector)
+        if blend is not None:
+            queries = {SHAPE: query}
+            if colour is not None and hasattr(colour, "resolve_expression"):
+                queries["colour"] = colour
+            elif colour is not None:
+                queries["colour"] = HalfVector(np.asarray(colour, dtype=np.float32))
+            blend = _usable(blend, embedding, queries)
+            if not blend.plain or collapse_variants:
+                return self._blended(blend, queries, limit, embedding, filtered,
+                                     collapse=collapse_variants)
         qs = self
         if self._fields is None:  # not after .values()
             # Neighbours' vectors are 2,048 numbers each that callers rarely need.
@@ -99,27 +190,86 @@ class VisualQuerySet(models.QuerySet):
         qs._visual_candidates = candidates
         return qs
 
+    def _blended(self, blend: Blend, queries: dict[str, Any], limit: int,
+                 embedding: Any, filtered: bool, *, collapse: bool = False,
+                 variant: tuple[str, Any] | None = None) -> Self:
+        """The search ranked by ``blend`` of the ``queries`` vectors (by aspect), see
+        `similar_to_vector`; ``variant`` (field, value) rows come first with
+        ``variants_first``."""
+        columns = {SHAPE: embedding.attname,
+                   **{a: embedding.aspect_name(a) for a in blend.aspects if a != SHAPE}}
+        qs = self
+        if self._fields is None:
+            qs = qs.defer(embedding.attname)
+        qs = qs.filter(**{f"{embedding.attname}__isnull": False})
+        lead = blend.candidate_aspect
+        candidates = (qs.filter(**{f"{columns[lead]}__isnull": False})
+                      .order_by(CandidateDistance(CosineDistance(columns[lead], queries[lead])))
+                      .values("pk")[:reco_settings.ASPECT_CANDIDATES])
+        first = None
+        if variant is not None and blend.variants_first and variant[1] is not None:
+            first = models.Q(**{variant[0]: variant[1]})
+            candidates = candidates.union(qs.filter(first).order_by().values("pk"), all=True)
+        scores = {score_name(t.aspect): _similarity(columns[t.aspect], queries[t.aspect])
+                  for t in blend.terms}
+        total = sum((_term(t, columns[t.aspect], queries[t.aspect]) for t in blend.terms),
+                    Value(0.0))
+        ordered = (qs.filter(pk__in=candidates).annotate(**scores)
+                   .annotate(visual_score=models.ExpressionWrapper(
+                       total, output_field=models.FloatField()))
+                   .annotate(**{DISTANCE: 1.0 - F("visual_score")}))
+        order = [F("visual_score").desc(), F("pk").asc()]
+        if first is not None:
+            order.insert(0, Case(When(first, then=Value(0)), default=Value(1)).asc())
+        ordered = ordered.order_by(*order)
+        variant_attname = _variant_attname(self.model) if collapse else None
+        if variant_attname is None:
+            ordered = ordered[:limit]
+        ordered._visual_search = True
+        ordered._visual_candidates = qs.order_by().values("pk") if filtered else None
+        ordered._visual_blend = blend
+        ordered._visual_limit = limit
+        ordered._visual_collapse = variant_attname
+        return ordered
+
     def visually_similar(self, obj: models.Model, limit: int | None = None, *,
-                         field: str | None = None) -> Self:
+                         field: str | None = None,
+                         aspects: Mapping[str, Any] | Blend | None = None,
+                         mode: str | None = None, collapse_variants: bool = False) -> Self:
         """Rows that look like ``obj`` (itself excluded), nearest first.
 
         Empty when ``obj`` has no embedding yet. When ``obj`` was loaded without its vector
         (``defer``), the database reads it in the same query instead of sending it back
-        and forth.
+        and forth. ``mode``, ``aspects`` and ``collapse_variants`` blend aspects as in
+        `similar_to_vector`, with ``obj``'s own aspect vectors; a mode with
+        ``variants_first`` puts the other rows of ``obj``'s ``VARIANT_FIELD`` value first.
         """
+        blend = blend_for(mode, aspects)
         embedding = get_embedding_field(type(obj), field)
         filtered = bool(self.query.where)
         others = self.exclude(pk=obj.pk)
+        source = type(obj)._base_manager.using(self.db).filter(
+            pk=obj.pk, **{f"{embedding.attname}__isnull": False})
         if embedding.attname in obj.__dict__:
             vector = to_array(obj.__dict__[embedding.attname])
             if vector is None:
                 return self.none()
-            return others.similar_to_vector(vector, limit, field=field, _filtered=filtered)
-        source = type(obj)._base_manager.using(self.db).filter(
-            pk=obj.pk, **{f"{embedding.attname}__isnull": False})
-        query = Subquery(source.values(embedding.attname)[:1], output_field=embedding)
-        return others.filter(Exists(source)).similar_to_vector(query, limit, field=field,
-                                                               _filtered=filtered)
+            query = vector
+        else:
+            query = Subquery(source.values(embedding.attname)[:1], output_field=embedding)
+            others = others.filter(Exists(source))
+        if blend is not None:
+            queries = {SHAPE: _query_vector(query),
+                       **_aspect_queries(obj, embedding, blend, source)}
+            blend = _usable(blend, embedding, queries)
+            variant_attname = _variant_attname(type(obj))
+            if not blend.plain or collapse_variants:
+                variant = ((reco_settings.VARIANT_FIELD, getattr(obj, variant_attname))
+                           if variant_attname else None)
+                limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+                return others._blended(blend, queries, limit, embedding, filtered,
+                                       collapse=collapse_variants, variant=variant)
+        return others.similar_to_vector(query, limit, field=field, _filtered=filtered)
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None) -> Self:
@@ -136,6 +286,8 @@ class VisualQuerySet(models.QuerySet):
     def _fetch_all(self) -> None:
         if not self._visual_search or self._result_cache is not None:
             return super()._fetch_all()
+        if self._visual_blend is not None:
+            return self._fetch_blended()
         exact = self._exact()
         if exact is not None:
             self._result_cache = list(exact._iterable_class(exact))
@@ -161,10 +313,45 @@ class VisualQuerySet(models.QuerySet):
         elif self._result_cache and isinstance(self._result_cache[0], dict):
             self._result_cache.sort(key=lambda row: row.get(DISTANCE, 0.0))
 
+    def _fetch_blended(self) -> None:
+        """Run a blended search: its candidates exact or by HNSW as for a plain one (exact
+        again when the graph walk comes back short), then per-aspect scores and variants."""
+        if self._exact_candidates_wanted():
+            with exact_candidates():
+                super()._fetch_all()
+        else:
+            with hnsw_settings_applied(self.db):
+                super()._fetch_all()
+            if len(self._result_cache) < self._visual_limit:
+                # A short walk (dead tuples, see `_fetch_all`): rank the candidates exactly.
+                self._result_cache, self._prefetch_done = None, False
+                with exact_candidates():
+                    super()._fetch_all()
+        rows = self._result_cache
+        if rows and isinstance(rows[0], models.Model):
+            for row in rows:
+                row.aspect_scores = {aspect: getattr(row, score_name(aspect))
+                                     for aspect in self._visual_blend.aspects}
+        if self._visual_collapse is not None:
+            self._result_cache = _collapsed(rows, self._visual_collapse)[:self._visual_limit]
+
+    def _exact_candidates_wanted(self) -> bool:
+        """Whether a filtered blended search should rank its few candidate rows exactly."""
+        threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
+        if self._visual_candidates is None or not threshold:
+            return False
+        return estimated_rows(self._visual_candidates) <= threshold
+
     def explain(self, *, format: str | None = None, **options: Any) -> str:
         """``EXPLAIN`` under the HNSW settings the query runs with (they change the plan)."""
         if not self._visual_search:
             return super().explain(format=format, **options)
+        if self._visual_blend is not None:
+            if self._exact_candidates_wanted():
+                with exact_candidates():
+                    return super().explain(format=format, **options)
+            with hnsw_settings_applied(self.db):
+                return super().explain(format=format, **options)
         exact = self._exact()
         if exact is not None:
             return exact.explain(format=format, **options)
@@ -187,6 +374,72 @@ class VisualQuerySet(models.QuerySet):
         # An expression, not the bare distance, so the HNSW index cannot serve the order.
         exact.query.order_by = ((models.F(DISTANCE) + 0.0).asc(),)
         return exact
+
+
+def _query_vector(vector: Any) -> Any:
+    """A query vector as SQL: an expression as it is, anything else as a ``halfvec``."""
+    if hasattr(vector, "resolve_expression"):
+        return vector
+    return HalfVector(np.asarray(vector, dtype=np.float32))
+
+
+def _usable(blend: Blend, embedding: Any, queries: dict[str, Any]) -> Blend:
+    """``blend`` without the aspects the field or the query lacks: those count 0 for every
+    row, and could not find candidates."""
+    missing = {a for a in blend.aspects
+               if a not in queries or (a != SHAPE and a not in embedding.aspects)}
+    usable = blend.without(missing)
+    if not any(term.weight > 0 for term in usable.terms):
+        return Blend((Term(SHAPE, 1.0),), blend.variants_first)
+    return usable
+
+
+def _aspect_queries(obj: models.Model, embedding: Any, blend: Blend,
+                    source: models.QuerySet) -> dict[str, Any]:
+    """``obj``'s vectors of the blend's aspects as query values: the loaded ones (leaving
+    out those it lacks), the others read by the search itself, except the candidate
+    aspect, which is read now so that a missing one is known before the search."""
+    queries: dict[str, Any] = {}
+    for aspect in blend.aspects:
+        if aspect == SHAPE or aspect not in embedding.aspects:
+            continue
+        column = embedding.aspect_name(aspect)
+        if column not in obj.__dict__ and aspect == blend.candidate_aspect:
+            obj.__dict__[column] = (type(obj)._base_manager.using(source.db).filter(pk=obj.pk)
+                                    .values_list(column, flat=True).first())
+        if column in obj.__dict__:
+            value = to_array(obj.__dict__[column])
+            if value is not None:
+                queries[aspect] = HalfVector(value)
+        else:
+            queries[aspect] = Subquery(source.values(column)[:1],
+                                       output_field=type(obj)._meta.get_field(column))
+    return queries
+
+
+def _variant_attname(model: type[models.Model]) -> str | None:
+    """The attribute of ``VARIANT_FIELD`` on ``model`` (None when unset or absent)."""
+    name = reco_settings.VARIANT_FIELD
+    if not name:
+        return None
+    try:
+        return model._meta.get_field(name).attname
+    except FieldDoesNotExist:
+        return None
+
+
+def _collapsed(rows: list[Any], attname: str) -> list[Any]:
+    """``rows`` keeping the first of each ``attname`` value (rows without one all kept)."""
+    seen: set[Any] = set()
+    kept = []
+    for row in rows:
+        value = row.get(attname) if isinstance(row, dict) else getattr(row, attname, None)
+        if value is not None and value in seen:
+            continue
+        if value is not None:
+            seen.add(value)
+        kept.append(row)
+    return kept
 
 
 def estimated_rows(queryset: models.QuerySet) -> float:

@@ -27,7 +27,8 @@ from django.db import models
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
-from visual_reco.query import DISTANCE, hnsw_settings, visual
+from visual_reco.modes import Blend, blend_for
+from visual_reco.query import DISTANCE, hnsw_settings, score_name, visual
 from visual_reco.registry import get_embedding_field
 
 logger = logging.getLogger("visual_reco")
@@ -75,10 +76,15 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
                       lambda pending: pending.models.add(model))
 
 
-def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str) -> str:
+def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str,
+               blend: Blend | None, collapse: bool) -> str:
     sql, params = candidates.query.sql_with_params()
+    ranking = None
+    if blend is not None:
+        ranking = (blend.key(), collapse, reco_settings.ASPECT_CANDIDATES,
+                   reco_settings.VARIANT_FIELD)
     signature = repr((sql, params, field, hnsw_settings(), reco_settings.EXACT_SEARCH_MAX_ROWS,
-                      candidates.db))
+                      candidates.db, ranking))
     digest = hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
     return f"{PREFIX}:{type(obj)._meta.label_lower}:{obj.pk}:{limit}:{digest}"
 
@@ -92,42 +98,53 @@ def _current_version(cache: BaseCache, model: type[models.Model],
     return cache.get(key)
 
 
-def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float]],
+def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float, Any]],
                 attname: str) -> list[models.Model] | None:
     if not pairs:
         return []
-    rows = {row.pk: row for row in candidates.filter(pk__in=[pk for pk, _ in pairs])
+    rows = {row.pk: row for row in candidates.filter(pk__in=[pair[0] for pair in pairs])
             .defer(attname).order_by()}
     if len(rows) != len(pairs):
         return None  # a row left the candidates without a signal (update(), raw SQL)
     results = []
-    for pk, distance in pairs:
+    for pk, distance, aspect_scores in pairs:
         row = rows[pk]
         setattr(row, DISTANCE, distance)
         row.visual_score = 1.0 - distance
+        if aspect_scores is not None:
+            row.aspect_scores = aspect_scores
+            for aspect, score in aspect_scores.items():
+                setattr(row, score_name(aspect), score)
         results.append(row)
     return results
 
 
 def similar_products(obj: models.Model, candidates: models.QuerySet | None = None,
-                     limit: int | None = None, *, field: str | None = None
-                     ) -> list[models.Model]:
+                     limit: int | None = None, *, field: str | None = None,
+                     mode: str | None = None, aspects: Any = None,
+                     collapse_variants: bool = False) -> list[models.Model]:
     """``visually_similar(obj)`` among ``candidates`` as a list, cached when configured.
 
     The rows are those of ``candidates`` (default: the model's default manager), nearest
     first by the embedding ``field`` (default: the model's first), annotated with
-    ``visual_distance`` and ``visual_score`` as the live query does.
+    ``visual_distance`` and ``visual_score`` as the live query does. They are ranked by
+    ``aspects`` or the ``mode`` (default ``DEFAULT_MODE``; `visual_reco.modes`), blended
+    rows carrying ``aspect_scores`` too; `visual_reco.modes.UnknownMode` for a mode that
+    ``ASPECT_MODES`` lacks.
     """
     model = type(obj)
     if candidates is None:
         candidates = model._default_manager.all()
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     embedding = get_embedding_field(model, field)
-    live = visual(candidates).visually_similar(obj, limit=limit, field=embedding.name)  # lazy
+    blend = blend_for(mode, aspects, default=True)
+    live = visual(candidates).visually_similar(  # lazy
+        obj, limit=limit, field=embedding.name, aspects=blend,
+        collapse_variants=collapse_variants)
     cache = similar_cache()
     if cache is None:
         return list(live)
-    key = _entry_key(obj, candidates, limit, embedding.name)
+    key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants)
     try:
         found = cache.get_many([_version_key(model), key])
         version = _current_version(cache, model, found)
@@ -141,7 +158,8 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
         if results is not None:
             return results
     results = list(live)
-    pairs = [(row.pk, float(getattr(row, DISTANCE))) for row in results]
+    pairs = [(row.pk, float(getattr(row, DISTANCE)), getattr(row, "aspect_scores", None))
+             for row in results]
     try:
         cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)
     except Exception:

@@ -13,6 +13,8 @@ class Product(models.Model):
     sku = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     category = models.CharField(max_length=120, blank=True, db_index=True)
+    # The colour variants of one design share it (Luma's style code): VARIANT_FIELD.
+    style = models.CharField(max_length=120, blank=True, db_index=True)
     price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
     in_stock = models.BooleanField(default=True)
     image = models.ImageField(upload_to="products/", blank=True)

@@ -6,12 +6,17 @@ from typing import Any
 
 from rest_framework import serializers
 
+from visual_reco.colour import DIMENSIONS, dominant_colours
+from visual_reco.query import to_array
+
 # Products a picked-for-you request may ask to leave out (the page's other lists).
 MAX_EXCLUDE = 100
 
 
 class SimilarItemSerializer(serializers.Serializer):
-    """One recommended object: id, name, page and image URLs, similarity score."""
+    """One recommended object: id, name, page and image URLs, similarity score; when ranked
+    by a blend of aspects (a mode), each aspect's cosine similarity; and the main colour
+    names of its stored colour vector (the view's ``colour_field``), when it has one."""
 
     id = serializers.CharField(source="pk", read_only=True)
     name = serializers.SerializerMethodField()
@@ -19,6 +24,17 @@ class SimilarItemSerializer(serializers.Serializer):
     image = serializers.SerializerMethodField()
     # Null for a product that is not ranked by looks (a best seller picked for a visitor).
     score = serializers.FloatField(source="visual_score", read_only=True, allow_null=True)
+    aspect_scores = serializers.DictField(child=serializers.FloatField(allow_null=True),
+                                          read_only=True, allow_null=True, default=None)
+    colours = serializers.SerializerMethodField()
+
+    def get_colours(self, obj: Any) -> list[str] | None:
+        """The 1-3 main colour names (`visual_reco.colour.dominant_colours`), or null."""
+        column = self.context.get("colour_field")
+        vector = to_array(obj.__dict__.get(column)) if column else None
+        if vector is None or len(vector) != DIMENSIONS:
+            return None
+        return [name for name, _ in dominant_colours(vector)]
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""
@@ -51,10 +67,12 @@ class SimilarResponseSerializer(serializers.Serializer):
 
 
 class SimilarQuerySerializer(serializers.Serializer):
-    """Query parameters of the similar-products endpoint: how many, and which embedding."""
+    """Query parameters of the similar-products endpoint: how many, which embedding, and
+    which mode (``ASPECT_MODES``) ranks them."""
 
     limit = serializers.IntegerField(required=False, min_value=1)
     field = serializers.CharField(required=False, max_length=100)
+    mode = serializers.CharField(required=False, max_length=100)
 
 
 class PicksQuerySerializer(serializers.Serializer):

@@ -44,6 +44,7 @@ from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
+from visual_reco.modes import UnknownMode, mode_blend
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.registry import embedding_fields, get_embedding_field, product_model
 from visual_reco.search import search_by_photo
@@ -63,6 +64,28 @@ def _query_parameters() -> list[Any]:
     return [OpenApiParameter("limit", int, description="How many results (default 8)."),
             OpenApiParameter("field", str, description="Which embedding field to compare "
                              "(default: the view's `embedding_field`, else the model's first).")]
+
+
+def _similar_parameters() -> list[Any]:
+    if OpenApiParameter is None:
+        return []
+    return [*_query_parameters(),
+            OpenApiParameter("mode", str, description="Similar in what way: a mode of "
+                             "ASPECT_MODES (similar, same_colour, same_style_other_colours, "
+                             "shape; default DEFAULT_MODE).")]
+
+
+def _mode(requested: str | None) -> str | None:
+    """The mode a request asks for (None: the default), or a 400 naming the known ones."""
+    if requested is None:
+        return None
+    try:
+        mode_blend(requested)
+    except UnknownMode:
+        names = ", ".join(sorted(reco_settings.ASPECT_MODES))
+        raise serializers.ValidationError(
+            {"mode": [f"Unknown mode; use one of {names}."]}) from None
+    return requested
 
 
 def model_value(field: models.Field, raw: Any) -> Any:
@@ -117,9 +140,10 @@ def _tracked(request: Request, tracked: Serving | None, response: Response) -> R
 
 
 class SimilarProductsView(VisualRecoAPIView):
-    """``GET products/<pk>/similar/?limit=N&field=F``: the products that look most like
-    ``pk``, compared on ``field`` (default `embedding_field`, else the model's first), with
-    the attribution ``token`` that events about them send back."""
+    """``GET products/<pk>/similar/?limit=N&field=F&mode=M``: the products that look most
+    like ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)
+    and ranked by ``mode`` (a name in ``ASPECT_MODES``, default ``DEFAULT_MODE``), with the
+    attribution ``token`` that events about them send back."""
 
     embedding_field: str | None = None
     surface = "similar_api"
@@ -129,7 +153,7 @@ class SimilarProductsView(VisualRecoAPIView):
         """The products results are drawn from (override to add filters, e.g. in stock)."""
         return product_model()._default_manager.all()
 
-    @extend_schema(parameters=_query_parameters(), responses=SimilarResponseSerializer)
+    @extend_schema(parameters=_similar_parameters(), responses=SimilarResponseSerializer)
     def get(self, request: Request, pk: str) -> Response:
         """Return the product's embedding status and its visually similar products."""
         params = SimilarQuerySerializer(data=request.query_params)
@@ -137,6 +161,7 @@ class SimilarProductsView(VisualRecoAPIView):
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
         embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
+        mode = _mode(params.validated_data.get("mode"))
         try:
             pk = model_value(model._meta.pk, pk)
         except DjangoValidationError:
@@ -146,9 +171,11 @@ class SimilarProductsView(VisualRecoAPIView):
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,
-                                 request=request)
+                                 request=request, mode=mode)
         item_serializer = reco_settings.SIMILAR_SERIALIZER
-        context = {"request": request, "source_field": embedding.source}
+        context = {"request": request, "source_field": embedding.source,
+                   "colour_field": (embedding.colour_name if "colour" in embedding.aspects
+                                    else None)}
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),

@@ -81,10 +81,13 @@ def _ids(rule: Any, source: models.Model) -> list[str]:
 def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
                    limit: int | None = None, *, field: str | None = None,
                    variant: Variant | None = None, request: HttpRequest | None = None,
-                   rng: np.random.Generator | None = None) -> list[models.Model]:
+                   rng: np.random.Generator | None = None, mode: str | None = None,
+                   collapse_variants: bool = False) -> list[models.Model]:
     """The similar products of ``obj`` among ``candidates`` as ``variant`` ranks them,
     best first (see the module docstring), without what this ``request``'s visitor did one
-    of the ``HIDE`` events to (bought or dismissed, by default)."""
+    of the ``HIDE`` events to (bought or dismissed, by default). The pool is ranked by
+    ``mode`` (default ``DEFAULT_MODE``, `visual_reco.modes`): ``visual_score`` is its
+    blend."""
     options = RankingOptions.of(variant)
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
@@ -98,14 +101,16 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
              and not options.pin and not options.exclude and learned is None and not hidden
              and not affinities)
     if plain:
-        rows = similar_products(obj, candidates, limit, field=field)
+        rows = similar_products(obj, candidates, limit, field=field, mode=mode,
+                                collapse_variants=collapse_variants)
         for row in rows:
             row.feedback_score, row.reco_score = 0.0, row.visual_score
         return rows
     excluded = set(_ids(options.exclude, obj)) | hidden
     pinned = [pk for pk in _ids(options.pin, obj) if pk not in excluded and pk != str(obj.pk)]
     pool_size = limit * options.pool + len(excluded)
-    pool = [row for row in similar_products(obj, candidates, pool_size, field=field)
+    pool = [row for row in similar_products(obj, candidates, pool_size, field=field,
+                                            mode=mode, collapse_variants=collapse_variants)
             if str(row.pk) not in excluded and str(row.pk) not in pinned]
     scores = np.array([row.visual_score for row in pool], dtype=np.float64)
     if learned is not None and pool:
@@ -136,17 +141,17 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
         row.feedback_score = float(terms[index])
         row.reco_score = float(scores[index] + terms[index])
     ranked = [pool[index] for index in order]
-    return (_pinned_rows(obj, candidates, pinned, field) + ranked)[:limit]
+    return (_pinned_rows(obj, candidates, pinned, field, mode) + ranked)[:limit]
 
 
 def _pinned_rows(obj: models.Model, candidates: models.QuerySet, pinned: list[str],
-                 field: str | None) -> list[models.Model]:
+                 field: str | None, mode: str | None) -> list[models.Model]:
     """The pinned rows that are among ``candidates``, in the pin order."""
     if not pinned:
         return []
     from_pool = {str(row.pk): row for row in
                  similar_products(obj, candidates.filter(pk__in=pinned), len(pinned),
-                                  field=field)}
+                                  field=field, mode=mode)}
     rows = []
     for pk in pinned:
         row = from_pool.get(pk)

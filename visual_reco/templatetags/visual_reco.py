@@ -24,13 +24,16 @@ PICKS_SURFACE = "picked_for_you"
 @register.simple_tag(takes_context=True)
 def visually_similar(context: template.Context, obj: Any, limit: int | None = None,
                      queryset: Any = None, template_name: str | None = None,
-                     title: str = "You may also like", field: str | None = None) -> str:
+                     title: str = "You may also like", field: str | None = None,
+                     mode: str | None = None) -> str:
     """Render the products that look like ``obj`` with ``visual_reco/similar.html``,
     ranked by the visitor's A/B variant (`visual_reco.feedback.similar.ranked_similar`).
 
     ``queryset`` restricts the candidates (e.g. ``in_stock`` products); ``field`` picks the
-    embedding to compare (default: the model's first); the template can be overridden per
-    call with ``template_name`` or globally in your templates directory.
+    embedding to compare (default: the model's first); ``mode`` says similar in what way (a
+    name in ``ASPECT_MODES``, default ``DEFAULT_MODE``; an unknown one raises
+    `visual_reco.modes.UnknownMode`); the template can be overridden per call with
+    ``template_name`` or globally in your templates directory.
     """
     model = type(obj)
     embedding = get_embedding_field(model, field)
@@ -38,7 +41,8 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     request = context.get("request")
     tracked = serving(request, SURFACE) if _events_url() else None
     products = ranked_similar(obj, candidates, limit, field=embedding.name,
-                              variant=tracked.variant if tracked else None, request=request)
+                              variant=tracked.variant if tracked else None, request=request,
+                              mode=mode)
     note_shown(request, [obj, *products])
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,

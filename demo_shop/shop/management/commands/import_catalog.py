@@ -43,6 +43,7 @@ class Command(BaseCommand):
 
     def _create(self, item: CatalogItem) -> Product:
         product = Product(sku=item.sku[:64], name=item.name[:200], category=item.category[:120],
+                          style=item.style[:120],
                           price=_price(item.sku), in_stock=int(_price(item.sku)) % 5 != 0)
         with open(item.path, "rb") as handle:
             product.image.save(item.path.name, File(handle), save=False)

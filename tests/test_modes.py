@@ -1,0 +1,344 @@
+"""Similar in what way: blends of shape and colour (``mode=``/``aspects=``) against numpy.
+
+Vectors are synthetic and written into the database directly: the ranking SQL is under test,
+not the CNN or the colour histogram. Every 7th row has no colour vector (not re-embedded yet).
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from django.core.cache import caches
+from django.db import connection, transaction
+from django.template import Context, Template
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
+from pgvector import HalfVector
+
+from tests.testapp.models import Item
+from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
+from visual_reco.colour import SHARPNESS
+from visual_reco.feedback.similar import ranked_similar
+from visual_reco.modes import UnknownMode, mode_blend, parse_blend
+from visual_reco.result_cache import similar_products
+
+pytestmark = pytest.mark.django_db
+N_ROWS, DIMS, STYLE_SIZE = 240, 2048, 4
+
+
+def _unit(rows):
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _make(rng):
+    centres = np.abs(rng.normal(0, 1, (12, DIMS))) * (rng.random((12, DIMS)) < 0.3)
+    styles = np.arange(N_ROWS) // STYLE_SIZE
+    shape = _unit(np.maximum(centres[styles % 12] + rng.normal(0, 0.5, (N_ROWS, DIMS)), 0))
+    # A style's variants share a shape but differ in colour; histograms are non-negative.
+    colour = _unit(rng.random((N_ROWS, COLOUR_DIMS)) ** 6)
+    colour[::7] = np.nan
+    return styles, shape, colour
+
+
+@pytest.fixture
+def catalog():
+    """Rows with shape and colour vectors; returns (rows, halfvec-rounded shape, colour)."""
+    styles, shape, colour = _make(np.random.default_rng(12))
+    rows = Item.objects.bulk_create([
+        Item(name=f"r{i}", category=f"style{styles[i]}", in_stock=True,
+             embedding=HalfVector(shape[i]), embedding_status="ready",
+             embedding_colour=None if np.isnan(colour[i, 0]) else HalfVector(colour[i]))
+        for i in range(N_ROWS)])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_item")
+    rounded = shape.astype(np.float16).astype(np.float32)
+    return rows, rounded, colour.astype(np.float16).astype(np.float32)
+
+
+def expected(catalog, source, weights, sharpness, *, candidates=100, lead="shape",
+             query_colour=None, limit=8):
+    """The blend by hand: candidates by ``lead``'s cosine, re-scored, best first."""
+    rows, shape, colour = catalog
+    cos_shape = _unit(shape) @ (shape[source] / np.linalg.norm(shape[source]))
+    qc = colour[source] if query_colour is None else query_colour
+    with np.errstate(invalid="ignore"):
+        cos_colour = _unit(colour) @ (qc / np.linalg.norm(qc))
+    present = ~np.isnan(cos_colour)
+    cos = {"shape": cos_shape, "colour": cos_colour}
+    score = np.zeros(len(rows))
+    for aspect, weight in weights.items():
+        term = cos[aspect] if sharpness[aspect] == 1 else np.clip(cos[aspect], 0, None) ** \
+            sharpness[aspect]
+        score += weight * np.nan_to_num(term, nan=0.0)
+    lead_cos = np.where(np.isnan(cos[lead]), -np.inf, cos[lead])
+    lead_cos[source] = -np.inf
+    pool = np.argsort(-lead_cos, kind="stable")[:candidates]
+    pool = pool[np.isfinite(lead_cos[pool])]
+    order = pool[np.argsort(-score[pool], kind="stable")][:limit]
+    return [rows[i].pk for i in order], score[order], present
+
+
+@contextmanager
+def index_path():
+    """Keep the planner on the HNSW index, as on a large catalog (see tests/test_query.py)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        yield
+
+
+def _index(name):
+    return Item._meta.get_field("embedding").hnsw_index(Item, name).name
+
+
+# The blend spec.
+
+def test_a_weight_alone_takes_the_aspects_sharpness():
+    assert parse_blend({"shape": 1, "colour": 0.4}) == mode_blend("similar")
+    colour = {t.aspect: t for t in mode_blend("similar").terms}["colour"]
+    assert (colour.weight, colour.sharpness) == (0.4, SHARPNESS)
+    assert mode_blend("similar").candidate_aspect == "shape"
+    assert mode_blend("same_colour").candidate_aspect == "colour"  # weight 3 against 1
+    assert parse_blend({"shape": 0.1, "colour": 1}).candidate_aspect == "colour"
+    with pytest.raises(UnknownMode):
+        mode_blend("bogus")
+    with pytest.raises(ValueError):
+        parse_blend({"shape": -1})  # no index finds the rows least like the query
+    with pytest.raises(ValueError):
+        parse_blend({"texture": 1})
+
+
+# The query.
+
+@pytest.mark.parametrize("mode, weights, sharpness, lead", [
+    ("similar", {"shape": 1.0, "colour": 0.4}, {"shape": 1, "colour": SHARPNESS}, "shape"),
+    ("same_colour", {"shape": 1.0, "colour": 3.0}, {"shape": 1, "colour": 1}, "colour"),
+])
+def test_the_blend_ranks_as_computed_by_hand(catalog, mode, weights, sharpness, lead):
+    rows, _, _ = catalog
+    for source in (3, 50, 101):
+        pks, scores, present = expected(catalog, source, weights, sharpness, lead=lead)
+        found = list(Item.objects.filter(in_stock=True).visually_similar(
+            rows[source], limit=8, mode=mode))
+        assert [r.pk for r in found] == pks
+        np.testing.assert_allclose([r.visual_score for r in found], scores, atol=2e-3)
+        np.testing.assert_allclose([r.visual_distance for r in found], 1 - scores, atol=2e-3)
+        for row in found:
+            assert set(row.aspect_scores) == {"shape", "colour"}
+            assert row.aspect_scores["shape"] == row.shape_score
+            assert (row.colour_score is None) == (not present[rows.index(row)])
+    # The same without the filter (the HNSW path; 240 rows: the graph finds them all).
+    pks, _, _ = expected(catalog, 50, weights, sharpness, lead=lead)
+    assert [r.pk for r in Item.objects.visually_similar(rows[50], 8, mode=mode)] == pks
+
+
+def test_similar_to_vector_takes_the_colour_vector(catalog):
+    rows, shape, colour = catalog
+    pks, scores, _ = expected(catalog, 10, {"shape": 1.0, "colour": 3.0},
+                              {"shape": 1, "colour": 1}, lead="colour", limit=9)
+    found = list(Item.objects.similar_to_vector(shape[10], 9, colour=colour[10],
+                                                aspects={"shape": 1, "colour": {
+                                                    "weight": 3, "sharpness": 1}}))
+    assert [r.pk for r in found][1:] == pks[:8] and found[0].pk == rows[10].pk
+    # Without a colour vector the blend is shape alone: the plain query.
+    plain = list(Item.objects.similar_to_vector(shape[10], 9))
+    assert [r.pk for r in Item.objects.similar_to_vector(shape[10], 9, mode="same_colour")] \
+        == [r.pk for r in plain]
+
+
+def test_without_a_mode_the_query_is_the_plain_cosine(catalog):
+    rows, _, _ = catalog
+    found = list(Item.objects.filter(in_stock=True).visually_similar(rows[3], limit=8))
+    pks, scores, _ = expected(catalog, 3, {"shape": 1.0}, {"shape": 1})
+    assert [r.pk for r in found] == pks
+    assert not hasattr(found[0], "aspect_scores")
+
+
+def test_candidates_come_from_the_heaviest_aspect(catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "ASPECT_CANDIDATES": 5}
+    by_colour = {"shape": 0.1, "colour": 1.0}
+    sharp = {"shape": 1, "colour": SHARPNESS}
+    pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5, lead="colour", limit=5)
+    shape_pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5, limit=5)
+    assert set(pool) != set(shape_pool)
+    for queryset in (Item.objects.filter(in_stock=True), Item.objects.all()):
+        found = list(queryset.visually_similar(rows[8], 10, aspects=by_colour))
+        assert [r.pk for r in found] == pool  # only 5 candidates, ranked by the blend
+        found = list(queryset.visually_similar(rows[8], 10, aspects={"shape": 1.0,
+                                                                      "colour": 0.5}))
+        assert {r.pk for r in found} == set(shape_pool)
+
+
+def test_rows_without_a_colour_vector_are_kept_and_scored_on_shape(catalog):
+    rows, shape, _ = catalog
+    source = 1
+    cos = _unit(shape) @ _unit(shape[source:source + 1])[0]
+    cos[source] = -1
+    nearest = int(np.argmax(cos))
+    Item.objects.filter(pk=rows[nearest].pk).update(embedding_colour=None)
+    for mode in ("similar", "shape_led_colour"):
+        found = list(Item.objects.visually_similar(rows[source], 100, aspects={
+            "shape": 1.0, "colour": {"weight": 0.9, "sharpness": 1}}
+            if mode == "shape_led_colour" else None, mode=None if mode != "similar" else mode))
+        row = next(r for r in found if r.pk == rows[nearest].pk)
+        assert row.colour_score is None and row.aspect_scores["colour"] is None
+        assert row.visual_score == pytest.approx(cos[nearest], abs=2e-3)
+    # A colour-led blend finds its candidates in the colour index, which has no such row.
+    found = list(Item.objects.visually_similar(rows[source], 8, mode="same_colour"))
+    assert rows[nearest].pk not in [r.pk for r in found] and len(found) == 8
+    # A source without a colour vector: every row on shape alone, no error.
+    Item.objects.filter(pk=rows[source].pk).update(embedding_colour=None)
+    source_row = Item.objects.get(pk=rows[source].pk)
+    plain = [r.pk for r in Item.objects.visually_similar(source_row, 8)]
+    assert [r.pk for r in Item.objects.visually_similar(source_row, 8, mode="same_colour")] \
+        == plain
+    deferred = Item.objects.defer("embedding", "embedding_colour").get(pk=rows[source].pk)
+    assert [r.pk for r in Item.objects.visually_similar(
+        deferred, 8, aspects={"shape": 1, "colour": 3})] == plain
+
+
+def test_deferred_source_vectors_are_read_by_the_query_itself(catalog):
+    rows, _, _ = catalog
+    loaded = [(r.pk, round(r.visual_score, 4))
+              for r in Item.objects.visually_similar(rows[20], 8, mode="similar")]
+    deferred = Item.objects.defer("embedding", "embedding_colour").get(pk=rows[20].pk)
+    with CaptureQueriesContext(connection) as queries:
+        found = [(r.pk, round(r.visual_score, 4))
+                 for r in Item.objects.visually_similar(deferred, 8, mode="similar")]
+    assert found == loaded
+    # Candidates, scores and order: one query (besides the HNSW settings of a transaction).
+    assert len([q for q in queries.captured_queries if "set_config" not in q["sql"]]) == 1
+
+
+def test_the_candidate_subquery_uses_the_hnsw_index(catalog, settings):
+    rows, _, _ = catalog
+    source = Item.objects.get(pk=rows[5].pk)
+    with index_path():
+        plan = Item.objects.visually_similar(source, 8, mode="similar").explain()
+    assert _index("embedding") in plan and _index("embedding_colour") not in plan
+    with index_path():
+        plan = Item.objects.visually_similar(source, 8, aspects={"shape": 0.2,
+                                                                 "colour": 1}).explain()
+    assert _index("embedding_colour") in plan
+    # A filter few rows pass: the candidates are ranked exactly, no index.
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EXACT_SEARCH_MAX_ROWS": 10_000}
+    with index_path():
+        plan = Item.objects.filter(category="style3").visually_similar(
+            source, 8, mode="similar").explain()
+    assert "_hnsw" not in plan
+    found = list(Item.objects.filter(category="style3").visually_similar(source, 8,
+                                                                          mode="similar"))
+    assert {r.category for r in found} == {"style3"} and len(found) == STYLE_SIZE
+
+
+def test_same_style_other_colours_with_a_variant_field(catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    source = rows[41]  # style10, with rows 40, 42, 43
+    found = list(Item.objects.visually_similar(source, 8, mode="same_style_other_colours"))
+    variants = [r for r in found if r.category == source.category]
+    assert found[:3] == variants and len(variants) == 3
+    weights, sharp = {"shape": 1.0, "colour": -0.5}, {"shape": 1, "colour": 1}
+    pks, _, _ = expected(catalog, 41, weights, sharp, candidates=N_ROWS, limit=N_ROWS)
+    assert [r.pk for r in variants] == [pk for pk in pks if pk in {r.pk for r in variants}]
+    rest = [pk for pk in expected(catalog, 41, weights, sharp, limit=N_ROWS)[0]
+            if pk not in {r.pk for r in variants}]
+    assert [r.pk for r in found[3:]] == rest[:5]
+
+
+def test_same_style_other_colours_without_a_variant_field_is_its_blend(catalog):
+    rows, _, _ = catalog
+    found = list(Item.objects.filter(in_stock=True).visually_similar(
+        rows[41], 8, mode="same_style_other_colours"))
+    pks, _, _ = expected(catalog, 41, {"shape": 1.0, "colour": -0.5},
+                         {"shape": 1, "colour": 1})
+    assert [r.pk for r in found] == pks
+
+
+def test_collapse_variants_keeps_the_best_row_of_each(catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    everything = list(Item.objects.visually_similar(rows[60], 100, mode="similar"))
+    best, seen = [], set()
+    for row in everything:
+        if row.category not in seen:
+            seen.add(row.category)
+            best.append(row.pk)
+    found = list(Item.objects.visually_similar(rows[60], 6, mode="similar",
+                                               collapse_variants=True))
+    assert [r.pk for r in found] == best[:6]
+    assert len({r.category for r in found}) == 6
+    assert len({r.category for r in everything[:6]}) < 6  # collapsing changed something
+
+
+# Surfaces.
+
+def _render(template, **context):
+    return Template("{% load visual_reco %}" + template).render(
+        Context({"request": RequestFactory().get("/"), **context}))
+
+
+def test_modes_through_similar_products_and_ranked_similar(catalog):
+    rows, _, _ = catalog
+    for mode in ("similar", "same_colour"):
+        live = [r.pk for r in Item.objects.visually_similar(rows[30], 6, mode=mode)]
+        assert [r.pk for r in similar_products(rows[30], limit=6, mode=mode)] == live
+        ranked = ranked_similar(rows[30], limit=6, mode=mode)
+        assert [r.pk for r in ranked] == live
+        assert all(r.reco_score == pytest.approx(r.visual_score) for r in ranked)
+    # DEFAULT_MODE ("similar") is what the surfaces use when no mode is asked for.
+    assert [r.pk for r in similar_products(rows[30], limit=6)] == \
+        [r.pk for r in similar_products(rows[30], limit=6, mode="similar")]
+
+
+def test_tag_takes_a_mode(catalog):
+    rows, _, _ = catalog
+    live = [r.name for r in Item.objects.visually_similar(rows[30], 4, mode="same_colour")]
+    html = _render('{% visually_similar item limit=4 mode="same_colour" %}', item=rows[30])
+    positions = [html.index(f">{name}<") for name in live]
+    assert positions == sorted(positions)
+    with pytest.raises(UnknownMode):
+        _render('{% visually_similar item mode="bogus" %}', item=rows[30])
+
+
+def test_api_takes_a_mode_and_gives_aspect_scores_and_colours(client, catalog):
+    rows, _, colour = catalog
+    url = f"/api/visual-reco/products/{rows[30].pk}/similar/"
+    live = Item.objects.visually_similar(rows[30], 5, mode="same_colour")
+    response = client.get(url, {"limit": 5, "mode": "same_colour"})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == [str(r.pk) for r in live]
+    for result, row in zip(results, live, strict=True):
+        assert result["aspect_scores"] == pytest.approx(
+            {"shape": row.shape_score, "colour": row.colour_score})
+        assert result["score"] == pytest.approx(row.visual_score)
+        assert (result["colours"] is None) == (row.colour_score is None)
+        assert result["colours"] is None or 1 <= len(result["colours"]) <= 3
+    shape_only = client.get(url, {"limit": 5, "mode": "shape"}).json()["results"]
+    assert shape_only[0]["aspect_scores"] is None
+    refused = client.get(url, {"mode": "bogus"})
+    assert refused.status_code == 400
+    assert "same_colour" in refused.json()["mode"][0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cache_keeps_one_list_per_mode(catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
+    caches["shared"].clear()
+    try:
+        first = {mode: [(r.pk, round(r.visual_score, 5), r.aspect_scores)
+                        for r in similar_products(rows[12], limit=6, mode=mode)]
+                 for mode in ("similar", "same_colour")}
+        assert first["similar"] != first["same_colour"]
+        with CaptureQueriesContext(connection) as queries:
+            again = {mode: [(r.pk, round(r.visual_score, 5), r.aspect_scores)
+                            for r in similar_products(rows[12], limit=6, mode=mode)]
+                     for mode in ("similar", "same_colour")}
+        assert not [q for q in queries.captured_queries if "<=>" in q["sql"]]
+        assert again == first
+    finally:
+        caches["shared"].clear()

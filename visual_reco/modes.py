@@ -1,0 +1,131 @@
+"""Similar in what way: blends of an embedding's aspects, and the named modes that hold them.
+
+A blend scores a row ``sum(weight * term)`` over its aspects, ``"shape"`` being the
+embedding itself (the CNN vector) and the others the field's aspects (``"colour"``). A term
+is the cosine similarity to the query's vector of that aspect, with a sharpness other than
+1 clipped at 0 and raised to it (`visual_reco.colour.colour_similarity`), and 0 for a row
+without that vector. A bare number in a spec is a weight with the aspect's own sharpness
+(shape 1, colour `visual_reco.colour.SHARPNESS`); ``{"weight": w, "sharpness": s}`` sets
+both. Modes (``VISUAL_RECO["ASPECT_MODES"]``) are named specs, with ``"variants_first"``
+to put the rows of the query's variant (``VARIANT_FIELD``) first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from visual_reco.aspects import get_aspect
+from visual_reco.conf import reco_settings
+
+SHAPE = "shape"
+# Keys of a mode that are not aspects.
+VARIANTS_FIRST = "variants_first"
+
+__all__ = ["SHAPE", "Blend", "Term", "UnknownMode", "blend_for", "mode_blend", "parse_blend"]
+
+
+class UnknownMode(ValueError):
+    """A mode that ``ASPECT_MODES`` does not define."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One aspect of a blend: its ``weight`` and the ``sharpness`` its cosine is raised to."""
+
+    aspect: str
+    weight: float
+    sharpness: float = 1.0
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How rows are scored: the ``terms`` (shape first), and whether the rows sharing the
+    query's ``VARIANT_FIELD`` value come first."""
+
+    terms: tuple[Term, ...]
+    variants_first: bool = False
+
+    @property
+    def aspects(self) -> tuple[str, ...]:
+        """The aspects scored, in order."""
+        return tuple(term.aspect for term in self.terms)
+
+    @property
+    def plain(self) -> bool:
+        """Whether this is the plain cosine of the embedding (today's query, no blend)."""
+        return (not self.variants_first and len(self.terms) == 1
+                and self.terms[0] == Term(SHAPE, self.terms[0].weight, 1.0)
+                and self.terms[0].weight > 0)
+
+    @property
+    def candidate_aspect(self) -> str:
+        """The aspect whose index finds the candidates: the heaviest (positive) weight, the
+        first listed on a tie."""
+        return max(self.terms, key=lambda term: term.weight).aspect
+
+    def without(self, missing: set[str]) -> Blend:
+        """This blend without the aspects in ``missing`` (a field that lacks them)."""
+        return Blend(tuple(t for t in self.terms if t.aspect not in missing),
+                     self.variants_first)
+
+    def key(self) -> str:
+        """A stable text of the blend, for cache keys."""
+        terms = ",".join(f"{t.aspect}:{t.weight!r}^{t.sharpness!r}" for t in self.terms)
+        return f"{terms}{'|variants' if self.variants_first else ''}"
+
+
+def default_sharpness(aspect: str) -> float:
+    """The exponent of an aspect's cosine when a spec gives only its weight."""
+    return 1.0 if aspect == SHAPE else float(get_aspect(aspect).sharpness)
+
+
+def parse_blend(spec: Mapping[str, Any]) -> Blend:
+    """A `Blend` from ``{"shape": 1.0, "colour": 0.4}`` or ``{"colour": {"weight": 3,
+    "sharpness": 1}, ...}`` (`ValueError` for an unknown aspect or a blend with no positive
+    weight, which has no index to find candidates in)."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError("A blend is a non-empty dict of aspect weights, e.g. "
+                         "{'shape': 1.0, 'colour': 0.4}")
+    terms = []
+    for aspect, value in spec.items():
+        if aspect == VARIANTS_FIRST:
+            continue
+        if aspect != SHAPE:
+            get_aspect(aspect)
+        if isinstance(value, Mapping):
+            weight = float(value["weight"])
+            sharpness = float(value.get("sharpness", default_sharpness(aspect)))
+        else:
+            weight, sharpness = float(value), default_sharpness(aspect)
+        if sharpness <= 0:
+            raise ValueError(f"The sharpness of {aspect!r} must be positive")
+        terms.append(Term(aspect, weight, sharpness))
+    if not any(term.weight > 0 for term in terms):
+        raise ValueError("A blend needs an aspect with a positive weight to find candidates")
+    terms.sort(key=lambda term: term.aspect != SHAPE)
+    return Blend(tuple(terms), bool(spec.get(VARIANTS_FIRST, False)))
+
+
+def mode_blend(name: str) -> Blend:
+    """The `Blend` of the mode ``name`` in ``ASPECT_MODES`` (`UnknownMode` otherwise)."""
+    modes = reco_settings.ASPECT_MODES
+    if not isinstance(name, str) or name not in modes:
+        raise UnknownMode(f"Unknown mode {name!r}; use one of {', '.join(sorted(modes))}")
+    return parse_blend(modes[name])
+
+
+def blend_for(mode: str | None = None, aspects: Mapping[str, Any] | Blend | None = None, *,
+              default: bool = False) -> Blend | None:
+    """The blend a call asks for: ``aspects`` (a spec or a `Blend`) if given, else the
+    ``mode``, else (with ``default``) ``DEFAULT_MODE``; None for the plain cosine."""
+    if isinstance(aspects, Blend):
+        return aspects
+    if aspects is not None:
+        if mode is not None:
+            raise ValueError("Pass a mode or aspects, not both")
+        return parse_blend(aspects)
+    if mode is None and default:
+        mode = reco_settings.DEFAULT_MODE
+    return None if mode is None else mode_blend(mode)
