@@ -364,13 +364,24 @@ _PROTOTYPES = srgb_to_lab(np.array([c for colours in PALETTE.values() for c in c
 _NAMING_SAMPLE = 1500
 
 
-def _name_shares(lab: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    stride = max(len(lab) // _NAMING_SAMPLE, 1)
-    lab, weights = lab[::stride] * _NAMING_WEIGHTS, weights[::stride]
-    distances = ((lab[:, None, :] - _PROTOTYPES[None, :, :]) ** 2).sum(axis=2)
-    names = _PROTOTYPE_NAMES[np.argmin(distances, axis=1)]
+def _nearest_names(lab: np.ndarray) -> np.ndarray:
+    """The index in `_NAMES` of each CIELAB colour's nearest palette prototype."""
+    distances = (((lab * _NAMING_WEIGHTS)[:, None, :] - _PROTOTYPES[None, :, :]) ** 2).sum(axis=2)
+    return _PROTOTYPE_NAMES[np.argmin(distances, axis=1)]
+
+
+def _shares(names: np.ndarray, weights: np.ndarray) -> np.ndarray:
     shares = np.bincount(names, weights=weights, minlength=len(_NAMES))
     return shares / max(float(shares.sum()), 1e-12)
+
+
+def _name_shares(lab: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    stride = max(len(lab) // _NAMING_SAMPLE, 1)
+    return _shares(_nearest_names(lab[::stride]), weights[::stride])
+
+
+# The bins' names never change: named once, not on every vector (the API names each result).
+_BIN_NAMES = _nearest_names(BIN_CENTRES)
 
 
 def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
@@ -389,7 +400,7 @@ def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
     if data.ndim == 1:
         if len(data) != DIMENSIONS:
             raise ValueError(f"A colour vector has {DIMENSIONS} values, not {len(data)}")
-        shares = _name_shares(BIN_CENTRES, data.astype(np.float64) ** 2)
+        shares = _shares(_BIN_NAMES, data.astype(np.float64) ** 2)
     else:
         small = _downsized(_as_rgb(data))
         lab = srgb_to_lab(small)

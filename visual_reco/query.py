@@ -169,10 +169,8 @@ class VisualQuerySet(models.QuerySet):
         query = _query_vector(vector)
         if blend is not None:
             queries = {SHAPE: query}
-            if colour is not None and hasattr(colour, "resolve_expression"):
-                queries["colour"] = colour
-            elif colour is not None:
-                queries["colour"] = HalfVector(np.asarray(colour, dtype=np.float32))
+            if colour is not None:
+                queries["colour"] = _query_vector(colour)
             blend = _usable(blend, embedding, queries)
             if not blend.plain or collapse_variants:
                 return self._blended(blend, queries, limit, embedding, filtered,

@@ -99,6 +99,14 @@ def model_value(field: models.Field, raw: Any) -> Any:
     return field.clean(raw, None)
 
 
+def parameter_value(field: models.Field, raw: Any, name: str) -> Any:
+    """`model_value` of request parameter ``name``, or a 400 saying what is wrong with it."""
+    try:
+        return model_value(field, raw)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({name: exc.messages}) from None
+
+
 def _embedding(model: type[models.Model], requested: str | None,
                default: str | None) -> ImageEmbeddingField:
     """The embedding field a request asks for, or a 400 naming the ones that exist."""
@@ -243,11 +251,8 @@ class PickedForYouView(VisualRecoAPIView):
 
 def _page_product(model: type[models.Model], raw: str, vector: str) -> models.Model:
     """The product a ``product`` parameter names (without its ``vector``), or a 400."""
-    try:
-        found = (model._base_manager.filter(pk=model_value(model._meta.pk, raw))
-                 .defer(vector).first())
-    except DjangoValidationError as exc:
-        raise serializers.ValidationError({"product": exc.messages}) from None
+    found = (model._base_manager.filter(pk=parameter_value(model._meta.pk, raw, "product"))
+             .defer(vector).first())
     if found is None:
         raise serializers.ValidationError({"product": ["No product with this id."]})
     return found
@@ -255,10 +260,7 @@ def _page_product(model: type[models.Model], raw: str, vector: str) -> models.Mo
 
 def _page_products(model: type[models.Model], raw: list[str]) -> list[Any]:
     """The primary keys an ``exclude`` parameter lists, or a 400 naming a bad one."""
-    try:
-        return [model_value(model._meta.pk, value) for value in raw]
-    except DjangoValidationError as exc:
-        raise serializers.ValidationError({"exclude": exc.messages}) from None
+    return [parameter_value(model._meta.pk, value, "exclude") for value in raw]
 
 
 def _category(model: type[models.Model], raw: str) -> Any:
@@ -268,10 +270,7 @@ def _category(model: type[models.Model], raw: str) -> Any:
     except FieldDoesNotExist:
         raise serializers.ValidationError(
             {"category": ["These products have no category."]}) from None
-    try:
-        return model_value(field, raw)
-    except DjangoValidationError as exc:
-        raise serializers.ValidationError({"category": exc.messages}) from None
+    return parameter_value(field, raw, "category")
 
 
 def _checked_limit(value: int | None) -> int:
@@ -307,15 +306,13 @@ class PhotoSearchView(VisualRecoAPIView):
             if name not in data or not any(f.name == name for f in model._meta.fields):
                 continue
             field = model._meta.get_field(name)
-            try:
-                if isinstance(field, models.BooleanField):  # true/false/1/0/yes/no
-                    found[name] = serializers.BooleanField().run_validation(data[name])
-                else:
-                    found[name] = model_value(field, data[name])
+            if not isinstance(field, models.BooleanField):
+                found[name] = parameter_value(field, data[name], name)
+                continue
+            try:  # true/false/1/0/yes/no
+                found[name] = serializers.BooleanField().run_validation(data[name])
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({name: exc.detail}) from None
-            except DjangoValidationError as exc:
-                raise serializers.ValidationError({name: exc.messages}) from None
         return found
 
     @extend_schema(request={"multipart/form-data": PhotoSearchRequestSerializer},

@@ -21,7 +21,6 @@ NO_PRIOR_TTL = 5.0
 _priors: dict[tuple[str, ...], tuple[float, tuple[float, float] | None]] = {}
 
 
-
 def evidence_for(surfaces: Sequence[str], source: object,
                  products: Sequence[object]) -> list[Evidence]:
     """The `Evidence` of each of ``products`` (primary keys) shown for ``source`` on any of

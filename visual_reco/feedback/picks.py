@@ -118,7 +118,6 @@ class Picks:
     source: str
 
 
-
 def recent_events_query(raw_id: str | None, user_id: str, now: datetime,
                         options: PickOptions) -> tuple[str, list[Any]] | None:
     """The SQL and parameters of `recent_events` (None when there is no one to read)."""

@@ -88,7 +88,6 @@ def note_purge(cutoff: datetime) -> None:
             name=PURGED, defaults={"watermark": cutoff, "finished_at": timezone.now()})
 
 
-
 def _count(kind: str) -> str:
     return f"count(*) FILTER (WHERE type = '{kind}')"
 
