@@ -72,7 +72,10 @@ def _similar_parameters() -> list[Any]:
     return [*_query_parameters(),
             OpenApiParameter("mode", str, description="Similar in what way: a mode of "
                              "ASPECT_MODES (similar, same_colour, same_style_other_colours, "
-                             "shape; default DEFAULT_MODE).")]
+                             "shape; default DEFAULT_MODE)."),
+            OpenApiParameter("collapse", bool, description="Keep the best product of each "
+                             "colour variant group (VARIANT_FIELD): true/false, 1/0 "
+                             "(default false).")]
 
 
 def _mode(requested: str | None) -> str | None:
@@ -148,10 +151,11 @@ def _tracked(request: Request, tracked: Serving | None, response: Response) -> R
 
 
 class SimilarProductsView(VisualRecoAPIView):
-    """``GET products/<pk>/similar/?limit=N&field=F&mode=M``: the products that look most
-    like ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)
-    and ranked by ``mode`` (a name in ``ASPECT_MODES``, default ``DEFAULT_MODE``), with the
-    attribution ``token`` that events about them send back."""
+    """``GET products/<pk>/similar/?limit=N&field=F&mode=M&collapse=1``: the products that
+    look most like ``pk``, compared on ``field`` (default `embedding_field`, else the model's
+    first), ranked by ``mode`` (a name in ``ASPECT_MODES``, default ``DEFAULT_MODE``), one
+    per ``VARIANT_FIELD`` value with ``collapse``, each with the ``reason`` it is shown, and
+    the attribution ``token`` that events about them send back."""
 
     embedding_field: str | None = None
     surface = "similar_api"
@@ -179,9 +183,10 @@ class SimilarProductsView(VisualRecoAPIView):
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,
-                                 request=request, mode=mode)
+                                 request=request, mode=mode,
+                                 collapse_variants=params.validated_data["collapse"])
         item_serializer = reco_settings.SIMILAR_SERIALIZER
-        context = {"request": request, "source_field": embedding.source,
+        context = {"request": request, "source_field": embedding.source, "mode": mode,
                    "colour_field": (embedding.colour_name if "colour" in embedding.aspects
                                     else None)}
         return _tracked(request, tracked, Response({
