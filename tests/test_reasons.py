@@ -67,6 +67,16 @@ def test_missing_aspects_and_names():
     assert reason(None, ["navy"], "similar") is None  # not ranked by a blend
 
 
+def test_a_result_named_like_the_product_is_not_of_another_colour():
+    scores = {"shape": 0.7, "colour": 0.3}
+    assert reason(scores, ["green"], "similar", source_colours=["green", "white"],
+                  thresholds=LIMITS) == "similar shape, similar colour: green"
+    assert reason(scores, ["green"], "similar", source_colours=["white", "green"],
+                  thresholds=LIMITS) == "similar shape, other colour: green"
+    assert reason(scores, ["green"], "similar", thresholds=LIMITS) == \
+        "similar shape, other colour: green"
+
+
 def test_every_palette_colour_has_a_translatable_name():
     assert set(COLOUR_NAMES) == set(PALETTE)
     assert colour_label("light blue") == "light blue"

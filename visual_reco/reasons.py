@@ -93,17 +93,24 @@ def _colour_phrase(found: str, name: str | None) -> str:
 
 def reason(aspect_scores: Mapping[str, float | None] | None,
            colours: Sequence[str] | None = None, mode: str | None = None, *,
+           source_colours: Sequence[str] | None = None,
            thresholds: Mapping[str, Mapping[str, float]] | None = None) -> str | None:
     """The caption of a result ranked by a blend: its ``aspect_scores`` ({aspect: cosine},
     None when it was not ranked by a blend), its dominant ``colours`` (palette names, main
     first) and the ``mode`` that ranked it (None: ``DEFAULT_MODE``). None when there is
-    nothing to say. ``thresholds`` default to ``REASON_THRESHOLDS``."""
+    nothing to say. ``thresholds`` default to ``REASON_THRESHOLDS``.
+
+    A result whose main colour has the name of the product's own main colour
+    (``source_colours``) is never said to be of another colour: "other colour: green" under
+    a green product reads as a mistake, whatever the shades' cosine."""
     if aspect_scores is None:
         return None
     blend = blend_for(mode, default=True)
     colour_leads = blend is not None and blend.candidate_aspect == COLOUR
     shape = level(SHAPE, aspect_scores.get(SHAPE), thresholds)
     colour = level(COLOUR, aspect_scores.get(COLOUR), thresholds)
+    if colour == "other" and colours and source_colours and colours[0] == source_colours[0]:
+        colour = "similar"
     name = colour_label(colours[0]) if colours else None
     phrases = []
     if colour_leads and colour is not None:
@@ -132,10 +139,12 @@ def colour_names(obj: Any, column: str | None) -> list[str] | None:
     return [name for name, _ in dominant_colours(vector)]
 
 
-def reason_for(obj: Any, column: str | None, mode: str | None = None) -> str | None:
+def reason_for(obj: Any, column: str | None, mode: str | None = None, *,
+               source_colours: Sequence[str] | None = None) -> str | None:
     """`reason` of a result row: its ``aspect_scores`` (set by a blended search) and the
-    colour names of its vector in ``column``."""
+    colour names of its vector in ``column``; ``source_colours``: the product's own
+    (`colour_names` of the product the results are similar to)."""
     scores = getattr(obj, "aspect_scores", None)
     if scores is None:
         return None
-    return reason(scores, colour_names(obj, column), mode)
+    return reason(scores, colour_names(obj, column), mode, source_colours=source_colours)

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
 
     out = ["Luma photos (gift cards out): "
            f"{int((halves == 'tune').sum())} tune / {int((halves == 'report').sum())} report; "
-           f"{cpu_model()}.", ""]
+           f"{cpu_model()}.", "", "Tune half: pairs of each class (in the order of the docstring) "
+           "and the thresholds chosen", ""]
     chosen: dict[str, tuple[float, float]] = {}
     choice_rows = []
     for aspect in ("shape", "colour"):

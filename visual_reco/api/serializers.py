@@ -15,7 +15,8 @@ MAX_EXCLUDE = 100
 class SimilarItemSerializer(serializers.Serializer):
     """One recommended object: id, name, page and image URLs, similarity score; when ranked
     by a blend of aspects (a mode), each aspect's cosine similarity and the ``reason`` it is
-    shown (`visual_reco.reasons`, in the request's language; the context's ``mode``); and
+    shown (`visual_reco.reasons`, in the request's language; the context's ``mode`` and
+    ``source_colours``, the product's own colour names); and
     the main colour names of its stored colour vector (the view's ``colour_field``), when it
     has one."""
 
@@ -37,7 +38,8 @@ class SimilarItemSerializer(serializers.Serializer):
     def get_reason(self, obj: Any) -> str | None:
         """Why it is shown, e.g. "same shape, similar colour: navy"; null when it was not
         ranked by a blend."""
-        return reason_for(obj, self.context.get("colour_field"), self.context.get("mode"))
+        return reason_for(obj, self.context.get("colour_field"), self.context.get("mode"),
+                          source_colours=self.context.get("source_colours"))
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""

@@ -46,6 +46,7 @@ from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
 from visual_reco.modes import UnknownMode, mode_blend
 from visual_reco.query_photos import SearchUnavailable
+from visual_reco.reasons import colour_names
 from visual_reco.registry import embedding_fields, get_embedding_field, product_model
 from visual_reco.search import search_by_photo
 
@@ -186,9 +187,10 @@ class SimilarProductsView(VisualRecoAPIView):
                                  request=request, mode=mode,
                                  collapse_variants=params.validated_data["collapse"])
         item_serializer = reco_settings.SIMILAR_SERIALIZER
+        colour_field = embedding.colour_name if "colour" in embedding.aspects else None
         context = {"request": request, "source_field": embedding.source, "mode": mode,
-                   "colour_field": (embedding.colour_name if "colour" in embedding.aspects
-                                    else None)}
+                   "colour_field": colour_field,
+                   "source_colours": colour_names(product, colour_field)}
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),

@@ -14,7 +14,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
 from visual_reco.feedback.picks import note_shown, picks_for
 from visual_reco.feedback.similar import ranked_similar
-from visual_reco.reasons import reason_for
+from visual_reco.reasons import colour_names, reason_for
 from visual_reco.registry import get_embedding_field, product_model
 
 register = template.Library()
@@ -52,8 +52,9 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     show_reasons = mode is not None if reasons is None else bool(reasons)
     if show_reasons:
         column = embedding.colour_name if "colour" in embedding.aspects else None
+        own = colour_names(obj, column)
         for product in products:
-            product.visual_reason = reason_for(product, column, mode)
+            product.visual_reason = reason_for(product, column, mode, source_colours=own)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
