@@ -64,6 +64,9 @@ def _magento_items(folder: Path, rows: list[dict[str, str]]) -> list[CatalogItem
         name = row["name"] or row["style"].replace("-", " ").title()
         if row["colour"]:
             name = f"{name} ({row['colour']})"
+        # The variant group is the parent product: Luma's style codes WB01-WB05 each name a
+        # bag (product_id 24-WB0n) and a bra (WB0n), which are no colours of one design.
+        group = row.get("product_id") or row["style"]
         items.setdefault(sku, CatalogItem(sku, name, row["category"] or "Gift cards",
-                                          folder / row["path"], row["style"]))
+                                          folder / row["path"], group))
     return list(items.values())

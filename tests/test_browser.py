@@ -257,3 +257,37 @@ def test_a_browser_that_asks_not_to_be_tracked_stores_nothing(shop, browser, pri
     assert COOKIE not in {cookie["name"] for cookie in context.cookies()}
     assert len(events(shop)) == stored_before
     context.close()
+
+
+SHAPE_FIRST = ("same shape", "similar shape", "other shape")
+COLOUR_FIRST = ("same colour", "similar colour", "other colour")
+
+
+def test_the_similar_switch_works_without_javascript(shop, browser):
+    source = source_product(shop)
+    context = browser.new_context(java_script_enabled=False,
+                                  viewport={"width": 1280, "height": 1600})
+    page = context.new_page()
+    page.goto(f"{shop.base}/products/{source}/")
+    switch = page.get_by_role("navigation", name="Similar in what way")
+    current = switch.locator("[aria-current]")
+    assert current.count() == 1 and current.inner_text() == "Similar"
+    captions = page.locator(f"{SIMILAR_LIST} .visual-reco__reason").all_inner_texts()
+    assert len(captions) == 8 and all(c.startswith(SHAPE_FIRST) for c in captions), captions
+    with page.expect_navigation():
+        switch.get_by_role("link", name="Same colour").click()
+    assert page.url.endswith(f"/products/{source}/?mode=same_colour#similar-modes")
+    assert current.inner_text() == "Same colour"
+    captions = page.locator(f"{SIMILAR_LIST} .visual-reco__reason").all_inner_texts()
+    assert len(captions) == 8 and all(c.startswith(COLOUR_FIRST) for c in captions), captions
+    with page.expect_navigation():
+        switch.get_by_role("link", name="Other colours").click()
+    assert "mode=same_style_other_colours" in page.url
+    assert current.inner_text() == "Other colours"
+    assert len(listed(page, SIMILAR_LIST)) == 8
+    context.close()
+    # A mode the shop does not know (an old or hand-made link) shows the default list.
+    for query in ("?mode=bogus", "?mode=", "?mode=%00"):
+        answer = shop.session.get(f"{shop.base}/products/{source}/{query}", timeout=30)
+        assert answer.status_code == 200, query
+        assert 'aria-current="true">Similar</a>' in answer.text

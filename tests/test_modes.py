@@ -4,6 +4,7 @@ Vectors are synthetic and written into the database directly: the ranking SQL is
 not the CNN or the colour histogram. Every 7th row has no colour vector (not re-embedded yet).
 """
 
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,6 +22,7 @@ from visual_reco.colour import SHARPNESS
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.modes import UnknownMode, mode_blend, parse_blend
 from visual_reco.query import exact_candidates
+from visual_reco.reasons import colour_names, reason, reason_for
 from visual_reco.result_cache import similar_products
 
 pytestmark = pytest.mark.django_db
@@ -249,6 +251,22 @@ def test_same_style_other_colours_with_a_variant_field(catalog, settings):
     assert [r.pk for r in found[3:]] == rest[:5]
 
 
+def test_re_ranked_lists_keep_the_variants_first(catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    source = rows[41]  # style10, with rows 40, 42, 43
+    live = list(Item.objects.visually_similar(source, 8, mode="same_style_other_colours"))
+    # Re-ranking (RERANK, on by default) sorts its pool by score: the variants, whose
+    # colour is alike and so scored down, must stay ahead all the same.
+    ranked = ranked_similar(source, limit=8, mode="same_style_other_colours")
+    assert [r.pk for r in ranked[:3]] == [r.pk for r in live[:3]]
+    assert {r.category for r in ranked[:3]} == {source.category}
+    assert source.category not in {r.category for r in ranked[3:]}
+    assert len(ranked) == 8
+    # Sorted by score alone, a variant would have fallen behind another row.
+    assert min(r.visual_score for r in live[:3]) < max(r.visual_score for r in live[3:])
+
+
 def test_same_style_other_colours_without_a_variant_field_is_its_blend(catalog):
     rows, _, _ = catalog
     found = list(Item.objects.filter(in_stock=True).visually_similar(
@@ -326,6 +344,75 @@ def test_api_takes_a_mode_and_gives_aspect_scores_and_colours(client, catalog):
     refused = client.get(url, {"mode": "bogus"})
     assert refused.status_code == 400
     assert "same_colour" in refused.json()["mode"][0]
+
+
+SHAPE_FIRST = ("same shape", "similar shape", "other shape")
+COLOUR_FIRST = ("same colour", "similar colour", "other colour")
+
+
+def test_api_gives_each_result_its_reason(client, catalog):
+    rows, _, _ = catalog
+    url = f"/api/visual-reco/products/{rows[30].pk}/similar/"
+    own = colour_names(rows[30], "embedding_colour")
+    assert own
+    for mode, lead in (("similar", SHAPE_FIRST), (None, SHAPE_FIRST),
+                       ("same_colour", COLOUR_FIRST)):
+        response = client.get(url, {"limit": 8, **({"mode": mode} if mode else {})})
+        results = response.json()["results"]
+        assert len(results) == 8
+        for result in results:
+            assert result["reason"] == reason(result["aspect_scores"], result["colours"], mode,
+                                              source_colours=own)
+            assert result["reason"].startswith(lead), (mode, result["reason"])
+        # Rows without a colour vector (every 7th) are explained by their shape alone.
+        assert any(r["colours"] for r in results)
+        assert all("colour" not in r["reason"] for r in results if r["colours"] is None)
+    plain = client.get(url, {"mode": "shape"}).json()["results"]
+    assert plain and all(r["reason"] is None for r in plain)
+
+
+def test_api_collapses_variants_on_request(client, catalog, settings):
+    rows, _, _ = catalog
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    url = f"/api/visual-reco/products/{rows[60].pk}/similar/"
+    categories = {str(r.pk): r.category for r in rows}
+    with exact_candidates():
+        whole = client.get(url, {"limit": 6}).json()["results"]
+        collapsed = client.get(url, {"limit": 6, "collapse": "1"}).json()["results"]
+        same = client.get(url, {"limit": 6, "collapse": "false"}).json()["results"]
+    assert len({categories[r["id"]] for r in whole}) < 6  # variants of one style side by side
+    assert len({categories[r["id"]] for r in collapsed}) == len(collapsed) == 6
+    assert collapsed[0]["id"] == whole[0]["id"]
+    assert [r["id"] for r in same] == [r["id"] for r in whole]
+    refused = client.get(url, {"collapse": "maybe"})
+    assert refused.status_code == 400 and "collapse" in refused.json()
+
+
+def test_tag_captions_each_product_when_given_a_mode(catalog, settings):
+    rows, _, _ = catalog
+    html = _render('{% visually_similar item limit=6 mode="same_colour" %}', item=rows[30])
+    captions = re.findall(r'class="visual-reco__reason">([^<]*)<', html)
+    live = list(Item.objects.visually_similar(rows[30], 6, mode="same_colour"))
+    own = colour_names(rows[30], "embedding_colour")
+    assert captions == [reason_for(r, "embedding_colour", "same_colour", source_colours=own)
+                        for r in live]
+    assert all(c.startswith(COLOUR_FIRST) for c in captions)
+    assert "visual-reco__score" not in html
+    # Without a mode: the default ranking, with scores and no captions unless asked for.
+    html = _render("{% visually_similar item limit=6 %}", item=rows[30])
+    assert "visual-reco__reason" not in html and html.count("visual-reco__score") == 6
+    html = _render("{% visually_similar item limit=6 reasons=True %}", item=rows[30])
+    assert html.count("visual-reco__reason") == 6
+    # A mode that is no blend has no reasons: its scores are shown instead.
+    html = _render('{% visually_similar item limit=6 mode="shape" %}', item=rows[30])
+    assert "visual-reco__reason" not in html and html.count("visual-reco__score") == 6
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    with exact_candidates():
+        html = _render("{% visually_similar item limit=6 collapse_variants=True %}",
+                       item=rows[60])
+    shown = re.findall(r'data-pk="(\d+)"', html)
+    categories = {r.pk: r.category for r in rows}
+    assert len({categories[int(pk)] for pk in shown}) == len(shown) == 6
 
 
 @pytest.mark.django_db(transaction=True)

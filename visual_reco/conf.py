@@ -140,6 +140,12 @@ DEFAULTS: dict[str, Any] = {
     "ASPECT_CANDIDATES": 100,
     # The field grouping a product's colour variants (e.g. a style code); None: none.
     "VARIANT_FIELD": None,
+    # The cosines from which a result's caption (visual_reco.reasons) calls its shape or
+    # colour the "same" or "similar" (below: "other"): the best separation of Luma photo pairs
+    # of neighbouring classes (same style / same category / other), chosen on the tune half by
+    # demo_shop/bench/reason_thresholds.py (docs/QUALITY.md).
+    "REASON_THRESHOLDS": {"shape": {"same": 0.86, "similar": 0.65},
+                          "colour": {"same": 0.86, "similar": 0.68}},
     "MAX_LIMIT": 100,
     # API requests per client ("N/s", "N/min", "N/hour", "N/day"; None: no limit), counted
     # in this cache alias (use one every process shares), and photo searches one process
@@ -292,7 +298,7 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
-                "RANKING", "PICKS", "LEARNING", "ASPECT_MODES"}
+                "RANKING", "PICKS", "LEARNING", "ASPECT_MODES", "REASON_THRESHOLDS"}
 
 
 class VisualRecoSettings:

@@ -220,14 +220,14 @@ class VisualQuerySet(models.QuerySet):
         if first is not None:
             order.insert(0, Case(When(first, then=Value(0)), default=Value(1)).asc())
         ordered = ordered.order_by(*order)
-        variant_attname = _variant_attname(self.model) if collapse else None
-        if variant_attname is None:
+        collapse_attname = variant_attname(self.model) if collapse else None
+        if collapse_attname is None:
             ordered = ordered[:limit]
         ordered._visual_search = True
         ordered._visual_candidates = qs.order_by().values("pk") if filtered else None
         ordered._visual_blend = blend
         ordered._visual_limit = limit
-        ordered._visual_collapse = variant_attname
+        ordered._visual_collapse = collapse_attname
         return ordered
 
     def visually_similar(self, obj: models.Model, limit: int | None = None, *,
@@ -260,10 +260,10 @@ class VisualQuerySet(models.QuerySet):
             queries = {SHAPE: _query_vector(query),
                        **_aspect_queries(obj, embedding, blend, source)}
             blend = _usable(blend, embedding, queries)
-            variant_attname = _variant_attname(type(obj))
+            attname = variant_attname(type(obj))
             if not blend.plain or collapse_variants:
-                variant = ((reco_settings.VARIANT_FIELD, getattr(obj, variant_attname))
-                           if variant_attname else None)
+                variant = ((reco_settings.VARIANT_FIELD, getattr(obj, attname))
+                           if attname else None)
                 limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
                 return others._blended(blend, queries, limit, embedding, filtered,
                                        collapse=collapse_variants, variant=variant)
@@ -415,7 +415,7 @@ def _aspect_queries(obj: models.Model, embedding: Any, blend: Blend,
     return queries
 
 
-def _variant_attname(model: type[models.Model]) -> str | None:
+def variant_attname(model: type[models.Model]) -> str | None:
     """The attribute of ``VARIANT_FIELD`` on ``model`` (None when unset or absent)."""
     name = reco_settings.VARIANT_FIELD
     if not name:

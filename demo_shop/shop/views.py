@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from demo_shop.shop.models import Product
 from visual_reco import feedback
 from visual_reco.api.views import model_value
+from visual_reco.conf import reco_settings
 from visual_reco.images import ImageError, open_image
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.search import search_by_photo
@@ -36,9 +37,13 @@ def product_list(request: HttpRequest) -> HttpResponse:
 
 
 def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """One product, with visually similar products below it."""
+    """One product, with visually similar products below it, ranked by the ``?mode=`` of
+    the switch above them (a mode that ``ASPECT_MODES`` lacks shows ``DEFAULT_MODE``)."""
     product = get_object_or_404(Product, pk=pk)
-    return render(request, "shop/product_detail.html", {"product": product})
+    mode = request.GET.get("mode")
+    if mode not in reco_settings.ASPECT_MODES:
+        mode = reco_settings.DEFAULT_MODE
+    return render(request, "shop/product_detail.html", {"product": product, "mode": mode})
 
 
 def _thumbnail_data_uri(data: bytes) -> str:

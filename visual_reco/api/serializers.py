@@ -6,8 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from visual_reco.colour import DIMENSIONS, dominant_colours
-from visual_reco.query import to_array
+from visual_reco.reasons import colour_names, reason_for
 
 # Products a picked-for-you request may ask to leave out (the page's other lists).
 MAX_EXCLUDE = 100
@@ -15,8 +14,11 @@ MAX_EXCLUDE = 100
 
 class SimilarItemSerializer(serializers.Serializer):
     """One recommended object: id, name, page and image URLs, similarity score; when ranked
-    by a blend of aspects (a mode), each aspect's cosine similarity; and the main colour
-    names of its stored colour vector (the view's ``colour_field``), when it has one."""
+    by a blend of aspects (a mode), each aspect's cosine similarity and the ``reason`` it is
+    shown (`visual_reco.reasons`, in the request's language; the context's ``mode`` and
+    ``source_colours``, the product's own colour names); and
+    the main colour names of its stored colour vector (the view's ``colour_field``), when it
+    has one."""
 
     id = serializers.CharField(source="pk", read_only=True)
     name = serializers.SerializerMethodField()
@@ -27,14 +29,17 @@ class SimilarItemSerializer(serializers.Serializer):
     aspect_scores = serializers.DictField(child=serializers.FloatField(allow_null=True),
                                           read_only=True, allow_null=True, default=None)
     colours = serializers.SerializerMethodField()
+    reason = serializers.SerializerMethodField()
 
     def get_colours(self, obj: Any) -> list[str] | None:
         """The 1-3 main colour names (`visual_reco.colour.dominant_colours`), or null."""
-        column = self.context.get("colour_field")
-        vector = to_array(obj.__dict__.get(column)) if column else None
-        if vector is None or len(vector) != DIMENSIONS:
-            return None
-        return [name for name, _ in dominant_colours(vector)]
+        return colour_names(obj, self.context.get("colour_field"))
+
+    def get_reason(self, obj: Any) -> str | None:
+        """Why it is shown, e.g. "same shape, similar colour: navy"; null when it was not
+        ranked by a blend."""
+        return reason_for(obj, self.context.get("colour_field"), self.context.get("mode"),
+                          source_colours=self.context.get("source_colours"))
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""
@@ -67,12 +72,14 @@ class SimilarResponseSerializer(serializers.Serializer):
 
 
 class SimilarQuerySerializer(serializers.Serializer):
-    """Query parameters of the similar-products endpoint: how many, which embedding, and
-    which mode (``ASPECT_MODES``) ranks them."""
+    """Query parameters of the similar-products endpoint: how many, which embedding, which
+    mode (``ASPECT_MODES``) ranks them, and whether to keep one product per colour variant
+    group (``collapse``: true/false, 1/0)."""
 
     limit = serializers.IntegerField(required=False, min_value=1)
     field = serializers.CharField(required=False, max_length=100)
     mode = serializers.CharField(required=False, max_length=100)
+    collapse = serializers.BooleanField(required=False, default=False)
 
 
 class PicksQuerySerializer(serializers.Serializer):

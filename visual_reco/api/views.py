@@ -46,6 +46,7 @@ from visual_reco.fields import ImageEmbeddingField
 from visual_reco.images import ImageError
 from visual_reco.modes import UnknownMode, mode_blend
 from visual_reco.query_photos import SearchUnavailable
+from visual_reco.reasons import colour_names
 from visual_reco.registry import embedding_fields, get_embedding_field, product_model
 from visual_reco.search import search_by_photo
 
@@ -72,7 +73,10 @@ def _similar_parameters() -> list[Any]:
     return [*_query_parameters(),
             OpenApiParameter("mode", str, description="Similar in what way: a mode of "
                              "ASPECT_MODES (similar, same_colour, same_style_other_colours, "
-                             "shape; default DEFAULT_MODE).")]
+                             "shape; default DEFAULT_MODE)."),
+            OpenApiParameter("collapse", bool, description="Keep the best product of each "
+                             "colour variant group (VARIANT_FIELD): true/false, 1/0 "
+                             "(default false).")]
 
 
 def _mode(requested: str | None) -> str | None:
@@ -148,10 +152,11 @@ def _tracked(request: Request, tracked: Serving | None, response: Response) -> R
 
 
 class SimilarProductsView(VisualRecoAPIView):
-    """``GET products/<pk>/similar/?limit=N&field=F&mode=M``: the products that look most
-    like ``pk``, compared on ``field`` (default `embedding_field`, else the model's first)
-    and ranked by ``mode`` (a name in ``ASPECT_MODES``, default ``DEFAULT_MODE``), with the
-    attribution ``token`` that events about them send back."""
+    """``GET products/<pk>/similar/?limit=N&field=F&mode=M&collapse=1``: the products that
+    look most like ``pk``, compared on ``field`` (default `embedding_field`, else the model's
+    first), ranked by ``mode`` (a name in ``ASPECT_MODES``, default ``DEFAULT_MODE``), one
+    per ``VARIANT_FIELD`` value with ``collapse``, each with the ``reason`` it is shown, and
+    the attribution ``token`` that events about them send back."""
 
     embedding_field: str | None = None
     surface = "similar_api"
@@ -179,11 +184,13 @@ class SimilarProductsView(VisualRecoAPIView):
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,
-                                 request=request, mode=mode)
+                                 request=request, mode=mode,
+                                 collapse_variants=params.validated_data["collapse"])
         item_serializer = reco_settings.SIMILAR_SERIALIZER
-        context = {"request": request, "source_field": embedding.source,
-                   "colour_field": (embedding.colour_name if "colour" in embedding.aspects
-                                    else None)}
+        colour_field = embedding.colour_name if "colour" in embedding.aspects else None
+        context = {"request": request, "source_field": embedding.source, "mode": mode,
+                   "colour_field": colour_field,
+                   "source_colours": colour_names(product, colour_field)}
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),

@@ -7,7 +7,8 @@ the ``EXCLUDE`` ids and what the visitor bought or dismissed (``HIDE``); their c
 similarity (with ``LEARNED``, the score of the version serving for the field,
 `visual_reco.feedback.learned`) plus ``BOOST`` and ``PERSONAL_WEIGHT`` x the visitor's
 affinity for the row's category (from its recent events); the ``SCORER``; plus feedback
-(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first.
+(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first, then,
+in a mode with ``variants_first``, the product's other variants (``VARIANT_FIELD``).
 Each row carries ``visual_score`` (None for a pinned row from outside the pool),
 ``feedback_score`` and ``reco_score`` (what it was ranked by).
 """
@@ -29,6 +30,8 @@ from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.learned import learned_scores, serving_model
 from visual_reco.feedback.picks import category_affinities, history
 from visual_reco.feedback.ranking import feedback_terms, rerank
+from visual_reco.modes import blend_for
+from visual_reco.query import variant_attname
 from visual_reco.result_cache import similar_products
 
 Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
@@ -112,6 +115,11 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     pool = [row for row in similar_products(obj, candidates, pool_size, field=field,
                                             mode=mode, collapse_variants=collapse_variants)
             if str(row.pk) not in excluded and str(row.pk) not in pinned]
+    variants = _variants(obj, pool, mode)
+    if variants:
+        pool = [row for row in pool if row not in variants]
+        for row in variants:
+            row.feedback_score, row.reco_score = 0.0, row.visual_score
     scores = np.array([row.visual_score for row in pool], dtype=np.float64)
     if learned is not None and pool:
         scores = learned_scores(learned, obj, pool, field, scores)
@@ -131,17 +139,30 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
         evidence = evidence_for(options.feedback_surfaces, obj.pk, [row.pk for row in pool])
         terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
                                conversion_weight=options.conversion_weight)
-        kept = max(limit - len(pinned), 0)
+        kept = max(limit - len(pinned) - len(variants), 0)
         order = rerank(scores, evidence, prior, kept, explore_share=options.explore, rng=rng,
                        ctr_weight=options.ctr_weight,
                        conversion_weight=options.conversion_weight, terms=terms)
     else:
-        order = [int(i) for i in np.argsort(-scores, kind="stable")][:max(limit - len(pinned), 0)]
+        order = [int(i) for i in np.argsort(-scores, kind="stable")][
+            :max(limit - len(pinned) - len(variants), 0)]
     for index, row in enumerate(pool):
         row.feedback_score = float(terms[index])
         row.reco_score = float(scores[index] + terms[index])
     ranked = [pool[index] for index in order]
-    return (_pinned_rows(obj, candidates, pinned, field, mode) + ranked)[:limit]
+    return (_pinned_rows(obj, candidates, pinned, field, mode) + variants + ranked)[:limit]
+
+
+def _variants(obj: models.Model, pool: list[models.Model], mode: str | None) -> list[Any]:
+    """The rows of ``pool`` sharing ``obj``'s ``VARIANT_FIELD`` value when ``mode`` puts
+    them first (``variants_first``), in the pool's order: kept ahead of the re-ranked rest,
+    which would otherwise sort them among it by score."""
+    blend = blend_for(mode, default=True)
+    attname = variant_attname(type(obj)) if blend is not None and blend.variants_first else None
+    value = getattr(obj, attname) if attname else None
+    if value is None:
+        return []
+    return [row for row in pool if getattr(row, attname, None) == value]
 
 
 def _pinned_rows(obj: models.Model, candidates: models.QuerySet, pinned: list[str],

@@ -14,6 +14,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
 from visual_reco.feedback.picks import note_shown, picks_for
 from visual_reco.feedback.similar import ranked_similar
+from visual_reco.reasons import colour_names, reason_for
 from visual_reco.registry import get_embedding_field, product_model
 
 register = template.Library()
@@ -25,15 +26,19 @@ PICKS_SURFACE = "picked_for_you"
 def visually_similar(context: template.Context, obj: Any, limit: int | None = None,
                      queryset: Any = None, template_name: str | None = None,
                      title: str = "You may also like", field: str | None = None,
-                     mode: str | None = None) -> str:
+                     mode: str | None = None, collapse_variants: bool = False,
+                     reasons: bool | None = None) -> str:
     """Render the products that look like ``obj`` with ``visual_reco/similar.html``,
     ranked by the visitor's A/B variant (`visual_reco.feedback.similar.ranked_similar`).
 
     ``queryset`` restricts the candidates (e.g. ``in_stock`` products); ``field`` picks the
     embedding to compare (default: the model's first); ``mode`` says similar in what way (a
     name in ``ASPECT_MODES``, default ``DEFAULT_MODE``; an unknown one raises
-    `visual_reco.modes.UnknownMode`); the template can be overridden per call with
-    ``template_name`` or globally in your templates directory.
+    `visual_reco.modes.UnknownMode`); ``collapse_variants`` keeps the best product of each
+    ``VARIANT_FIELD`` value; ``reasons`` captions each product with why it is shown
+    (`visual_reco.reasons`; default: when a ``mode`` is given), in place of its score. The
+    template can be overridden per call with ``template_name`` or globally in your templates
+    directory; it gets the ``mode`` too, and each product its ``visual_reason``.
     """
     model = type(obj)
     embedding = get_embedding_field(model, field)
@@ -42,12 +47,19 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     tracked = serving(request, SURFACE) if _events_url() else None
     products = ranked_similar(obj, candidates, limit, field=embedding.name,
                               variant=tracked.variant if tracked else None, request=request,
-                              mode=mode)
+                              mode=mode, collapse_variants=bool(collapse_variants))
     note_shown(request, [obj, *products])
+    show_reasons = mode is not None if reasons is None else bool(reasons)
+    if show_reasons:
+        column = embedding.colour_name if "colour" in embedding.aspects else None
+        own = colour_names(obj, column)
+        for product in products:
+            product.visual_reason = reason_for(product, column, mode, source_colours=own)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
-         "status": getattr(obj, embedding.status_name),
+         "status": getattr(obj, embedding.status_name), "mode": mode,
+         "show_reasons": show_reasons,
          "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding.embedder)},
         request=request,
     )

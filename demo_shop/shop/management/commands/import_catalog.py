@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from demo_shop.catalog import CatalogItem, folder_items, kitchenware_items
 from demo_shop.shop.models import Product
+from visual_reco.result_cache import invalidate
 
 
 def _price(sku: str) -> Decimal:
@@ -31,9 +32,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, folder: str | None = None, **options: Any) -> None:
         items = folder_items(Path(folder)) if folder else kitchenware_items()
-        existing = set(Product.objects.values_list("sku", flat=True))
+        existing = dict(Product.objects.values_list("sku", "style"))
         new = [item for item in items if item.sku not in existing]
         self.stdout.write(f"Catalog: {len(items)} products, {len(new)} new.")
+        regrouped = [item for item in items
+                     if item.sku in existing and existing[item.sku] != item.style[:120]]
+        for item in regrouped:  # a catalog whose variant groups changed (a few rows)
+            Product.objects.filter(sku=item.sku).update(style=item.style[:120])
+        if regrouped:
+            invalidate(Product)  # update() sends no signal to the similar-lists cache
+            self.stdout.write(f"Variant group changed for {len(regrouped)} products.")
         # One transaction per chunk: the embeddings are queued in batches when it commits.
         for start in tqdm(range(0, len(new), 64), desc="Importing", unit="x64",
                           disable=not new):
