@@ -162,6 +162,16 @@ def test_vector_shape_type_and_norm():
     assert abs(np.linalg.norm(vector) - 1) < 1e-5 and (vector >= 0).all()
 
 
+def test_saturated_blue_photo_whose_bins_lie_outside_the_gamut_gets_a_vector():
+    # Every grid node around pure blue is out of gamut: the colours go to their nearest bin
+    # (this once raised a casting error, failing the worker's task for such photos).
+    photo = np.zeros((120, 120, 3), dtype=np.uint8)
+    photo[...] = (4, 4, 244)
+    vector = colour_vector(photo)
+    assert vector.shape == (DIMENSIONS,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    assert dominant_colours(vector)[0][0] in {"blue", "navy", "purple"}
+
+
 def test_vector_ignores_background_size_and_padding():
     product = shirt((200, 30, 35), size=(240, 300))
     small = Image.new("RGB", (700, 700), WHITE)

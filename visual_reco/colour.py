@@ -293,8 +293,9 @@ def lab_histogram(lab: np.ndarray, grid: LabGrid = GRID,
     votes[outside], bins[outside] = 0.0, 0
     total = votes.sum(axis=0)
     kept = total > 1e-12
+    # As float even when no colour is kept (bincount of nothing is int64).
     histogram = np.bincount(bins[:, kept].ravel(), weights=(votes[:, kept] / total[kept]).ravel(),
-                            minlength=len(grid))
+                            minlength=len(grid)).astype(np.float64)
     if not kept.all():
         # Colours whose surrounding nodes are all outside the gamut: their nearest bin.
         histogram += _nearest_counts(lab[~kept], grid)
