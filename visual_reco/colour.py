@@ -21,6 +21,7 @@ shop photos: ``demo_shop/bench/colour_research.py``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -279,6 +280,20 @@ def lab_histogram(lab: np.ndarray, grid: LabGrid = GRID,
         return np.zeros(len(grid), dtype=np.float32)
     if sigma is None:
         return _nearest_counts(lab, grid) / len(lab)
+    bins, votes, kept = _votes(lab, grid, sigma)
+    # As float even when no colour is kept (bincount of nothing is int64).
+    histogram = np.bincount(bins[:, kept].ravel(), weights=votes[:, kept].ravel(),
+                            minlength=len(grid)).astype(np.float64)
+    if not kept.all():
+        # Colours whose surrounding nodes are all outside the gamut: their nearest bin.
+        histogram += _nearest_counts(lab[~kept], grid)
+    return (histogram / len(lab)).astype(np.float32)
+
+
+def _votes(lab: np.ndarray, grid: LabGrid,
+           sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each colour's votes: the bins of its 8 surrounding nodes and their shares (8 x N,
+    each column summing to 1), and whether any of those nodes is in the gamut."""
     position = (lab - grid.origin) / grid.step
     base = np.clip(np.floor(position).astype(np.int64), 0, grid.shape - 2)
     offset = position - base
@@ -293,13 +308,8 @@ def lab_histogram(lab: np.ndarray, grid: LabGrid = GRID,
     votes[outside], bins[outside] = 0.0, 0
     total = votes.sum(axis=0)
     kept = total > 1e-12
-    # As float even when no colour is kept (bincount of nothing is int64).
-    histogram = np.bincount(bins[:, kept].ravel(), weights=(votes[:, kept] / total[kept]).ravel(),
-                            minlength=len(grid)).astype(np.float64)
-    if not kept.all():
-        # Colours whose surrounding nodes are all outside the gamut: their nearest bin.
-        histogram += _nearest_counts(lab[~kept], grid)
-    return (histogram / len(lab)).astype(np.float32)
+    votes[:, kept] /= total[kept]
+    return bins, votes, kept
 
 
 def _nearest_counts(lab: np.ndarray, grid: LabGrid) -> np.ndarray:
@@ -340,14 +350,15 @@ PALETTE: dict[str, Sequence[tuple[int, int, int]]] = {
     "grey": [(105, 105, 107), (145, 145, 147), (185, 185, 187)],
     "white": [(248, 248, 248), (228, 228, 226)],
     "navy": [(25, 32, 65), (40, 48, 80), (55, 62, 90)],
-    "blue": [(30, 80, 170), (60, 110, 200), (50, 70, 130), (70, 100, 150)],
+    "blue": [(30, 80, 170), (60, 110, 200), (50, 70, 130), (70, 100, 150), (45, 55, 200),
+             (70, 70, 215)],
     "light blue": [(140, 180, 225), (100, 160, 210), (170, 195, 220)],
     "teal": [(0, 120, 125), (60, 160, 160)],
     "green": [(40, 140, 60), (90, 180, 90), (25, 85, 45), (140, 210, 120), (85, 115, 85)],
     "olive": [(100, 100, 45), (80, 85, 50)],
     "yellow": [(240, 220, 50), (230, 230, 100), (235, 215, 120)],
-    "orange": [(240, 130, 30), (230, 100, 50)],
-    "red": [(200, 30, 35), (220, 50, 50)],
+    "orange": [(240, 130, 30), (230, 100, 50), (205, 95, 40), (225, 120, 70)],
+    "red": [(200, 30, 35), (220, 50, 50), (210, 60, 70), (235, 85, 85)],
     "maroon": [(110, 25, 35), (80, 20, 30), (90, 40, 45)],
     "pink": [(240, 150, 180), (230, 70, 140), (245, 190, 200)],
     "purple": [(110, 50, 140), (80, 40, 100), (170, 140, 200), (90, 70, 110)],
@@ -381,8 +392,25 @@ def _name_shares(lab: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return _shares(_nearest_names(lab[::stride]), weights[::stride])
 
 
-# The bins' names never change: named once, not on every vector (the API names each result).
-_BIN_NAMES = _nearest_names(BIN_CENTRES)
+# sRGB colours (every 8th level per channel) that stand for "any colour" when naming bins.
+_GAMUT_LEVELS = np.arange(4, 256, 8, dtype=np.uint8)
+
+
+@functools.cache
+def _bin_name_shares() -> np.ndarray:
+    """How each bin's share of a colour vector splits between the palette names (bins x
+    names, rows summing to 1): the names of the sRGB colours that vote into the bin, by
+    their votes. Naming a bin by its centre alone named whole bins of orange "brown" and
+    of royal blue "purple"; computed once per process (the API names every result)."""
+    rgb = np.stack(np.meshgrid(_GAMUT_LEVELS, _GAMUT_LEVELS, _GAMUT_LEVELS, indexing="ij"),
+                   axis=-1).reshape(-1, 3)
+    lab = srgb_to_lab(rgb)
+    bins, votes, kept = _votes(lab, GRID, BIN_SIGMA)
+    names = np.broadcast_to(_nearest_names(lab), bins.shape)
+    shares = np.zeros((DIMENSIONS, len(_NAMES)))
+    np.add.at(shares, (bins[:, kept].ravel(), names[:, kept].ravel()),
+              votes[:, kept].ravel())
+    return shares / np.maximum(shares.sum(axis=1, keepdims=True), 1e-12)
 
 
 def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
@@ -390,9 +418,10 @@ def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
     """The main colours of a product as ``(name, share)`` pairs, largest first.
 
     Accepts an RGB image (HxWx3; its foreground is used, as in `colour_vector`) or a vector
-    from `colour_vector` with the default bins (its bins are named by their centres, each
-    with the share its square says: coarser). Every foreground pixel takes the name of its
-    nearest `PALETTE` prototype (CIELAB, lightness differences counted half). At most
+    from `colour_vector` with the default bins (coarser: each bin's share, its square,
+    splits between the names of the colours that vote into it). Every foreground pixel
+    takes the name of its nearest `PALETTE` prototype (CIELAB, lightness differences
+    counted half). At most
     ``limit`` names are returned, largest share first, those under ``min_share`` of the
     foreground left out except the first. Shares are of the whole foreground, so they need
     not sum to 1.
@@ -401,7 +430,8 @@ def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
     if data.ndim == 1:
         if len(data) != DIMENSIONS:
             raise ValueError(f"A colour vector has {DIMENSIONS} values, not {len(data)}")
-        shares = _shares(_BIN_NAMES, data.astype(np.float64) ** 2)
+        histogram = data.astype(np.float64) ** 2
+        shares = histogram @ _bin_name_shares() / max(float(histogram.sum()), 1e-12)
     else:
         small = _downsized(_as_rgb(data))
         lab = srgb_to_lab(small)
