@@ -58,7 +58,7 @@ bench-quick: install
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
 	@echo "Wrote $(QUICK_OUT)"
 
-quality: install  # ONLY=grocery or ONLY=luma measures one dataset and keeps the other table
+quality: install  # ONLY=grocery, ONLY=luma or ONLY=modes measures one table and keeps the others
 	$(RUN) $(BIN)/python manage.py quality_report $(if $(ONLY),--only $(ONLY))
 
 # Simulated shoppers on the Magento Luma catalog, through the real API and roll-up:

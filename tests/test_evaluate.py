@@ -25,12 +25,14 @@ from visual_reco.evaluation.metrics import (
     average_precision,
     label_metrics,
     macro_f1,
+    other_variant_metrics,
     precision_at_k,
     rank_gallery,
     recall_at_k,
 )
 from visual_reco.evaluation.overrides import parse_overrides
 from visual_reco.images import open_image
+from visual_reco.modes import parse_blend
 
 # The photo search's vote at its default temperature, over the k nearest.
 TEMPERATURE = DEFAULTS["CATEGORY_TEMPERATURE"]
@@ -142,6 +144,27 @@ def test_knn_vote_is_weighted_by_similarity_and_ties_go_to_the_nearest():
                           knn=search_vote(1, TEMPERATURE))
     assert alone["knn_accuracy"] == 0.0 and alone["knn_macro_f1"] == 0.0
     assert alone["knn_k"] == 1
+
+
+def test_other_variant_metrics_count_distinct_other_items():
+    # Gallery: style s has items a (2 photos), b, c, d; style t has e; one unstyled photo.
+    items = ["a", "a", "b", "c", "d", "e", "f"]
+    groups = ["s", "s", "s", "s", "s", "t", ""]
+    order = np.array([[1, 2, 2, 5, 6, 3, 4],    # query a: b (twice) in the top 5 -> 1 of 3
+                      [0, 3, 4, 1, 2, 5, 6],    # query b: a, c, d -> 3 of 3
+                      [6, 5, 0, 1, 2, 3, 4],    # query e: t has no other item -> left out
+                      [0, 1, 2, 3, 4, 5, 6]])   # query f: no group -> left out
+    valid = np.ones(order.shape, dtype=bool)
+    valid[1, 1] = False  # an excluded rank (the query itself) counts for nothing
+    found = other_variant_metrics(order, valid, ["a", "b", "e", "f"], ["s", "s", "t", ""],
+                                  items, groups)
+    assert found["queries"] == 2
+    assert found["recall@5"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert found["hit@5"] == 1.0
+    # More other items than k: the denominator is k.
+    many = other_variant_metrics(np.array([[1, 2, 0]]), np.ones((1, 3), dtype=bool), ["x"],
+                                 ["g"], ["x", "y", "z"], ["g", "g", "g"], k=1)
+    assert many == {"recall@1": 1.0, "hit@1": 1.0, "queries": 1}
 
 
 def test_macro_f1():
@@ -353,3 +376,58 @@ def test_set_resize_crop_changes_the_fingerprint(photos, tmp_path):
     assert metrics["settings"]["PREPROCESSING"] == {"RESIZE": "crop"}
     assert metrics["overrides"]["PREPROCESSING"]["RESIZE"] == "crop"
     assert get_embedder().fingerprint == default   # the override ended with the run
+
+
+def test_modes_from_one_embedding_pass(photos, tmp_path):
+    csv_path = tmp_path / "styles.csv"
+    # Each photo its own item; the kind (knife, cup, ...) plays the style of its variants.
+    write_csv(csv_path, [{"path": rel(p.path, csv_path), "label": f"{p.label}-{p.ident}",
+                          "label_style": p.label, "role": ""} for p in photos])
+    plain, _, plain_out = evaluate_command(csv_path, tmp_path / "plain", "--examples", "0")
+    spec = '{"shape": 1.0, "colour": {"weight": 2.0, "sharpness": 1.0}}'
+    metrics, _, stdout = evaluate_command(
+        csv_path, tmp_path / "modes", "--examples", "0", "--mode", "shape",
+        "--mode", "same_style_other_colours", "--aspects", spec)
+    # Without --mode nothing changes; with it, the plain numbers stay and modes are added.
+    assert "modes" not in plain and "mode " not in plain_out
+    assert metrics["metrics"] == plain["metrics"]
+    assert metrics["embedding"]["images"] == len(photos)  # one pass for every mode
+    modes = metrics["modes"]
+    assert list(modes) == ["shape", "same_style_other_colours",
+                           '{"colour": {"sharpness": 1.0, "weight": 2.0}, "shape": 1.0}']
+    assert modes["shape"]["metrics"] == plain["metrics"]
+    # variants_first puts the query's style first: every other item of it in the top 5.
+    variants = modes["same_style_other_colours"]["other_variants"]
+    assert variants["group_label"] == "label_style"
+    assert variants["recall@5"] == variants["hit@5"] == 1.0
+    assert modes["shape"]["other_variants"]["queries"] == variants["queries"] > 0
+    assert modes["same_style_other_colours"]["metrics"]["label_style"]["recall@1"] == 1.0
+    assert "mode same_style_other_colours" in stdout and "other variants" in stdout
+
+    # The blend's numbers are those of the worker's vectors scored in numpy.
+    images = []
+    for p in photos:
+        with open(p.path, "rb") as handle:
+            images.append(get_embedder().decode(handle))
+    vectors, aspects = get_embedder().embed_with_aspects(images, ("colour",))
+    both = {"shape": vectors, "colour": aspects["colour"]}
+    scores = parse_blend(json.loads(spec)).scores(both, both, exclude=np.eye(len(photos),
+                                                                             dtype=bool))
+    kinds = np.array([p.label for p in photos])
+    top = np.argmax(scores, axis=1)
+    has_other = np.array([(kinds == kind).sum() > 1 for kind in kinds])
+    blended = modes['{"colour": {"sharpness": 1.0, "weight": 2.0}, "shape": 1.0}']
+    assert blended["metrics"]["label_style"]["recall@1"] == pytest.approx(
+        (kinds[top] == kinds)[has_other].mean())
+
+
+def test_unknown_mode_and_bad_aspects_are_refused(photos, tmp_path):
+    csv_path = write_csv(tmp_path / "one.csv", [
+        {"path": str(photos[0].path), "label": "a", "role": ""}])
+    with pytest.raises(CommandError, match="Unknown mode"):
+        evaluate_command(csv_path, tmp_path / "out", "--mode", "bogus")
+    with pytest.raises(CommandError, match="not JSON"):
+        evaluate_command(csv_path, tmp_path / "out", "--aspects", "{shape")
+    with pytest.raises(CommandError, match="label_style"):
+        evaluate_command(csv_path, tmp_path / "out", "--mode", "similar",
+                         "--variant-label", "label_style")

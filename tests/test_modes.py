@@ -21,7 +21,7 @@ from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
 from visual_reco.colour import SHARPNESS
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.modes import UnknownMode, mode_blend, parse_blend
-from visual_reco.query import exact_candidates
+from visual_reco.query import exact_candidates, to_array
 from visual_reco.reasons import colour_names, reason, reason_for
 from visual_reco.result_cache import similar_products
 
@@ -433,3 +433,66 @@ def test_the_cache_keeps_one_list_per_mode(catalog, settings):
         assert again == first
     finally:
         caches["shared"].clear()
+
+
+# The numpy scorer of the evaluation (`Blend.scores`) against the SQL.
+
+def _stored():
+    """Every row's stored shape and colour vectors, read back (NaN rows: no colour)."""
+    items = list(Item.objects.order_by("pk"))
+    shape = np.stack([to_array(item.embedding) for item in items])
+    colour = np.stack([to_array(item.embedding_colour) if item.embedding_colour is not None
+                       else np.full(COLOUR_DIMS, np.nan, dtype=np.float32) for item in items])
+    return items, shape, colour
+
+
+@pytest.mark.parametrize("mode", ["similar", "same_colour", "same_style_other_colours",
+                                  "shape"])
+def test_the_numpy_scorer_ranks_stored_rows_as_the_sql(catalog, mode):
+    items, shape, colour = _stored()
+    blend = mode_blend(mode)
+    for source in (5, 60, 134):  # rows with a colour vector
+        with exact_candidates():
+            found = list(Item.objects.similar_to_vector(
+                shape[source], 20, colour=colour[source], mode=mode))
+        scores = blend.scores({"shape": shape[source:source + 1],
+                               "colour": colour[source:source + 1]},
+                              {"shape": shape, "colour": colour}, candidates=100)[0]
+        order = np.argsort(-scores, kind="stable")[:20]
+        assert [r.pk for r in found] == [items[i].pk for i in order]
+        if not blend.plain:
+            np.testing.assert_allclose([r.visual_score for r in found], scores[order],
+                                       atol=2e-3)
+
+
+def test_the_numpy_scorer_puts_variants_first_as_the_sql(catalog, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "category"}
+    items, shape, colour = _stored()
+    blend = mode_blend("same_style_other_colours")
+    styles = np.array([item.category for item in items])
+    for source in (41, 170):
+        with exact_candidates():
+            found = list(Item.objects.visually_similar(items[source], 12,
+                                                       mode="same_style_other_colours"))
+        itself = np.arange(len(items)) == source
+        scores = blend.scores({"shape": shape[source:source + 1],
+                               "colour": colour[source:source + 1]},
+                              {"shape": shape, "colour": colour}, candidates=100,
+                              exclude=itself[None, :],
+                              same_variant=(styles == styles[source])[None, :])[0]
+        order = np.argsort(-scores, kind="stable")[:12]
+        assert [r.pk for r in found] == [items[i].pk for i in order]
+        assert {r.category for r in found[:STYLE_SIZE - 1]} == {styles[source]}
+
+
+def test_the_numpy_scorer_keeps_only_the_candidates():
+    blend = parse_blend({"shape": 1.0, "colour": {"weight": 3.0, "sharpness": 1.0}})
+    query = {"shape": np.array([[1.0, 0.0]]), "colour": np.array([[1.0, 0.0]])}
+    gallery = {"shape": np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+               "colour": np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])}
+    # Candidates by colour (the heavier aspect): row 1, then row 0; row 2 has no colour.
+    scores = blend.scores(query, gallery, candidates=2)[0]
+    np.testing.assert_allclose(scores[:2], [1.0, 3.0])
+    assert scores[2] == -np.inf
+    assert np.isfinite(blend.scores(query, gallery)[0]).all()
+    assert blend.scores(query, gallery, candidates=1)[0][0] == -np.inf

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
 
@@ -74,6 +76,60 @@ class Blend:
         """A stable text of the blend, for cache keys."""
         terms = ",".join(f"{t.aspect}:{t.weight!r}^{t.sharpness!r}" for t in self.terms)
         return f"{terms}{'|variants' if self.variants_first else ''}"
+
+    def scores(self, queries: Mapping[str, np.ndarray], gallery: Mapping[str, np.ndarray], *,
+               candidates: int | None = None, exclude: np.ndarray | None = None,
+               same_variant: np.ndarray | None = None) -> np.ndarray:
+        """The (queries x gallery) scores of this blend, in numpy, ranking as the SQL of
+        `visual_reco.query` does: ``queries`` and ``gallery`` map each aspect to a matrix
+        of vectors, one row per image (a zero or NaN row: no vector, its terms count 0).
+
+        With ``candidates``, only each query's that many nearest gallery rows by the
+        `candidate_aspect` (the ``ASPECT_CANDIDATES`` the query re-scores) keep a score,
+        the others get -inf; ``exclude`` (boolean, like the result) rows are never
+        candidates (-inf). With `variants_first`, the ``same_variant`` (boolean) rows are
+        candidates too and rank above all others.
+        """
+        total = np.zeros((len(next(iter(queries.values()))), len(next(iter(gallery.values())))))
+        cosines = {aspect: _cosines(queries[aspect], gallery[aspect]) for aspect in self.aspects}
+        for term in self.terms:
+            cosine = cosines[term.aspect]
+            if term.sharpness != 1.0:
+                cosine = np.maximum(cosine, 0.0) ** term.sharpness
+            total += term.weight * cosine
+        barred = np.zeros(total.shape, dtype=bool) if exclude is None else np.asarray(exclude)
+        first = (np.zeros(total.shape, dtype=bool)
+                 if same_variant is None or not self.variants_first
+                 else np.asarray(same_variant) & ~barred)
+        if candidates is not None and candidates < total.shape[1]:
+            # As in SQL, a row without the lead aspect's vector is no candidate.
+            absent = ~_present(gallery[self.candidate_aspect])[None, :]
+            lead = np.where(barred | absent, -np.inf, cosines[self.candidate_aspect])
+            # Ties at the cut go to the earlier gallery row, as a stable sort would.
+            nearest = np.argsort(-lead, axis=1, kind="stable")[:, :candidates]
+            kept = np.zeros(total.shape, dtype=bool)
+            np.put_along_axis(kept, nearest, True, axis=1)
+            barred = barred | ~(kept | first)
+        # Above any blend's range: the sum of |weight| bounds a score.
+        total += first * (2.0 * sum(abs(t.weight) for t in self.terms) + 1.0)
+        return np.where(barred, -np.inf, total)
+
+
+def _cosines(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Cosine similarities of every query row to every gallery row; 0 for a zero or NaN
+    row (pgvector's NaN for a zero vector counts 0 in the SQL too)."""
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    return unit(queries) @ unit(gallery).T
+
+
+def _present(rows: np.ndarray) -> np.ndarray:
+    """Which rows hold a vector (not all zero, no NaN)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return np.isfinite(rows).all(axis=1) & (np.abs(np.nan_to_num(rows)).sum(axis=1) > 0)
 
 
 def default_sharpness(aspect: str) -> float:

@@ -42,3 +42,26 @@ def test_eval_csv_grocery(tmp_path):
     dataset = read_evaluation_csv(out)
     assert dataset.mode == "query/gallery"
     assert dataset.label_names == ["label", "label_coarse"]
+
+
+LUMA = DATASETS / "magento_luma"
+
+
+@pytest.mark.dataset
+@pytest.mark.skipif(not (LUMA / "labels.csv").exists(), reason="magento_luma dataset absent")
+def test_eval_csv_luma_has_the_style_of_each_item(tmp_path):
+    out = tmp_path / "luma.csv"
+    call_command(EvalCsvCommand(), "luma", str(out), datasets=str(DATASETS),
+                 stdout=io.StringIO())
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "label_category", "label_style", "role"]
+    assert all(r["label_category"] and r["role"] == "" for r in rows)
+    # The item is its style and colour: a style groups the items of its colours.
+    assert all(r["label"] == r["label_style"] or r["label"].startswith(r["label_style"] + "-")
+               for r in rows)
+    items_per_style: dict[str, set[str]] = {}
+    for row in rows:
+        items_per_style.setdefault(row["label_style"], set()).add(row["label"])
+    assert sum(len(items) > 1 for items in items_per_style.values()) > 10
+    assert read_evaluation_csv(out).label_names == ["label", "label_category", "label_style"]

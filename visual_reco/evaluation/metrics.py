@@ -170,3 +170,33 @@ def label_metrics(similarity: np.ndarray, query_labels: Sequence, gallery_labels
     result["recall_curve"] = [float((first_hit < k).mean()) if len(first_hit) else math.nan
                               for k in range(1, CURVE_MAX_K + 1)]
     return result
+
+
+def other_variant_metrics(order: np.ndarray, valid: np.ndarray, query_items: Sequence,
+                          query_groups: Sequence, gallery_items: Sequence,
+                          gallery_groups: Sequence, k: int = 5) -> dict[str, Any]:
+    """"This style in other colours": how well the top ``k`` holds a query's other variants.
+
+    A query's other variants are the gallery items of its group (``*_groups``, e.g. the
+    style) whose item (``*_items``, e.g. style + colour) differs from its own. Over the queries
+    that have any (and a group): ``recall@k`` is the mean of (distinct other items in the top
+    ``k``) / min(``k``, their number), and ``hit@k`` the fraction with at least one of them
+    in the top ``k``.
+    """
+    items = np.asarray(list(gallery_items), dtype=object)
+    groups = np.asarray(list(gallery_groups), dtype=object)
+    recalls, hits = [], []
+    for row, (item, group) in enumerate(zip(query_items, query_groups, strict=True)):
+        if group in (None, ""):
+            continue
+        others = (groups == group) & (items != item)
+        wanted = set(items[others].tolist())
+        if not wanted:
+            continue
+        top = order[row, :k][valid[row, :k]]
+        found = wanted & set(items[top][others[top]].tolist())
+        recalls.append(len(found) / min(k, len(wanted)))
+        hits.append(bool(found))
+    return {f"recall@{k}": float(np.mean(recalls)) if recalls else math.nan,
+            f"hit@{k}": float(np.mean(hits)) if hits else math.nan,
+            "queries": len(recalls)}

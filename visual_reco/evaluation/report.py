@@ -186,15 +186,8 @@ def render_report(evaluation: Evaluation, *, examples: int = 12, seed: int = 0,
 
 def format_summary(metrics: dict[str, Any]) -> str:
     """A plain-text table of the main metrics per label column, with the counts."""
-    headers = ["label", *SUMMARY_HEADERS, "queries"]
-    rows = [[name, *(format_value(values[c]) for c in SUMMARY_COLUMNS), str(values["queries"])]
-            for name, values in metrics["metrics"].items()]
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
-                       for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [headers, *rows]]
+    lines = _text_table(metrics["metrics"])
     counts, embedding = metrics["counts"], metrics["embedding"]
-    lines.insert(1, "-" * len(lines[0]))
     lines += ["",
               f"{counts['queries']} queries, {counts['gallery']} gallery images "
               f"({metrics['mode']}); {counts['skipped_images']} skipped",
@@ -202,3 +195,34 @@ def format_summary(metrics: dict[str, Any]) -> str:
               f"{format_value(embedding['seconds'], 1)} s, "
               f"{format_value(embedding['images_per_second'], 1)} images/s"]
     return "\n".join(lines)
+
+
+def _text_table(per_label: dict[str, dict[str, Any]]) -> list[str]:
+    """The lines of a plain-text table of the main metrics per label column."""
+    headers = ["label", *SUMMARY_HEADERS, "queries"]
+    rows = [[name, *(format_value(values[c]) for c in SUMMARY_COLUMNS), str(values["queries"])]
+            for name, values in per_label.items()]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [headers, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def format_mode_summary(metrics: dict[str, Any]) -> str:
+    """Per measured mode: its blend, the table of `format_summary` and the other-variant
+    metrics (when a variant label was given)."""
+    parts = []
+    for name, mode in metrics.get("modes", {}).items():
+        blend = json.dumps(mode["blend"], sort_keys=True)
+        lines = ["", f"mode {name}: {blend}, {mode['candidates']} candidates",
+                 *_text_table(mode["metrics"])]
+        variants = mode.get("other_variants")
+        if variants:
+            lines.append(f"other variants ({variants['group_label']}, "
+                         f"{variants['queries']} queries): "
+                         f"R@5 {format_value(variants['recall@5'])}, "
+                         f"hit@5 {format_value(variants['hit@5'])}")
+        parts.append("\n".join(lines))
+    return "\n".join(parts)

@@ -3,6 +3,7 @@
 The work is done by `visual_reco.evaluation.run`; this command parses options and prints.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from visual_reco.evaluation.embedding import CHUNK_SIZE
 from visual_reco.evaluation.overrides import parse_overrides
-from visual_reco.evaluation.report import format_summary
+from visual_reco.evaluation.report import format_mode_summary, format_summary
 from visual_reco.evaluation.run import run_evaluation
 
 
@@ -36,6 +37,18 @@ class Command(BaseCommand):
                             help="example queries shown in the report (default 12)")
         parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
                             help="images decoded and embedded at a time")
+        parser.add_argument("--mode", dest="modes", action="append", default=[],
+                            metavar="NAME",
+                            help="also rank by this aspect mode (ASPECT_MODES), as the "
+                                 "blended query does; every mode from one embedding pass; "
+                                 "repeatable")
+        parser.add_argument("--aspects", action="append", default=[], metavar="JSON",
+                            help='also rank by this blend, e.g. \'{"shape": 1, "colour": '
+                                 '0.4}\'; repeatable')
+        parser.add_argument("--variant-label", default=None, metavar="COLUMN",
+                            help="label column naming each image's variant group (e.g. the "
+                                 "style) for variants_first and the other-variant metrics "
+                                 "(default: label_style when the CSV has it)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         csv_path = Path(options["csv"])
@@ -46,14 +59,22 @@ class Command(BaseCommand):
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1.")
         try:
+            aspects = [json.loads(spec) for spec in options["aspects"]]
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--aspects is not JSON: {exc}") from exc
+        try:
             overrides = parse_overrides(options["overrides"])
             metrics = run_evaluation(
                 csv_path, options["out"], limit=options["limit"], seed=options["seed"],
                 examples=options["examples"], overrides=overrides,
-                chunk_size=options["chunk_size"], progress=options["verbosity"] > 0)
+                chunk_size=options["chunk_size"], progress=options["verbosity"] > 0,
+                modes=options["modes"], aspects=aspects,
+                variant_label=options["variant_label"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if options["verbosity"] > 0:
             self.stdout.write(format_summary(metrics))
+            if "modes" in metrics:
+                self.stdout.write(format_mode_summary(metrics))
             out = Path(options["out"])
             self.stdout.write(f"Wrote {out / 'metrics.json'} and {out / 'report.html'}")

@@ -6,7 +6,8 @@ to OUT.csv's folder:
 - ``grocery``: queries are the ``val`` phone photos, the gallery the distinct iconic studio
   photos; ``label`` is the fine class, ``label_coarse`` the coarse class.
 - ``luma``: every photo with a category, leave-one-out; ``label`` is the item
-  (``style-colour``), ``label_category`` its category.
+  (``style-colour``), ``label_category`` its category and ``label_style`` its style (the
+  group of an item's colour variants).
 - ``fashion``: every photo, leave-one-out; ``label`` is the article type,
   ``label_colour`` the base colour.
 """
@@ -22,20 +23,21 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 FOLDERS = {"grocery": "grocery_store", "luma": "magento_luma", "fashion": "fashion_products"}
-EXTRA_LABEL = {"grocery": "label_coarse", "luma": "label_category", "fashion": "label_colour"}
+EXTRA_LABELS = {"grocery": ["label_coarse"], "luma": ["label_category", "label_style"],
+                "fashion": ["label_colour"]}
 
-# (absolute image path, label, extra label, role)
-Entry = tuple[Path, str, str, str]
+# (absolute image path, label, the EXTRA_LABELS values, role)
+Entry = tuple[Path, str, tuple[str, ...], str]
 
 
 def grocery_entries(folder: Path, rows: list[dict[str, str]]) -> list[Entry]:
     """Validation phone photos as queries, each class's iconic photo once as gallery."""
-    entries = [(folder / r["path"], r["fine_name"], r["coarse_name"], "query")
+    entries = [(folder / r["path"], r["fine_name"], (r["coarse_name"],), "query")
                for r in rows if r["split"] == "val"]
     iconic: dict[str, dict[str, str]] = {}
     for row in rows:
         iconic.setdefault(row["iconic"], row)
-    entries += [(folder / path, r["fine_name"], r["coarse_name"], "gallery")
+    entries += [(folder / path, r["fine_name"], (r["coarse_name"],), "gallery")
                 for path, r in iconic.items() if path]
     return entries
 
@@ -43,12 +45,12 @@ def grocery_entries(folder: Path, rows: list[dict[str, str]]) -> list[Entry]:
 def luma_entries(folder: Path, rows: list[dict[str, str]]) -> list[Entry]:
     """Every categorised photo; the item is its style and colour (style alone if no colour)."""
     return [(folder / r["path"], f"{r['style']}-{r['colour']}" if r["colour"] else r["style"],
-             r["category"], "") for r in rows if r["category"].strip()]
+             (r["category"], r["style"]), "") for r in rows if r["category"].strip()]
 
 
 def fashion_entries(folder: Path, rows: list[dict[str, str]]) -> list[Entry]:
     """Every photo, labelled by article type and base colour."""
-    return [(folder / r["image"], r["articleType"], r["baseColour"], "") for r in rows]
+    return [(folder / r["image"], r["articleType"], (r["baseColour"],), "") for r in rows]
 
 
 BUILDERS = {"grocery": grocery_entries, "luma": luma_entries, "fashion": fashion_entries}
@@ -88,9 +90,9 @@ class Command(BaseCommand):
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["path", "label", EXTRA_LABEL[options["dataset"]], "role"])
-            for path, label, extra, role in entries:
-                writer.writerow([_relative(path, out.parent), label, extra, role])
+            writer.writerow(["path", "label", *EXTRA_LABELS[options["dataset"]], "role"])
+            for path, label, extras, role in entries:
+                writer.writerow([_relative(path, out.parent), label, *extras, role])
 
         queries = sum(role in ("query", "") for *_, role in entries)
         gallery = sum(role in ("gallery", "") for *_, role in entries)
