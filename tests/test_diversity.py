@@ -166,6 +166,10 @@ def test_diversity_keeps_near_duplicates_from_filling_the_list(duplicates, mode)
     assert all(row.visual_score == pytest.approx(scores[row.pk]) for row in on)
     if mode is not None:
         assert all(set(row.aspect_scores) == {"shape", "colour"} for row in on)
+    with exact_candidates():
+        values = list(Item.objects.visually_similar(source, 8, mode=mode, diversity=0.7)
+                      .values("pk", "visual_score"))
+    assert [row["pk"] for row in values] == [row.pk for row in on]
 
 
 def test_off_is_todays_order_and_one_query(duplicates, settings):

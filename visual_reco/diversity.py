@@ -77,7 +77,8 @@ def mmr(relevance: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> li
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1; missing (NaN) and zero rows become zeros, which score 0 as
     the query's ``COALESCE(NULLIF(cos, 'NaN'), 0)`` does."""
-    vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float64), nan=0.0)
+    # float32: the stored vectors are float16, and float64 costs several times more here.
+    vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
@@ -92,12 +93,14 @@ def blend_similarity(blend: Blend, vectors: Mapping[str, np.ndarray]) -> np.ndar
         if term.aspect not in vectors:
             continue
         unit = _unit_rows(vectors[term.aspect])
-        cosine = unit @ unit.T
+        # einsum, not `@`: OpenBLAS hands this small product to its threads, and on busy
+        # cores waiting for them cost 5 ms on average (p99 117 ms) against 0.5 ms (p99 12).
+        cosine = np.einsum("id,jd->ij", unit, unit)
         if term.sharpness != 1.0:
             cosine = np.clip(cosine, 0.0, None) ** term.sharpness
         part = term.weight * cosine
         total = part if total is None else total + part
     if total is None:
         count = len(next(iter(vectors.values()))) if vectors else 0
-        return np.zeros((count, count))
+        return np.zeros((count, count), dtype=np.float32)
     return total
