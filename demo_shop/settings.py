@@ -91,8 +91,9 @@ CELERY_BEAT_SCHEDULE = {
 # A demo has one shopper: a rate weighs as much as the mean after 5 views, not 50, so that
 # one click and one purchase visibly move a product up for everyone.
 # Luma's style code groups a design's colour variants (mode same_style_other_colours).
+# DIVERSITY 0.9: chosen on the Luma tune half by `manage.py bench_diversity` (docs/QUALITY.md).
 VISUAL_RECO = {"PRODUCT_MODEL": "shop.Product", "RANKING": {"PRIOR_STRENGTH": 5.0},
-               "VARIANT_FIELD": "style"}
+               "VARIANT_FIELD": "style", "DIVERSITY": 0.9}
 if os.environ.get("DEMO_RATE_LIMITS", "1") == "0":  # benchmarks: one client sends it all
     VISUAL_RECO["THROTTLE_RATES"] = dict.fromkeys(DEFAULTS["THROTTLE_RATES"])
 if os.environ.get("DEMO_RANKING") == "visual":  # benchmarks: the visual order, no feedback

@@ -138,6 +138,13 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_MODE": "similar",
     # A blend re-scores this many candidates, found by its heaviest aspect's index.
     "ASPECT_CANDIDATES": 100,
+    # Diversity (visual_reco.diversity): keep near-duplicates from filling a list by maximal
+    # marginal relevance over the blended score. None: off (the relevance order); a number
+    # in (0, 1]: MMR's lambda, lower = more variety (1: the relevance order, at MMR's cost).
+    # The template tag, the API and similar_products apply it; QuerySet.visually_similar()
+    # only with diversity=. MMR picks a list among the DIVERSITY_POOL x limit best rows.
+    "DIVERSITY": None,
+    "DIVERSITY_POOL": 3,
     # The field grouping a product's colour variants (e.g. a style code); None: none.
     "VARIANT_FIELD": None,
     # The cosines from which a result's caption (visual_reco.reasons) calls its shape or

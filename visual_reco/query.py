@@ -8,6 +8,10 @@ With ``mode=`` or ``aspects=`` (`visual_reco.modes`) the rows are ranked by a bl
 embedding ("shape") and its aspects ("colour"), in one query: the ``ASPECT_CANDIDATES``
 nearest rows by the heaviest aspect's index (an inner subquery, exact or HNSW as above),
 re-scored exactly on every aspect and ordered by the blend outside it.
+
+With ``diversity=`` (`visual_reco.diversity`) the ``DIVERSITY_POOL`` x ``limit`` best rows
+(after ``collapse_variants``) are re-ordered by maximal marginal relevance, their vectors
+read in one more query, and the first ``limit`` kept.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from django.db.models.functions import Greatest
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
+from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
+from visual_reco.diversity import PLAIN, blend_similarity, diversity_for, diversity_lambda, mmr
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
@@ -127,11 +133,15 @@ class VisualQuerySet(models.QuerySet):
     _visual_search = False
     # The rows a filtered search chooses from (None: no caller filters), for `_exact`.
     _visual_candidates: models.QuerySet | None = None
-    # A blended search: its blend, the rows asked for, and the variant attribute to keep one
-    # row per value of (collapse_variants).
+    # A blended search: its blend, the rows asked for, the rows its query fetches (more
+    # than asked for with diversity), the variant attribute to keep one row per value of
+    # (collapse_variants) and MMR's lambda (diversity).
     _visual_blend: Blend | None = None
     _visual_limit = 0
+    _visual_pool = 0
     _visual_collapse: str | None = None
+    _visual_diversity: float | None = None
+    _visual_embedding: str | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
@@ -139,13 +149,17 @@ class VisualQuerySet(models.QuerySet):
         clone._visual_candidates = self._visual_candidates
         clone._visual_blend = self._visual_blend
         clone._visual_limit = self._visual_limit
+        clone._visual_pool = self._visual_pool
         clone._visual_collapse = self._visual_collapse
+        clone._visual_diversity = self._visual_diversity
+        clone._visual_embedding = self._visual_embedding
         return clone
 
     def similar_to_vector(self, vector: Any, limit: int | None = None, *,
                           field: str | None = None, colour: Any = None,
                           aspects: Mapping[str, Any] | Blend | None = None,
                           mode: str | None = None, collapse_variants: bool = False,
+                          diversity: float | None = None,
                           _filtered: bool | None = None) -> Self:
         """The ``limit`` rows nearest to ``vector``, annotated with ``visual_distance``
         (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance).
@@ -161,8 +175,15 @@ class VisualQuerySet(models.QuerySet):
         aspect's cosine (None for a row without that vector), and rows also carry an
         ``aspect_scores`` dict. ``collapse_variants`` keeps the best row of each
         ``VARIANT_FIELD`` value.
+
+        ``diversity`` (MMR's lambda in (0, 1], `visual_reco.diversity`; None: off) picks the
+        ``limit`` rows among the ``DIVERSITY_POOL`` x ``limit`` best by maximal marginal
+        relevance, near-duplicates judged by the same blend (the plain cosine without
+        one); the rows keep their ``visual_score``, in the order picked. A mode with
+        ``variants_first`` is not diversified: its variants are alike by design.
         """
         blend = blend_for(mode, aspects)
+        diversity = diversity_lambda(diversity, "diversity")
         embedding = get_embedding_field(self.model, field)
         filtered = bool(self.query.where) if _filtered is None else _filtered
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
@@ -172,9 +193,12 @@ class VisualQuerySet(models.QuerySet):
             if colour is not None:
                 queries["colour"] = _query_vector(colour)
             blend = _usable(blend, embedding, queries)
-            if not blend.plain or collapse_variants:
+            if not blend.plain or collapse_variants or diversity is not None:
                 return self._blended(blend, queries, limit, embedding, filtered,
-                                     collapse=collapse_variants)
+                                     collapse=collapse_variants, diversity=diversity)
+        elif diversity is not None:
+            return self._blended(PLAIN, {SHAPE: query}, limit, embedding, filtered,
+                                 diversity=diversity)
         qs = self
         if self._fields is None:  # not after .values()
             # Neighbours' vectors are 2,048 numbers each that callers rarely need.
@@ -190,10 +214,13 @@ class VisualQuerySet(models.QuerySet):
 
     def _blended(self, blend: Blend, queries: dict[str, Any], limit: int,
                  embedding: Any, filtered: bool, *, collapse: bool = False,
-                 variant: tuple[str, Any] | None = None) -> Self:
+                 variant: tuple[str, Any] | None = None,
+                 diversity: float | None = None) -> Self:
         """The search ranked by ``blend`` of the ``queries`` vectors (by aspect), see
         `similar_to_vector`; ``variant`` (field, value) rows come first with
         ``variants_first``."""
+        diversity = diversity_for(blend, diversity)
+        pool = limit if diversity is None else limit * reco_settings.DIVERSITY_POOL
         columns = {SHAPE: embedding.attname,
                    **{a: embedding.aspect_name(a) for a in blend.aspects if a != SHAPE}}
         qs = self
@@ -222,18 +249,22 @@ class VisualQuerySet(models.QuerySet):
         ordered = ordered.order_by(*order)
         collapse_attname = variant_attname(self.model) if collapse else None
         if collapse_attname is None:
-            ordered = ordered[:limit]
+            ordered = ordered[:pool]
         ordered._visual_search = True
         ordered._visual_candidates = qs.order_by().values("pk") if filtered else None
         ordered._visual_blend = blend
         ordered._visual_limit = limit
+        ordered._visual_pool = pool
         ordered._visual_collapse = collapse_attname
+        ordered._visual_diversity = diversity
+        ordered._visual_embedding = embedding.name
         return ordered
 
     def visually_similar(self, obj: models.Model, limit: int | None = None, *,
                          field: str | None = None,
                          aspects: Mapping[str, Any] | Blend | None = None,
-                         mode: str | None = None, collapse_variants: bool = False) -> Self:
+                         mode: str | None = None, collapse_variants: bool = False,
+                         diversity: float | None = None) -> Self:
         """Rows that look like ``obj`` (itself excluded), nearest first.
 
         Empty when ``obj`` has no embedding yet. When ``obj`` was loaded without its vector
@@ -241,8 +272,10 @@ class VisualQuerySet(models.QuerySet):
         and forth. ``mode``, ``aspects`` and ``collapse_variants`` blend aspects as in
         `similar_to_vector`, with ``obj``'s own aspect vectors; a mode with
         ``variants_first`` puts the other rows of ``obj``'s ``VARIANT_FIELD`` value first.
+        ``diversity`` re-orders them by maximal marginal relevance as there.
         """
         blend = blend_for(mode, aspects)
+        diversity = diversity_lambda(diversity, "diversity")
         embedding = get_embedding_field(type(obj), field)
         filtered = bool(self.query.where)
         others = self.exclude(pk=obj.pk)
@@ -261,13 +294,15 @@ class VisualQuerySet(models.QuerySet):
                        **_aspect_queries(obj, embedding, blend, source)}
             blend = _usable(blend, embedding, queries)
             attname = variant_attname(type(obj))
-            if not blend.plain or collapse_variants:
+            if not blend.plain or collapse_variants or diversity is not None:
                 variant = ((reco_settings.VARIANT_FIELD, getattr(obj, attname))
                            if attname else None)
                 limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
                 return others._blended(blend, queries, limit, embedding, filtered,
-                                       collapse=collapse_variants, variant=variant)
-        return others.similar_to_vector(query, limit, field=field, _filtered=filtered)
+                                       collapse=collapse_variants, variant=variant,
+                                       diversity=diversity)
+        return others.similar_to_vector(query, limit, field=field, diversity=diversity,
+                                        _filtered=filtered)
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None) -> Self:
@@ -320,7 +355,7 @@ class VisualQuerySet(models.QuerySet):
         else:
             with hnsw_settings_applied(self.db):
                 super()._fetch_all()
-            if len(self._result_cache) < self._visual_limit:
+            if len(self._result_cache) < self._visual_pool:
                 # A short walk (dead tuples, see `_fetch_all`): rank the candidates exactly.
                 self._result_cache, self._prefetch_done = None, False
                 with exact_candidates():
@@ -331,7 +366,32 @@ class VisualQuerySet(models.QuerySet):
                 row.aspect_scores = {aspect: getattr(row, score_name(aspect))
                                      for aspect in self._visual_blend.aspects}
         if self._visual_collapse is not None:
-            self._result_cache = _collapsed(rows, self._visual_collapse)[:self._visual_limit]
+            rows = _collapsed(rows, self._visual_collapse)[:self._visual_pool]
+        if self._visual_diversity is not None and rows:
+            rows = self._diversified(rows)
+        if self._visual_collapse is not None or self._visual_diversity is not None:
+            self._result_cache = rows[:self._visual_limit]
+
+    def _diversified(self, rows: list[Any]) -> list[Any]:
+        """``rows`` (best first) in maximal marginal relevance order, ``_visual_limit`` of
+        them, judged by this search's blend."""
+        relevance, pks = [], []
+        pk_name = self.model._meta.pk.attname
+        for row in rows:
+            if isinstance(row, models.Model):
+                relevance.append(row.visual_score)
+                pks.append(row.pk)
+            elif isinstance(row, dict) and "visual_score" in row and (
+                    "pk" in row or pk_name in row):
+                relevance.append(row["visual_score"])
+                pks.append(row.get("pk", row.get(pk_name)))
+            else:
+                raise TypeError("diversity= needs model rows, or values() with the primary "
+                                "key and visual_score")
+        similarity = candidate_similarity(self.model, pks, self._visual_blend,
+                                          self._visual_embedding, using=self.db)
+        order = mmr(np.array(relevance), similarity, self._visual_limit, self._visual_diversity)
+        return [rows[index] for index in order]
 
     def _exact_candidates_wanted(self) -> bool:
         """Whether a filtered blended search should rank its few candidate rows exactly."""
@@ -379,6 +439,29 @@ def _query_vector(vector: Any) -> Any:
     if hasattr(vector, "resolve_expression"):
         return vector
     return HalfVector(np.asarray(vector, dtype=np.float32))
+
+
+def candidate_similarity(model: type[models.Model], pks: list[Any], blend: Blend,
+                         field: str | None = None, *, using: str | None = None) -> np.ndarray:
+    """The ``(n, n)`` similarity under ``blend`` of the rows ``pks`` to each other
+    (`visual_reco.diversity.blend_similarity`), their vectors read in one query; an aspect
+    the field lacks, and a row without a vector, count 0."""
+    embedding = get_embedding_field(model, field)
+    blend = _usable(blend, embedding, dict.fromkeys(blend.aspects))
+    columns = {SHAPE: (embedding.attname, embedding.dimensions),
+               **{a: (embedding.aspect_name(a), get_aspect(a).dimensions)
+                  for a in blend.aspects if a != SHAPE}}
+    found = {row[0]: row[1:] for row in model._base_manager.using(using).filter(pk__in=pks)
+             .values_list("pk", *(binary_vector(column) for column, _ in columns.values()))}
+    vectors = {}
+    for position, (aspect, (_, dimensions)) in enumerate(columns.items()):
+        rows = np.full((len(pks), dimensions), np.nan, dtype=np.float32)
+        for index, pk in enumerate(pks):
+            raw = found.get(pk, (None,) * len(columns))[position]
+            if raw is not None:
+                rows[index] = from_binary(raw)
+        vectors[aspect] = rows
+    return blend_similarity(blend, vectors)
 
 
 def _usable(blend: Blend, embedding: Any, queries: dict[str, Any]) -> Blend:

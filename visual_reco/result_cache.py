@@ -27,6 +27,7 @@ from django.db import models
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
+from visual_reco.diversity import diversity_lambda
 from visual_reco.modes import Blend, blend_for
 from visual_reco.query import DISTANCE, hnsw_settings, score_name, visual
 from visual_reco.registry import get_embedding_field
@@ -77,14 +78,17 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
 
 
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str,
-               blend: Blend | None, collapse: bool) -> str:
+               blend: Blend | None, collapse: bool, diversity: float | None) -> str:
     sql, params = candidates.query.sql_with_params()
     ranking = None
     if blend is not None:
         ranking = (blend.key(), collapse, reco_settings.ASPECT_CANDIDATES,
                    reco_settings.VARIANT_FIELD)
-    signature = repr((sql, params, field, hnsw_settings(), reco_settings.EXACT_SEARCH_MAX_ROWS,
-                      candidates.db, ranking))
+    parts: tuple[Any, ...] = (sql, params, field, hnsw_settings(),
+                              reco_settings.EXACT_SEARCH_MAX_ROWS, candidates.db, ranking)
+    if diversity is not None:  # only then, so that turning it on leaves other keys alone
+        parts += (("diversity", diversity, reco_settings.DIVERSITY_POOL),)
+    signature = repr(parts)
     digest = hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
     return f"{PREFIX}:{type(obj)._meta.label_lower}:{obj.pk}:{limit}:{digest}"
 
@@ -122,7 +126,8 @@ def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float, Any]]
 def similar_products(obj: models.Model, candidates: models.QuerySet | None = None,
                      limit: int | None = None, *, field: str | None = None,
                      mode: str | None = None, aspects: Any = None,
-                     collapse_variants: bool = False) -> list[models.Model]:
+                     collapse_variants: bool = False, diverse: bool = True
+                     ) -> list[models.Model]:
     """``visually_similar(obj)`` among ``candidates`` as a list, cached when configured.
 
     The rows are those of ``candidates`` (default: the model's default manager), nearest
@@ -130,7 +135,9 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     ``visual_distance`` and ``visual_score`` as the live query does. They are ranked by
     ``aspects`` or the ``mode`` (default ``DEFAULT_MODE``; `visual_reco.modes`), blended
     rows carrying ``aspect_scores`` too; `visual_reco.modes.UnknownMode` for a mode that
-    ``ASPECT_MODES`` lacks.
+    ``ASPECT_MODES`` lacks. With ``diverse`` (the default) and ``DIVERSITY`` set, they are
+    in maximal marginal relevance order (`visual_reco.diversity`); ``diverse=False`` for a
+    candidate pool that a caller ranks further.
     """
     model = type(obj)
     if candidates is None:
@@ -138,13 +145,15 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     embedding = get_embedding_field(model, field)
     blend = blend_for(mode, aspects, default=True)
+    diversity = diversity_lambda(reco_settings.DIVERSITY) if diverse else None
     live = visual(candidates).visually_similar(  # lazy
         obj, limit=limit, field=embedding.name, aspects=blend,
-        collapse_variants=collapse_variants)
+        collapse_variants=collapse_variants, diversity=diversity)
     cache = similar_cache()
     if cache is None:
         return list(live)
-    key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants)
+    key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants,
+                     diversity)
     try:
         found = cache.get_many([_version_key(model), key])
         version = _current_version(cache, model, found)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visual_reco.diversity import top
+
 CTR_WEIGHT = 0.1
 CONVERSION_WEIGHT = 0.05
 MIN_EXAMINATION = 0.1
@@ -112,17 +114,23 @@ def feedback_terms(evidence: Sequence[Evidence], prior: Prior, *,
 def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, limit: int,
            *, explore_share: float = 0.0, rng: np.random.Generator | None = None,
            ctr_weight: float = CTR_WEIGHT, conversion_weight: float = CONVERSION_WEIGHT,
-           terms: np.ndarray | None = None) -> list[int]:
+           terms: np.ndarray | None = None, diversity: float | None = None,
+           similarity: np.ndarray | None = None) -> list[int]:
     """The candidates to show, best first, as indices into ``visual``/``evidence``.
 
     Without any feedback the visual order, exactly (ties keep the candidates' order). With
     ``explore_share``, at most ``floor(share * limit)`` of the last slots go to the
     candidates below the cut whose sampled click rate scores best (Thompson sampling).
     ``terms`` are the `feedback_terms`, when the caller has them already.
+
+    With ``diversity`` (MMR's lambda) and the candidates' ``similarity`` matrix, the slots
+    not explored are filled by maximal marginal relevance over the scores with feedback
+    (`visual_reco.diversity`): feedback decides relevance, MMR the variety; the explored
+    slots are drawn from the rest as without it.
     """
     visual = np.asarray(visual, dtype=np.float64)
     if all(seen.empty for seen in evidence):
-        return [int(i) for i in np.argsort(-visual, kind="stable")[:limit]]
+        return top(visual, limit, diversity, similarity)
     if terms is None:
         terms = feedback_terms(evidence, prior, ctr_weight=ctr_weight,
                                conversion_weight=conversion_weight)
@@ -130,8 +138,10 @@ def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, 
     order = [int(i) for i in np.argsort(-scores, kind="stable")]
     slots = int(np.floor(explore_share * limit))
     if slots <= 0 or len(order) <= limit:
-        return order[:limit]
-    kept, rest = order[:limit - slots], order[limit - slots:]
+        return top(scores, limit, diversity, similarity)
+    kept = top(scores, limit - slots, diversity, similarity)
+    picked = set(kept)
+    rest = [index for index in order if index not in picked]
     rng = rng or np.random.default_rng()
     sampled = []
     for index in rest:

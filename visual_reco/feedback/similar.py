@@ -7,10 +7,12 @@ the ``EXCLUDE`` ids and what the visitor bought or dismissed (``HIDE``); their c
 similarity (with ``LEARNED``, the score of the version serving for the field,
 `visual_reco.feedback.learned`) plus ``BOOST`` and ``PERSONAL_WEIGHT`` x the visitor's
 affinity for the row's category (from its recent events); the ``SCORER``; plus feedback
-(`visual_reco.feedback.ranking`); exploration of the last slots; ``PIN`` ids first, then,
-in a mode with ``variants_first``, the product's other variants (``VARIANT_FIELD``).
+(`visual_reco.feedback.ranking`); with ``DIVERSITY``, maximal marginal relevance over
+that score (`visual_reco.diversity`: re-ranking decides relevance, MMR runs last, near-
+duplicates judged by the mode's blend); exploration of the last slots; ``PIN`` ids first,
+then, in a mode with ``variants_first``, the product's other variants (``VARIANT_FIELD``).
 Each row carries ``visual_score`` (None for a pinned row from outside the pool),
-``feedback_score`` and ``reco_score`` (what it was ranked by).
+``feedback_score`` and ``reco_score`` (the relevance it was ranked by).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from visual_reco.conf import reco_settings
+from visual_reco.diversity import PLAIN, diversity_for, diversity_lambda, top
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.learned import learned_scores, serving_model
 from visual_reco.feedback.picks import category_affinities, history
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.modes import blend_for
-from visual_reco.query import variant_attname
+from visual_reco.query import candidate_similarity, variant_attname
 from visual_reco.result_cache import similar_products
 
 Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
@@ -113,13 +116,19 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     pinned = [pk for pk in _ids(options.pin, obj) if pk not in excluded and pk != str(obj.pk)]
     pool_size = limit * options.pool + len(excluded)
     pool = [row for row in similar_products(obj, candidates, pool_size, field=field,
-                                            mode=mode, collapse_variants=collapse_variants)
+                                            mode=mode, collapse_variants=collapse_variants,
+                                            diverse=False)
             if str(row.pk) not in excluded and str(row.pk) not in pinned]
     variants = _variants(obj, pool, mode)
     if variants:
         pool = [row for row in pool if row not in variants]
         for row in variants:
             row.feedback_score, row.reco_score = 0.0, row.visual_score
+    blend = blend_for(mode, default=True) or PLAIN
+    diversity = diversity_for(blend, diversity_lambda(reco_settings.DIVERSITY))
+    similarity = (candidate_similarity(type(obj), [row.pk for row in pool], blend, field,
+                                       using=candidates.db)
+                  if diversity is not None and pool else None)
     scores = np.array([row.visual_score for row in pool], dtype=np.float64)
     if learned is not None and pool:
         scores = learned_scores(learned, obj, pool, field, scores)
@@ -142,10 +151,10 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
         kept = max(limit - len(pinned) - len(variants), 0)
         order = rerank(scores, evidence, prior, kept, explore_share=options.explore, rng=rng,
                        ctr_weight=options.ctr_weight,
-                       conversion_weight=options.conversion_weight, terms=terms)
+                       conversion_weight=options.conversion_weight, terms=terms,
+                       diversity=diversity, similarity=similarity)
     else:
-        order = [int(i) for i in np.argsort(-scores, kind="stable")][
-            :max(limit - len(pinned) - len(variants), 0)]
+        order = top(scores, max(limit - len(pinned) - len(variants), 0), diversity, similarity)
     for index, row in enumerate(pool):
         row.feedback_score = float(terms[index])
         row.reco_score = float(scores[index] + terms[index])
@@ -172,7 +181,7 @@ def _pinned_rows(obj: models.Model, candidates: models.QuerySet, pinned: list[st
         return []
     from_pool = {str(row.pk): row for row in
                  similar_products(obj, candidates.filter(pk__in=pinned), len(pinned),
-                                  field=field, mode=mode)}
+                                  field=field, mode=mode, diverse=False)}
     rows = []
     for pk in pinned:
         row = from_pool.get(pk)

@@ -104,7 +104,9 @@ class Command(BaseCommand):
             cursor.execute(f"CREATE UNLOGGED TABLE {PAIRS} (n serial, source text, product text,"
                            " position int)")
             for source in sources:
-                rows = similar_products(Product.objects.get(pk=source), None, pool)
+                # The candidate pool ranked_similar re-ranks (undiversified).
+                rows = similar_products(Product.objects.get(pk=source), None, pool,
+                                        diverse=False)
                 cursor.executemany(
                     f"INSERT INTO {PAIRS} (source, product, position) VALUES (%s, %s, %s)",
                     [(str(source), str(row.pk), index % LIMIT + 1)
