@@ -3,7 +3,8 @@
 Writes ``path,label,label_*,role`` rows for one of the shared datasets, with paths relative
 to OUT.csv's folder:
 
-- ``grocery``: queries are the ``val`` phone photos, the gallery the distinct iconic studio
+- ``grocery``: queries are the ``val`` phone photos (``--split train``: the ``train`` ones,
+  a second set to check a choice made on ``val``), the gallery the distinct iconic studio
   photos; ``label`` is the fine class, ``label_coarse`` the coarse class.
 - ``luma``: every photo with a category, leave-one-out; ``label`` is the item
   (``style-colour``), ``label_category`` its category and ``label_style`` its style (the
@@ -30,10 +31,11 @@ EXTRA_LABELS = {"grocery": ["label_coarse"], "luma": ["label_category", "label_s
 Entry = tuple[Path, str, tuple[str, ...], str]
 
 
-def grocery_entries(folder: Path, rows: list[dict[str, str]]) -> list[Entry]:
-    """Validation phone photos as queries, each class's iconic photo once as gallery."""
+def grocery_entries(folder: Path, rows: list[dict[str, str]],
+                    split: str = "val") -> list[Entry]:
+    """The ``split``'s phone photos as queries, each class's iconic photo once as gallery."""
     entries = [(folder / r["path"], r["fine_name"], (r["coarse_name"],), "query")
-               for r in rows if r["split"] == "val"]
+               for r in rows if r["split"] == split]
     iconic: dict[str, dict[str, str]] = {}
     for row in rows:
         iconic.setdefault(row["iconic"], row)
@@ -74,6 +76,8 @@ class Command(BaseCommand):
         parser.add_argument("--datasets", default=None,
                             help="folder of the shared datasets "
                                  "(default: ../shared/datasets next to the project)")
+        parser.add_argument("--split", choices=["val", "train"], default="val",
+                            help="grocery: the phone photos used as queries (default val)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         root = (Path(options["datasets"]) if options["datasets"]
@@ -84,7 +88,10 @@ class Command(BaseCommand):
             raise CommandError(f"{labels} does not exist.")
         with open(labels, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        entries = BUILDERS[options["dataset"]](folder, rows)
+        if options["dataset"] == "grocery":
+            entries = grocery_entries(folder, rows, options["split"])
+        else:
+            entries = BUILDERS[options["dataset"]](folder, rows)
 
         out = Path(options["out"]).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
