@@ -216,10 +216,13 @@ def test_photo_search_through_a_worker_embeds_like_this_process(celery_worker, p
     """QUERY_EMBEDDING="worker": the worker runs the same query-photo path (decoding,
     multi-crop) as a web process, and bad uploads never leave this process."""
     data = photos[11].path.read_bytes()
-    here = embed_query(io.BytesIO(data))
+    here = embed_query(io.BytesIO(data), aspects=("colour",))
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_EMBEDDING": "worker",
                             "QUERY_TIMEOUT": 60.0}
-    there = embed_query(io.BytesIO(data))
-    assert there.shape == here.shape and float(there @ here) > 0.999
+    there = embed_query(io.BytesIO(data), aspects=("colour",))
+    assert there.vector.shape == here.vector.shape and float(there.vector @ here.vector) > 0.999
+    # The colour of the whole photo comes back from the worker too.
+    assert float(there.aspects["colour"] @ here.aspects["colour"]) > 0.999
+    assert embed_query(io.BytesIO(data)).aspects == {}
     with pytest.raises(ImageError, match="empty"):
         embed_query(io.BytesIO(b""))

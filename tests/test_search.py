@@ -18,6 +18,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.embedding import embed_objects
 from visual_reco.images import ImageError, open_image
 from visual_reco.models import EmbeddingStatus
+from visual_reco.modes import mode_blend
 from visual_reco.query import vector_of
 from visual_reco.query_photos import embed_query_images
 from visual_reco.registry import get_embedding_field
@@ -261,6 +262,31 @@ def test_similar_to_image_takes_the_search_path(catalog, photos, settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "MAX_IMAGE_BYTES": len(data) - 1}
     with pytest.raises(ImageError, match="larger than"):
         Item.objects.similar_to_image(io.BytesIO(data))
+
+
+def test_search_blends_the_photo_colour_by_search_mode(client, catalog, photos, settings):
+    """SEARCH_MODE ranks by the mode's blend with the photo's own colour vector (each
+    result's scores add up to it); None is the CNN cosine alone."""
+    data = customer_photo(photos[5].path)
+    body = post_photo(client, data, limit="6").json()
+    assert body["results"][0]["id"] == str(catalog[5].pk)
+    blend = mode_blend(settings.VISUAL_RECO.get("SEARCH_MODE", "similar"))
+    weight = {t.aspect: t for t in blend.terms}
+    for result in body["results"]:
+        scores = result["aspect_scores"]
+        assert set(scores) == {"shape", "colour"}, result
+        expected = (weight["shape"].weight * scores["shape"] + weight["colour"].weight
+                    * max(scores["colour"], 0.0) ** weight["colour"].sharpness)
+        assert result["score"] == pytest.approx(expected, abs=1e-4)
+    # The photo's colour matches its own product's stored colour far better than the rest.
+    first, *rest = body["results"]
+    assert first["aspect_scores"]["colour"] > max(r["aspect_scores"]["colour"] for r in rest)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SEARCH_MODE": None}
+    plain = post_photo(client, data, limit="6").json()["results"]
+    assert all(r["aspect_scores"] is None for r in plain)
+    assert plain[0]["score"] == pytest.approx(first["aspect_scores"]["shape"], abs=1e-4)
+    colour = Item.objects.similar_to_image(io.BytesIO(data), limit=3, mode="same_colour")
+    assert colour[0].pk == catalog[5].pk and colour[0].aspect_scores["colour"] is not None
 
 
 def test_embedders_decode_with_their_own_exif_rule(photos, settings):

@@ -305,16 +305,22 @@ class VisualQuerySet(models.QuerySet):
                                         _filtered=filtered)
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
-                         field: str | None = None) -> Self:
+                         field: str | None = None, mode: str | None = None,
+                         aspects: Mapping[str, Any] | Blend | None = None) -> Self:
         """Rows that look like the photo in ``file``, embedded as every photo search is
-        (`visual_reco.query_photos.embed_query`: size limit, multi-crop, process or worker).
+        (`visual_reco.query_photos.embed_query`: size limit, multi-crop, process or worker),
+        ranked by ``mode`` or ``aspects`` as in `similar_to_vector` with the photo's own
+        aspect vectors (plain cosine without either).
 
         Raises `visual_reco.images.ImageError` for a file that is not a usable image and
         `visual_reco.query_photos.SearchUnavailable` when no worker answers in time.
         """
         embedding = get_embedding_field(self.model, field)
-        vector = embed_query(file, embedder=embedding.embedder)
-        return self.similar_to_vector(vector, limit, field=embedding.name)
+        blend = blend_for(mode, aspects)
+        query = embed_query(file, embedder=embedding.embedder,
+                            aspects=photo_aspects(blend, embedding))
+        return self.similar_to_vector(query.vector, limit, field=embedding.name, aspects=blend,
+                                      colour=query.aspects.get("colour"))
 
     def _fetch_all(self) -> None:
         if not self._visual_search or self._result_cache is not None:
@@ -496,6 +502,14 @@ def _aspect_queries(obj: models.Model, embedding: Any, blend: Blend,
             queries[aspect] = Subquery(source.values(column)[:1],
                                        output_field=type(obj)._meta.get_field(column))
     return queries
+
+
+def photo_aspects(blend: Blend | None, embedding: Any) -> tuple[str, ...]:
+    """The aspects a search photo needs for ``blend``: those it weighs that ``embedding``
+    stores (the others count for nothing)."""
+    if blend is None:
+        return ()
+    return tuple(a for a in blend.aspects if a != SHAPE and a in embedding.aspects)
 
 
 def variant_attname(model: type[models.Model]) -> str | None:

@@ -2,10 +2,11 @@
 
 A customer's photo is read up to ``MAX_IMAGE_BYTES``, decoded by the embedder that made the
 catalog's vectors (its EXIF rule), and embedded with ``QUERY_MULTI_CROP``: the mean of the
-whole photo and five crops. ``QUERY_EMBEDDING`` says where the model runs: in this process,
-or in a Celery worker (task ``visual_reco.embed_query``, which runs `embed_query_bytes`), so
-that web processes need no TensorFlow. Either way the upload is checked here first, so a bad
-file never reaches a worker.
+whole photo and five crops; the aspects a search blends (the colour vector) come from the
+whole photo, as a stored product's do. ``QUERY_EMBEDDING`` says where the model runs: in
+this process, or in a Celery worker (task ``visual_reco.embed_query``, which runs
+`embed_query_bytes`), so that web processes need no TensorFlow. Either way the upload is
+checked here first, so a bad file never reaches a worker.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
 from visual_reco import broker
+from visual_reco.aspects import compute_aspects
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedders.base import l2_normalise
@@ -32,6 +35,28 @@ QUERY_EMBEDDING_MODES = ("process", "worker")
 
 class SearchUnavailable(RuntimeError):
     """The query photo could not be embedded right now (no worker answered, broker down)."""
+
+
+@dataclass(frozen=True)
+class QueryVectors:
+    """A search photo's vector and the aspect vectors asked for, by aspect name."""
+
+    vector: np.ndarray
+    aspects: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Lists for a task result."""
+        return {"vector": self.vector.tolist(),
+                "aspects": {name: value.tolist() for name, value in self.aspects.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> QueryVectors:
+        """From `to_json`, or from the bare vector list an older worker returns."""
+        if isinstance(data, dict):
+            return cls(np.asarray(data["vector"], dtype=np.float32),
+                       {name: np.asarray(value, dtype=np.float32)
+                        for name, value in data.get("aspects", {}).items()})
+        return cls(np.asarray(data, dtype=np.float32))
 
 
 def embed_query_images(images: Sequence[Image.Image], *,
@@ -47,9 +72,14 @@ def embed_query_images(images: Sequence[Image.Image], *,
     return l2_normalise(vectors.reshape(len(images), len(views[0]), -1).mean(axis=1))
 
 
-def embed_query_bytes(data: bytes, *, embedder: str = DEFAULT_EMBEDDER) -> np.ndarray:
-    """Decode and embed one search photo in this process (what a worker runs)."""
-    return embed_query_images([decode_query(data, embedder)], embedder=embedder)[0]
+def embed_query_bytes(data: bytes, *, embedder: str = DEFAULT_EMBEDDER,
+                      aspects: Sequence[str] = ()) -> QueryVectors:
+    """Decode and embed one search photo in this process (what a worker runs), with the
+    ``aspects`` of the whole photo."""
+    image = decode_query(data, embedder)
+    vector = embed_query_images([image], embedder=embedder)[0]
+    found = compute_aspects([get_embedder(embedder).prepare(image)], aspects)
+    return QueryVectors(vector, {name: rows[0] for name, rows in found.items()})
 
 
 def decode_query(data: bytes, embedder: str = DEFAULT_EMBEDDER) -> Image.Image:
@@ -58,8 +88,10 @@ def decode_query(data: bytes, embedder: str = DEFAULT_EMBEDDER) -> Image.Image:
         io.BytesIO(data), full_decode_limits=reco_settings.SEARCH_MAX_FULL_DECODE_PIXELS)
 
 
-def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndarray:
-    """The query vector of an uploaded photo, embedded where ``QUERY_EMBEDDING`` says.
+def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER,
+                aspects: Sequence[str] = ()) -> QueryVectors:
+    """The query vector of an uploaded photo and its ``aspects``, embedded where
+    ``QUERY_EMBEDDING`` says.
 
     Raises `visual_reco.images.ImageError` for a bad upload and `SearchUnavailable` when no
     worker answers within ``QUERY_TIMEOUT`` seconds.
@@ -70,16 +102,20 @@ def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER) -> np.ndar
             f"VISUAL_RECO['QUERY_EMBEDDING'] must be one of {QUERY_EMBEDDING_MODES}, not {mode!r}")
     data = read_limited(file)
     if mode == "process":
-        return embed_query_bytes(data, embedder=embedder)
+        return embed_query_bytes(data, embedder=embedder, aspects=aspects)
     decode_query(data, embedder)
     try:
-        vector = broker.call(EMBED_QUERY_TASK, (base64.b64encode(data).decode(), embedder),
-                             reco_settings.QUERY_TIMEOUT, **reco_settings.task_options)
+        # The aspects argument only when asked for: a worker of the previous release takes
+        # two arguments and still serves plain searches during an upgrade.
+        arguments = (base64.b64encode(data).decode(), embedder) + (
+            (list(aspects),) if aspects else ())
+        result = broker.call(EMBED_QUERY_TASK, arguments, reco_settings.QUERY_TIMEOUT,
+                             **reco_settings.task_options)
     except Exception as exc:  # broker down or frozen, no worker, no result backend
         raise SearchUnavailable(
             f"Photo search is unavailable right now ({type(exc).__name__}). Try again soon."
         ) from exc
-    return np.asarray(vector, dtype=np.float32)
+    return QueryVectors.from_json(result)
 
 
 def warm_up(embedder: str = DEFAULT_EMBEDDER) -> None:

@@ -12,7 +12,8 @@ from django.db import models
 from visual_reco.categories import CategoryPrediction, category_field, vote
 from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
-from visual_reco.query import DISTANCE, visual
+from visual_reco.modes import blend_for
+from visual_reco.query import DISTANCE, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
 
@@ -47,10 +48,14 @@ def search_by_photo(file: IO[bytes], queryset: models.QuerySet, *, limit: int | 
                     filters: dict[str, Any] | None = None,
                     field: str | None = None) -> PhotoSearch:
     """The products of ``queryset`` that look most like the photo in ``file``, compared on
-    the embedding ``field`` (default: the model's first)."""
+    the embedding ``field`` (default: the model's first) by ``SEARCH_MODE`` (the category
+    is predicted from the CNN vector alone)."""
     embedding = get_embedding_field(queryset.model, field)
+    blend = blend_for(reco_settings.SEARCH_MODE)
     started = time.perf_counter()
-    vector = embed_query(file, embedder=embedding.embedder)
+    query = embed_query(file, embedder=embedding.embedder,
+                        aspects=photo_aspects(blend, embedding))
+    vector = query.vector
     embedded = time.perf_counter()
     queryset = queryset.filter(**(filters or {}))
     prediction = predict_category(vector, queryset, field=embedding.name)
@@ -58,7 +63,9 @@ def search_by_photo(file: IO[bytes], queryset: models.QuerySet, *, limit: int | 
     name = category_field(queryset.model)
     if filter_by_predicted_category and prediction and prediction.category and name:
         queryset = queryset.filter(**{name: prediction.category})
-    results = list(visual(queryset).similar_to_vector(vector, limit, field=embedding.name))
+    results = list(visual(queryset).similar_to_vector(vector, limit, field=embedding.name,
+                                                      aspects=blend,
+                                                      colour=query.aspects.get("colour")))
     done = time.perf_counter()
     return PhotoSearch(results, prediction, {
         "embed": (embedded - started) * 1000, "category": (predicted - embedded) * 1000,

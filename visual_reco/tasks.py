@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from celery import shared_task
@@ -42,9 +43,12 @@ def embed_task(model_label: str, field: str, pks: list[Any]) -> dict[str, int]:
 
 
 @shared_task(name=EMBED_QUERY_TASK, acks_late=False, ignore_result=False)
-def embed_query_task(image_base64: str, embedder: str = DEFAULT_EMBEDDER) -> list[float]:
-    """Embed a search photo (base64 bytes) and return its vector (needs a result backend)."""
-    return embed_query_bytes(base64.b64decode(image_base64), embedder=embedder).tolist()
+def embed_query_task(image_base64: str, embedder: str = DEFAULT_EMBEDDER,
+                     aspects: Sequence[str] = ()) -> dict[str, Any]:
+    """Embed a search photo (base64 bytes) and return its vector and ``aspects``
+    (`QueryVectors.to_json`; needs a result backend)."""
+    return embed_query_bytes(base64.b64decode(image_base64), embedder=embedder,
+                             aspects=tuple(aspects)).to_json()
 
 
 @shared_task(name=SWEEP_TASK)
