@@ -20,13 +20,13 @@ from django.utils import timezone
 
 from demo_shop.bench.vectors_lib import (
     COPY_COLUMNS,
-    COPY_TRAILER,
     STREAM_CATALOG,
     Storage,
     SyntheticVectors,
-    copy_header,
+    colour_payload,
     copy_payload,
     index_build_settings,
+    jittered_colours,
     maintenance_work_mem,
 )
 from demo_shop.shop.models import Product
@@ -41,8 +41,6 @@ SKU_PREFIX = "bench-"
 STAGING = "bench_catalog_staging"
 COLOUR_STAGING = "bench_catalog_colour_staging"
 HALFVEC = Storage("halfvec", 2048)
-# Log-normal spread of each colour bin's weight in a padded row's copy of a real histogram.
-COLOUR_JITTER = 0.5
 # Random streams of the colour padding (past `vectors_lib`'s, so none is shared).
 STREAM_COLOUR = STREAM_CATALOG + 100
 
@@ -92,28 +90,6 @@ def real_colours() -> np.ndarray:
               .values_list(column, flat=True))
     vectors = [to_array(v) for v in values]
     return np.array(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
-
-
-def jittered_colours(sources: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` colour vectors like `visual_reco.colour.colour_vector`'s, each a real one of
-    ``sources`` with every bin of its histogram (the vector squared) scaled by a log-normal
-    factor: the same colours in other proportions, non-negative and unit length."""
-    histograms = sources[rng.integers(0, len(sources), n)] ** 2
-    histograms *= rng.lognormal(0.0, COLOUR_JITTER, histograms.shape).astype(np.float32)
-    vectors = np.sqrt(histograms / np.maximum(histograms.sum(axis=1, keepdims=True), 1e-12))
-    return vectors.astype(np.float32)
-
-
-def colour_payload(ids: np.ndarray, vectors: np.ndarray) -> bytes:
-    """A binary ``COPY`` stream of (id bigint, colour halfvec) rows."""
-    dims = vectors.shape[1]
-    dtype = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"),
-                      ("vector_len", ">i4"), ("dims", ">i2"), ("unused", ">i2"),
-                      ("vector", ">f2", (dims,))])
-    records = np.zeros(len(ids), dtype=dtype)
-    records["fields"], records["id_len"], records["id"] = 2, 8, ids
-    records["vector_len"], records["dims"], records["vector"] = 4 + 2 * dims, dims, vectors
-    return copy_header() + records.tobytes() + COPY_TRAILER
 
 
 def pad_catalog(size: int, *, seed: int = 0, chunk_size: int = 5_000,

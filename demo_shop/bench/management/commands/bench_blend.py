@@ -15,10 +15,15 @@ hide lost rows. The Postgres cache is warm (unmeasured queries first).
 
     manage.py bench_blend                         # 10k and 100k: about 10 minutes on 2 cores
     manage.py bench_blend --sizes 10000 --queries 100 --no-write
+    manage.py bench_blend --sizes 100000 --ef-margins -20 0 10 20 50 --pools 100 200 --keep
+
+``--ef-margins`` and ``--pools`` print the measurements behind `CANDIDATE_EF_MARGIN` and the
+candidate design instead of timing (``--keep`` keeps the padded catalog for the next run).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -36,6 +41,7 @@ from django.test import RequestFactory, override_settings
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
 from demo_shop.bench.helpers import machine_line, write_section
 from demo_shop.shop.models import Product
+from visual_reco import query as query_module
 from visual_reco.conf import reco_settings
 from visual_reco.modes import SHAPE, Blend, mode_blend
 from visual_reco.query import binary_vector, from_binary
@@ -84,26 +90,49 @@ class Catalog:
         return cls(np.array(pks), _unit(np.array(shapes, dtype=np.float32)),
                    _unit(colour_matrix), np.array(styles, dtype=object))
 
+    def cosines(self, index: int) -> dict[str, np.ndarray]:
+        """Every row's cosine to the row at ``index``, by aspect."""
+        return {SHAPE: self.shape @ self.shape[index], "colour": self.colour @ self.colour[index]}
+
+    def score(self, index: int, blend: Blend | None) -> np.ndarray:
+        """Every row's score for the row at ``index``: its cosine, or ``blend``'s score."""
+        cosines = self.cosines(index)
+        if blend is None:
+            return cosines[SHAPE].astype(np.float64)
+        score = np.zeros(len(self.pks))
+        for term in blend.terms:
+            cosine = cosines[term.aspect].astype(np.float64)
+            if term.sharpness != 1.0:
+                cosine = np.maximum(cosine, 0.0) ** term.sharpness
+            score += term.weight * cosine
+        return score
+
     def exact(self, index: int, blend: Blend | None) -> list[int]:
         """The exact top ``K`` pks for the row at ``index`` (itself excluded): by cosine,
         or by ``blend`` as the query scores it (variants first when the blend says so)."""
-        cosines = {SHAPE: self.shape @ self.shape[index], "colour": self.colour @
-                   self.colour[index]}
-        if blend is None:
-            score = cosines[SHAPE].astype(np.float64)
-        else:
-            score = np.zeros(len(self.pks))
-            for term in blend.terms:
-                cosine = cosines[term.aspect].astype(np.float64)
-                if term.sharpness != 1.0:
-                    cosine = np.maximum(cosine, 0.0) ** term.sharpness
-                score += term.weight * cosine
+        score = self.score(index, blend)
         first = np.zeros(len(self.pks), dtype=bool)
         if blend is not None and blend.variants_first and self.style[index]:
             first = self.style == self.style[index]
         first[index] = False
         order = np.lexsort((self.pks, -score, ~first))
         return [int(self.pks[i]) for i in order if i != index][:K]
+
+    def rescored(self, index: int, blend: Blend, pool: int, *, union: bool) -> list[int]:
+        """The top ``K`` pks of ``blend`` re-scoring an exact pool: the ``pool`` nearest
+        rows by the lead aspect, or (``union``) by each positive aspect (variants left
+        aside)."""
+        cosines = self.cosines(index)
+        aspects = ([t.aspect for t in blend.terms if t.weight > 0] if union
+                   else [blend.candidate_aspect])
+        rows = set()
+        for aspect in aspects:
+            cosine = cosines[aspect].copy()
+            cosine[index] = -np.inf
+            rows.update(np.argpartition(-cosine, pool)[:pool].tolist())
+        candidates = np.array(sorted(rows))
+        score = self.score(index, blend)[candidates]
+        return [int(self.pks[i]) for i in candidates[np.argsort(-score, kind="stable")][:K]]
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -128,7 +157,26 @@ class Line:
     query: list[float]
     tag: list[float]  # empty when the tag was not timed
     recall: float
+    server: list[float]  # planning + execution as EXPLAIN ANALYZE reports them
     candidates: int = 0
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A JSON plan node and every node below it."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+@contextmanager
+def _margin(margin: int) -> Iterator[None]:
+    """`visual_reco.query.CANDIDATE_EF_MARGIN` set to ``margin`` in the block."""
+    kept = query_module.CANDIDATE_EF_MARGIN
+    query_module.CANDIDATE_EF_MARGIN = margin
+    try:
+        yield
+    finally:
+        query_module.CANDIDATE_EF_MARGIN = kept
 
 
 @contextmanager
@@ -161,6 +209,12 @@ class Command(BaseCommand):
         parser.add_argument("--candidates", type=int, nargs="+", help=(
             "ASPECT_CANDIDATES values to time blends with (default: the setting's); the tag "
             "is timed with the setting's only"))
+        parser.add_argument("--ef-margins", type=int, nargs="+", help=(
+            "instead of the timings: EXPLAIN ANALYZE time and HNSW buffers of the blended "
+            "modes with each CANDIDATE_EF_MARGIN (hnsw.ef_search = ASPECT_CANDIDATES + it)"))
+        parser.add_argument("--pools", type=int, nargs="+", help=(
+            "instead of the timings: recall@10 of each blend re-scoring exact candidate "
+            "pools of these sizes, from the lead aspect and from both aspects (numpy)"))
         parser.add_argument("--explain", action="store_true",
                             help="print EXPLAIN ANALYZE of one query per mode")
         parser.add_argument("--keep", action="store_true",
@@ -179,15 +233,69 @@ class Command(BaseCommand):
                     remove_padding(say=self.stdout.write)
                 pad_catalog(size, seed=options["seed"], say=self.stdout.write,
                             builds=builds[size])
+                if options["ef_margins"] or options["pools"]:
+                    self._tune(size, options)
+                    continue
                 if not builds[size]:  # the padding was there already: time a rebuild
                     builds[size] = self._rebuild_colour_index()
                 lines.extend(self._measure(size, options))
         finally:
             if not options["keep"]:
                 remove_padding(say=self.stdout.write)
-        if not options["no_write"]:
+        if lines and not options["no_write"]:
             path = write_section(self._section(lines, builds, options))
             self.stdout.write(f"Wrote {path}")
+
+    def _sources(self, size: int, catalog: Catalog,
+                 options: dict[str, Any]) -> list[tuple[int, Product]]:
+        """The source products of a size: positions in ``catalog`` and rows, seeded."""
+        rng = np.random.default_rng([options["seed"], size])
+        count = options["warmup"] + options["queries"]
+        picked = rng.choice(len(catalog.pks), size=min(count, len(catalog.pks)), replace=False)
+        products = Product.objects.in_bulk([int(catalog.pks[i]) for i in picked])
+        return [(int(i), products[int(catalog.pks[i])]) for i in picked]
+
+    def _tune(self, size: int, options: dict[str, Any]) -> None:
+        """Print what ``--ef-margins`` and ``--pools`` ask for (the choices behind
+        `CANDIDATE_EF_MARGIN` and ``ASPECT_CANDIDATES``)."""
+        catalog = Catalog.load()
+        sources = self._sources(size, catalog, options)[options["warmup"]:]
+        for mode in MODES[1:]:
+            for margin in options["ef_margins"] or []:
+                self._tune_margin(size, mode, margin, sources)
+            for pool in options["pools"] or []:
+                self._tune_pool(size, mode, pool, catalog, sources)
+
+    def _tune_margin(self, size: int, mode: str, margin: int,
+                     sources: list[tuple[int, Product]]) -> None:
+        ef_search = int(reco_settings.ASPECT_CANDIDATES) + margin
+        # HNSW_EF_SEARCH below the candidates, so that the margin alone sets ef_search.
+        overrides = {**reco_settings.user_settings, "HNSW_EF_SEARCH": 1}
+        seconds, buffers = [], []
+        with override_settings(VISUAL_RECO=overrides), _margin(margin):
+            for _, product in sources:
+                plan = json.loads(Product.objects.visually_similar(product, K, mode=mode)
+                                  .explain(format="json", analyze=True, buffers=True))[0]
+                seconds.append((plan["Planning Time"] + plan["Execution Time"]) / 1000)
+                buffers.append(sum(node.get("Shared Hit Blocks", 0) +
+                                   node.get("Shared Read Blocks", 0)
+                                   for node in _nodes(plan["Plan"])
+                                   if node.get("Index Name", "").endswith("_hnsw")))
+        p50, p95, p99 = percentiles(seconds)
+        self.stdout.write(f"| {size:,} | `{mode}` | {margin} | {ef_search} | {p50:.2f} | "
+                          f"{p95:.2f} | {p99:.2f} | {np.mean(buffers):,.0f} |")
+
+    def _tune_pool(self, size: int, mode: str, pool: int, catalog: Catalog,
+                   sources: list[tuple[int, Product]]) -> None:
+        blend = mode_blend(mode)
+        lead_only, both = [], []
+        for index, _ in sources:
+            expected = set(catalog.exact(index, blend))
+            for union, found in ((False, lead_only), (True, both)):
+                top = catalog.rescored(index, blend, pool, union=union)
+                found.append(len(expected & set(top)) / len(expected))
+        self.stdout.write(f"| {size:,} | `{mode}` | {pool} | {np.mean(lead_only):.3f} | "
+                          f"{np.mean(both):.3f} |")
 
     def _rebuild_colour_index(self) -> dict[str, float]:
         field = get_embedding_field(Product)
@@ -201,11 +309,7 @@ class Command(BaseCommand):
         catalog = Catalog.load()
         self.stdout.write(f"{size:,} products: {len(catalog.pks):,} with vectors, "
                           f"{int((np.abs(catalog.colour).sum(axis=1) > 0).sum()):,} with colour")
-        rng = np.random.default_rng([options["seed"], size])
-        count = options["warmup"] + options["queries"]
-        picked = rng.choice(len(catalog.pks), size=min(count, len(catalog.pks)), replace=False)
-        products = Product.objects.in_bulk([int(catalog.pks[i]) for i in picked])
-        sources = [(int(i), products[int(catalog.pks[i])]) for i in picked]
+        sources = self._sources(size, catalog, options)
         lines = []
         configured = int(reco_settings.ASPECT_CANDIDATES)
         for mode in MODES:
@@ -247,6 +351,7 @@ class Command(BaseCommand):
                 analyze=True, buffers=True)
             self.stdout.write(f"-- {mode}\n" + VECTOR_LITERAL.sub("'[...]'", plan))
         sql: list[float] = []
+        server: list[float] = []
         queries: list[float] = []
         tags: list[float] = []
         recalls = []
@@ -260,16 +365,20 @@ class Command(BaseCommand):
                 started = time.perf_counter()
                 tag(product)
                 tags.append(time.perf_counter() - started)
+            plan = json.loads(Product.objects.visually_similar(product, K, mode=name).explain(
+                format="json", analyze=True))[0]
+            server.append((plan["Planning Time"] + plan["Execution Time"]) / 1000)
             expected = catalog.exact(index, blend)
             recalls.append(len({row.pk for row in rows} & set(expected)) / len(expected))
         lead = "shape" if blend is None else blend.candidate_aspect
-        return Line(size, mode, lead, sql, queries, tags, float(np.mean(recalls)))
+        return Line(size, mode, lead, sql, queries, tags, float(np.mean(recalls)), server)
 
     @staticmethod
     def _row(line: Line) -> str:
         tag = [f"{v:.1f}" for v in percentiles(line.tag)] if line.tag else ["", "", ""]
         cells = [f"{line.size:,}", f"`{line.mode}`", line.lead,
                  str(line.candidates) if line.mode != "cosine" else "",
+                 *(f"{v:.1f}" for v in percentiles(line.server)),
                  *(f"{v:.1f}" for v in percentiles(line.sql)),
                  *(f"{v:.1f}" for v in percentiles(line.query)), *tag, f"{line.recall:.3f}"]
         return "| " + " | ".join(cells) + " |"
@@ -279,7 +388,7 @@ class Command(BaseCommand):
         field = get_embedding_field(Product)
         sizes = " ".join(str(s) for s in sorted(options["sizes"]))
         command = (f"python demo_shop/services.py run -- python manage.py bench_blend "
-                   f"--sizes {sizes} --queries {options['queries']}"
+                   f"--sizes {sizes} --queries {options['queries']} --warmup {options['warmup']}"
                    + (f" --candidates {' '.join(map(str, options['candidates']))}"
                       if options["candidates"] else "")
                    + (f" --seed {options['seed']}" if options["seed"] else ""))
@@ -296,18 +405,23 @@ class Command(BaseCommand):
                f"indexes built), {options['queries']} source products per line drawn at "
                f"random from the whole catalog after {options['warmup']} unmeasured ones "
                "(warm cache), one client in process. *SQL* is the time of the statements "
-               "sent; *query* the ORM call evaluated; *tag* `{% visually_similar %}` "
+               "sent, measured in this process; *server* the planning and execution time that "
+               "`EXPLAIN ANALYZE` reports for the same query (run again; least disturbed by "
+               "other work on the cores); *query* the ORM call evaluated; *tag* "
+               "`{% visually_similar %}` "
                f"rendered ({TAG_LIMIT} rows, feedback re-ranking as the demo sets it, "
                "`SIMILAR_CACHE` off). Recall@10 is against the exact blended top 10 "
                "computed with numpy over every row's stored vectors. `cosine` is the plain "
-               f"CNN query; blends re-score {reco_settings.ASPECT_CANDIDATES} candidates "
-               "from the index of the column named under *candidates*.", "",
+               "CNN query; blends re-score *candidates* rows (`ASPECT_CANDIDATES`, "
+               f"{reco_settings.ASPECT_CANDIDATES} by default; the tag is timed with that "
+               "only) from the index of the column named under *candidates from*.", "",
                f"{machine_line()}; load average {self.load:.1f} at the start (the cores "
                f"are shared). Command: `{command}`.", "",
                f"Issue 12's goal, p99 <= {GOAL_MS:.0f} ms at 100k products: {verdict}.", "",
-               "| size | mode | candidates from | candidates | SQL p50 | p95 | p99 ms | "
-               "query p50 | p95 | p99 ms | tag p50 | p95 | p99 ms | recall@10 |",
-               "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+               "| size | mode | candidates from | candidates | server p50 | p95 | p99 ms | "
+               "SQL p50 | p95 | p99 ms | query p50 | p95 | p99 ms | tag p50 | p95 | p99 ms | "
+               "recall@10 |",
+               "|---:|---|---|---:|" + "---:|" * 13,
                *(self._row(line) for line in lines), "",
                "HNSW index builds (one parallel worker; the whole catalog after the load):", "",
                "| size | embedding index s | colour index s |", "|---:|---:|---:|"]
