@@ -35,6 +35,7 @@ bench: install
 	$(RUN) $(BIN)/python manage.py bench_events
 	$(RUN) $(BIN)/python manage.py bench_feedback
 	$(RUN) $(BIN)/python manage.py bench_ranking
+	$(RUN) $(BIN)/python manage.py bench_blend
 	$(RUN) $(BIN)/python manage.py bench_widget
 	$(RUN) $(BIN)/python manage.py bench_vectors
 
@@ -54,6 +55,7 @@ bench-quick: install
 	  $(BIN)/python manage.py bench_feedback --events 200000 --requests 5 && \
 	  $(BIN)/python manage.py bench_ranking --events 200000 --catalog-size 10000 \
 	    --sources 100 --lists 100 --seconds 2 --concurrency 4 --workers 2 && \
+	  $(BIN)/python manage.py bench_blend --sizes 10000 --queries 50 --warmup 10 && \
 	  $(BIN)/python manage.py bench_widget --loads 5 && \
 	  $(BIN)/python manage.py bench_vectors --sizes 10000 --queries 50 --fresh'
 	@echo "Wrote $(QUICK_OUT)"

@@ -38,6 +38,9 @@ from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
 
 DISTANCE = "visual_distance"
+# Rows of hnsw.ef_search beyond a blend's ASPECT_CANDIDATES (`candidate_ef_search`): the
+# source and rows that filters drop. Chosen in demo_shop/bench (bench_blend, docs/BENCHMARKS.md).
+CANDIDATE_EF_MARGIN = 20
 # While set, a blend's candidate subquery ranks its rows exactly (`CandidateDistance`).
 _EXACT_CANDIDATES: ContextVar[bool] = ContextVar("visual_reco_exact_candidates", default=False)
 
@@ -232,7 +235,7 @@ class VisualQuerySet(models.QuerySet):
                       .order_by(CandidateDistance(CosineDistance(columns[lead], queries[lead])))
                       .values("pk")[:reco_settings.ASPECT_CANDIDATES])
         first = None
-        if variant is not None and blend.variants_first and variant[1] is not None:
+        if variant is not None and blend.variants_first and _is_variant(variant[1]):
             first = models.Q(**{variant[0]: variant[1]})
             candidates = candidates.union(qs.filter(first).order_by().values("pk"), all=True)
         scores = {score_name(t.aspect): _similarity(columns[t.aspect], queries[t.aspect])
@@ -359,7 +362,7 @@ class VisualQuerySet(models.QuerySet):
             with exact_candidates():
                 super()._fetch_all()
         else:
-            with hnsw_settings_applied(self.db):
+            with hnsw_settings_applied(self.db, candidate_ef_search()):
                 super()._fetch_all()
             if len(self._result_cache) < self._visual_pool:
                 # A short walk (dead tuples, see `_fetch_all`): rank the candidates exactly.
@@ -414,7 +417,7 @@ class VisualQuerySet(models.QuerySet):
             if self._exact_candidates_wanted():
                 with exact_candidates():
                     return super().explain(format=format, **options)
-            with hnsw_settings_applied(self.db):
+            with hnsw_settings_applied(self.db, candidate_ef_search()):
                 return super().explain(format=format, **options)
         exact = self._exact()
         if exact is not None:
@@ -441,10 +444,17 @@ class VisualQuerySet(models.QuerySet):
 
 
 def _query_vector(vector: Any) -> Any:
-    """A query vector as SQL: an expression as it is, anything else as a ``halfvec``."""
+    """A query vector as SQL: an expression as it is, anything else as a ``halfvec`` literal.
+
+    The literal's text is made once here: a blend names the query vector three times
+    (candidates, score, blend), and pgvector's `CosineDistance` formats a `HalfVector` anew
+    for each, 2,048 numbers at about 1 ms a time.
+    """
     if hasattr(vector, "resolve_expression"):
         return vector
-    return HalfVector(np.asarray(vector, dtype=np.float32))
+    if not isinstance(vector, HalfVector):
+        vector = HalfVector(np.asarray(vector, dtype=np.float32))
+    return Value(vector.to_text())
 
 
 def candidate_similarity(model: type[models.Model], pks: list[Any], blend: Blend,
@@ -497,7 +507,7 @@ def _aspect_queries(obj: models.Model, embedding: Any, blend: Blend,
         if column in obj.__dict__:
             value = to_array(obj.__dict__[column])
             if value is not None:
-                queries[aspect] = HalfVector(value)
+                queries[aspect] = _query_vector(value)
         else:
             queries[aspect] = Subquery(source.values(column)[:1],
                                        output_field=type(obj)._meta.get_field(column))
@@ -529,12 +539,18 @@ def _collapsed(rows: list[Any], attname: str) -> list[Any]:
     kept = []
     for row in rows:
         value = row.get(attname) if isinstance(row, dict) else getattr(row, attname, None)
-        if value is not None and value in seen:
+        if _is_variant(value) and value in seen:
             continue
-        if value is not None:
+        if _is_variant(value):
             seen.add(value)
         kept.append(row)
     return kept
+
+
+def _is_variant(value: Any) -> bool:
+    """Whether a ``VARIANT_FIELD`` value groups variants: a blank one (a product without a
+    style code) does not, or every such product would be the others' variant."""
+    return value is not None and value != ""
 
 
 def estimated_rows(queryset: models.QuerySet) -> float:
@@ -543,15 +559,31 @@ def estimated_rows(queryset: models.QuerySet) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
-def hnsw_settings() -> tuple[str, str, str]:
-    """``hnsw.ef_search``, ``hnsw.iterative_scan`` and ``hnsw.max_scan_tuples`` as set."""
-    return (str(reco_settings.HNSW_EF_SEARCH), reco_settings.HNSW_ITERATIVE_SCAN,
+def hnsw_settings(ef_search: int | None = None) -> tuple[str, str, str]:
+    """``hnsw.ef_search`` (``HNSW_EF_SEARCH`` unless given), ``hnsw.iterative_scan`` and
+    ``hnsw.max_scan_tuples`` as set."""
+    ef_search = reco_settings.HNSW_EF_SEARCH if ef_search is None else ef_search
+    return (str(ef_search), reco_settings.HNSW_ITERATIVE_SCAN,
             str(reco_settings.HNSW_MAX_SCAN_TUPLES))
 
 
+def candidate_ef_search() -> int:
+    """``hnsw.ef_search`` for a blend's candidate search: ``HNSW_EF_SEARCH``, raised to
+    ``ASPECT_CANDIDATES`` plus `CANDIDATE_EF_MARGIN` when that is more.
+
+    The graph walk's first pass yields ``ef_search`` rows; needing even one more (the source
+    itself is among its own nearest and is filtered out) sends pgvector's iterative scan on
+    a second pass that cost more than the first (EXPLAIN ANALYZE at 10k rows: first row
+    after 2.7 ms, the 101st after 10.9 ms).
+    """
+    return max(int(reco_settings.HNSW_EF_SEARCH),
+               int(reco_settings.ASPECT_CANDIDATES) + CANDIDATE_EF_MARGIN)
+
+
 @contextmanager
-def hnsw_settings_applied(using: str) -> Iterator[None]:
-    """Run the block's queries with the configured HNSW settings.
+def hnsw_settings_applied(using: str, ef_search: int | None = None) -> Iterator[None]:
+    """Run the block's queries with the configured HNSW settings (``ef_search`` instead of
+    ``HNSW_EF_SEARCH`` when given).
 
     In autocommit mode with ``HNSW_SETTINGS_SCOPE="session"`` (the default) they are set
     once per database connection, so a query costs no extra round trips. Inside a
@@ -560,7 +592,7 @@ def hnsw_settings_applied(using: str) -> Iterator[None]:
     server session is not ours) every query gets a transaction of its own to set them in.
     """
     connection = connections[using]
-    values = hnsw_settings()
+    values = hnsw_settings(ef_search)
     if connection.in_atomic_block:
         _set_hnsw(connection, values, local=True)
         yield

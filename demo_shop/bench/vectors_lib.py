@@ -31,6 +31,8 @@ IMAGE_FORMAT = b"products/%09d.jpg"
 IMAGE_BYTES = len(IMAGE_FORMAT % 0)
 BUCKETS = 100  # `bucket` is uniform in [0, 100), independent of the vector
 EXACT_WARMUP = 2  # an exact scan reads the whole table: a couple of queries warm the cache
+# Log-normal spread of each colour bin's weight in a padded row's copy of a real histogram.
+COLOUR_JITTER = 0.5
 
 # Random streams of `SyntheticVectors.rng`, so every part is reproducible on its own.
 STREAM_MODEL, STREAM_CATALOG, STREAM_QUERIES, STREAM_PROJECTION, STREAM_PROFILE = range(5)
@@ -244,6 +246,28 @@ def copy_payload(rows: Rows, storage: Storage, vectors: np.ndarray) -> bytes:
     records["vector_len"] = dtype["vector"].itemsize + 4
     records["dims"] = storage.dims
     records["vector"] = vectors
+    return copy_header() + records.tobytes() + COPY_TRAILER
+
+
+def jittered_colours(sources: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` colour vectors like `visual_reco.colour.colour_vector`'s, each a real one of
+    ``sources`` with every bin of its histogram (the vector squared) scaled by a log-normal
+    factor: the same colours in other proportions, non-negative and unit length."""
+    histograms = sources[rng.integers(0, len(sources), n)] ** 2
+    histograms *= rng.lognormal(0.0, COLOUR_JITTER, histograms.shape).astype(np.float32)
+    vectors = np.sqrt(histograms / np.maximum(histograms.sum(axis=1, keepdims=True), 1e-12))
+    return vectors.astype(np.float32)
+
+
+def colour_payload(ids: np.ndarray, vectors: np.ndarray) -> bytes:
+    """A binary ``COPY`` stream of (id bigint, colour halfvec) rows."""
+    dims = vectors.shape[1]
+    dtype = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"),
+                      ("vector_len", ">i4"), ("dims", ">i2"), ("unused", ">i2"),
+                      ("vector", ">f2", (dims,))])
+    records = np.zeros(len(ids), dtype=dtype)
+    records["fields"], records["id_len"], records["id"] = 2, 8, ids
+    records["vector_len"], records["dims"], records["vector"] = 4 + 2 * dims, dims, vectors
     return copy_header() + records.tobytes() + COPY_TRAILER
 
 

@@ -299,3 +299,36 @@ def test_binary_copy_round_trip(storage):
                         else np.array(r[4][1:-1].split(","), dtype=np.float32) for r in stored],
                        dtype=np.float32)
     np.testing.assert_allclose(vectors, storage.as_stored(rows.vectors), rtol=1e-6, atol=1e-7)
+
+
+def test_jittered_colours_are_colour_vectors_of_the_same_colours():
+    """Padded rows' colour vectors: like `colour_vector`'s (non-negative, unit length), each
+    with the bins of one real vector in other proportions."""
+    rng = np.random.default_rng(7)
+    sources = rng.random((5, 112)) * (rng.random((5, 112)) < 0.1)
+    sources /= np.linalg.norm(sources, axis=1, keepdims=True)
+    jittered = lib.jittered_colours(sources.astype(np.float32), 200, np.random.default_rng(1))
+    assert jittered.shape == (200, 112) and (jittered >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(jittered, axis=1), 1.0, rtol=1e-5)
+    cosines = jittered @ sources.T
+    nearest = cosines.argmax(axis=1)
+    assert ((jittered > 0) == (sources[nearest] > 0)).all()  # the same bins, no others
+    assert 0.8 < cosines.max(axis=1).min() and cosines.max(axis=1).max() < 1 - 1e-4
+    again = lib.jittered_colours(sources.astype(np.float32), 200, np.random.default_rng(1))
+    np.testing.assert_array_equal(jittered, again)
+
+
+@pytest.mark.django_db
+def test_colour_copy_round_trip():
+    vectors = lib.jittered_colours(np.eye(4, 112, dtype=np.float32) + 0.1, 6,
+                                   np.random.default_rng(2))
+    ids = np.arange(10, 16, dtype=np.int64)
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE colour_check (id bigint, colour halfvec(112))")
+        with cursor.copy("COPY colour_check (id, colour) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(lib.colour_payload(ids, vectors))
+        cursor.execute("SELECT id, colour::text FROM colour_check ORDER BY id")
+        stored = cursor.fetchall()
+    assert [r[0] for r in stored] == list(ids)
+    np.testing.assert_allclose([HalfVector.from_text(r[1]).to_numpy() for r in stored],
+                               vectors.astype(np.float16).astype(np.float32), rtol=1e-6)
