@@ -200,7 +200,7 @@ def test_rows_without_a_colour_vector_are_kept_and_scored_on_shape(catalog):
         row = next(r for r in found if r.pk == rows[nearest].pk)
         assert row.colour_score is None and row.aspect_scores["colour"] is None
         assert row.visual_score == pytest.approx(cos[nearest], abs=2e-3)
-    # A colour-led blend finds its candidates in the colour index, which has no such row.
+    # A colour-led blend: the row comes by the shape index only, colour 0 ranks it out.
     found = list(Item.objects.visually_similar(rows[source], 8, mode="same_colour"))
     assert rows[nearest].pk not in [r.pk for r in found] and len(found) == 8
     # A source without a colour vector: every row on shape alone, no error.
