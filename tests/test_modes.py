@@ -5,7 +5,7 @@ not the CNN or the colour histogram. Every 7th row has no colour vector (not re-
 """
 
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
@@ -58,9 +58,10 @@ def catalog():
     return rows, rounded, colour.astype(np.float16).astype(np.float32)
 
 
-def expected(catalog, source, weights, sharpness, *, candidates=100, lead="shape",
+def expected(catalog, source, weights, sharpness, *, candidates=100, leads=None,
              query_colour=None, limit=8):
-    """The blend by hand: candidates by ``lead``'s cosine, re-scored, best first."""
+    """The blend by hand: the ``candidates`` nearest rows by each of ``leads`` (default:
+    every aspect with a positive weight), re-scored, best first."""
     rows, shape, colour = catalog
     cos_shape = _unit(shape) @ (shape[source] / np.linalg.norm(shape[source]))
     qc = colour[source] if query_colour is None else query_colour
@@ -73,10 +74,13 @@ def expected(catalog, source, weights, sharpness, *, candidates=100, lead="shape
         term = cos[aspect] if sharpness[aspect] == 1 else np.clip(cos[aspect], 0, None) ** \
             sharpness[aspect]
         score += weight * np.nan_to_num(term, nan=0.0)
-    lead_cos = np.where(np.isnan(cos[lead]), -np.inf, cos[lead])
-    lead_cos[source] = -np.inf
-    pool = np.argsort(-lead_cos, kind="stable")[:candidates]
-    pool = pool[np.isfinite(lead_cos[pool])]
+    pooled = set()
+    for lead in leads or [aspect for aspect, weight in weights.items() if weight > 0]:
+        lead_cos = np.where(np.isnan(cos[lead]), -np.inf, cos[lead])
+        lead_cos[source] = -np.inf
+        nearest = np.argsort(-lead_cos, kind="stable")[:candidates]
+        pooled.update(nearest[np.isfinite(lead_cos[nearest])].tolist())
+    pool = np.array(sorted(pooled), dtype=int)
     order = pool[np.argsort(-score[pool], kind="stable")][:limit]
     return [rows[i].pk for i in order], score[order], present
 
@@ -101,9 +105,12 @@ def test_a_weight_alone_takes_the_aspects_sharpness():
     assert parse_blend({"shape": 1, "colour": 0.4}) == mode_blend("similar")
     colour = {t.aspect: t for t in mode_blend("similar").terms}["colour"]
     assert (colour.weight, colour.sharpness) == (0.4, SHARPNESS)
-    assert mode_blend("similar").candidate_aspect == "shape"
-    assert mode_blend("same_colour").candidate_aspect == "colour"  # weight 3 against 1
-    assert parse_blend({"shape": 0.1, "colour": 1}).candidate_aspect == "colour"
+    assert mode_blend("similar").lead_aspect == "shape"
+    assert mode_blend("same_colour").lead_aspect == "colour"  # weight 3 against 1
+    assert parse_blend({"shape": 0.1, "colour": 1}).lead_aspect == "colour"
+    # Candidates come from every aspect with a positive weight, none from a negative one.
+    assert mode_blend("similar").candidate_aspects == ("shape", "colour")
+    assert mode_blend("same_style_other_colours").candidate_aspects == ("shape",)
     with pytest.raises(UnknownMode):
         mode_blend("bogus")
     with pytest.raises(ValueError):
@@ -114,14 +121,14 @@ def test_a_weight_alone_takes_the_aspects_sharpness():
 
 # The query.
 
-@pytest.mark.parametrize("mode, weights, sharpness, lead", [
-    ("similar", {"shape": 1.0, "colour": 0.4}, {"shape": 1, "colour": SHARPNESS}, "shape"),
-    ("same_colour", {"shape": 1.0, "colour": 3.0}, {"shape": 1, "colour": 1}, "colour"),
+@pytest.mark.parametrize("mode, weights, sharpness", [
+    ("similar", {"shape": 1.0, "colour": 0.4}, {"shape": 1, "colour": SHARPNESS}),
+    ("same_colour", {"shape": 1.0, "colour": 3.0}, {"shape": 1, "colour": 1}),
 ])
-def test_the_blend_ranks_as_computed_by_hand(catalog, mode, weights, sharpness, lead):
+def test_the_blend_ranks_as_computed_by_hand(catalog, mode, weights, sharpness):
     rows, _, _ = catalog
     for source in (3, 50, 101):
-        pks, scores, present = expected(catalog, source, weights, sharpness, lead=lead)
+        pks, scores, present = expected(catalog, source, weights, sharpness)
         found = list(Item.objects.filter(in_stock=True).visually_similar(
             rows[source], limit=8, mode=mode))
         assert [r.pk for r in found] == pks
@@ -132,14 +139,14 @@ def test_the_blend_ranks_as_computed_by_hand(catalog, mode, weights, sharpness, 
             assert row.aspect_scores["shape"] == row.shape_score
             assert (row.colour_score is None) == (not present[rows.index(row)])
     # The same without the filter (the HNSW path; 240 rows: the graph finds them all).
-    pks, _, _ = expected(catalog, 50, weights, sharpness, lead=lead)
+    pks, _, _ = expected(catalog, 50, weights, sharpness)
     assert [r.pk for r in Item.objects.visually_similar(rows[50], 8, mode=mode)] == pks
 
 
 def test_similar_to_vector_takes_the_colour_vector(catalog):
     rows, shape, colour = catalog
     pks, scores, _ = expected(catalog, 10, {"shape": 1.0, "colour": 3.0},
-                              {"shape": 1, "colour": 1}, lead="colour", limit=9)
+                              {"shape": 1, "colour": 1}, limit=9)
     found = list(Item.objects.similar_to_vector(shape[10], 9, colour=colour[10],
                                                 aspects={"shape": 1, "colour": {
                                                     "weight": 3, "sharpness": 1}}))
@@ -158,19 +165,24 @@ def test_without_a_mode_the_query_is_the_plain_cosine(catalog):
     assert not hasattr(found[0], "aspect_scores")
 
 
-def test_candidates_come_from_the_heaviest_aspect(catalog, settings):
+def test_candidates_come_from_every_positive_aspect(catalog, settings):
     rows, _, _ = catalog
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "ASPECT_CANDIDATES": 5}
     by_colour = {"shape": 0.1, "colour": 1.0}
     sharp = {"shape": 1, "colour": SHARPNESS}
-    pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5, lead="colour", limit=5)
-    shape_pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5, limit=5)
-    assert set(pool) != set(shape_pool)
+    colour_pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5,
+                                 leads=["colour"], limit=5)
+    shape_pool, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5,
+                                leads=["shape"], limit=5)
+    assert set(colour_pool) - set(shape_pool) and set(shape_pool) - set(colour_pool)
+    both, _, _ = expected(catalog, 8, by_colour, sharp, candidates=5, limit=10)
+    assert set(both) == set(colour_pool) | set(shape_pool)
     for queryset in (Item.objects.filter(in_stock=True), Item.objects.all()):
-        found = list(queryset.visually_similar(rows[8], 10, aspects=by_colour))
-        assert [r.pk for r in found] == pool  # only 5 candidates, ranked by the blend
-        found = list(queryset.visually_similar(rows[8], 10, aspects={"shape": 1.0,
-                                                                      "colour": 0.5}))
+        found = list(queryset.visually_similar(rows[8], 20, aspects=by_colour))
+        assert [r.pk for r in found] == both  # 5 + 5 candidates, ranked by the blend
+        # A negative weight finds no candidates: shape's 5 only.
+        found = list(queryset.visually_similar(rows[8], 20, aspects={"shape": 1.0,
+                                                                      "colour": -0.5}))
         assert {r.pk for r in found} == set(shape_pool)
 
 
@@ -188,7 +200,7 @@ def test_rows_without_a_colour_vector_are_kept_and_scored_on_shape(catalog):
         row = next(r for r in found if r.pk == rows[nearest].pk)
         assert row.colour_score is None and row.aspect_scores["colour"] is None
         assert row.visual_score == pytest.approx(cos[nearest], abs=2e-3)
-    # A colour-led blend finds its candidates in the colour index, which has no such row.
+    # A colour-led blend: the row comes by the shape index only, colour 0 ranks it out.
     found = list(Item.objects.visually_similar(rows[source], 8, mode="same_colour"))
     assert rows[nearest].pk not in [r.pk for r in found] and len(found) == 8
     # A source without a colour vector: every row on shape alone, no error.
@@ -200,6 +212,11 @@ def test_rows_without_a_colour_vector_are_kept_and_scored_on_shape(catalog):
     deferred = Item.objects.defer("embedding", "embedding_colour").get(pk=rows[source].pk)
     assert [r.pk for r in Item.objects.visually_similar(
         deferred, 8, aspects={"shape": 1, "colour": 3})] == plain
+    # The colour candidates' query vector is read by the search (NULL): shape's hold the rows.
+    assert [r.pk for r in Item.objects.visually_similar(deferred, 8, mode="similar")] == plain
+    with index_path():
+        assert [r.pk for r in Item.objects.visually_similar(deferred, 8,
+                                                            mode="similar")] == plain
 
 
 def test_deferred_source_vectors_are_read_by_the_query_itself(catalog):
@@ -220,6 +237,10 @@ def test_the_candidate_subquery_uses_the_hnsw_index(catalog, settings):
     source = Item.objects.get(pk=rows[5].pk)
     with index_path():
         plan = Item.objects.visually_similar(source, 8, mode="similar").explain()
+    assert _index("embedding") in plan and _index("embedding_colour") in plan
+    with index_path():
+        plan = Item.objects.visually_similar(source, 8,
+                                             mode="same_style_other_colours").explain()
     assert _index("embedding") in plan and _index("embedding_colour") not in plan
     with index_path():
         plan = Item.objects.visually_similar(source, 8, aspects={"shape": 0.2,
@@ -519,9 +540,46 @@ def test_the_numpy_scorer_keeps_only_the_candidates():
     query = {"shape": np.array([[1.0, 0.0]]), "colour": np.array([[1.0, 0.0]])}
     gallery = {"shape": np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
                "colour": np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])}
-    # Candidates by colour (the heavier aspect): row 1, then row 0; row 2 has no colour.
-    scores = blend.scores(query, gallery, candidates=2)[0]
+    # One candidate by each aspect: row 1 by colour, row 0 by shape; row 2 is neither
+    # (second by shape, and without a colour vector).
+    scores = blend.scores(query, gallery, candidates=1)[0]
     np.testing.assert_allclose(scores[:2], [1.0, 3.0])
     assert scores[2] == -np.inf
     assert np.isfinite(blend.scores(query, gallery)[0]).all()
-    assert blend.scores(query, gallery, candidates=1)[0][0] == -np.inf
+    assert np.isfinite(blend.scores(query, gallery, candidates=2)[0]).all()
+    # A negative weight finds no candidates: shape's nearest row alone.
+    unlike = parse_blend({"shape": 1.0, "colour": {"weight": -0.5, "sharpness": 1.0}})
+    assert np.isfinite(unlike.scores(query, gallery, candidates=1)[0]).tolist() == [
+        True, False, False]
+
+
+def test_the_best_blend_outside_the_lead_index_is_found(settings):
+    """The blend's best row is 6th by shape (the lead) but 1st by colour: with 5 candidates
+    per aspect, the SQL and its numpy twin both find it, and rank it first."""
+    rng = np.random.default_rng(3)
+    query_shape = _unit(np.abs(rng.normal(0, 1, (1, DIMS))))[0]
+    query_colour = _unit(rng.random((1, COLOUR_DIMS)))[0]
+    shape, colour = [], []
+    for shape_cos, colour_cos in [(0.95, 0.0)] * 5 + [(0.9, 1.0)] + [(0.2, 0.3)] * 6:
+        other = _unit(rng.normal(0, 1, (1, DIMS)))[0]
+        other = _unit((other - (other @ query_shape) * query_shape)[None])[0]
+        shape.append(shape_cos * query_shape + np.sqrt(1 - shape_cos ** 2) * other)
+        tint = rng.random(COLOUR_DIMS)
+        tint = _unit((tint - (tint @ query_colour) * query_colour)[None])[0]
+        colour.append(colour_cos * query_colour + np.sqrt(1 - colour_cos ** 2) * tint)
+    items = Item.objects.bulk_create([
+        Item(name=f"c{i}", embedding=HalfVector(shape[i]), embedding_status="ready",
+             embedding_colour=HalfVector(colour[i])) for i in range(len(shape))])
+    best = items[5].pk
+    blend = parse_blend({"shape": 1.0, "colour": 0.4})
+    stored_shape = np.stack([to_array(i.embedding) for i in Item.objects.order_by("pk")])
+    stored_colour = np.stack([to_array(i.embedding_colour) for i in Item.objects.order_by("pk")])
+    scores = blend.scores({"shape": query_shape[None], "colour": query_colour[None]},
+                          {"shape": stored_shape, "colour": stored_colour}, candidates=5)[0]
+    assert int(np.argmax(scores)) == 5
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "ASPECT_CANDIDATES": 5}
+    for ranking in (exact_candidates(), nullcontext()):  # exact, then the planner's path
+        with ranking:
+            found = list(Item.objects.similar_to_vector(query_shape, 3, colour=query_colour,
+                                                        aspects=blend))
+        assert found[0].pk == best

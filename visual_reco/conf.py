@@ -140,7 +140,7 @@ DEFAULTS: dict[str, Any] = {
     # The mode of the template tag, the API and similar_products when none is asked for
     # (None: the plain CNN cosine). QuerySet.visually_similar() blends only when asked.
     "DEFAULT_MODE": "similar",
-    # A blend re-scores this many candidates, found by its heaviest aspect's index.
+    # A blend re-scores this many candidates from each positive-weight aspect's index.
     "ASPECT_CANDIDATES": 100,
     # Diversity (visual_reco.diversity): keep near-duplicates from filling a list by maximal
     # marginal relevance over the blended score. None: off (the relevance order); a number

@@ -62,10 +62,16 @@ class Blend:
                 and self.terms[0].weight > 0)
 
     @property
-    def candidate_aspect(self) -> str:
-        """The aspect whose index finds the candidates: the heaviest (positive) weight, the
-        first listed on a tie."""
+    def lead_aspect(self) -> str:
+        """The aspect that weighs most: the heaviest (positive) weight, the first listed on
+        a tie."""
         return max(self.terms, key=lambda term: term.weight).aspect
+
+    @property
+    def candidate_aspects(self) -> tuple[str, ...]:
+        """The aspects whose indexes find the candidates: every one with a positive weight
+        (a row least like the query in a negative one is no reason to consider it)."""
+        return tuple(term.aspect for term in self.terms if term.weight > 0)
 
     def without(self, missing: set[str]) -> Blend:
         """This blend without the aspects in ``missing`` (a field that lacks them)."""
@@ -84,11 +90,11 @@ class Blend:
         `visual_reco.query` does: ``queries`` and ``gallery`` map each aspect to a matrix
         of vectors, one row per image (a zero or NaN row: no vector, its terms count 0).
 
-        With ``candidates``, only each query's that many nearest gallery rows by the
-        `candidate_aspect` (the ``ASPECT_CANDIDATES`` the query re-scores) keep a score,
-        the others get -inf; ``exclude`` (boolean, like the result) rows are never
-        candidates (-inf). With `variants_first`, the ``same_variant`` (boolean) rows are
-        candidates too and rank above all others.
+        With ``candidates``, only the rows among each query's that many nearest gallery rows
+        by any of the `candidate_aspects` (the ``ASPECT_CANDIDATES`` per aspect the query
+        re-scores) keep a score, the others get -inf; ``exclude`` (boolean, like the
+        result) rows are never candidates (-inf). With `variants_first`, the
+        ``same_variant`` (boolean) rows are candidates too and rank above all others.
         """
         total = np.zeros((len(next(iter(queries.values()))), len(next(iter(gallery.values())))))
         cosines = {aspect: _cosines(queries[aspect], gallery[aspect]) for aspect in self.aspects}
@@ -102,13 +108,16 @@ class Blend:
                  if same_variant is None or not self.variants_first
                  else np.asarray(same_variant) & ~barred)
         if candidates is not None and candidates < total.shape[1]:
-            # As in SQL, a row without the lead aspect's vector is no candidate.
-            absent = ~_present(gallery[self.candidate_aspect])[None, :]
-            lead = np.where(barred | absent, -np.inf, cosines[self.candidate_aspect])
-            # Ties at the cut go to the earlier gallery row, as a stable sort would.
-            nearest = np.argsort(-lead, axis=1, kind="stable")[:, :candidates]
             kept = np.zeros(total.shape, dtype=bool)
-            np.put_along_axis(kept, nearest, True, axis=1)
+            for aspect in self.candidate_aspects:
+                # As in SQL, a row without this aspect's vector is no candidate by it.
+                absent = ~_present(gallery[aspect])[None, :]
+                cosine = np.where(barred | absent, -np.inf, cosines[aspect])
+                # Ties at the cut go to the earlier gallery row, as a stable sort would.
+                nearest = np.argsort(-cosine, axis=1, kind="stable")[:, :candidates]
+                found = np.zeros(total.shape, dtype=bool)
+                np.put_along_axis(found, nearest, True, axis=1)
+                kept |= found & ~absent
             barred = barred | ~(kept | first)
         # Above any blend's range: the sum of |weight| bounds a score.
         total += first * (2.0 * sum(abs(t.weight) for t in self.terms) + 1.0)

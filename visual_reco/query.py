@@ -6,8 +6,9 @@ distance through the HNSW index. pgvector 0.8's iterative index scan keeps scann
 
 With ``mode=`` or ``aspects=`` (`visual_reco.modes`) the rows are ranked by a blend of the
 embedding ("shape") and its aspects ("colour"), in one query: the ``ASPECT_CANDIDATES``
-nearest rows by the heaviest aspect's index (an inner subquery, exact or HNSW as above),
-re-scored exactly on every aspect and ordered by the blend outside it.
+nearest rows by the index of each aspect with a positive weight (an inner subquery, their
+union, each exact or HNSW as above), re-scored exactly on every aspect and ordered by the
+blend outside it.
 
 With ``diversity=`` (`visual_reco.diversity`) the ``DIVERSITY_POOL`` x ``limit`` best rows
 (after ``collapse_variants``) are re-ordered by maximal marginal relevance, their vectors
@@ -230,14 +231,19 @@ class VisualQuerySet(models.QuerySet):
         if self._fields is None:
             qs = qs.defer(embedding.attname)
         qs = qs.filter(**{f"{embedding.attname}__isnull": False})
-        lead = blend.candidate_aspect
-        candidates = (qs.filter(**{f"{columns[lead]}__isnull": False})
-                      .order_by(CandidateDistance(CosineDistance(columns[lead], queries[lead])))
-                      .values("pk")[:reco_settings.ASPECT_CANDIDATES])
+        # Each positive aspect's nearest rows: the blend's best row is often near the query
+        # in both aspects without being among the nearest by the heavier one alone (recall@10
+        # at 100k products, docs/BENCHMARKS.md). UNION ALL: ``pk IN`` drops the repeats.
+        sources = [(qs.filter(**{f"{columns[aspect]}__isnull": False})
+                    .order_by(CandidateDistance(CosineDistance(columns[aspect],
+                                                               queries[aspect])))
+                    .values("pk")[:reco_settings.ASPECT_CANDIDATES])
+                   for aspect in blend.candidate_aspects]
         first = None
         if variant is not None and blend.variants_first and _is_variant(variant[1]):
             first = models.Q(**{variant[0]: variant[1]})
-            candidates = candidates.union(qs.filter(first).order_by().values("pk"), all=True)
+            sources.append(qs.filter(first).order_by().values("pk"))
+        candidates = sources[0].union(*sources[1:], all=True) if len(sources) > 1 else sources[0]
         scores = {score_name(t.aspect): _similarity(columns[t.aspect], queries[t.aspect])
                   for t in blend.terms}
         total = sum((_term(t, columns[t.aspect], queries[t.aspect]) for t in blend.terms),
@@ -494,14 +500,16 @@ def _usable(blend: Blend, embedding: Any, queries: dict[str, Any]) -> Blend:
 def _aspect_queries(obj: models.Model, embedding: Any, blend: Blend,
                     source: models.QuerySet) -> dict[str, Any]:
     """``obj``'s vectors of the blend's aspects as query values: the loaded ones (leaving
-    out those it lacks), the others read by the search itself, except the candidate
-    aspect, which is read now so that a missing one is known before the search."""
+    out those it lacks), the others read by the search itself, except the lead
+    aspect's, which is read now so that a missing one is known before the search (without
+    it, the other candidate aspects find no rows or arbitrary ones; those count 0 for every
+    row, so the lead's own candidates hold the top rows all the same)."""
     queries: dict[str, Any] = {}
     for aspect in blend.aspects:
         if aspect == SHAPE or aspect not in embedding.aspects:
             continue
         column = embedding.aspect_name(aspect)
-        if column not in obj.__dict__ and aspect == blend.candidate_aspect:
+        if column not in obj.__dict__ and aspect == blend.lead_aspect:
             obj.__dict__[column] = (type(obj)._base_manager.using(source.db).filter(pk=obj.pk)
                                     .values_list(column, flat=True).first())
         if column in obj.__dict__:
@@ -568,8 +576,9 @@ def hnsw_settings(ef_search: int | None = None) -> tuple[str, str, str]:
 
 
 def candidate_ef_search() -> int:
-    """``hnsw.ef_search`` for a blend's candidate search: ``HNSW_EF_SEARCH``, raised to
-    ``ASPECT_CANDIDATES`` plus `CANDIDATE_EF_MARGIN` when that is more.
+    """``hnsw.ef_search`` for a blend's candidate searches (each aspect's index walk):
+    ``HNSW_EF_SEARCH``, raised to ``ASPECT_CANDIDATES`` plus `CANDIDATE_EF_MARGIN` when
+    that is more.
 
     The graph walk's first pass yields ``ef_search`` rows; needing even one more (the source
     itself is among its own nearest and is filtered out) sends pgvector's iterative scan on

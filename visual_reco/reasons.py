@@ -106,7 +106,7 @@ def reason(aspect_scores: Mapping[str, float | None] | None,
     if aspect_scores is None:
         return None
     blend = blend_for(mode, default=True)
-    colour_leads = blend is not None and blend.candidate_aspect == COLOUR
+    colour_leads = blend is not None and blend.lead_aspect == COLOUR
     shape = level(SHAPE, aspect_scores.get(SHAPE), thresholds)
     colour = level(COLOUR, aspect_scores.get(COLOUR), thresholds)
     if colour == "other" and colours and source_colours and colours[0] == source_colours[0]:

@@ -12,8 +12,8 @@ the style, fashion by the MD5 of the id) and computes the colour vectors as a wo
   `TYPE_DROP` of the CNN's.
 - ``same_colour`` is chosen on the fashion tune half: the best colour P@10.
 
-``--gated`` prints instead what the scorer cannot express (its candidates come from the
-heaviest aspect): the CNN's top N re-ranked by colour alone, and colour alone, to show
+``--gated`` prints instead what the scorer cannot express (its candidates come from each
+positive aspect's nearest): the CNN's top N re-ranked by colour alone, and colour alone, to show
 the ceiling of the colour vector on fashion's colour labels.
 
 ``--shape-gate`` measures colour terms that count only where the shape is close enough
@@ -48,7 +48,7 @@ WEIGHTS = [0.2, 0.3, 0.4, 0.6, 0.8, 0.99, 1.5, 2.0, 3.0, 5.0]
 SHARPNESS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 # Issue 12's floor on fashion type P@10 in the default mode (the --shape-gate rule).
 TYPE_FLOOR = 0.70
-# Below 1, so that shape stays the heaviest aspect: the one whose index finds candidates.
+# Below 1, so that shape stays the heaviest aspect (the one the captions lead with).
 GATE_WEIGHTS = [0.2, 0.3, 0.4, 0.6, 0.8, 0.99]
 GATE_SHARPNESS = [2.0, 4.0, 8.0, 16.0, 32.0]
 GATE_TAUS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85]
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
                           *(f"{h} {c}" for h in halves for c in columns)], rows))
     print(f"\nsimilar (Luma tune half, category R@1 >= {CATEGORY_FLOOR}, fashion tune type "
           f"P@10 within {TYPE_DROP} of the CNN's): {default}; same_colour (fashion tune "
-          f"colour P@10): {same_colour}; {CANDIDATES} candidates by the heavier aspect; "
+          f"colour P@10): {same_colour}; {CANDIDATES} candidates by each positive aspect; "
           f"{research.cpu_model()}, {time.perf_counter() - started:.0f} s")
 
 

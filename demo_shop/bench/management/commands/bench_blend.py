@@ -123,8 +123,7 @@ class Catalog:
         rows by the lead aspect, or (``union``) by each positive aspect (variants left
         aside)."""
         cosines = self.cosines(index)
-        aspects = ([t.aspect for t in blend.terms if t.weight > 0] if union
-                   else [blend.candidate_aspect])
+        aspects = blend.candidate_aspects if union else (blend.lead_aspect,)
         rows = set()
         for aspect in aspects:
             cosine = cosines[aspect].copy()
@@ -370,7 +369,7 @@ class Command(BaseCommand):
             server.append((plan["Planning Time"] + plan["Execution Time"]) / 1000)
             expected = catalog.exact(index, blend)
             recalls.append(len({row.pk for row in rows} & set(expected)) / len(expected))
-        lead = "shape" if blend is None else blend.candidate_aspect
+        lead = "shape" if blend is None else "+".join(blend.candidate_aspects)
         return Line(size, mode, lead, sql, queries, tags, float(np.mean(recalls)), server)
 
     @staticmethod
