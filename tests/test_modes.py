@@ -102,9 +102,9 @@ def _index(name):
 # The blend spec.
 
 def test_a_weight_alone_takes_the_aspects_sharpness():
-    assert parse_blend({"shape": 1, "colour": 0.4}) == mode_blend("similar")
+    assert parse_blend({"shape": 1, "colour": 0.3}) == mode_blend("similar")
     colour = {t.aspect: t for t in mode_blend("similar").terms}["colour"]
-    assert (colour.weight, colour.sharpness) == (0.4, SHARPNESS)
+    assert (colour.weight, colour.sharpness) == (0.3, SHARPNESS)
     assert mode_blend("similar").lead_aspect == "shape"
     assert mode_blend("same_colour").lead_aspect == "colour"  # weight 3 against 1
     assert parse_blend({"shape": 0.1, "colour": 1}).lead_aspect == "colour"
@@ -122,7 +122,7 @@ def test_a_weight_alone_takes_the_aspects_sharpness():
 # The query.
 
 @pytest.mark.parametrize("mode, weights, sharpness", [
-    ("similar", {"shape": 1.0, "colour": 0.4}, {"shape": 1, "colour": SHARPNESS}),
+    ("similar", {"shape": 1.0, "colour": 0.3}, {"shape": 1, "colour": SHARPNESS}),
     ("same_colour", {"shape": 1.0, "colour": 3.0}, {"shape": 1, "colour": 1}),
 ])
 def test_the_blend_ranks_as_computed_by_hand(catalog, mode, weights, sharpness):
@@ -501,9 +501,12 @@ def _stored():
 def test_the_numpy_scorer_ranks_stored_rows_as_the_sql(catalog, mode):
     items, shape, colour = _stored()
     blend = mode_blend(mode)
+    # Ranked exactly: exact_candidates for blends, a filter (selective for the planner) for
+    # the plain cosine, whose HNSW walk of this small table once swapped two rows.
+    rows = Item.objects.filter(pk__in=[item.pk for item in items])
     for source in (5, 60, 134):  # rows with a colour vector
         with exact_candidates():
-            found = list(Item.objects.similar_to_vector(
+            found = list(rows.similar_to_vector(
                 shape[source], 20, colour=colour[source], mode=mode))
         scores = blend.scores({"shape": shape[source:source + 1],
                                "colour": colour[source:source + 1]},

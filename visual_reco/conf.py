@@ -127,9 +127,11 @@ DEFAULTS: dict[str, Any] = {
     # Similar in what way (visual_reco.modes; README "Similar in what way"): named blends of
     # an embedding's aspects ("shape": the CNN vector; "colour": its colour vector). A weight
     # alone uses the aspect's sharpness (shape 1, colour 16); {"weight", "sharpness"} sets
-    # both. Chosen in demo_shop/bench/colour_research.py. Keys merge with these.
+    # both. similar: the largest Luma same-item R@1 with same-category R@1 >= 0.88 and
+    # fashion type P@10 >= 0.70 on the tune halves (demo_shop/bench/mode_tuning.py,
+    # docs/QUALITY.md). Keys merge with these.
     "ASPECT_MODES": {
-        "similar": {"shape": 1.0, "colour": {"weight": 0.4, "sharpness": 16.0}},
+        "similar": {"shape": 1.0, "colour": {"weight": 0.3, "sharpness": 16.0}},
         "same_colour": {"shape": 1.0, "colour": {"weight": 3.0, "sharpness": 1.0}},
         # With VARIANT_FIELD: the query's other variants first; then (and without it) shape
         # with unlike colours preferred.
