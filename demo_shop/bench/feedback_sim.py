@@ -612,10 +612,10 @@ def log_counts(logs: Iterable[SessionLog]) -> dict[tuple[str, str], dict[str, in
 # The similar list's A/B variants and their RANKING overrides; "learned" is measured only
 # once visual_reco has the learned re-ranking (RANKING["LEARNED"]).
 SIMILAR_VARIANTS: dict[str, dict[str, Any]] = {
-    "visual": {"RERANK": False, "PERSONAL_WEIGHT": 0},
+    "visual": {"RERANK": False, "PERSONAL_WEIGHT": 0, "PERSONAL_COLOUR_WEIGHT": 0},
     # Shoppers' clicks and conversions only, the same list for everyone on a page.
-    "feedback": {"RERANK": True, "PERSONAL_WEIGHT": 0},
-    # The library's defaults: feedback and the visitor's category affinity.
+    "feedback": {"RERANK": True, "PERSONAL_WEIGHT": 0, "PERSONAL_COLOUR_WEIGHT": 0},
+    # The library's defaults: feedback and the visitor's category affinity and colour.
     "reranked": {"RERANK": True},
     "learned": {"RERANK": True, "LEARNED": True},
 }
