@@ -18,6 +18,7 @@ from django.template import Context, Template
 from django.test import RequestFactory
 from django.utils import timezone
 
+from tests.test_reranking import BLUE, RED, paint
 from tests.test_surfaces import render
 from tests.testapp.models import Item
 from visual_reco.feedback import record
@@ -34,6 +35,7 @@ from visual_reco.feedback.picks import (
 from visual_reco.feedback.rollup import rollup
 from visual_reco.feedback.taste import (
     Taste,
+    colour_affinities,
     decay,
     in_context,
     product_weights,
@@ -102,6 +104,22 @@ def test_the_taste_leans_to_what_was_liked_and_away_from_what_was_passed_over():
     passed_over = taste_of({"green": -0.5}, vectors, {"green": "plates"})
     assert passed_over.empty and passed_over.affinities == {"plates": -1.0}
     assert taste_of({"red": 1.0}, {}, {}).empty  # not embedded yet
+
+
+def test_the_taste_s_colour_is_weighted_as_its_vector():
+    colours = {"red": np.array([1.0, 0.0, 0.0]), "blue": np.array([0.0, 2.0, 0.0]),
+               "green": np.array([0.0, 0.0, 1.0])}
+    weights = {"red": 3.0, "blue": 1.0, "green": -0.5, "grey": 1.0}
+    taste = taste_of(weights, colours, {}, colours)
+    assert np.array_equal(taste.colour, taste.vector)  # one computation for both
+    assert taste_of(weights, colours, {}).colour is None  # no colours read: no colour
+    assert taste_of({"green": -0.5}, colours, {}, colours).colour is None  # nothing liked
+    scores = colour_affinities(taste, [colours["red"], None, colours["green"]])
+    assert scores == pytest.approx([(3.0 / np.linalg.norm([3.0, 1.0, -0.5])) ** 16, 0, 0])
+    assert not colour_affinities(Taste(taste.vector), [colours["red"]]).any()
+    blended = in_context(taste, np.array([0.0, 1.0, 0.0]), 0.5, np.array([0.0, 0.0, 3.0]))
+    assert np.allclose(blended.colour, unit(0.5 * taste.colour + 0.5 * np.array([0, 0, 1.0])))
+    assert in_context(taste, np.array([0.0, 1.0, 0.0]), 0.5).colour is taste.colour
 
 
 # helpers
@@ -211,6 +229,23 @@ def test_the_ranking_is_cosine_to_the_taste_plus_category_affinity(items):
                                        if pk != items[4].pk]
     assert picks.products[0].feedback_score == pytest.approx(0.1)  # all liked: plates
     assert {row.feedback_score for row in picks.products if row.category == "cups"} == {0.0}
+
+
+@pytest.mark.django_db
+def test_picks_lean_to_the_colour_of_what_the_visitor_clicked(items, settings):
+    store("click", items[4])
+    plain = ids(picks_for(request_for(), limit=5).products)
+    red = plain[-2:]
+    paint([items[4].pk, *red], RED)
+    paint([pk for pk in plain if pk not in red], BLUE)
+    assert ids(picks_for(request_for(), limit=5).products) == plain  # COLOUR_WEIGHT 0: as before
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "PICKS": {"COLOUR_WEIGHT": 1.0}}
+    leaning = picks_for(request_for(), limit=5).products
+    assert ids(leaning) == red + [pk for pk in plain if pk not in red]
+    assert [row.feedback_score for row in leaning[:2]] == pytest.approx(
+        [1.1 if row.category == items[4].category else 1.0 for row in leaning[:2]], abs=0.02)
+    # Another visitor, no history: the same best sellers as without colours.
+    assert picks_for(request_for("picks-someone-else-000000000"), limit=5).source == "best_sellers"
 
 
 @pytest.mark.django_db

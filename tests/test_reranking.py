@@ -12,6 +12,7 @@ from django.template import Context, Template
 from django.test import RequestFactory
 
 from tests.testapp.models import Item
+from visual_reco.colour import colour_vector
 from visual_reco.feedback import record
 from visual_reco.feedback.evidence import forget_priors
 from visual_reco.feedback.experiments import assign
@@ -198,3 +199,52 @@ def test_a_visitor_s_categories_lean_its_lists(client, items, settings):
     assert other_cups and leaning[:len(other_cups)] == other_cups  # in their visual order
     assert items[5].pk not in leaning  # bought
     assert similar(client, items[0], visitor="v-someone-else-0002")[1] == before
+
+
+RED, BLUE = (200, 30, 30), (30, 60, 200)
+
+
+def paint(items, rgb):
+    """Give ``items`` the colour vector of a photo of plain ``rgb``."""
+    vector = colour_vector(np.full((64, 64, 3), rgb, dtype=np.uint8))
+    Item.objects.filter(pk__in=[getattr(item, "pk", item) for item in items]).update(
+        embedding_colour=vector)
+
+
+def test_a_visitor_s_colour_leans_its_lists(client, items, settings):
+    before = visual_order(items[0])  # item 0 has no colour: the visual order is by shape
+    red = before[-2:]
+    paint([pk for pk in before if pk not in red], BLUE)
+    paint(red, RED)
+    clicked = Item.objects.get(pk=red[-1])
+    request = RequestFactory().post("/")
+    request.COOKIES["vr_vid"] = "v-red-lover-0000001"
+    record(request, "click", clicked.pk, event_id="click-red")
+    ranking(settings, PERSONAL_WEIGHT=0, PERSONAL_COLOUR_WEIGHT=1.0)
+    leaning = similar(client, items[0], visitor="v-red-lover-0000001")[1]
+    assert leaning == red + [pk for pk in before if pk not in red]  # each in visual order
+    assert similar(client, items[0], visitor="v-no-history-000001")[1] == before
+    rows = ranked_similar(items[0], limit=5, request=request)
+    assert [row.reco_score - row.visual_score for row in rows] == pytest.approx(
+        [1.0, 1.0, 0.0, 0.0, 0.0], abs=0.02)  # colour_similarity of red to red, to blue
+
+
+def test_a_colour_weight_of_0_ranks_as_without_colours(client, items, settings):
+    before = visual_order(items[0])
+    request = RequestFactory().post("/")
+    request.COOKIES["vr_vid"] = "v-red-lover-0000002"
+    record(request, "click", before[-1], event_id="click-red-2")
+    record(request, "click", items[5].pk, event_id="click-cup")  # a category to lean to
+    ranking(settings, PERSONAL_WEIGHT=0.3, PERSONAL_COLOUR_WEIGHT=0)
+
+    def served():
+        return [(row.pk, row.visual_score, row.reco_score)
+                for row in ranked_similar(items[0], limit=5, request=request)]
+
+    without_colours = served()
+    paint(before[-2:], RED)
+    paint(before[:-2], BLUE)
+    assert served() == without_colours
+    assert [pk for pk, _, _ in without_colours] != before  # the category term is on
+    ranking(settings, PERSONAL_WEIGHT=0.3, PERSONAL_COLOUR_WEIGHT=1.0)
+    assert served() != without_colours

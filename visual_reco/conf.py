@@ -198,6 +198,11 @@ DEFAULTS: dict[str, Any] = {
         # Added to a candidate's score: this x the visitor's affinity for its category
         # (CATEGORY_FIELD; -1 to 1, from its recent events as "picked for you" weighs them).
         "PERSONAL_WEIGHT": 0.1,
+        # Added to a candidate's score: this x the colour similarity of its colour vector to
+        # the visitor's (the weighted mean of its products' colour vectors, from the same
+        # events; `visual_reco.colour.colour_similarity`, 0 to 1); 0 or no colour aspect: off.
+        # Off: on the simulation's tuning seed 0.3, 1 and 3 did not beat it (docs/FEEDBACK.md).
+        "PERSONAL_COLOUR_WEIGHT": 0.0,
         # Import string of a callable(source, products, scores) -> scores, applied to the
         # visual (and boosted) scores before feedback is added.
         "SCORER": None,
@@ -258,6 +263,10 @@ DEFAULTS: dict[str, Any] = {
         # Added to a candidate's cosine similarity: this x the visitor's affinity for its
         # category (from -1: only passed over, to 1: everything liked is in it).
         "CATEGORY_WEIGHT": 0.1,
+        # And this x the colour similarity of its colour vector to the visitor's (the same
+        # weighted mean of its products' colour vectors; 0 or no colour aspect: off). Off:
+        # 0.5 and 2 did no better on the simulation's tuning seed (docs/FEEDBACK.md).
+        "COLOUR_WEIGHT": 0.0,
         # And what every shopper did with it, as in the re-ranking: CTR_WEIGHT x ln(click
         # rate / mean) + CONVERSION_WEIGHT x ln(conversions per click / mean), the
         # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH (0: off). Heavier

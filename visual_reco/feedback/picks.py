@@ -4,9 +4,10 @@ visitor keys; logged in, with ``FEEDBACK["STORE_USER_ID"]``: also its user id), 
 
 ``taste``: the visitor's latest ``MAX_EVENTS`` events within ``WINDOW_DAYS`` (two index
 scans), the vectors of its ``MAX_PRODUCTS`` weightiest products (by primary key), their
-weighted mean (`visual_reco.feedback.taste`), one HNSW query for the ``POOL`` x ``limit``
-nearest products, re-scored by the visitor's category affinities and every shopper's rates
-(as the re-ranking scores them). On a product page the page's product (``product``) is
+weighted mean (`visual_reco.feedback.taste`; with ``COLOUR_WEIGHT``, their colour vectors' too,
+read in the same query), one HNSW query for the ``POOL`` x ``limit`` nearest products,
+re-scored by the visitor's category affinities, its colour and every shopper's rates (as the
+re-ranking scores them). On a product page the page's product (``product``) is
 blended into the taste by ``CONTEXT_WEIGHT``, is not shown, and gives the category when
 none is passed; what the page's other lists showed before (`note_shown`) is not shown
 again. A visitor without a liked
@@ -15,7 +16,8 @@ category instead. Either way what the visitor bought, dismissed, opened or put i
 is left out, and a short list is filled with best sellers.
 
 Each row carries ``visual_score`` (cosine similarity to the taste; None for a best seller),
-``feedback_score`` (the category term, or the smoothed conversion rate) and ``reco_score``.
+``feedback_score`` (the category and colour terms plus the rates' term, or the smoothed
+conversion rate) and ``reco_score``.
 """
 
 from __future__ import annotations
@@ -38,10 +40,17 @@ from visual_reco.feedback.events import stored_user_id
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.ranking import feedback_terms
-from visual_reco.feedback.taste import Taste, in_context, product_weights, strongest, taste_of
+from visual_reco.feedback.taste import (
+    Taste,
+    colour_affinities,
+    in_context,
+    product_weights,
+    strongest,
+    taste_of,
+)
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
-from visual_reco.query import binary_vector, from_binary, visual
+from visual_reco.query import binary_vector, from_binary, to_array, visual
 from visual_reco.registry import get_embedding_field, product_model
 
 TASTE = "taste"
@@ -72,6 +81,7 @@ class PickOptions:
     max_products: int
     context_weight: float
     category_weight: float
+    colour_weight: float
     ctr_weight: float
     conversion_weight: float
     feedback_surfaces: tuple[str, ...]
@@ -101,6 +111,7 @@ class PickOptions:
                    max_products=max(1, int(merged["MAX_PRODUCTS"])),
                    context_weight=float(merged["CONTEXT_WEIGHT"]),
                    category_weight=float(merged["CATEGORY_WEIGHT"]),
+                   colour_weight=float(merged["COLOUR_WEIGHT"]),
                    ctr_weight=float(merged["CTR_WEIGHT"]),
                    conversion_weight=float(merged["CONVERSION_WEIGHT"]),
                    feedback_surfaces=tuple(merged["FEEDBACK_SURFACES"]),
@@ -210,45 +221,68 @@ def _pks(model: type[models.Model], ids: list[str]) -> list[Any]:
     return found
 
 
+def colour_column(model: type[models.Model], field: str | None = None) -> str | None:
+    """The column of the embedding ``field``'s colour vectors (None without the aspect)."""
+    embedding = get_embedding_field(model, field)
+    if "colour" not in embedding.aspects:
+        return None
+    return model._meta.get_field(embedding.colour_name).attname
+
+
+def row_colours(rows: Iterable[models.Model], column: str | None) -> list[np.ndarray | None]:
+    """The colour vector of each row as loaded (None without one, or without ``column``)."""
+    return [to_array(getattr(row, column, None)) if column else None for row in rows]
+
+
 def visitor_taste(model: type[models.Model], weights: dict[str, float], options: PickOptions,
-                  field: str | None = None, page: str | None = None) -> Taste:
-    """The taste of a visitor whose products weigh ``weights``: the vectors and categories
-    of the ``MAX_PRODUCTS`` weightiest, read by primary key in one query (with the page's
-    product's vector, blended in by ``CONTEXT_WEIGHT``)."""
+                  field: str | None = None, page: str | None = None, *, shape: bool = True,
+                  colour: bool = False) -> Taste:
+    """The taste of a visitor whose products weigh ``weights``: the categories, vectors
+    (with ``shape``) and colour vectors (with ``colour``, when the field has them) of the
+    ``MAX_PRODUCTS`` weightiest, read by primary key in one query (with the page's
+    product's, blended in by ``CONTEXT_WEIGHT``)."""
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
-    columns = ["pk", "binary_vector"] + ([category.attname] if category else [])
-    vectors, categories = {}, {}
+    colours_at = colour_column(model, field) if colour else None
+    wanted = {"shape": binary_vector(embedding.attname)} if shape else {}
+    if colours_at:
+        wanted["colour"] = binary_vector(colours_at)
+    columns = ["pk", *wanted] + ([category.attname] if category else [])
+    found: dict[str, dict[str, np.ndarray]] = {name: {} for name in wanted}
+    categories = {}
     chosen = strongest(weights, options.max_products)
-    read = chosen + ([page] if page is not None and options.context_weight > 0 else [])
-    rows = (model._base_manager.filter(pk__in=_pks(model, read))
-            .annotate(binary_vector=binary_vector(embedding.attname)).values_list(*columns))
+    read = chosen + ([page] if page is not None and shape and options.context_weight > 0
+                     else [])
+    rows = (model._base_manager.filter(pk__in=_pks(model, read)).annotate(**wanted)
+            .values_list(*columns))
     for row in rows:
         product = str(row[0])
-        if row[1] is not None:
-            vectors[product] = from_binary(row[1])
-        if category is not None and row[2] is not None:
-            categories[product] = str(row[2])
-    taste = taste_of({product: weights[product] for product in chosen}, vectors, categories)
-    return in_context(taste, vectors.get(page) if page is not None else None,
-                      options.context_weight)
+        for position, name in enumerate(wanted, start=1):
+            if row[position] is not None:
+                found[name][product] = from_binary(row[position])
+        if category is not None and row[-1] is not None:
+            categories[product] = str(row[-1])
+    vectors, colours = found.get("shape", {}), found.get("colour")
+    taste = taste_of({product: weights[product] for product in chosen}, vectors, categories,
+                     colours)
+    if page is None:
+        return taste
+    return in_context(taste, vectors.get(page), options.context_weight,
+                      (colours or {}).get(page))
 
 
-def category_affinities(request: HttpRequest | None, model: type[models.Model],
-                        options: PickOptions | None = None) -> dict[str, float]:
-    """This request's visitor's affinity for each category (-1 to 1) from its recent
-    events: the categories of its weightiest products, read by primary key (no vectors)."""
-    category = _category_field(model)
-    events = history(request, options) if category is not None else []
-    if not events:
-        return {}
+def history_taste(request: HttpRequest | None, model: type[models.Model],
+                  field: str | None = None, *, colour: bool = False,
+                  options: PickOptions | None = None) -> Taste:
+    """This request's visitor's category affinities (-1 to 1) and, with ``colour``, its
+    colour, from its recent events: the categories (and colour vectors) of its weightiest
+    products, read by primary key in one query (no CNN vectors)."""
+    events = history(request, options)
+    if not events or (_category_field(model) is None and not colour):
+        return Taste(None)
     options = options or PickOptions.of()
     weights = product_weights(events, options.event_weights, options.half_life_days)
-    chosen = strongest(weights, options.max_products)
-    categories = {str(pk): str(value) for pk, value in model._base_manager.filter(
-        pk__in=_pks(model, chosen)).values_list("pk", category.attname) if value is not None}
-    return taste_of({product: weights[product] for product in chosen}, {},
-                    categories).affinities
+    return visitor_taste(model, weights, options, field, shape=False, colour=colour)
 
 
 def best_converting(model: type[models.Model], category: Any,
@@ -305,12 +339,14 @@ def forget_best_sellers() -> None:
 
 def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[str],
              options: PickOptions, field: str | None) -> list[models.Model]:
-    """The candidates nearest to the taste, re-scored by category affinity and by what
-    every shopper did with them, best first."""
+    """The candidates nearest to the taste, re-scored by category affinity, colour and by
+    what every shopper did with them, best first."""
     size = limit * options.pool + len(hidden)
     pool = [row for row in visual(candidates).similar_to_vector(taste.vector, size, field=field)
             if str(row.pk) not in hidden]
     category = _category_field(candidates.model)
+    colours = (colour_affinities(taste, row_colours(pool, colour_column(candidates.model, field)))
+               if options.colour_weight else np.zeros(len(pool)))
     terms = np.zeros(len(pool))
     prior = (prior_for(options.feedback_surfaces, options.prior_strength)
              if pool and (options.ctr_weight or options.conversion_weight) else None)
@@ -319,10 +355,11 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
         evidence = evidence_for(options.feedback_surfaces, "", [row.pk for row in pool])
         terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
                                conversion_weight=options.conversion_weight)
-    for row, term in zip(pool, terms, strict=True):
+    for row, term, colour in zip(pool, terms, colours, strict=True):
         value = getattr(row, category.attname, None) if category else None
         affinity = taste.affinities.get(str(value), 0.0) if value is not None else 0.0
-        row.feedback_score = options.category_weight * affinity + float(term)
+        row.feedback_score = (options.category_weight * affinity
+                              + options.colour_weight * float(colour) + float(term))
         row.reco_score = row.visual_score + row.feedback_score
     pool.sort(key=lambda row: -row.reco_score)
     return pool[:limit]
@@ -415,7 +452,8 @@ def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = 
     if options.strategy == TASTE and events:
         weights = product_weights(events, options.event_weights, options.half_life_days)
         if any(weight > 0 for weight in weights.values()):
-            taste = visitor_taste(model, weights, options, field, page)
+            taste = visitor_taste(model, weights, options, field, page,
+                                  colour=bool(options.colour_weight))
             if not taste.empty:
                 rows = _nearest(candidates, taste, limit, hidden, options, field)
                 source = TASTE

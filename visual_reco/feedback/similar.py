@@ -5,12 +5,14 @@ variant (``VISUAL_RECO["RANKING"]`` overridden by the variant's ``RANKING``).
 In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list) without
 the ``EXCLUDE`` ids and what the visitor bought or dismissed (``HIDE``); their cosine
 similarity (with ``LEARNED``, the score of the version serving for the field,
-`visual_reco.feedback.learned`) plus ``BOOST`` and ``PERSONAL_WEIGHT`` x the visitor's
-affinity for the row's category (from its recent events); the ``SCORER``; plus feedback
-(`visual_reco.feedback.ranking`); with ``DIVERSITY``, maximal marginal relevance over
-that score (`visual_reco.diversity`: re-ranking decides relevance, MMR runs last, near-
-duplicates judged by the mode's blend); exploration of the last slots; ``PIN`` ids first,
-then, in a mode with ``variants_first``, the product's other variants (``VARIANT_FIELD``).
+`visual_reco.feedback.learned`) plus ``BOOST``, ``PERSONAL_WEIGHT`` x the visitor's
+affinity for the row's category and ``PERSONAL_COLOUR_WEIGHT`` x the colour similarity of the
+row to the visitor's colour (both from its recent events, `visual_reco.feedback.taste`); the
+``SCORER``; plus feedback (`visual_reco.feedback.ranking`); with ``DIVERSITY``, maximal
+marginal relevance over that score (`visual_reco.diversity`: re-ranking decides relevance,
+MMR runs last, near-duplicates judged by the mode's blend); exploration of the last slots;
+``PIN`` ids first, then, in a mode with ``variants_first``, the product's other variants
+(``VARIANT_FIELD``).
 Each row carries ``visual_score`` (None for a pinned row from outside the pool),
 ``feedback_score`` and ``reco_score`` (the relevance it was ranked by).
 """
@@ -31,8 +33,9 @@ from visual_reco.diversity import PLAIN, diversity_for, diversity_lambda, top
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.learned import learned_scores, serving_model
-from visual_reco.feedback.picks import category_affinities, history
+from visual_reco.feedback.picks import colour_column, history, history_taste, row_colours
 from visual_reco.feedback.ranking import feedback_terms, rerank
+from visual_reco.feedback.taste import Taste, colour_affinities
 from visual_reco.modes import blend_for
 from visual_reco.query import candidate_similarity, variant_attname
 from visual_reco.result_cache import similar_products
@@ -58,6 +61,7 @@ class RankingOptions:
     learned: bool = False
     hide: frozenset[str] = frozenset()
     personal_weight: float = 0.0
+    personal_colour_weight: float = 0.0
 
     @classmethod
     def of(cls, variant: Variant | None = None) -> RankingOptions:
@@ -72,7 +76,8 @@ class RankingOptions:
                                for name, weight in dict(merged["BOOST"]).items()),
                    pin=merged["PIN"], exclude=merged["EXCLUDE"], scorer=merged["SCORER"],
                    learned=bool(merged["LEARNED"]), hide=frozenset(merged["HIDE"]),
-                   personal_weight=float(merged["PERSONAL_WEIGHT"]))
+                   personal_weight=float(merged["PERSONAL_WEIGHT"]),
+                   personal_colour_weight=float(merged["PERSONAL_COLOUR_WEIGHT"]))
 
 
 def _ids(rule: Any, source: models.Model) -> list[str]:
@@ -101,11 +106,13 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     learned = serving_model(type(obj), field) if options.learned else None
     hidden = ({product for kind, product, _ in history(request) if kind in options.hide}
               if options.hide and request is not None else set())
-    affinities = (category_affinities(request, type(obj))
-                  if options.personal_weight and request is not None else {})
+    colour = bool(options.personal_colour_weight)
+    taste = (history_taste(request, type(obj), field, colour=colour)
+             if (options.personal_weight or colour) and request is not None else Taste(None))
+    affinities = taste.affinities if options.personal_weight else {}
     plain = (not options.rerank and not options.boost and not options.scorer
              and not options.pin and not options.exclude and learned is None and not hidden
-             and not affinities)
+             and not affinities and taste.colour is None)
     if plain:
         rows = similar_products(obj, candidates, limit, field=field, mode=mode,
                                 collapse_variants=collapse_variants)
@@ -138,6 +145,9 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
         field_name = reco_settings.CATEGORY_FIELD
         scores += options.personal_weight * np.array(
             [affinities.get(str(getattr(row, field_name, None)), 0.0) for row in pool])
+    if taste.colour is not None:
+        scores += options.personal_colour_weight * colour_affinities(
+            taste, row_colours(pool, colour_column(type(obj), field)))
     if options.scorer and pool:
         scorer: Scorer = import_string(options.scorer)
         scores = np.asarray(scorer(obj, pool, scores.copy()), dtype=np.float64)

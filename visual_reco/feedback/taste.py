@@ -7,18 +7,22 @@ its events'; impressions count only for products the visitor did nothing else wi
 passed over: a weak negative). The taste vector is the weighted sum of those products' unit
 vectors (the passed-over ones pull away a little), normalised; a category's affinity is its
 products' summed weight over the total absolute weight, from -1 (only passed over) to 1
-(everything the visitor liked is in it). On a product page the page's product can be blended
-in (`in_context`): what the visitor looks at now says more than last week's clicks.
+(everything the visitor liked is in it). The taste's colour is the same weighted sum of the
+products' colour vectors (`visual_reco.colour`), when they have them; `colour_affinities`
+scores candidates against it as a blend's colour term does (`colour_similarity`). On a
+product page the page's product can be blended in (`in_context`): what the visitor looks at
+now says more than last week's clicks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from visual_reco.choices import EventType
+from visual_reco.colour import colour_similarity
 
 # Below this norm the weighted sum is noise (likes and passes that cancel out).
 MIN_TASTE_NORM = 1e-6
@@ -26,11 +30,13 @@ MIN_TASTE_NORM = 1e-6
 
 @dataclass(frozen=True)
 class Taste:
-    """Where a visitor's taste points in the embedding space (None: nowhere yet), and its
-    affinity for each category."""
+    """Where a visitor's taste points in the embedding space (None: nowhere yet), its
+    affinity for each category, and where it points among colour vectors (None: no colour
+    read, or none liked)."""
 
     vector: np.ndarray | None
     affinities: dict[str, float] = field(default_factory=dict)
+    colour: np.ndarray | None = None
 
     @property
     def empty(self) -> bool:
@@ -65,11 +71,30 @@ def strongest(weights: Mapping[str, float], count: int) -> list[str]:
     return [product for product in ranked[:count] if weights[product] != 0]
 
 
+def _direction(weights: Mapping[str, float],
+               vectors: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The normalised weighted sum of the unit ``vectors`` of the weighted products (None
+    when no product with a vector has a positive weight, or the sum cancels out)."""
+    known = [product for product in weights if product in vectors and weights[product] != 0]
+    if not any(weights[product] > 0 for product in known):
+        return None
+    matrix = np.stack([np.asarray(vectors[product], dtype=np.float64) for product in known])
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = matrix / np.where(norms > 0, norms, 1.0)
+    vector = np.array([weights[product] for product in known]) @ matrix
+    norm = float(np.linalg.norm(vector))
+    if norm < MIN_TASTE_NORM:
+        return None
+    return (vector / norm).astype(np.float32)
+
+
 def taste_of(weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
-             categories: Mapping[str, str]) -> Taste:
-    """The taste of a visitor whose products weigh ``weights``, from their ``vectors`` and
-    ``categories`` (a product missing from either does not count there). Empty when no
-    product with a vector has a positive weight."""
+             categories: Mapping[str, str],
+             colours: Mapping[str, np.ndarray] | None = None) -> Taste:
+    """The taste of a visitor whose products weigh ``weights``, from their ``vectors``,
+    ``categories`` and ``colours`` (a product missing from one does not count there; no
+    ``colours``: no colour). Its vector (colour) is None when no product with a vector
+    (colour vector) has a positive weight."""
     affinities: dict[str, float] = {}
     for product, category in categories.items():
         if product in weights:
@@ -77,32 +102,48 @@ def taste_of(weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
     total = sum(abs(weights[product]) for product in categories if product in weights)
     if total > 0:
         affinities = {category: value / total for category, value in affinities.items()}
-    known = [product for product in weights if product in vectors and weights[product] != 0]
-    if not any(weights[product] > 0 for product in known):
-        return Taste(None, affinities)
-    matrix = np.stack([np.asarray(vectors[product], dtype=np.float64) for product in known])
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    matrix = matrix / np.where(norms > 0, norms, 1.0)
-    vector = np.array([weights[product] for product in known]) @ matrix
-    norm = float(np.linalg.norm(vector))
-    if norm < MIN_TASTE_NORM:
-        return Taste(None, affinities)
-    return Taste((vector / norm).astype(np.float32), affinities)
+    colour = _direction(weights, colours) if colours else None
+    return Taste(_direction(weights, vectors), affinities, colour)
 
 
-def in_context(taste: Taste, page_vector: np.ndarray | None, weight: float) -> Taste:
-    """``taste`` pulled towards the page's product: the normalised blend ``(1 - weight) x
-    taste + weight x page`` (the taste unchanged without a page vector or a taste, or with
-    ``weight`` 0)."""
-    if taste.vector is None or page_vector is None or weight <= 0:
+def _blend(taste: np.ndarray, page: np.ndarray | None, weight: float) -> np.ndarray:
+    """The normalised ``(1 - weight) x taste + weight x page`` (``taste`` when there is no
+    page vector or the blend cancels out)."""
+    if page is None:
         return taste
-    page = np.asarray(page_vector, dtype=np.float64)
+    page = np.asarray(page, dtype=np.float64)
     norm = float(np.linalg.norm(page))
     if norm == 0:
         return taste
-    weight = min(float(weight), 1.0)
-    blend = (1.0 - weight) * taste.vector.astype(np.float64) + weight * page / norm
+    blend = (1.0 - weight) * taste.astype(np.float64) + weight * page / norm
     blend_norm = float(np.linalg.norm(blend))
     if blend_norm < MIN_TASTE_NORM:
         return taste
-    return Taste((blend / blend_norm).astype(np.float32), taste.affinities)
+    return (blend / blend_norm).astype(np.float32)
+
+
+def in_context(taste: Taste, page_vector: np.ndarray | None, weight: float,
+               page_colour: np.ndarray | None = None) -> Taste:
+    """``taste`` pulled towards the page's product: the normalised blend ``(1 - weight) x
+    taste + weight x page`` of the vectors, and of the colours with ``page_colour`` (the
+    taste unchanged without a page vector or a taste, or with ``weight`` 0)."""
+    if taste.vector is None or page_vector is None or weight <= 0:
+        return taste
+    weight = min(float(weight), 1.0)
+    vector = _blend(taste.vector, page_vector, weight)
+    if vector is taste.vector:
+        return taste
+    colour = taste.colour if taste.colour is None else _blend(taste.colour, page_colour, weight)
+    return Taste(vector, taste.affinities, colour)
+
+
+def colour_affinities(taste: Taste, colours: Sequence[np.ndarray | None]) -> np.ndarray:
+    """How well each candidate's colour vector matches the taste's colour: their
+    `colour_similarity` (0 to 1, the modes' colour term), 0 for a candidate without a
+    colour vector, and all 0 when the taste has no colour."""
+    found = np.zeros(len(colours))
+    known = [index for index, vector in enumerate(colours) if vector is not None]
+    if taste.colour is None or not known:
+        return found
+    found[known] = colour_similarity(taste.colour, np.stack([colours[i] for i in known]))
+    return found

@@ -5,8 +5,8 @@ variants round by round; writes docs/FEEDBACK.md and its plot.
 The run has a database of its own (``visual_reco_feedback_sim``, created and migrated at the
 start, dropped at the end), so neither the demo's events nor its products take part. The
 catalog is one product per Luma style and colour, embedded with the configured embedder;
-the vectors are kept in ``.cache/feedback-sim`` by embedder fingerprint, so only the first
-run embeds the photos.
+the vectors (and the field's aspects, the colour vectors) are kept in ``.cache/feedback-sim``
+by fingerprint, so only the first run embeds the photos.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ from demo_shop.bench.feedback_sim import (
 )
 from demo_shop.catalog import folder_items
 from demo_shop.shop.models import Product
+from visual_reco.aspects import compute_aspects, signature
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import get_embedder
-from visual_reco.evaluation.embedding import embed_paths
+from visual_reco.evaluation.embedding import embed_paths, load_image
 from visual_reco.registry import get_embedding_field
 
 DATABASE = "visual_reco_feedback_sim"
@@ -98,6 +99,27 @@ def cached_vectors(paths: list[Path], cache: Path) -> tuple[list[Path], np.ndarr
     return kept, vectors
 
 
+def cached_aspects(paths: list[Path], aspects: tuple[str, ...],
+                   cache: Path) -> dict[str, np.ndarray]:
+    """The ``aspects`` of ``paths`` as the worker computes them (from the configured
+    embedder's prepared image), from ``cache`` when it holds these files' at the aspects'
+    versions; computed (and cached) otherwise."""
+    if not aspects:
+        return {}
+    embedder = get_embedder()
+    stamp = (embedder.fingerprint + signature(aspects)).rsplit(":", 1)[-1]
+    path = cache / f"luma-aspects-{stamp}.npz"
+    names = [str(p) for p in paths]
+    if path.exists():
+        stored = np.load(path, allow_pickle=False)
+        if list(stored["paths"]) == names:
+            return {name: stored[name] for name in aspects}
+    found = compute_aspects([embedder.prepare(load_image(p)) for p in paths], aspects)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, paths=np.array(names), **found)
+    return found
+
+
 def load_luma(folder: Path, cache: Path) -> tuple[Catalog, float]:
     """Import the Luma catalog (one product per style and colour) with its vectors into the
     current database; return the simulation's view of it and the seconds it took."""
@@ -107,15 +129,18 @@ def load_luma(folder: Path, cache: Path) -> tuple[Catalog, float]:
     paths, vectors = cached_vectors([item.path for item in items], cache)
     by_path = {item.path: item for item in items}
     field = get_embedding_field(Product)
-    fingerprint = get_embedder().fingerprint
+    aspects = cached_aspects(paths, field.aspects, cache)
+    fingerprint = field.fingerprint_for(get_embedder())
     now = timezone.now()
     products = []
-    for path, vector in zip(paths, vectors, strict=True):
+    for row, (path, vector) in enumerate(zip(paths, vectors, strict=True)):
         item = by_path[path]
         product = Product(sku=item.sku, name=item.name, category=item.category,
                           price=20 + sum(item.sku.encode()) % 60, image=f"luma/{path.name}")
-        for name, value in field.state(EmbeddingStatus.READY, vector=vector,
-                                       fingerprint=fingerprint, at=now).items():
+        for name, value in field.state(
+                EmbeddingStatus.READY, vector=vector, fingerprint=fingerprint, at=now,
+                aspect_vectors={aspect: found[row] for aspect, found in aspects.items()},
+        ).items():
             setattr(product, name, value)
         products.append(product)
     Product.objects.bulk_create(products)
