@@ -100,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "QUERY_MULTI_CROP": 0.7,
     # The mode photo search ranks by (ASPECT_MODES; None: the CNN cosine alone), with the
     # photo's own colour. Grocery phone photos, fine R@1: val 0.405 -> 0.436, train (600
-    # queries) 0.338 -> 0.360 (docs/QUALITY.md).
+    # queries) 0.338 -> 0.352 (docs/QUALITY.md).
     "SEARCH_MODE": "similar",
     "QUERY_TIMEOUT": 10.0,
     # Category prediction: the products' category field, how many neighbours vote, and the
