@@ -320,6 +320,10 @@ def test_a_blank_variant_value_groups_nothing(catalog, settings):
     pks, _, _ = expected(catalog, 41, {"shape": 1.0, "colour": -0.5},
                          {"shape": 1, "colour": 1})
     assert [r.pk for r in found] == pks  # the 119 other blank rows are not put first
+    # Nor by the re-ranked list, which keeps the variants ahead of its re-ranked rest.
+    ranked = ranked_similar(source, Item.objects.filter(in_stock=True), 8,
+                            mode="same_style_other_colours")
+    assert [r.pk for r in ranked] == pks
     with exact_candidates():
         collapsed = list(Item.objects.filter(category="").visually_similar(
             source, 6, mode="similar", collapse_variants=True))

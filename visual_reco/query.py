@@ -240,7 +240,7 @@ class VisualQuerySet(models.QuerySet):
                     .values("pk")[:reco_settings.ASPECT_CANDIDATES])
                    for aspect in blend.candidate_aspects]
         first = None
-        if variant is not None and blend.variants_first and _is_variant(variant[1]):
+        if variant is not None and blend.variants_first and is_variant_value(variant[1]):
             first = models.Q(**{variant[0]: variant[1]})
             sources.append(qs.filter(first).order_by().values("pk"))
         candidates = sources[0].union(*sources[1:], all=True) if len(sources) > 1 else sources[0]
@@ -547,15 +547,15 @@ def _collapsed(rows: list[Any], attname: str) -> list[Any]:
     kept = []
     for row in rows:
         value = row.get(attname) if isinstance(row, dict) else getattr(row, attname, None)
-        if _is_variant(value) and value in seen:
+        if is_variant_value(value) and value in seen:
             continue
-        if _is_variant(value):
+        if is_variant_value(value):
             seen.add(value)
         kept.append(row)
     return kept
 
 
-def _is_variant(value: Any) -> bool:
+def is_variant_value(value: Any) -> bool:
     """Whether a ``VARIANT_FIELD`` value groups variants: a blank one (a product without a
     style code) does not, or every such product would be the others' variant."""
     return value is not None and value != ""

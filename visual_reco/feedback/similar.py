@@ -37,7 +37,7 @@ from visual_reco.feedback.picks import colour_column, history, history_taste, ro
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.feedback.taste import Taste, colour_affinities
 from visual_reco.modes import blend_for
-from visual_reco.query import candidate_similarity, variant_attname
+from visual_reco.query import candidate_similarity, is_variant_value, variant_attname
 from visual_reco.result_cache import similar_products
 
 Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
@@ -179,7 +179,7 @@ def _variants(obj: models.Model, pool: list[models.Model], mode: str | None) -> 
     blend = blend_for(mode, default=True)
     attname = variant_attname(type(obj)) if blend is not None and blend.variants_first else None
     value = getattr(obj, attname) if attname else None
-    if value is None:
+    if not is_variant_value(value):
         return []
     return [row for row in pool if getattr(row, attname, None) == value]
 
