@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from visual_reco.modes import SHAPE, Blend, Term
+from visual_reco.modes import SHAPE, Blend, Term, unit_rows
 
 __all__ = ["blend_similarity", "diversity_for", "diversity_lambda", "mmr", "top"]
 
@@ -74,32 +74,21 @@ def mmr(relevance: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> li
     return chosen
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1; missing (NaN) and zero rows become zeros, which score 0 as
-    the query's ``COALESCE(NULLIF(cos, 'NaN'), 0)`` does."""
-    # float32: the stored vectors are float16, and float64 costs several times more here.
-    vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def blend_similarity(blend: Blend, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The ``(n, n)`` similarity of ``n`` candidates to each other under ``blend``:
-    ``sum(weight * term)`` as the query scores a row against its query, with ``vectors``
-    the candidates' ``(n, d)`` vectors of each aspect (NaN rows: the candidate lacks it).
-    An aspect missing from ``vectors`` counts 0."""
-    total: np.ndarray | None = None
-    for term in blend.terms:
-        if term.aspect not in vectors:
-            continue
-        unit = _unit_rows(vectors[term.aspect])
-        # einsum, not `@`: OpenBLAS hands this small product to its threads, and on busy
-        # cores waiting for them cost 5 ms on average (p99 117 ms) against 0.5 ms (p99 12).
-        cosine = np.einsum("id,jd->ij", unit, unit)
-        if term.sharpness != 1.0:
-            cosine = np.clip(cosine, 0.0, None) ** term.sharpness
-        part = term.weight * cosine
-        total = part if total is None else total + part
+    """The ``(n, n)`` similarity of ``n`` candidates to each other under ``blend``
+    (`Blend.combine`, as the query scores a row against its query), with ``vectors`` the
+    candidates' ``(n, d)`` vectors of each aspect (NaN rows: the candidate lacks it). An
+    aspect missing from ``vectors`` counts 0."""
+    cosines = {}
+    for aspect in blend.aspects:
+        if aspect in vectors:
+            # float32: the stored vectors are float16, and float64 costs several times
+            # more here. einsum, not `@`: OpenBLAS hands this small product to its threads,
+            # and on busy cores waiting for them cost 5 ms on average (p99 117 ms) against
+            # 0.5 ms (p99 12).
+            unit = unit_rows(vectors[aspect], np.float32)
+            cosines[aspect] = np.einsum("id,jd->ij", unit, unit)
+    total = blend.combine(cosines)
     if total is None:
         count = len(next(iter(vectors.values()))) if vectors else 0
         return np.zeros((count, count), dtype=np.float32)

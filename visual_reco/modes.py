@@ -83,6 +83,22 @@ class Blend:
         terms = ",".join(f"{t.aspect}:{t.weight!r}^{t.sharpness!r}" for t in self.terms)
         return f"{terms}{'|variants' if self.variants_first else ''}"
 
+    def combine(self, cosines: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """``sum(weight * term)`` over the terms whose aspect has a matrix in ``cosines``
+        (term: the cosine, or ``max(cos, 0) ** sharpness``), as the query scores a row: the
+        one numpy form of a blend, for `scores` and for the similarity between candidates
+        (`visual_reco.diversity`). None when no term has one."""
+        total: np.ndarray | None = None
+        for term in self.terms:
+            if term.aspect not in cosines:
+                continue
+            cosine = cosines[term.aspect]
+            if term.sharpness != 1.0:
+                cosine = np.maximum(cosine, 0.0) ** term.sharpness
+            part = term.weight * cosine
+            total = part if total is None else total + part
+        return total
+
     def scores(self, queries: Mapping[str, np.ndarray], gallery: Mapping[str, np.ndarray], *,
                candidates: int | None = None, exclude: np.ndarray | None = None,
                same_variant: np.ndarray | None = None) -> np.ndarray:
@@ -96,13 +112,9 @@ class Blend:
         result) rows are never candidates (-inf). With `variants_first`, the
         ``same_variant`` (boolean) rows are candidates too and rank above all others.
         """
-        total = np.zeros((len(next(iter(queries.values()))), len(next(iter(gallery.values())))))
-        cosines = {aspect: _cosines(queries[aspect], gallery[aspect]) for aspect in self.aspects}
-        for term in self.terms:
-            cosine = cosines[term.aspect]
-            if term.sharpness != 1.0:
-                cosine = np.maximum(cosine, 0.0) ** term.sharpness
-            total += term.weight * cosine
+        cosines = {aspect: unit_rows(queries[aspect]) @ unit_rows(gallery[aspect]).T
+                   for aspect in self.aspects}
+        total = self.combine(cosines)
         barred = np.zeros(total.shape, dtype=bool) if exclude is None else np.asarray(exclude)
         first = (np.zeros(total.shape, dtype=bool)
                  if same_variant is None or not self.variants_first
@@ -124,15 +136,12 @@ class Blend:
         return np.where(barred, -np.inf, total)
 
 
-def _cosines(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """Cosine similarities of every query row to every gallery row; 0 for a zero or NaN
-    row (pgvector's NaN for a zero vector counts 0 in the SQL too)."""
-
-    def unit(rows: np.ndarray) -> np.ndarray:
-        rows = np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-    return unit(queries) @ unit(gallery).T
+def unit_rows(rows: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Rows scaled to length 1, as ``dtype``; missing (NaN) and zero rows become zeros, so
+    their cosines are 0, as the query's ``COALESCE(NULLIF(cos, 'NaN'), 0)`` counts them."""
+    rows = np.nan_to_num(np.asarray(rows, dtype=dtype), nan=0.0)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
 
 
 def _present(rows: np.ndarray) -> np.ndarray:
