@@ -110,6 +110,14 @@ class ImageEmbeddingField(HalfVectorField):
         """Name of the colour-vector field (`ValueError` when the field has no colour)."""
         return self.aspect_name("colour")
 
+    @property
+    def colour_attname(self) -> str | None:
+        """The attribute holding a row's colour vector, None when the field has no colour
+        aspect (what shows colour names and scores colour, or leaves them out)."""
+        if "colour" not in self.aspects:
+            return None
+        return self.model._meta.get_field(self.colour_name).attname
+
     def fingerprint_for(self, embedder: Embedder) -> str:
         """What ``<name>_fingerprint`` holds for vectors (and aspects) computed now by
         ``embedder``: its fingerprint plus the versions of this field's aspects, e.g.

@@ -187,7 +187,7 @@ class SimilarProductsView(VisualRecoAPIView):
                                  request=request, mode=mode,
                                  collapse_variants=params.validated_data["collapse"])
         item_serializer = reco_settings.SIMILAR_SERIALIZER
-        colour_field = embedding.colour_name if "colour" in embedding.aspects else None
+        colour_field = embedding.colour_attname
         context = {"request": request, "source_field": embedding.source, "mode": mode,
                    "colour_field": colour_field,
                    "source_colours": colour_names(product, colour_field)}

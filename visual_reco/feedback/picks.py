@@ -221,14 +221,6 @@ def _pks(model: type[models.Model], ids: list[str]) -> list[Any]:
     return found
 
 
-def colour_column(model: type[models.Model], field: str | None = None) -> str | None:
-    """The column of the embedding ``field``'s colour vectors (None without the aspect)."""
-    embedding = get_embedding_field(model, field)
-    if "colour" not in embedding.aspects:
-        return None
-    return model._meta.get_field(embedding.colour_name).attname
-
-
 def row_colours(rows: Iterable[models.Model], column: str | None) -> list[np.ndarray | None]:
     """The colour vector of each row as loaded (None without one, or without ``column``)."""
     return [to_array(getattr(row, column, None)) if column else None for row in rows]
@@ -243,7 +235,7 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     product's, blended in by ``CONTEXT_WEIGHT``)."""
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
-    colours_at = colour_column(model, field) if colour else None
+    colours_at = embedding.colour_attname if colour else None
     wanted = {"shape": binary_vector(embedding.attname)} if shape else {}
     if colours_at:
         wanted["colour"] = binary_vector(colours_at)
@@ -345,8 +337,10 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
     pool = [row for row in visual(candidates).similar_to_vector(taste.vector, size, field=field)
             if str(row.pk) not in hidden]
     category = _category_field(candidates.model)
-    colours = (colour_affinities(taste, row_colours(pool, colour_column(candidates.model, field)))
-               if options.colour_weight else np.zeros(len(pool)))
+    colours = np.zeros(len(pool))
+    if options.colour_weight:
+        column = get_embedding_field(candidates.model, field).colour_attname
+        colours = colour_affinities(taste, row_colours(pool, column))
     terms = np.zeros(len(pool))
     prior = (prior_for(options.feedback_surfaces, options.prior_strength)
              if pool and (options.ctr_weight or options.conversion_weight) else None)

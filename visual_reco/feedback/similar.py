@@ -33,11 +33,12 @@ from visual_reco.diversity import PLAIN, diversity_for, diversity_lambda, top
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
 from visual_reco.feedback.learned import learned_scores, serving_model
-from visual_reco.feedback.picks import colour_column, history, history_taste, row_colours
+from visual_reco.feedback.picks import history, history_taste, row_colours
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.feedback.taste import Taste, colour_affinities
 from visual_reco.modes import blend_for
 from visual_reco.query import candidate_similarity, is_variant_value, variant_attname
+from visual_reco.registry import get_embedding_field
 from visual_reco.result_cache import similar_products
 
 Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
@@ -147,7 +148,7 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
             [affinities.get(str(getattr(row, field_name, None)), 0.0) for row in pool])
     if taste.colour is not None:
         scores += options.personal_colour_weight * colour_affinities(
-            taste, row_colours(pool, colour_column(type(obj), field)))
+            taste, row_colours(pool, get_embedding_field(type(obj), field).colour_attname))
     if options.scorer and pool:
         scorer: Scorer = import_string(options.scorer)
         scores = np.asarray(scorer(obj, pool, scores.copy()), dtype=np.float64)

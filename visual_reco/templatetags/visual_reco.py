@@ -51,7 +51,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     note_shown(request, [obj, *products])
     show_reasons = mode is not None if reasons is None else bool(reasons)
     if show_reasons:
-        column = embedding.colour_name if "colour" in embedding.aspects else None
+        column = embedding.colour_attname
         own = colour_names(obj, column)
         for product in products:
             product.visual_reason = reason_for(product, column, mode, source_colours=own)
