@@ -382,14 +382,12 @@ def _nearest_names(lab: np.ndarray) -> np.ndarray:
     return _PROTOTYPE_NAMES[np.argmin(distances, axis=1)]
 
 
-def _shares(names: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    shares = np.bincount(names, weights=weights, minlength=len(_NAMES))
-    return shares / max(float(shares.sum()), 1e-12)
-
-
-def _name_shares(lab: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _name_shares(lab: np.ndarray) -> np.ndarray:
+    """Each palette name's share of the ``lab`` colours (every one of at most about
+    `_NAMING_SAMPLE`, by a stride)."""
     stride = max(len(lab) // _NAMING_SAMPLE, 1)
-    return _shares(_nearest_names(lab[::stride]), weights[::stride])
+    shares = np.bincount(_nearest_names(lab[::stride]), minlength=len(_NAMES)).astype(float)
+    return shares / max(float(shares.sum()), 1e-12)
 
 
 # sRGB colours (every 8th level per channel) that stand for "any colour" when naming bins.
@@ -436,7 +434,7 @@ def dominant_colours(pixels_or_vector: np.ndarray, *, limit: int = 3,
         small = _downsized(_as_rgb(data))
         lab = srgb_to_lab(small)
         foreground = lab[_mask(small, lab)]
-        shares = _name_shares(foreground, np.ones(len(foreground)))
+        shares = _name_shares(foreground)
     order = np.argsort(-shares, kind="stable")[:max(limit, 1)]
     return [(_NAMES[i], round(float(shares[i]), 3)) for rank, i in enumerate(order)
             if rank == 0 or shares[i] >= min_share]
