@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -381,21 +382,47 @@ FASHION_NAMES = {
 }
 
 
-def naming_accuracy(pixels: np.ndarray, labels: np.ndarray, names: dict[str, set[str]],
-                    rows: np.ndarray) -> tuple[float, float, int]:
-    """Share of ``rows`` whose first dominant colour, and any of them, is a right name."""
-    from visual_reco.colour import dominant_colours
-
+def naming_accuracy(names_of: Callable[[int], list[str]], labels: np.ndarray,
+                    right_names: dict[str, set[str]], rows: np.ndarray
+                    ) -> tuple[float, float, int, list[tuple[tuple[str, str], int]]]:
+    """Share of ``rows`` whose first name (``names_of(row)``, main first), and any of them,
+    is a right one for its label; the rows counted; the commonest wrong first names as
+    ((label, name), count)."""
     first = any_ = total = 0
+    mistakes: Counter = Counter()
     for row in rows:
-        right = names.get(str(labels[row]))
+        right = right_names.get(str(labels[row]))
         if not right:
             continue
-        found = [name for name, _ in dominant_colours(pixels[row])]
+        found = names_of(row)
         total += 1
         first += found[0] in right
         any_ += bool(right & set(found))
-    return first / max(total, 1), any_ / max(total, 1), total
+        if found[0] not in right:
+            mistakes[(str(labels[row]), found[0])] += 1
+    return first / max(total, 1), any_ / max(total, 1), total, mistakes.most_common(4)
+
+
+def names_by_row(arrays: np.ndarray) -> Callable[[int], list[str]]:
+    """The dominant colour names of a row of ``arrays`` (model inputs or colour vectors,
+    `visual_reco.colour.dominant_colours` takes either), as `naming_accuracy` takes them."""
+    from visual_reco.colour import dominant_colours
+
+    return lambda row: [name for name, _ in dominant_colours(arrays[row])]
+
+
+def worker_colours(name: str, pixels: np.ndarray) -> np.ndarray:
+    """The colour vectors a worker computes from the model inputs ``pixels`` (cached as
+    ``.cache/colour-research/NAME-COUNT-worker-colour.npy``)."""
+    from visual_reco.aspects import compute_aspects
+
+    path = CACHE / f"{name}-{len(pixels)}-worker-colour.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = np.concatenate([compute_aspects(np.asarray(pixels[i:i + 256]), ["colour"])["colour"]
+                              for i in range(0, len(pixels), 256)])
+    np.save(path, vectors)
+    return vectors
 
 
 def speed(pixels: np.ndarray, count: int = 200) -> tuple[float, float]:
@@ -603,11 +630,12 @@ def main(argv: list[str] | None = None) -> None:
          for name, _ in same_blends]))
 
     # 5. Names and speed.
-    luma_first, luma_any, luma_n = naming_accuracy(
-        luma.pixels, luma.labels["colour"], LUMA_NAMES,
+    luma_first, luma_any, luma_n, _ = naming_accuracy(
+        names_by_row(luma.pixels), luma.labels["colour"], LUMA_NAMES,
         np.flatnonzero(luma.labels["view"] == "main"))
-    fashion_first, fashion_any, fashion_n = naming_accuracy(
-        fashion.pixels, fashion.labels["baseColour"], FASHION_NAMES, fashion_rows_of["report"])
+    fashion_first, fashion_any, fashion_n, _ = naming_accuracy(
+        names_by_row(fashion.pixels), fashion.labels["baseColour"], FASHION_NAMES,
+        fashion_rows_of["report"])
     out += ["", "## 5. `dominant_colours` against the datasets' colour labels", "",
             "A name is right if it is one of the palette names mapped to the label "
             "(`LUMA_NAMES`, `FASHION_NAMES`). The palette's prototypes were adjusted by hand "

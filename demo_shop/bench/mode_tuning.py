@@ -72,20 +72,6 @@ def name_of(blend_spec: dict) -> str:
     return f"{head}w={colour['weight']:g} s={colour['sharpness']:g}"
 
 
-def colour_vectors(photos: research.Photos) -> np.ndarray:
-    """The worker's colour vectors of ``photos``' model inputs (cached)."""
-    from visual_reco.aspects import compute_aspects
-
-    path = research.CACHE / f"{photos.name}-{len(photos.paths)}-worker-colour.npy"
-    if path.exists():
-        return np.load(path)
-    vectors = np.concatenate([compute_aspects(np.asarray(photos.pixels[i:i + 256]),
-                                              ["colour"])["colour"]
-                              for i in range(0, len(photos.paths), 256)])
-    np.save(path, vectors)
-    return vectors
-
-
 def ranked(blend_spec: dict, vectors: dict[str, np.ndarray], rows: np.ndarray,
            groups: np.ndarray | None = None) -> np.ndarray:
     """Each query row's gallery order (itself last) under the blend, as the query ranks."""
@@ -201,8 +187,8 @@ def gated_table(luma: research.Photos, fashion: research.Photos, luma_half: np.n
                 fashion_half: np.ndarray) -> str:
     """Fashion colour, basic colour and type P@10 per half, and Luma report-half item and
     category R@1, of the CNN's top N re-ranked by colour alone, and of colour alone."""
-    fashion_colour = colour_vectors(fashion)
-    luma_colour = colour_vectors(luma)
+    fashion_colour = research.worker_colours(fashion.name, fashion.pixels)
+    luma_colour = research.worker_colours(luma.name, luma.pixels)
     cnn = {"fashion": fashion.cnn @ fashion.cnn.T, "luma": luma.cnn @ luma.cnn.T}
     col = {"fashion": fashion_colour @ fashion_colour.T, "luma": luma_colour @ luma_colour.T}
     rows = []
@@ -311,8 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     research.setup_django()
     started = time.perf_counter()
     luma, fashion = research.load_photos(args.datasets)
-    luma_vectors = {"shape": luma.cnn, "colour": colour_vectors(luma)}
-    fashion_vectors = {"shape": fashion.cnn, "colour": colour_vectors(fashion)}
+    luma_vectors = {"shape": luma.cnn,
+                    "colour": research.worker_colours(luma.name, luma.pixels)}
+    fashion_vectors = {"shape": fashion.cnn,
+                       "colour": research.worker_colours(fashion.name, fashion.pixels)}
     luma_half = np.array([research.half(s) for s in luma.labels["style"]])
     fashion_half = np.array([research.half(p.stem) for p in fashion.paths])
     halves = ("tune", "report")
