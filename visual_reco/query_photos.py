@@ -72,14 +72,25 @@ def embed_query_images(images: Sequence[Image.Image], *,
     return l2_normalise(vectors.reshape(len(images), len(views[0]), -1).mean(axis=1))
 
 
+def embed_query_images_with_aspects(images: Sequence[Image.Image], aspects: Sequence[str], *,
+                                    embedder: str = DEFAULT_EMBEDDER,
+                                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`embed_query_images`, and the ``aspects`` of each whole photo from the array the
+    embedder prepares of it, as a stored product's (`{name: (len(images), dimensions)}`)."""
+    vectors = embed_query_images(images, embedder=embedder)
+    if not aspects:
+        return vectors, {}
+    model = get_embedder(embedder)
+    return vectors, compute_aspects([model.prepare(image) for image in images], aspects)
+
+
 def embed_query_bytes(data: bytes, *, embedder: str = DEFAULT_EMBEDDER,
                       aspects: Sequence[str] = ()) -> QueryVectors:
     """Decode and embed one search photo in this process (what a worker runs), with the
     ``aspects`` of the whole photo."""
-    image = decode_query(data, embedder)
-    vector = embed_query_images([image], embedder=embedder)[0]
-    found = compute_aspects([get_embedder(embedder).prepare(image)], aspects)
-    return QueryVectors(vector, {name: rows[0] for name, rows in found.items()})
+    vectors, found = embed_query_images_with_aspects([decode_query(data, embedder)], aspects,
+                                                     embedder=embedder)
+    return QueryVectors(vectors[0], {name: rows[0] for name, rows in found.items()})
 
 
 def decode_query(data: bytes, embedder: str = DEFAULT_EMBEDDER) -> Image.Image:

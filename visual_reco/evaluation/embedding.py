@@ -19,7 +19,6 @@ from visual_reco.images import ImageError
 
 CHUNK_SIZE = 32
 
-Embed = Callable[[list[Image.Image]], Any]
 # A chunk's vectors and its aspect vectors by name (`Embedder.embed_with_aspects`).
 EmbedWithAspects = Callable[[list[Image.Image]], tuple[Any, dict[str, np.ndarray]]]
 
@@ -56,16 +55,16 @@ def load_image(path: Path) -> Image.Image | ImageError:
 
 
 def embed_paths(paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE,
-                progress: bool = True, embed: Embed | None = None,
+                progress: bool = True, embed: EmbedWithAspects | None = None,
                 aspects: Sequence[str] = ()) -> Embeddings:
     """Decode and embed ``paths`` with the configured embedder, ``chunk_size`` at a time.
 
     Only one chunk of decoded images is in memory at once. Images that cannot be read or
     embedded are skipped and their messages returned in ``errors``; nothing raises for a bad
-    image. ``seconds`` covers decoding and embedding, not loading the model. ``embed``
-    replaces the embedder's ``embed`` (e.g. with the photo search's query embedding).
-    ``aspects`` are computed as a worker does (`Embedder.embed_with_aspects`, from the same
-    prepared arrays; with ``embed``, from the whole image prepared once more).
+    image. ``seconds`` covers decoding and embedding, not loading the model. ``aspects`` are
+    computed as a worker does (`Embedder.embed_with_aspects`, from the same prepared
+    arrays); ``embed`` replaces that (e.g. with the photo search's query embedding,
+    `visual_reco.query_photos.embed_query_images_with_aspects`), returning both.
     """
     embedder = get_embedder()
     started = time.perf_counter()
@@ -79,7 +78,7 @@ def embed_paths(paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE,
     def embed_chunk(images: list[Image.Image]) -> tuple[Any, dict[str, np.ndarray]]:
         if embed is None:
             return embedder.embed_with_aspects(images, aspects)
-        return embed(images), compute_aspects([embedder.prepare(i) for i in images], aspects)
+        return embed(images)
 
     started = time.perf_counter()
     with tqdm(total=len(paths), desc="Embedding", unit="img", disable=not progress) as bar:

@@ -23,7 +23,7 @@ from visual_reco.evaluation.metrics import (
 )
 from visual_reco.evaluation.overrides import effective_settings_diff
 from visual_reco.modes import SHAPE, Blend
-from visual_reco.query_photos import embed_query_images
+from visual_reco.query_photos import embed_query_images_with_aspects
 
 
 @dataclass
@@ -86,7 +86,8 @@ def evaluate(dataset: EvaluationSet, *, limit: int | None = None, seed: int = 0,
         # sets measure item-to-item similarity, which uses the stored vectors.
         query_embeddings = embed_paths(list(dict.fromkeys(row.path for row in query_rows)),
                                        chunk_size=chunk_size, progress=progress,
-                                       embed=embed_query_images, aspects=aspects)
+                                       embed=lambda images: embed_query_images_with_aspects(
+                                           images, aspects), aspects=aspects)
     query_index = query_embeddings.index
     queries = [row for row in query_rows if row.path in query_index]
     gallery = [row for row in gallery_rows if row.path in index]
