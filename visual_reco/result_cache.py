@@ -146,12 +146,17 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     embedding = get_embedding_field(model, field)
     blend = blend_for(mode, aspects, default=True)
     diversity = diversity_lambda(reco_settings.DIVERSITY) if diverse else None
-    live = visual(candidates).visually_similar(  # lazy
-        obj, limit=limit, field=embedding.name, aspects=blend,
-        collapse_variants=collapse_variants, diversity=diversity)
+
+    def live() -> list[models.Model]:
+        # Built only when needed: putting a blended query together costs more Python
+        # than a cache hit's whole answer.
+        return list(visual(candidates).visually_similar(
+            obj, limit=limit, field=embedding.name, aspects=blend,
+            collapse_variants=collapse_variants, diversity=diversity))
+
     cache = similar_cache()
     if cache is None:
-        return list(live)
+        return live()
     key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants,
                      diversity)
     try:
@@ -160,13 +165,13 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     except Exception:
         logger.warning("SIMILAR_CACHE is unavailable; similar products computed live",
                        exc_info=True)
-        return list(live)
+        return live()
     entry = found.get(key)
     if entry is not None and entry[0] == version:
         results = _from_entry(candidates, entry[1], embedding.attname)
         if results is not None:
             return results
-    results = list(live)
+    results = live()
     pairs = [(row.pk, float(getattr(row, DISTANCE)), getattr(row, "aspect_scores", None))
              for row in results]
     try:

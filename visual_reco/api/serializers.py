@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from visual_reco.reasons import colour_names, reason_for
+from visual_reco.reasons import colour_names, reason
 
 # Products a picked-for-you request may ask to leave out (the page's other lists).
 MAX_EXCLUDE = 100
@@ -33,13 +33,24 @@ class SimilarItemSerializer(serializers.Serializer):
 
     def get_colours(self, obj: Any) -> list[str] | None:
         """The 1-3 main colour names (`visual_reco.colour.dominant_colours`), or null."""
-        return colour_names(obj, self.context.get("colour_field"))
+        return self._colour_names(obj)
 
     def get_reason(self, obj: Any) -> str | None:
         """Why it is shown, e.g. "same shape, similar colour: navy"; null when it was not
         ranked by a blend."""
-        return reason_for(obj, self.context.get("colour_field"), self.context.get("mode"),
-                          source_colours=self.context.get("source_colours"))
+        scores = getattr(obj, "aspect_scores", None)
+        if scores is None:
+            return None
+        return reason(scores, self._colour_names(obj), self.context.get("mode"),
+                      source_colours=self.context.get("source_colours"))
+
+    def _colour_names(self, obj: Any) -> list[str] | None:
+        """`colour_names` of ``obj``, computed once for its ``colours`` and its ``reason``
+        (the fields of one row are serialised one after the other)."""
+        named = getattr(self, "_named", None)
+        if named is None or named[0] is not obj:
+            named = self._named = (obj, colour_names(obj, self.context.get("colour_field")))
+        return named[1]
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""

@@ -21,24 +21,29 @@ NO_PRIOR_TTL = 5.0
 _priors: dict[tuple[str, ...], tuple[float, tuple[float, float] | None]] = {}
 
 
-def evidence_for(surfaces: Sequence[str], source: object,
+def evidence_for(surfaces: Sequence[str], source: object | None,
                  products: Sequence[object]) -> list[Evidence]:
     """The `Evidence` of each of ``products`` (primary keys) shown for ``source`` on any of
-    ``surfaces``, in the order given."""
+    ``surfaces``, in the order given; with ``source`` None, the products' own only (no
+    pair totals read)."""
     ids = [str(product) for product in products]
     if not ids:
         return []
     found: dict[str, dict[str, float]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(f"""
+    pairs, params = "", []
+    if source is not None:
+        pairs = f"""
             SELECT true, product, sum(examined), sum(clicks), 0
             FROM {quoted_table(FeedbackPairStats)}
             WHERE surface = ANY(%s) AND source = %s AND product = ANY(%s) GROUP BY product
-            UNION ALL
+            UNION ALL"""
+        params = [list(surfaces), str(source)[:64], ids]
+    with connection.cursor() as cursor:
+        cursor.execute(f"""{pairs}
             SELECT false, product, sum(examined), sum(clicks), sum(add_to_carts + purchases)
             FROM {quoted_table(FeedbackProductStats)}
             WHERE surface = ANY(%s) AND product = ANY(%s) GROUP BY product""",
-                       [list(surfaces), str(source)[:64], ids, list(surfaces), ids])
+                       [*params, list(surfaces), ids])
         for is_pair, product, views, clicks, conversions in cursor.fetchall():
             seen = found.setdefault(product, {})
             if is_pair:

@@ -334,19 +334,23 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
     """The candidates nearest to the taste, re-scored by category affinity, colour and by
     what every shopper did with them, best first."""
     size = limit * options.pool + len(hidden)
-    pool = [row for row in visual(candidates).similar_to_vector(taste.vector, size, field=field)
-            if str(row.pk) not in hidden]
+    column = get_embedding_field(candidates.model, field).colour_attname
+    nearest = visual(candidates).similar_to_vector(taste.vector, size, field=field)
+    if column and not options.colour_weight:
+        # Unused here, and parsing POOL x limit colour vectors costs more than the rest of
+        # the rows (the API's picks show no colour names).
+        nearest = nearest.defer(column)
+    pool = [row for row in nearest if str(row.pk) not in hidden]
     category = _category_field(candidates.model)
     colours = np.zeros(len(pool))
     if options.colour_weight:
-        column = get_embedding_field(candidates.model, field).colour_attname
         colours = colour_affinities(taste, row_colours(pool, column))
     terms = np.zeros(len(pool))
     prior = (prior_for(options.feedback_surfaces, options.prior_strength)
              if pool and (options.ctr_weight or options.conversion_weight) else None)
     if prior is not None:
         # Product-level evidence only: a pick has no source product.
-        evidence = evidence_for(options.feedback_surfaces, "", [row.pk for row in pool])
+        evidence = evidence_for(options.feedback_surfaces, None, [row.pk for row in pool])
         terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
                                conversion_weight=options.conversion_weight)
     for row, term, colour in zip(pool, terms, colours, strict=True):

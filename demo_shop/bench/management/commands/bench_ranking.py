@@ -8,6 +8,10 @@ the running totals are as large as a busy shop's and every list finds evidence; 
 Then, in this process, each list is timed visual-only and re-ranked, and each visitor's
 picks; and gunicorn serves the API under load: similar lists visual-only and re-ranked, and
 picked-for-you with the visitors' cookies.
+
+``--keep`` leaves the padding, the events, their totals and the sampled sources in place, and
+a later run with ``--keep`` times them again without generating or rolling up anything (for
+iterating on the serving code; a run without it starts clean).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ PAIRS = "bench_rerank_pairs"
 MIX = ("CASE WHEN r < 880 THEN 'impression' WHEN r < 970 THEN 'click' WHEN r < 990 THEN "
        "'add_to_cart' ELSE 'purchase' END")
 LIMIT = 8
+CACHE_ON = "on, as the demo sets it: a source's second list is a hit"
 BEST_SELLERS_ONLY = Variant("best_sellers", ranking={"PICKS": "best_sellers"})
 
 
@@ -68,31 +73,41 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
         parser.add_argument("--threads", type=int, default=2)
         parser.add_argument("--no-write", action="store_true")
+        parser.add_argument("--keep", action="store_true",
+                            help="keep the padding and events; reuse those a --keep run left")
 
     def handle(self, *args: Any, **options: Any) -> None:
         ensure_demo_catalog(say=self.stdout.write)
         padded = pad_catalog(options["catalog_size"], say=self.stdout.write)
-        self._clean()
+        sources = self._kept_sources() if options["keep"] else []
+        if not sources:
+            self._clean()
         try:
-            sources = list(Product.objects.filter(image_embedding_status="ready")
-                           .order_by("?").values_list("pk", flat=True)[:options["sources"]])
-            started = time.perf_counter()
-            self._generate(sources, options)
-            visitors = self._histories(options["visitors"])
-            self.stdout.write(f"{options['events']:,} events generated in "
-                              f"{time.perf_counter() - started:.0f} s")
-            started = time.perf_counter()
-            rollup(wait=True)
-            rolled = time.perf_counter() - started
+            if sources:
+                visitors = [_visitor_raw_id(n) for n in range(options["visitors"])]
+                self.stdout.write(f"Reusing the events of the last --keep run "
+                                  f"({len(sources):,} sources)")
+            else:
+                sources = list(Product.objects.filter(image_embedding_status="ready")
+                               .order_by("?").values_list("pk", flat=True)[:options["sources"]])
+                started = time.perf_counter()
+                self._generate(sources, options)
+                visitors = self._histories(options["visitors"])
+                self.stdout.write(f"{options['events']:,} events generated in "
+                                  f"{time.perf_counter() - started:.0f} s")
+                started = time.perf_counter()
+                rollup(wait=True)
+                self.stdout.write(f"roll-up {time.perf_counter() - started:.0f} s")
             pairs = FeedbackPairStats.objects.count()
-            self.stdout.write(f"roll-up {rolled:.0f} s; {pairs:,} pair totals")
+            self.stdout.write(f"{pairs:,} pair totals")
             timings = self._in_process(sources, options["lists"])
             timings.update(self._picks_in_process(visitors, options["lists"]))
             loads = self._under_load(sources, visitors, options)
         finally:
-            self._clean()
-            if padded:
-                remove_padding(say=self.stdout.write)
+            if not options["keep"]:
+                self._clean()
+                if padded:
+                    remove_padding(say=self.stdout.write)
         if not options["no_write"]:
             self._write(options, pairs, timings, loads)
             self._write_picks(options, timings, loads)
@@ -141,7 +156,7 @@ class Command(BaseCommand):
     def _histories(self, count: int) -> list[str]:
         """``count`` visitors, each with 40 events of the last 14 days (24 impressions, 12
         clicks, 3 carts, 1 purchase) on random products, stored under its real key."""
-        raw_ids = [f"bench-visitor-{n:08d}" for n in range(count)]
+        raw_ids = [_visitor_raw_id(n) for n in range(count)]
         keys = [visitor_key(raw_id) for raw_id in raw_ids]
         kinds = ["impression"] * 24 + ["click"] * 12 + ["add_to_cart"] * 3 + ["purchase"]
         with connection.cursor() as cursor:
@@ -234,6 +249,15 @@ class Command(BaseCommand):
                           f"p50 {result.percentile(50):.1f} ms, "
                           f"p99 {result.percentile(99):.1f} ms, {result.errors} errors")
 
+    def _kept_sources(self) -> list[int]:
+        """The sources whose pools a ``--keep`` run generated events on (none: start over)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s)", [PAIRS])
+            if cursor.fetchone()[0] is None:
+                return []
+            cursor.execute(f"SELECT DISTINCT source::bigint FROM {PAIRS} ORDER BY 1")
+            return [source for source, in cursor.fetchall()]
+
     def _clean(self) -> None:
         """Delete the bench's events and pairs, and count the days they were on again from
         the shop's own events."""
@@ -266,7 +290,7 @@ class Command(BaseCommand):
             f"{LIMIT}, pool {reco_settings.RANKING['POOL']} x {LIMIT}. "
             f"{machine_line()}.\n\n"
             f"In process ({options['lists']:,} lists each, the same sources, similar cache "
-            "off):\n\n"
+            f"{CACHE_ON if reco_settings.SIMILAR_CACHE else 'off'}):\n\n"
             "| ranking | p50 ms | p99 ms |\n|---|---:|---:|\n"
             f"| visual only (`similar_products`, {LIMIT} rows) | "
             f"{np.percentile(visual, 50):.2f} | {np.percentile(visual, 99):.2f} |\n"
@@ -304,6 +328,11 @@ class Command(BaseCommand):
             f"Command: `manage.py bench_ranking --events {options['events']}` (`make bench`).")
         path = write_section(f"## Picked for you\n\n{body}")
         self.stdout.write(f"Wrote {path}")
+
+
+def _visitor_raw_id(number: int) -> str:
+    """The cookie value of the benchmark's visitor ``number``."""
+    return f"bench-visitor-{number:08d}"
 
 
 def _load_rows(loads: dict[str, dict[int, LoadResult]]) -> str:
