@@ -214,6 +214,52 @@ def test_colour_similarity_sharpens_the_cosine():
     assert sharp[1] < plain[1]
 
 
+SKIN = (224, 172, 140)
+RED = (200, 30, 35)
+DENIM = (45, 75, 130)
+
+
+def person(top: tuple[int, int, int], size: tuple[int, int] = (240, 400)) -> Image.Image:
+    """A model shot on white: a skin-coloured head and arms, a ``top`` torso in the middle
+    and denim trousers down to the bottom edge."""
+    width, height = size
+    image = Image.new("RGB", size, WHITE)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((int(width * 0.38), 0, int(width * 0.62), int(height * 0.2)), fill=SKIN)
+    for left in (0.12, 0.76):
+        draw.rectangle((int(width * left), int(height * 0.22), int(width * (left + 0.12)),
+                        int(height * 0.6)), fill=SKIN)
+    draw.rectangle((int(width * 0.24), int(height * 0.2), int(width * 0.76),
+                    int(height * 0.6)), fill=top)
+    draw.rectangle((int(width * 0.28), int(height * 0.6), int(width * 0.72), height - 1),
+                   fill=DENIM)
+    return image
+
+
+def test_lab_histogram_counts_each_colour_by_its_weight():
+    lab = srgb_to_lab(np.array([RED, DENIM], dtype=np.uint8))
+    alike = colour.lab_histogram(lab, sigma=None)
+    weighted = colour.lab_histogram(lab, sigma=None, weights=np.array([3.0, 1.0]))
+    assert sorted(alike[alike > 0]) == pytest.approx([0.5, 0.5])
+    assert sorted(weighted[weighted > 0]) == pytest.approx([0.25, 0.75])
+    assert weighted.sum() == pytest.approx(1.0)
+
+
+def test_centre_and_skin_weights_favour_the_worn_product_over_the_model():
+    photo = model_input(person(RED))
+    red, denim = (colour_vector(model_input(shirt(c))) for c in (RED, DENIM))
+    plain = colour_vector(photo)
+    focused = colour_vector(photo, centre=0.25, skin=0.2)
+    assert cosine(focused, red) > cosine(plain, red) + 0.08
+    assert cosine(focused, denim) < cosine(plain, denim)
+
+
+def test_a_skin_coloured_product_keeps_its_weight():
+    # Most of the foreground is skin-coloured: a beige product, not a model's skin.
+    photo = model_input(shirt(SKIN))
+    np.testing.assert_array_equal(colour_vector(photo, skin=0.0), colour_vector(photo))
+
+
 def test_vector_is_fast_enough():
     pixels = model_input(shirt((200, 30, 35)))
     colour_vector(pixels)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from demo_shop.bench import colour_research as research
 
 
@@ -29,27 +27,14 @@ def main(argv: list[str] | None = None) -> None:
 
     luma, fashion = research.load_photos(Path(args.datasets))
     sets = []
-    for photos, labels, names in ((luma, luma.labels["colour"], research.LUMA_NAMES),
-                                  (fashion, fashion.labels["baseColour"],
-                                   research.FASHION_NAMES)):
+    for photos, labels, names, part, rows in research.naming_sets(luma, fashion):
         vectors = research.worker_colours(photos.name, photos.pixels)
-        if photos is luma:
-            halves = np.array([research.half(style) for style in luma.labels["style"]])
-            parts = {"tune half of styles": np.flatnonzero(halves == "tune"),
-                     "report half of styles": np.flatnonzero(halves != "tune")}
-        else:
-            middle = len(photos.paths) // 2
-            parts = {"first half (tune)": np.arange(middle),
-                     "second half (report)": np.arange(middle, len(photos.paths))}
-        for part, rows in parts.items():
-            for source, names_of in (
-                    ("stored vector", research.names_by_row(vectors)),
-                    ("pixels", research.names_by_row(photos.pixels))):
-                first, any_, total, mistakes = research.naming_accuracy(names_of, labels,
-                                                                        names, rows)
-                sets.append([f"{photos.name}, {part} ({total})", source, f"{first:.3f}",
-                             f"{any_:.3f}", ", ".join(f"{a} as {b} ({n})"
-                                                     for (a, b), n in mistakes)])
+        for source, names_of in (("stored vector", research.names_by_row(vectors)),
+                                 ("pixels", research.names_by_row(photos.pixels))):
+            first, any_, total, mistakes = research.naming_accuracy(names_of, labels, names,
+                                                                    rows)
+            sets.append([f"{part} ({total})", source, f"{first:.3f}", f"{any_:.3f}",
+                         ", ".join(f"{a} as {b} ({n})" for (a, b), n in mistakes)])
     print(research.table(["photos", "named from", "first name right", "a name right",
                           "commonest mistakes"], sets))
     print(f"\n{research.cpu_model()}")

@@ -2,7 +2,9 @@
 foreground, blended with the Xception vector, find the same item (same style *and* colour)
 without losing the category?
 
-Run: ``.venv/bin/python demo_shop/bench/colour_research.py [--datasets DIR]``.
+Run: ``.venv/bin/python demo_shop/bench/colour_research.py [--datasets DIR] [--focus]``
+(``--focus``: only the pixel weightings that favour the product over the model wearing it,
+`FOCUS`, measured by `focus_table`).
 
 Every Luma and fashion photo is decoded and embedded the way production does
 (`visual_reco.evaluation.embedding.embed_paths`, the configured default embedder), and the
@@ -122,7 +124,8 @@ def load_photos(datasets: Path) -> tuple[Photos, Photos]:
     paths = [fashion_folder / r["image"] for r in rows]
     cnn, pixels = embedded("fashion", paths)
     fashion = Photos("fashion", paths, {key: np.array([r[key] for r in rows])
-                                        for key in ("articleType", "baseColour")}, cnn, pixels)
+                                        for key in ("articleType", "baseColour", "subCategory")},
+                      cnn, pixels)
     return luma, fashion
 
 
@@ -142,6 +145,8 @@ class Design:
     mask: bool = True  # foreground pixels only, or every pixel of the padded input
     tolerance: float | None = None  # background tolerance (CIE76); None: adaptive
     side: int = 64  # the input is reduced by an integer factor to at least this side
+    centre: float | None = None  # centre prior's sigma (fraction of the side); None: none
+    skin: float = 1.0  # weight of skin-coloured pixels (1: as any other)
 
     def vectors(self, pixels: np.ndarray) -> np.ndarray:
         """Colour vectors of a stack of model inputs, one row each."""
@@ -152,7 +157,8 @@ class Design:
         rows = []
         for image in pixels:
             vector = colour.colour_vector(image, mask=self.mask, grid=grid, sigma=sigma,
-                                          tolerance=self.tolerance, side=self.side)
+                                          tolerance=self.tolerance, side=self.side,
+                                          centre=self.centre, skin=self.skin)
             if not self.sqrt:
                 vector = vector ** 2
                 vector /= max(float(np.linalg.norm(vector)), 1e-12)
@@ -197,6 +203,18 @@ def design_vectors(design: Design, photos: Photos) -> np.ndarray:
     vectors = design.vectors(photos.pixels)
     np.save(path, vectors)
     return vectors
+
+
+# The module's bins and votes (`visual_reco.colour` defaults) with every foreground pixel
+# counting the same, then pixel weightings that focus the histogram on the product rather
+# than the model wearing it (`visual_reco.colour.focus_weights`): a centre prior of sigma a
+# fraction of the side, skin-coloured pixels down-weighted, and both.
+PLAIN = Design("every foreground pixel alike", spacing=20, sigma=0.5)
+FOCUS = [PLAIN,
+         *(replace(PLAIN, name=f"centre {c:g}", centre=c) for c in (0.2, 0.25, 0.3, 0.4)),
+         *(replace(PLAIN, name=f"skin {k:g}", skin=k) for k in (0.5, 0.2, 0.0)),
+         *(replace(PLAIN, name=f"centre {c:g}, skin {k:g}", centre=c, skin=k)
+           for c in (0.25, 0.3) for k in (0.5, 0.2))]
 
 
 # --- splits and metrics ---------------------------------------------------------------------
@@ -403,6 +421,22 @@ def naming_accuracy(names_of: Callable[[int], list[str]], labels: np.ndarray,
     return first / max(total, 1), any_ / max(total, 1), total, mistakes.most_common(4)
 
 
+def naming_sets(luma: Photos, fashion: Photos
+                ) -> list[tuple[Photos, np.ndarray, dict[str, set[str]], str, np.ndarray]]:
+    """The sets the colour names are measured on: (photos, colour labels, right names, part,
+    rows). The palette was adjusted on the Luma tune half of styles and the first half of the
+    fashion photos; the other halves report."""
+    luma_half = np.array([half(s) for s in luma.labels["style"]])
+    middle = len(fashion.paths) // 2
+    luma_set, fashion_set = ((luma, luma.labels["colour"], LUMA_NAMES),
+                             (fashion, fashion.labels["baseColour"], FASHION_NAMES))
+    return [(*luma_set, "Luma, tune half of styles", np.flatnonzero(luma_half == "tune")),
+            (*luma_set, "Luma, report half of styles", np.flatnonzero(luma_half != "tune")),
+            (*fashion_set, "fashion, first half (tune)", np.arange(middle)),
+            (*fashion_set, "fashion, second half (report)",
+             np.arange(middle, len(fashion.paths)))]
+
+
 def names_by_row(arrays: np.ndarray) -> Callable[[int], list[str]]:
     """The dominant colour names of a row of ``arrays`` (model inputs or colour vectors,
     `visual_reco.colour.dominant_colours` takes either), as `naming_accuracy` takes them."""
@@ -413,10 +447,12 @@ def names_by_row(arrays: np.ndarray) -> Callable[[int], list[str]]:
 
 def worker_colours(name: str, pixels: np.ndarray) -> np.ndarray:
     """The colour vectors a worker computes from the model inputs ``pixels`` (cached as
-    ``.cache/colour-research/NAME-COUNT-worker-colour.npy``)."""
+    ``.cache/colour-research/NAME-COUNT-worker-colour-vVERSION.npy``, VERSION being
+    `visual_reco.colour.VERSION`)."""
     from visual_reco.aspects import compute_aspects
+    from visual_reco.colour import VERSION
 
-    path = CACHE / f"{name}-{len(pixels)}-worker-colour.npy"
+    path = CACHE / f"{name}-{len(pixels)}-worker-colour-v{VERSION}.npy"
     if path.exists():
         return np.load(path)
     vectors = np.concatenate([compute_aspects(np.asarray(pixels[i:i + 256]), ["colour"])["colour"]
@@ -449,6 +485,128 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+# --- focusing on the product ----------------------------------------------------------------
+
+# What `focus_table` measures of each design, per half: colour alone, and the modes'
+# blends of 2026-11-30 (`similar`: w=0.3 s=16, `same_colour`: w=3 s=1).
+FOCUS_COLUMNS = ["fashion colour P@10 (colour only)", "fashion basic colour P@10 (colour only)",
+                 "Luma item R@1 (colour only)", "Luma item R@1 (similar)",
+                 "Luma category R@1 (similar)", "fashion colour P@10 (same_colour)",
+                 "fashion type P@10 (same_colour)"]
+# The columns a focus design must not lower on the tune halves (category: by at most
+# CATEGORY_DROP) to be chosen.
+FOCUS_MUST_HOLD = [c for c in FOCUS_COLUMNS if "basic" not in c and "type" not in c]
+
+
+def focus_numbers(design: Design, luma: Photos, fashion: Photos,
+                  rows: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """`FOCUS_COLUMNS` of ``design`` for the Luma and fashion query ``rows``."""
+    luma_col, fashion_col = design_vectors(design, luma), design_vectors(design, fashion)
+    luma_cnn, fashion_cnn = luma.cnn @ luma.cnn.T, fashion.cnn @ fashion.cnn.T
+    luma_colour, fashion_colour = luma_col @ luma_col.T, fashion_col @ fashion_col.T
+    only = colour_only()[1]
+    alone = fashion_metrics(only(fashion_cnn, fashion_colour), fashion, rows[1])
+    similar = luma_metrics(linear(0.3, 16)[1](luma_cnn, luma_colour), luma, rows[0])
+    same = fashion_metrics(linear(3.0)[1](fashion_cnn, fashion_colour), fashion, rows[1])
+    values = [alone["colour P@10"], alone["basic colour P@10"],
+              luma_metrics(only(luma_cnn, luma_colour), luma, rows[0])["item R@1"],
+              similar["item R@1"], similar["category R@1"], same["colour P@10"],
+              same["type P@10"]]
+    return dict(zip(FOCUS_COLUMNS, values, strict=True))
+
+
+def choose_focus(tune: dict[str, dict[str, float]]) -> str:
+    """The design with the best tune-half fashion colour P@10 (colour only) among those
+    that lower none of `FOCUS_MUST_HOLD` against the first (`PLAIN`); the first if none."""
+    plain = next(iter(tune.values()))
+
+    def holds(numbers: dict[str, float]) -> bool:
+        return all(numbers[c] >= plain[c] - (CATEGORY_DROP if "category" in c else 0) - 1e-9
+                   for c in FOCUS_MUST_HOLD)
+
+    allowed = [name for name, numbers in tune.items() if holds(numbers)]
+    return max(allowed, key=lambda name: tune[name][FOCUS_COLUMNS[0]])
+
+
+def focus_table(luma: Photos, fashion: Photos) -> str:
+    """`FOCUS` designs per half (tune, report, both), the choice of `choose_focus` on the
+    tune halves, and the speed of the plain and chosen vectors (markdown)."""
+    luma_half = np.array([half(s) for s in luma.labels["style"]])
+    fashion_half = np.array([half(p.stem) for p in fashion.paths])
+    rows_of = {h: (np.flatnonzero(luma_half == h), np.flatnonzero(fashion_half == h))
+               for h in ("tune", "report")}
+    rows_of["both"] = (np.arange(len(luma.paths)), np.arange(len(fashion.paths)))
+    found = {h: {d.name: focus_numbers(d, luma, fashion, rows) for d in FOCUS}
+             for h, rows in rows_of.items()}
+    chosen = choose_focus(found["tune"])
+    out = [f"Chosen on the tune halves (`choose_focus`): **{chosen}**.", ""]
+    for h, numbers in found.items():
+        out += [f"### {h} half" if h != "both" else "### both halves (the full sets)", ""]
+        out.append(table(["design", *FOCUS_COLUMNS],
+                         [[name + (" **(chosen)**" if name == chosen else ""),
+                           *(fmt(m[c]) for c in FOCUS_COLUMNS)] for name, m in numbers.items()]))
+        out.append("")
+    out += ["### colour names from each weighting's vectors (first name right / a name right)",
+            "", focus_names(luma, fashion), "",
+            "### fashion colour P@10 by colour alone, per subCategory (both halves, >= 50 photos)",
+            "", focus_by_subcategory(fashion, [FOCUS[0], *(d for d in FOCUS if d.name == chosen)]),
+            ""]
+    design = next(d for d in FOCUS if d.name == chosen)
+    out.append(focus_speed(luma.pixels, design))
+    return "\n".join(out)
+
+
+def focus_names(luma: Photos, fashion: Photos) -> str:
+    """`naming_accuracy` of the names from each `FOCUS` design's vectors, on the halves of
+    ``colour_names.py`` (Luma by style, fashion first and second half), as a table."""
+    header, rows = ["design"], []
+    for design in FOCUS:
+        cells = [design.name]
+        for photos, labels, names, part, part_rows in naming_sets(luma, fashion):
+            first, any_, total, _ = naming_accuracy(
+                names_by_row(design_vectors(design, photos)), labels, names, part_rows)
+            cells.append(f"{fmt(first)} / {fmt(any_)}")
+            if design is FOCUS[0]:
+                header.append(f"{part} ({total})")
+        rows.append(cells)
+    return table(header, rows)
+
+
+def focus_by_subcategory(fashion: Photos, designs: list[Design]) -> str:
+    """Fashion colour P@10 by colour alone of ``designs`` per subCategory (all photos as
+    queries; subCategories of at least 50 photos)."""
+    groups = fashion.labels["subCategory"]
+    labels = fashion.labels["baseColour"]
+    shown = [g for g, n in zip(*np.unique(groups, return_counts=True), strict=True) if n >= 50]
+    columns = []
+    for design in designs:
+        vectors = design_vectors(design, fashion)
+        similarity = (vectors @ vectors.T).astype(np.float64)
+        np.fill_diagonal(similarity, -np.inf)
+        hits = (labels[top_k(similarity, 10)] == labels[:, None]).mean(axis=1)
+        columns.append({g: hits[groups == g].mean() for g in shown})
+    return table(["subCategory", "photos", *(d.name for d in designs)],
+                 [[g, str(int((groups == g).sum())), *(fmt(c[g]) for c in columns)]
+                  for g in shown])
+
+
+def focus_speed(pixels: np.ndarray, design: Design, count: int = 200) -> str:
+    """Median ms per image of `colour_vector` with `PLAIN`'s and ``design``'s weighting (the
+    module's bins), interleaved in one loop over ``count`` model inputs (so a load on the
+    machine hits both alike)."""
+    from visual_reco.colour import colour_vector
+
+    times: dict[str, list[float]] = {PLAIN.name: [], design.name: []}
+    for index in np.linspace(0, len(pixels) - 1, count).astype(int):
+        image = np.array(pixels[index])
+        for each in (PLAIN, design):
+            started = time.perf_counter()
+            colour_vector(image, centre=each.centre, skin=each.skin)
+            times[each.name].append((time.perf_counter() - started) * 1000)
+    return (f"Median ms per image over {count} Luma inputs, interleaved, {cpu_model()}: "
+            + ", ".join(f"{name} {np.median(spent):.2f}" for name, spent in times.items()))
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -487,6 +645,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--embed-only", action="store_true")
+    parser.add_argument("--focus", action="store_true",
+                        help="only the pixel weightings that focus on the product")
     args = parser.parse_args(argv)
     setup_django()
     started = time.perf_counter()
@@ -494,6 +654,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loaded in {time.perf_counter() - started:.0f} s: {len(luma.paths)} luma, "
           f"{len(fashion.paths)} fashion", flush=True)
     if args.embed_only:
+        return
+    if args.focus:
+        print(focus_table(luma, fashion))
+        print(f"\n{time.perf_counter() - started:.0f} s")
         return
     from visual_reco import colour
 
