@@ -243,3 +243,35 @@ def test_the_setting_changes_the_cache_key(duplicates, settings):
         assert not [q for q in queries.captured_queries if "<=>" in q["sql"]]
     finally:
         caches["shared"].clear()
+
+
+def _ranked(rows):
+    return [(r.pk, pytest.approx(r.reco_score), r.feedback_score) for r in rows]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_re_ranked_list_reads_no_vectors_and_only_the_rows_shown(duplicates,
+                                                                          settings):
+    source, copies, _ = duplicates
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "DIVERSITY": 0.7}
+    in_stock = Item.objects.filter(in_stock=True)
+    caches["shared"].clear()
+    try:
+        with exact_candidates():
+            live = ranked_similar(source, in_stock, limit=8)
+            settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SIMILAR_CACHE": "shared"}
+            miss = ranked_similar(source, in_stock, limit=8)
+            with CaptureQueriesContext(connection) as queries:
+                hit = ranked_similar(source, in_stock, limit=8)
+            assert _copies(hit, copies) == 1  # diversified, by the cached similarities
+            assert _ranked(live) == _ranked(miss) == _ranked(hit)
+            read = [q["sql"] for q in queries.captured_queries if "testapp_item" in q["sql"]]
+            assert len(read) == 1 and "halfvec_send" not in read[0] and "<=>" not in read[0]
+            assert read[0].split(" IN (")[1].split(")")[0].count(",") == 8 - 1
+            # A row shown leaves the candidates without a signal: the pool is computed again.
+            Item.objects.filter(pk=hit[0].pk).update(in_stock=False)
+            after = ranked_similar(source, in_stock, limit=8)
+            assert hit[0].pk not in [r.pk for r in after] and len(after) == 8
+            assert _ranked(after) == _ranked(ranked_similar(source, in_stock, limit=8))
+    finally:
+        caches["shared"].clear()

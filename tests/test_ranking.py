@@ -1,6 +1,8 @@
 """The re-ranking arithmetic: the prior, position debiasing, exploration, and the exact
 visual order when there is no feedback."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,17 @@ def test_exploration_copes_with_more_clicks_than_examined_views():
         shown = rerank([0.9, 0.8, 0.7, 0.6], evidence, PRIOR, 2, explore_share=0.5,
                        rng=np.random.default_rng(seed))
         assert len(shown) == 2 and len(set(shown)) == 2
+
+
+def test_a_sampled_click_rate_of_zero_ranks_last_without_a_warning():
+    # A product shown a million times and never clicked: its Beta draw is exactly 0.0 in
+    # floating point most of the time (alpha ~1e-4), and ln(0) is -inf with a RuntimeWarning.
+    ignored = Evidence(pair_views=1e6, target_views=1e6)
+    seen = Evidence(pair_views=100, pair_clicks=5, target_views=100, target_clicks=5)
+    evidence = [seen, seen, ignored, Evidence()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for seed in range(20):
+            shown = rerank([0.9, 0.8, 0.7, 0.6], evidence, PRIOR, 3, explore_share=0.34,
+                           rng=np.random.default_rng(seed))
+            assert shown == [0, 1, 3]  # the explored slot goes to the product nobody saw

@@ -3,8 +3,12 @@
 With ``SIMILAR_CACHE`` set to a Django cache alias, the ids and distances of a product's
 similar products are kept in that cache, keyed by the product, the limit and the candidate
 queryset's SQL; a hit costs one cache read and one primary-key query instead of a vector
-search. Every entry carries the catalog version it was computed under: saving or deleting a
-row of the model (``post_save``/``post_delete``) and every embedding the workers write set a
+search. A pool that a caller ranks further (`similar_pool`) keeps, with ``pairwise``, the
+rows' similarity to each other too (for maximal marginal relevance), so that it can be
+ranked before any row is read, and only the rows shown are.
+
+Every entry carries the catalog version it was computed under: saving or deleting a row of
+the model (``post_save``/``post_delete``) and every embedding the workers write set a
 new version once the transaction commits, so no entry outlives a change it could depend on.
 Changes that bypass signals (``QuerySet.update()``, raw SQL) are caught by
 ``SIMILAR_CACHE_TIMEOUT``, or at once by calling `invalidate`.
@@ -20,22 +24,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.core.cache import BaseCache, caches
 from django.db import models
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
-from visual_reco.diversity import diversity_lambda
+from visual_reco.diversity import PLAIN, diversity_lambda
 from visual_reco.modes import Blend, blend_for
-from visual_reco.query import DISTANCE, hnsw_settings, score_name, visual
+from visual_reco.query import DISTANCE, candidate_similarity, hnsw_settings, score_name, visual
 from visual_reco.registry import get_embedding_field
 
 logger = logging.getLogger("visual_reco")
 
 PREFIX = "visual_reco:similar"
 PENDING = "_visual_reco_pending_invalidation"
+# In every key: a new entry layout gets new keys rather than misreading the old entries.
+ENTRY_LAYOUT = 2
 
 
 def similar_cache() -> BaseCache | None:
@@ -78,16 +87,19 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
 
 
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str,
-               blend: Blend | None, collapse: bool, diversity: float | None) -> str:
+               blend: Blend | None, collapse: bool, diversity: float | None,
+               pairwise: bool) -> str:
     sql, params = candidates.query.sql_with_params()
     ranking = None
     if blend is not None:
         ranking = (blend.key(), collapse, reco_settings.ASPECT_CANDIDATES,
                    reco_settings.VARIANT_FIELD)
-    parts: tuple[Any, ...] = (sql, params, field, hnsw_settings(),
+    parts: tuple[Any, ...] = (ENTRY_LAYOUT, sql, params, field, hnsw_settings(),
                               reco_settings.EXACT_SEARCH_MAX_ROWS, candidates.db, ranking)
     if diversity is not None:  # only then, so that turning it on leaves other keys alone
         parts += (("diversity", diversity, reco_settings.DIVERSITY_POOL),)
+    if pairwise:
+        parts += ("pairwise",)
     signature = repr(parts)
     digest = hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
     return f"{PREFIX}:{type(obj)._meta.label_lower}:{obj.pk}:{limit}:{digest}"
@@ -102,25 +114,112 @@ def _current_version(cache: BaseCache, model: type[models.Model],
     return cache.get(key)
 
 
-def _from_entry(candidates: models.QuerySet, pairs: list[tuple[Any, float, Any]],
-                attname: str) -> list[models.Model] | None:
-    if not pairs:
-        return []
-    rows = {row.pk: row for row in candidates.filter(pk__in=[pair[0] for pair in pairs])
-            .defer(attname).order_by()}
-    if len(rows) != len(pairs):
-        return None  # a row left the candidates without a signal (update(), raw SQL)
-    results = []
-    for pk, distance, aspect_scores in pairs:
-        row = rows[pk]
-        setattr(row, DISTANCE, distance)
-        row.visual_score = 1.0 - distance
-        if aspect_scores is not None:
-            row.aspect_scores = aspect_scores
-            for aspect, score in aspect_scores.items():
-                setattr(row, score_name(aspect), score)
-        results.append(row)
-    return results
+@dataclass
+class SimilarPool:
+    """A similar-products list as the cache keeps it, before its rows are read: each row's
+    primary key, distance and per-aspect scores (``entries``, nearest first) and, when asked
+    for, the rows' ``similarity`` to each other under the list's blend
+    (`visual_reco.query.candidate_similarity`). ``loaded``: the rows, when the list was
+    computed live just now."""
+
+    candidates: models.QuerySet
+    attname: str
+    entries: list[tuple[Any, float, dict[str, float] | None]]
+    similarity: np.ndarray | None = None
+    loaded: list[models.Model] | None = None
+
+    @property
+    def pks(self) -> list[Any]:
+        """The rows' primary keys, nearest first."""
+        return [entry[0] for entry in self.entries]
+
+    @property
+    def visual_scores(self) -> np.ndarray:
+        """Each row's ``visual_score`` (1 - its distance), as its row carries it."""
+        if self.loaded is not None:
+            return np.array([row.visual_score for row in self.loaded], dtype=np.float64)
+        return 1.0 - np.array([entry[1] for entry in self.entries], dtype=np.float64)
+
+    def rows(self, indices: Sequence[int] | None = None) -> list[models.Model] | None:
+        """The rows at ``indices`` (default: all) in that order, annotated as the live query
+        annotates them, read in one primary-key query; None when one of them has left the
+        candidates without a signal (``update()``, raw SQL) since the list was cached."""
+        indices = range(len(self.entries)) if indices is None else indices
+        if self.loaded is not None:
+            return [self.loaded[index] for index in indices]
+        wanted = [self.entries[index] for index in indices]
+        if not wanted:
+            return []
+        found = {row.pk: row for row in
+                 self.candidates.filter(pk__in=[entry[0] for entry in wanted])
+                 .defer(self.attname).order_by()}
+        if len(found) != len(wanted):
+            return None
+        results = []
+        for pk, distance, aspect_scores in wanted:
+            row = found[pk]
+            setattr(row, DISTANCE, distance)
+            row.visual_score = 1.0 - distance
+            if aspect_scores is not None:
+                row.aspect_scores = aspect_scores
+                for aspect, score in aspect_scores.items():
+                    setattr(row, score_name(aspect), score)
+            results.append(row)
+        return results
+
+
+def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
+                 limit: int | None = None, *, field: str | None = None,
+                 mode: str | None = None, aspects: Any = None,
+                 collapse_variants: bool = False, diverse: bool = True,
+                 pairwise: bool = False, refresh: bool = False) -> SimilarPool:
+    """The `SimilarPool` of `similar_products` (same arguments), from the cache when it has
+    it, else computed live and stored. With ``pairwise``, its rows' similarity to each other
+    under the blend they were ranked by; ``refresh`` computes it live whatever the cache
+    holds (for a caller whose cached rows were gone)."""
+    model = type(obj)
+    if candidates is None:
+        candidates = model._default_manager.all()
+    limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+    embedding = get_embedding_field(model, field)
+    blend = blend_for(mode, aspects, default=True)
+    diversity = diversity_lambda(reco_settings.DIVERSITY) if diverse else None
+
+    def live() -> SimilarPool:
+        # Built only when needed: putting a blended query together costs more Python
+        # than a cache hit's whole answer.
+        rows = list(visual(candidates).visually_similar(
+            obj, limit=limit, field=embedding.name, aspects=blend,
+            collapse_variants=collapse_variants, diversity=diversity))
+        similarity = (candidate_similarity(model, [row.pk for row in rows], blend or PLAIN,
+                                           embedding.name, using=candidates.db)
+                      if pairwise else None)
+        entries = [(row.pk, float(getattr(row, DISTANCE)), getattr(row, "aspect_scores", None))
+                   for row in rows]
+        return SimilarPool(candidates, embedding.attname, entries, similarity, rows)
+
+    cache = similar_cache()
+    if cache is None:
+        return live()
+    key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants,
+                     diversity, pairwise)
+    try:
+        found = cache.get_many([_version_key(model), key])
+        version = _current_version(cache, model, found)
+    except Exception:
+        logger.warning("SIMILAR_CACHE is unavailable; similar products computed live",
+                       exc_info=True)
+        return live()
+    entry = found.get(key)
+    if entry is not None and entry[0] == version and not refresh:
+        return SimilarPool(candidates, embedding.attname, entry[1], entry[2])
+    pool = live()
+    try:
+        cache.set(key, (version, pool.entries, pool.similarity),
+                  reco_settings.SIMILAR_CACHE_TIMEOUT)
+    except Exception:
+        logger.warning("SIMILAR_CACHE is unavailable; the list was not stored", exc_info=True)
+    return pool
 
 
 def similar_products(obj: models.Model, candidates: models.QuerySet | None = None,
@@ -139,43 +238,9 @@ def similar_products(obj: models.Model, candidates: models.QuerySet | None = Non
     in maximal marginal relevance order (`visual_reco.diversity`); ``diverse=False`` for a
     candidate pool that a caller ranks further.
     """
-    model = type(obj)
-    if candidates is None:
-        candidates = model._default_manager.all()
-    limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
-    embedding = get_embedding_field(model, field)
-    blend = blend_for(mode, aspects, default=True)
-    diversity = diversity_lambda(reco_settings.DIVERSITY) if diverse else None
-
-    def live() -> list[models.Model]:
-        # Built only when needed: putting a blended query together costs more Python
-        # than a cache hit's whole answer.
-        return list(visual(candidates).visually_similar(
-            obj, limit=limit, field=embedding.name, aspects=blend,
-            collapse_variants=collapse_variants, diversity=diversity))
-
-    cache = similar_cache()
-    if cache is None:
-        return live()
-    key = _entry_key(obj, candidates, limit, embedding.name, blend, collapse_variants,
-                     diversity)
-    try:
-        found = cache.get_many([_version_key(model), key])
-        version = _current_version(cache, model, found)
-    except Exception:
-        logger.warning("SIMILAR_CACHE is unavailable; similar products computed live",
-                       exc_info=True)
-        return live()
-    entry = found.get(key)
-    if entry is not None and entry[0] == version:
-        results = _from_entry(candidates, entry[1], embedding.attname)
-        if results is not None:
-            return results
-    results = live()
-    pairs = [(row.pk, float(getattr(row, DISTANCE)), getattr(row, "aspect_scores", None))
-             for row in results]
-    try:
-        cache.set(key, (version, pairs), reco_settings.SIMILAR_CACHE_TIMEOUT)
-    except Exception:
-        logger.warning("SIMILAR_CACHE is unavailable; the list was not stored", exc_info=True)
-    return results
+    options = {"field": field, "mode": mode, "aspects": aspects,
+               "collapse_variants": collapse_variants, "diverse": diverse}
+    rows = similar_pool(obj, candidates, limit, **options).rows()
+    if rows is None:  # a row left the candidates without a signal (update(), raw SQL)
+        rows = similar_pool(obj, candidates, limit, refresh=True, **options).rows()
+    return rows

@@ -31,6 +31,9 @@ CTR_WEIGHT = 0.1
 CONVERSION_WEIGHT = 0.05
 MIN_EXAMINATION = 0.1
 MAX_RATE = 0.99
+# The least sampled click rate: a Beta draw can come out as exactly 0 in floating point (a
+# tiny alpha), whose log is -inf; this keeps it last among the draws, and finite.
+MIN_SAMPLED_RATE = np.finfo(np.float64).tiny
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def rerank(visual: Sequence[float], evidence: Sequence[Evidence], prior: Prior, 
                               prior.strength), MAX_RATE)
         alpha = max(seen.pair_clicks, 0.0) + target * prior.strength
         beta = max(seen.pair_views - seen.pair_clicks, 0.0) + (1 - target) * prior.strength
-        draw = rng.beta(alpha, beta)
+        draw = max(rng.beta(alpha, beta), MIN_SAMPLED_RATE)
         sampled.append(visual[index] + ctr_weight * np.log(draw / prior.ctr))
     chosen = [rest[i] for i in np.argsort(-np.asarray(sampled), kind="stable")[:slots]]
     return kept + chosen

@@ -2,7 +2,8 @@
 shopper feedback and the shop's business rules, by the ranking options of the visitor's A/B
 variant (``VISUAL_RECO["RANKING"]`` overridden by the variant's ``RANKING``).
 
-In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list) without
+In order: the ``POOL`` x ``limit`` visual neighbours (cached like any similar list, with
+their similarities to each other for MMR: `visual_reco.result_cache.similar_pool`) without
 the ``EXCLUDE`` ids and what the visitor bought or dismissed (``HIDE``); their cosine
 similarity (with ``LEARNED``, the score of the version serving for the field,
 `visual_reco.feedback.learned`) plus ``BOOST``, ``PERSONAL_WEIGHT`` x the visitor's
@@ -14,7 +15,9 @@ MMR runs last, near-duplicates judged by the mode's blend); exploration of the l
 ``PIN`` ids first, then, in a mode with ``variants_first``, the product's other variants
 (``VARIANT_FIELD``).
 Each row carries ``visual_score`` (None for a pinned row from outside the pool),
-``feedback_score`` and ``reco_score`` (the relevance it was ranked by).
+``feedback_score`` and ``reco_score`` (the relevance it was ranked by). Unless a rule needs
+the rows' fields (``LEARNED``, ``BOOST``, the personal weights, ``SCORER``, variants first),
+the pool is ranked on its cache entry and only the rows shown are read.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from visual_reco.feedback.picks import history, history_taste, row_colours
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.feedback.taste import Taste, colour_affinities
 from visual_reco.modes import blend_for
-from visual_reco.query import candidate_similarity, is_variant_value, variant_attname
+from visual_reco.query import is_variant_value, variant_attname
 from visual_reco.registry import get_embedding_field
-from visual_reco.result_cache import similar_products
+from visual_reco.result_cache import SimilarPool, similar_pool, similar_products
 
 Scorer = Callable[[Any, list[models.Model], np.ndarray], Sequence[float]]
 
@@ -122,55 +125,76 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
         return rows
     excluded = set(_ids(options.exclude, obj)) | hidden
     pinned = [pk for pk in _ids(options.pin, obj) if pk not in excluded and pk != str(obj.pk)]
-    pool_size = limit * options.pool + len(excluded)
-    pool = [row for row in similar_products(obj, candidates, pool_size, field=field,
-                                            mode=mode, collapse_variants=collapse_variants,
-                                            diverse=False)
-            if str(row.pk) not in excluded and str(row.pk) not in pinned]
-    variants = _variants(obj, pool, mode)
-    if variants:
-        pool = [row for row in pool if row not in variants]
-        for row in variants:
-            row.feedback_score, row.reco_score = 0.0, row.visual_score
     blend = blend_for(mode, default=True) or PLAIN
     diversity = diversity_for(blend, diversity_lambda(reco_settings.DIVERSITY))
-    similarity = (candidate_similarity(type(obj), [row.pk for row in pool], blend, field,
-                                       using=candidates.db)
-                  if diversity is not None and pool else None)
-    scores = np.array([row.visual_score for row in pool], dtype=np.float64)
-    if learned is not None and pool:
-        scores = learned_scores(learned, obj, pool, field, scores)
-    for name, weight in options.boost:
-        scores += weight * np.array([bool(getattr(row, name, False)) for row in pool])
-    if affinities:
-        field_name = reco_settings.CATEGORY_FIELD
-        scores += options.personal_weight * np.array(
-            [affinities.get(str(getattr(row, field_name, None)), 0.0) for row in pool])
-    if taste.colour is not None:
-        scores += options.personal_colour_weight * colour_affinities(
-            taste, row_colours(pool, get_embedding_field(type(obj), field).colour_attname))
-    if options.scorer and pool:
-        scorer: Scorer = import_string(options.scorer)
-        scores = np.asarray(scorer(obj, pool, scores.copy()), dtype=np.float64)
-    terms = np.zeros(len(pool))
-    prior = (prior_for(options.feedback_surfaces, options.prior_strength)
-             if options.rerank and pool else None)
-    if prior is not None:
-        evidence = evidence_for(options.feedback_surfaces, obj.pk, [row.pk for row in pool])
-        terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
-                               conversion_weight=options.conversion_weight)
-        kept = max(limit - len(pinned) - len(variants), 0)
-        order = rerank(scores, evidence, prior, kept, explore_share=options.explore, rng=rng,
-                       ctr_weight=options.ctr_weight,
-                       conversion_weight=options.conversion_weight, terms=terms,
-                       diversity=diversity, similarity=similarity)
-    else:
-        order = top(scores, max(limit - len(pinned) - len(variants), 0), diversity, similarity)
-    for index, row in enumerate(pool):
-        row.feedback_score = float(terms[index])
-        row.reco_score = float(scores[index] + terms[index])
-    ranked = [pool[index] for index in order]
-    return (_pinned_rows(obj, candidates, pinned, field, mode) + variants + ranked)[:limit]
+    # Without these the pool is ranked on what its cache entry holds, and only the rows
+    # shown are read.
+    by_row = bool(learned is not None or options.boost or affinities
+                  or taste.colour is not None or options.scorer or blend.variants_first)
+
+    def ranked(pool: SimilarPool) -> list[models.Model] | None:
+        """The pool's rows to show, ranked; None when one has left the candidates."""
+        pks = pool.pks
+        kept = [index for index, pk in enumerate(pks)
+                if str(pk) not in excluded and str(pk) not in pinned]
+        rows = pool.rows(kept) if by_row else None
+        if by_row and rows is None:
+            return None
+        variants = _variants(obj, rows, mode) if rows is not None else []
+        if variants:
+            kept = [index for index, row in zip(kept, rows, strict=True)
+                    if row not in variants]
+            rows = [row for row in rows if row not in variants]
+            for row in variants:
+                row.feedback_score, row.reco_score = 0.0, row.visual_score
+        scores = pool.visual_scores[kept]
+        if learned is not None and rows:
+            scores = learned_scores(learned, obj, rows, field, scores)
+        for name, weight in options.boost:
+            scores += weight * np.array([bool(getattr(row, name, False)) for row in rows])
+        if affinities:
+            field_name = reco_settings.CATEGORY_FIELD
+            scores += options.personal_weight * np.array(
+                [affinities.get(str(getattr(row, field_name, None)), 0.0) for row in rows])
+        if taste.colour is not None:
+            scores += options.personal_colour_weight * colour_affinities(
+                taste, row_colours(rows, get_embedding_field(type(obj), field).colour_attname))
+        if options.scorer and rows:
+            scorer: Scorer = import_string(options.scorer)
+            scores = np.asarray(scorer(obj, rows, scores.copy()), dtype=np.float64)
+        similarity = (pool.similarity[np.ix_(kept, kept)]
+                      if diversity is not None and pool.similarity is not None else None)
+        terms = np.zeros(len(kept))
+        count = max(limit - len(pinned) - len(variants), 0)
+        prior = (prior_for(options.feedback_surfaces, options.prior_strength)
+                 if options.rerank and kept else None)
+        if prior is not None:
+            evidence = evidence_for(options.feedback_surfaces, obj.pk,
+                                    [pks[index] for index in kept])
+            terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
+                                   conversion_weight=options.conversion_weight)
+            order = rerank(scores, evidence, prior, count, explore_share=options.explore,
+                           rng=rng, ctr_weight=options.ctr_weight,
+                           conversion_weight=options.conversion_weight, terms=terms,
+                           diversity=diversity, similarity=similarity)
+        else:
+            order = top(scores, count, diversity, similarity)
+        shown = ([rows[index] for index in order] if rows is not None
+                 else pool.rows([kept[index] for index in order]))
+        if shown is None:
+            return None
+        for index, row in zip(order, shown, strict=True):
+            row.feedback_score = float(terms[index])
+            row.reco_score = float(scores[index] + terms[index])
+        return variants + shown
+
+    arguments = {"field": field, "mode": mode, "collapse_variants": collapse_variants,
+                 "diverse": False, "pairwise": diversity is not None}
+    pool_size = limit * options.pool + len(excluded)
+    found = ranked(similar_pool(obj, candidates, pool_size, **arguments))
+    if found is None:  # a cached row left the candidates without a signal (update(), SQL)
+        found = ranked(similar_pool(obj, candidates, pool_size, refresh=True, **arguments))
+    return (_pinned_rows(obj, candidates, pinned, field, mode) + found)[:limit]
 
 
 def _variants(obj: models.Model, pool: list[models.Model], mode: str | None) -> list[Any]:
