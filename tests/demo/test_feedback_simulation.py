@@ -95,7 +95,7 @@ def test_a_tiny_simulation_goes_through_the_real_path(catalog, scenario, tmp_pat
 
 
 @pytest.mark.django_db
-def test_returning_visitors_keep_their_id_variant_and_tastes(catalog):
+def test_returning_visitors_keep_their_id_variant_and_tastes(catalog, tmp_path):
     options = Options(scenario="unrelated", sessions=40, rounds=3, seed=5, limit=4,
                       return_rate=0.7)
     with override_settings(VISUAL_RECO=simulation_settings(VARIANTS, {}, {})):
@@ -119,6 +119,13 @@ def test_returning_visitors_keep_their_id_variant_and_tastes(catalog):
     assert [(log.visitor, log.visit) for log in again["logs"]] == \
         [(log.visitor, log.visit) for log in logs]
     assert result["agrees"] and again["agrees"]
+    # The report says which visitor model ran.
+    out = tmp_path / "FEEDBACK.md"
+    Report({"unrelated": result}, {"sessions": 40, "rounds": 3, "seed": 5, "return_rate": 0.7},
+           [], len(catalog), 1.0, VARIANTS, out, command="test").write()
+    text = out.read_text()
+    assert "70% of the visits are by a returning visitor" in text
+    assert f"40 visits by {len(visits)} visitors" in text
 
 
 def test_a_returning_visitor_is_the_same_visitor():
