@@ -67,7 +67,7 @@ quality: install  # ONLY=grocery, ONLY=luma or ONLY=modes measures one table and
 # docs/FEEDBACK.md and docs/feedback_ctr.png (about 20 minutes). QUICK=1: 300 visits, written
 # under .cache/feedback-quick; LUMA=path when the dataset is not in ../shared/datasets.
 feedback-report: install
-	$(RUN) $(BIN)/python manage.py feedback_simulation $(if $(QUICK),--quick) \
+	$(RUN) $(BIN)/python manage.py feedback_simulation --return-rate 0.5 $(if $(QUICK),--quick) \
 	  $(if $(LUMA),--dataset "$(abspath $(LUMA))")
 
 lint: install

@@ -251,10 +251,12 @@ DEFAULTS: dict[str, Any] = {
         "EVENT_WEIGHTS": {"purchase": 4.0, "add_to_cart": 2.0, "favorite": 2.0, "click": 1.0,
                           "impression": -0.1, "dismiss": -1.0},
         # An event's weight halves every HALF_LIFE_DAYS; events older than WINDOW_DAYS, and
-        # all but the visitor's latest MAX_EVENTS, are not read.
+        # all but the visitor's latest MAX_EVENTS, are not read. Impressions count too, and
+        # one visit of the simulation has about 150: at 200 a returning visitor's earlier
+        # visits were hardly read; 1000 did better there (docs/FEEDBACK.md, tuning seed).
         "HALF_LIFE_DAYS": 14.0,
         "WINDOW_DAYS": 60,
-        "MAX_EVENTS": 200,
+        "MAX_EVENTS": 1000,
         # Vectors read: the products with the largest weights only.
         "MAX_PRODUCTS": 50,
         # On a product page (picks_for's product, the tag's and the API's ``product``): the

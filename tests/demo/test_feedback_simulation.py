@@ -13,6 +13,7 @@ from demo_shop.bench.feedback_sim import (
     Catalog,
     Options,
     Report,
+    Simulator,
     event_counts,
     lift,
     rollup_counts,
@@ -91,3 +92,52 @@ def test_a_tiny_simulation_goes_through_the_real_path(catalog, scenario, tmp_pat
     text = out.read_text()
     assert "| 2 | reranked |" in text and "a note" in text
     assert (tmp_path / "feedback_ctr.png").stat().st_size > 0
+
+
+@pytest.mark.django_db
+def test_returning_visitors_keep_their_id_variant_and_tastes(catalog, tmp_path):
+    options = Options(scenario="unrelated", sessions=40, rounds=3, seed=5, limit=4,
+                      return_rate=0.7)
+    with override_settings(VISUAL_RECO=simulation_settings(VARIANTS, {}, {})):
+        result = run_scenario(catalog, options)
+        again = run_scenario(catalog, options)
+    logs = result["logs"]
+    first_round: dict[str, int] = {}
+    variant: dict[str, str] = {}
+    visits: dict[str, int] = {}
+    for log in logs:
+        first_round.setdefault(log.visitor, log.round)
+        visits[log.visitor] = visits.get(log.visitor, 0) + 1
+        assert log.visit == visits[log.visitor]
+        # A visitor comes back only in a later round, in the variant it had.
+        assert log.visit == 1 or log.round > first_round[log.visitor]
+        assert variant.setdefault(log.visitor, log.surfaces[SIMILAR_SURFACE].variant) == \
+            log.surfaces[SIMILAR_SURFACE].variant
+    assert all(log.visit == 1 for log in logs if log.round == 1)
+    assert result["visitors"] == len(visits) < len(logs) == 40
+    # The same seed, the same visitors and visits.
+    assert [(log.visitor, log.visit) for log in again["logs"]] == \
+        [(log.visitor, log.visit) for log in logs]
+    assert result["agrees"] and again["agrees"]
+    # The report says which visitor model ran.
+    out = tmp_path / "FEEDBACK.md"
+    Report({"unrelated": result}, {"sessions": 40, "rounds": 3, "seed": 5, "return_rate": 0.7},
+           [], len(catalog), 1.0, VARIANTS, out, command="test").write()
+    text = out.read_text()
+    assert "70% of the visits are by a returning visitor" in text
+    assert f"40 visits by {len(visits)} visitors" in text
+
+
+def test_a_returning_visitor_is_the_same_visitor():
+    catalog = Catalog(["1", "2", "3", "4"], np.eye(4), ["cup"] * 4, FAMILIES + ["blue"])
+    simulator = Simulator(catalog, Options(scenario="unrelated", seed=5, return_rate=1.0))
+    first = simulator.visitor(0)
+    assert first.id.endswith("0000000") and first.visits == 0
+    first.brand_of(3)
+    simulator.visitors.append(first)
+    back = simulator.visitor(1)
+    # The same tastes and the same brands seen in products, not drawn again.
+    assert back is first and back.brands == {3: first.brand_of(3)}
+    never = Simulator(catalog, Options(scenario="unrelated", seed=5, return_rate=0.0))
+    never.visitors.append(first)
+    assert never.visitor(1).id.endswith("0000001")

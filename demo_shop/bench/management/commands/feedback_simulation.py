@@ -179,6 +179,10 @@ class Command(BaseCommand):
                             help="the visits are split into rounds; the roll-up runs after each")
         parser.add_argument("--seed", type=int, default=2)
         parser.add_argument("--scenario", choices=["looks", "unrelated", "both"], default="both")
+        parser.add_argument("--return-rate", type=float, default=0.5,
+                            help="share of the visits after round 1 by a visitor of an earlier "
+                                 "round (its id, variants, history and tastes kept); 0: every "
+                                 "visit by a new visitor")
         parser.add_argument("--quick", action="store_true",
                             help="300 visits in 3 rounds, written under .cache/feedback-quick")
         parser.add_argument("--dataset", default=str(base.parent / "shared" / "datasets"
@@ -295,6 +299,7 @@ class Command(BaseCommand):
         learn = LEARN_COMMAND in get_commands() and learned_available()
         run = Options(scenario=scenario, sessions=options["sessions"],
                       rounds=options["rounds"], seed=options["seed"], picks=picks,
+                      return_rate=options["return_rate"],
                       after_round=(lambda _: call_command(LEARN_COMMAND)) if learn else None,
                       progress=lambda line: (self.stdout.write(line), self.stdout.flush()))
         result = run_scenario(catalog, run)
