@@ -17,11 +17,12 @@ from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
 from tests.testapp.models import Item
+from visual_reco import query
 from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
 from visual_reco.colour import SHARPNESS
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.modes import UnknownMode, mode_blend, parse_blend
-from visual_reco.query import exact_candidates, to_array
+from visual_reco.query import exact_candidates, halfvec_text, to_array
 from visual_reco.reasons import colour_names, reason, reason_for
 from visual_reco.result_cache import similar_products
 
@@ -302,9 +303,8 @@ def test_a_blend_formats_each_query_vector_once(catalog, monkeypatch):
     formatted as text once (about 1 ms each time)."""
     rows, _, _ = catalog
     formatted = []
-    to_text = HalfVector.to_text
-    monkeypatch.setattr(HalfVector, "to_text", lambda self: formatted.append(
-        self.to_numpy().shape[0]) or to_text(self))
+    monkeypatch.setattr(query, "halfvec_text", lambda vector: formatted.append(
+        vector.to_numpy().shape[0]) or halfvec_text(vector))
     found = list(Item.objects.visually_similar(rows[20], 8, mode="similar"))
     assert len(found) == 8
     assert sorted(formatted) == [COLOUR_DIMS, DIMS]

@@ -360,6 +360,10 @@ class VisualQuerySet(models.QuerySet):
             self._result_cache.sort(key=lambda row: getattr(row, DISTANCE))
         elif self._result_cache and isinstance(self._result_cache[0], dict):
             self._result_cache.sort(key=lambda row: row.get(DISTANCE, 0.0))
+        elif (self._result_cache and isinstance(self._result_cache[0], tuple)
+              and DISTANCE in (self._fields or ())):
+            at = self._fields.index(DISTANCE)
+            self._result_cache.sort(key=lambda row: row[at])
 
     def _fetch_blended(self) -> None:
         """Run a blended search: its candidates exact or by HNSW as for a plain one (exact
@@ -454,13 +458,20 @@ def _query_vector(vector: Any) -> Any:
 
     The literal's text is made once here: a blend names the query vector three times
     (candidates, score, blend), and pgvector's `CosineDistance` formats a `HalfVector` anew
-    for each, 2,048 numbers at about 1 ms a time.
+    for each, 2,048 numbers at about 1 ms a time (`halfvec_text`: half that).
     """
     if hasattr(vector, "resolve_expression"):
         return vector
     if not isinstance(vector, HalfVector):
         vector = HalfVector(np.asarray(vector, dtype=np.float32))
-    return Value(vector.to_text())
+    return Value(halfvec_text(vector))
+
+
+def halfvec_text(vector: HalfVector) -> str:
+    """``vector`` as ``halfvec`` text, each number to 9 significant digits: they name a
+    float32 exactly, so pgvector parses back the same float16s as from `HalfVector.to_text`
+    (shortest float64 digits), from text a third shorter made in half the time."""
+    return "[" + ",".join([f"{value:.9g}" for value in vector.to_list()]) + "]"
 
 
 def candidate_similarity(model: type[models.Model], pks: list[Any], blend: Blend,

@@ -86,10 +86,23 @@ def invalidate_on_commit(model: type[models.Model], using: str = "default") -> N
                       lambda pending: pending.models.add(model))
 
 
+def _candidates_signature(candidates: models.QuerySet) -> tuple[Any, ...]:
+    """What decides which rows ``candidates`` holds: nothing for every row of its table (the
+    common case, told apart without compiling the query), else its SQL and parameters. The
+    columns it reads do not matter: a hit reads its rows through ``candidates``."""
+    query = candidates.query
+    if (not query.where and not query.annotations and not query.extra
+            and not query.distinct and not query.combinator and query.group_by is None
+            and not query.low_mark and query.high_mark is None
+            and len(query.alias_map) <= 1):
+        return ("all", query.model._meta.db_table)
+    return query.sql_with_params()
+
+
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str,
                blend: Blend | None, collapse: bool, diversity: float | None,
                pairwise: bool) -> str:
-    sql, params = candidates.query.sql_with_params()
+    sql, params = _candidates_signature(candidates)
     ranking = None
     if blend is not None:
         ranking = (blend.key(), collapse, reco_settings.ASPECT_CANDIDATES,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from visual_reco.feedback.taste import (
 )
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
-from visual_reco.query import binary_vector, from_binary, to_array, visual
+from visual_reco.query import DISTANCE, binary_vector, from_binary, to_array, visual
 from visual_reco.registry import get_embedding_field, product_model
 
 TASTE = "taste"
@@ -66,6 +66,7 @@ BEST_SELLERS_DEPTH = 300
 MAX_CACHED_RANKINGS = 512
 HISTORY = "_visual_reco_history"
 SHOWN = "_visual_reco_shown"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _best_sellers: dict[tuple[str, str | None, float], tuple[float, list[tuple[str, float]]]] = {}
 
 
@@ -154,7 +155,11 @@ def recent_events_query(raw_id: str | None, user_id: str, now: datetime,
     if not parts:
         return None
     # UNION, not UNION ALL: an event stored with both the key and the user id counts once.
-    return (f"""SELECT type, product, occurred_at FROM ({" UNION ".join(parts)}) AS recent
+    # The time as whole microseconds since the epoch (exact): parsing 1,000 timestamps cost
+    # more than the query.
+    return (f"""SELECT type, product,
+                       (extract(epoch FROM occurred_at) * 1000000)::bigint AS occurred_us
+                FROM ({" UNION ".join(parts)}) AS recent
                 ORDER BY occurred_at DESC LIMIT %s""", [*params, options.max_events])
 
 
@@ -166,10 +171,13 @@ def recent_events(raw_id: str | None, user_id: str, now: datetime,
     query = recent_events_query(raw_id, user_id, now, options)
     if query is None:
         return []
+    # The same float as (now - occurred_at).total_seconds(): microseconds / 10**6, rounded once.
+    aware = timezone.make_aware(now) if timezone.is_naive(now) else now
+    now_us = (aware - EPOCH) // timedelta(microseconds=1)
     with connection.cursor() as cursor:
         cursor.execute(*query)
-        return [(kind, product, (now - when).total_seconds() / 86400.0)
-                for kind, product, when in cursor.fetchall()]
+        return [(kind, product, (now_us - when_us) / 1_000_000 / 86400.0)
+                for kind, product, when_us in cursor.fetchall()]
 
 
 def history(request: HttpRequest | None, options: PickOptions | None = None,
@@ -332,35 +340,59 @@ def forget_best_sellers() -> None:
 def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[str],
              options: PickOptions, field: str | None) -> list[models.Model]:
     """The candidates nearest to the taste, re-scored by category affinity, colour and by
-    what every shopper did with them, best first."""
+    what every shopper did with them, best first.
+
+    The ``POOL`` x ``limit`` nearest are read as primary key, distance and category (and
+    colour, with ``COLOUR_WEIGHT``) only, and the ``limit`` best as rows in one more query:
+    making model instances of the whole pool cost more than that query."""
     size = limit * options.pool + len(hidden)
-    column = get_embedding_field(candidates.model, field).colour_attname
-    nearest = visual(candidates).similar_to_vector(taste.vector, size, field=field)
-    if column and not options.colour_weight:
-        # Unused here, and parsing POOL x limit colour vectors costs more than the rest of
-        # the rows (the API's picks show no colour names).
-        nearest = nearest.defer(column)
-    pool = [row for row in nearest if str(row.pk) not in hidden]
-    category = _category_field(candidates.model)
+    model = candidates.model
+    embedding = get_embedding_field(model, field)
+    category = _category_field(model)
+    colour_column = embedding.colour_attname if options.colour_weight else None
+    columns = ["pk", DISTANCE] + ([category.attname] if category else [])
+    searched = visual(candidates)
+    if colour_column:
+        searched = searched.annotate(pick_colour=binary_vector(colour_column))
+        columns.append("pick_colour")
+    nearest = searched.similar_to_vector(taste.vector, size, field=field).values_list(*columns)
+    pool = [row for row in nearest if str(row[0]) not in hidden]
     colours = np.zeros(len(pool))
-    if options.colour_weight:
-        colours = colour_affinities(taste, row_colours(pool, column))
+    if colour_column:
+        colours = colour_affinities(taste, [None if row[-1] is None else from_binary(row[-1])
+                                            for row in pool])
     terms = np.zeros(len(pool))
     prior = (prior_for(options.feedback_surfaces, options.prior_strength)
              if pool and (options.ctr_weight or options.conversion_weight) else None)
     if prior is not None:
         # Product-level evidence only: a pick has no source product.
-        evidence = evidence_for(options.feedback_surfaces, None, [row.pk for row in pool])
+        evidence = evidence_for(options.feedback_surfaces, None, [row[0] for row in pool])
         terms = feedback_terms(evidence, prior, ctr_weight=options.ctr_weight,
                                conversion_weight=options.conversion_weight)
+    scored = []
     for row, term, colour in zip(pool, terms, colours, strict=True):
-        value = getattr(row, category.attname, None) if category else None
+        value = row[2] if category else None
         affinity = taste.affinities.get(str(value), 0.0) if value is not None else 0.0
-        row.feedback_score = (options.category_weight * affinity
-                              + options.colour_weight * float(colour) + float(term))
-        row.reco_score = row.visual_score + row.feedback_score
-    pool.sort(key=lambda row: -row.reco_score)
-    return pool[:limit]
+        feedback = (options.category_weight * affinity + options.colour_weight * float(colour)
+                    + float(term))
+        # As the query's visual_score annotation computes it (1.0 - distance, in float8).
+        visual_score = 1.0 - row[1]
+        scored.append((visual_score + feedback, row[0], row[1], visual_score, feedback))
+    scored.sort(key=lambda pick: -pick[0])
+    best = scored[:limit]
+    deferred = [embedding.attname] + ([embedding.colour_attname]
+                                      if embedding.colour_attname and not colour_column else [])
+    found = {row.pk: row for row in candidates.filter(pk__in=[pick[1] for pick in best])
+             .defer(*deferred)}
+    rows = []
+    for reco_score, pk, distance, visual_score, feedback in best:
+        row = found.get(pk)
+        if row is not None:  # deleted since the search
+            setattr(row, DISTANCE, distance)
+            row.visual_score, row.feedback_score, row.reco_score = (visual_score, feedback,
+                                                                    reco_score)
+            rows.append(row)
+    return rows
 
 
 def _best_sellers_rows(candidates: models.QuerySet, category: Any, limit: int,
