@@ -85,3 +85,20 @@ def test_migrate_on_sqlite_stops_with_the_check_not_a_crash(tmp_path):
     assert result.returncode == 1
     assert "visual_reco.E006" in result.stderr and "PostgreSQL with the pgvector" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("strength", [0, -1, "many", None])
+def test_a_prior_strength_that_is_not_above_zero_is_an_error(settings, strength):
+    experiments = {"similar_api": {"VARIANTS": {
+        "control": {"SHARE": 50}, "sharp": {"SHARE": 50, "RANKING": {"PRIOR_STRENGTH": strength}}}}}
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO,
+                            "RANKING": {"PRIOR_STRENGTH": strength},
+                            "FEEDBACK": {"EXPERIMENTS": experiments}}
+    errors = [e for e in checks.run_checks() if e.id == "visual_reco.E009"]
+    assert len(errors) == 2
+    assert "RANKING['PRIOR_STRENGTH']" in errors[0].msg
+    assert "'sharp'" in errors[1].msg
+
+
+def test_the_default_prior_strengths_pass():
+    assert [e for e in checks.run_checks() if e.id == "visual_reco.E009"] == []

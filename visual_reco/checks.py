@@ -147,3 +147,30 @@ def check_similar_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             hint="Use a cache all processes share (Redis, Memcached, the database cache).",
             id="visual_reco.W001")]
     return []
+
+
+@checks.register()
+def check_prior_strength(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E009: a ``PRIOR_STRENGTH`` (of ``RANKING``, ``PICKS`` or an A/B variant's ``RANKING``)
+    that is not a number above 0: without pseudo-views a product with no click gets a rate
+    of 0, whose log ranks it at minus infinity, and exploration cannot draw from it."""
+    found = [("RANKING", reco_settings.RANKING.get("PRIOR_STRENGTH")),
+             ("PICKS", reco_settings.PICKS.get("PRIOR_STRENGTH"))]
+    for surface, test in (reco_settings.FEEDBACK.get("EXPERIMENTS") or {}).items():
+        for name, spec in ((test or {}).get("VARIANTS") or {}).items():
+            ranking = (spec or {}).get("RANKING") or {}
+            if "PRIOR_STRENGTH" in ranking:
+                found.append((f"FEEDBACK['EXPERIMENTS'][{surface!r}]['VARIANTS'][{name!r}]"
+                              "['RANKING']", ranking["PRIOR_STRENGTH"]))
+    errors = []
+    for where, value in found:
+        try:
+            valid = float(value) > 0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            errors.append(checks.Error(
+                f"VISUAL_RECO {where}['PRIOR_STRENGTH'] = {value!r} must be a number above 0.",
+                hint="It is how many views a product's own rates need to weigh as much as the "
+                     "mean (50 by default).", id="visual_reco.E009"))
+    return errors

@@ -271,7 +271,7 @@ DEFAULTS: dict[str, Any] = {
         "COLOUR_WEIGHT": 0.0,
         # And what every shopper did with it, as in the re-ranking: CTR_WEIGHT x ln(click
         # rate / mean) + CONVERSION_WEIGHT x ln(conversions per click / mean), the
-        # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH (0: off). Heavier
+        # product's rates on FEEDBACK_SURFACES smoothed by PRIOR_STRENGTH. Heavier
         # than the re-ranking's, with a wider pool: what everyone likes near the taste
         # (chosen on the simulation's tuning seed, docs/FEEDBACK.md).
         "CTR_WEIGHT": 1.0,
