@@ -284,21 +284,23 @@ def lab_histogram(lab: np.ndarray, grid: LabGrid = GRID, sigma: float | None = B
     vote, at step / 4 under 1e-6.
     """
     lab = np.asarray(lab, dtype=np.float32).reshape(-1, 3)
-    weights = (np.ones(len(lab), dtype=np.float32) if weights is None
-               else np.asarray(weights, dtype=np.float32).reshape(-1))
-    total = float(weights.sum())
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+    total = float(len(lab) if weights is None else weights.sum())
     if len(lab) == 0 or total <= 0:
         return np.zeros(len(grid), dtype=np.float32)
     if sigma is None:
         return (_nearest_counts(lab, grid, weights) / total).astype(np.float32)
     bins, votes, kept = _votes(lab, grid, sigma)
-    votes *= weights
+    if weights is not None:
+        votes *= weights
     # As float even when no colour is kept (bincount of nothing is int64).
     histogram = np.bincount(bins[:, kept].ravel(), weights=votes[:, kept].ravel(),
                             minlength=len(grid)).astype(np.float64)
     if not kept.all():
         # Colours whose surrounding nodes are all outside the gamut: their nearest bin.
-        histogram += _nearest_counts(lab[~kept], grid, weights[~kept])
+        histogram += _nearest_counts(lab[~kept], grid,
+                                     None if weights is None else weights[~kept])
     return (histogram / total).astype(np.float32)
 
 
@@ -324,7 +326,8 @@ def _votes(lab: np.ndarray, grid: LabGrid,
     return bins, votes, kept
 
 
-def _nearest_counts(lab: np.ndarray, grid: LabGrid, weights: np.ndarray) -> np.ndarray:
+def _nearest_counts(lab: np.ndarray, grid: LabGrid,
+                    weights: np.ndarray | None) -> np.ndarray:
     centres = grid.centres
     squared = ((lab ** 2).sum(axis=1)[:, None] + (centres ** 2).sum(axis=1)[None, :]
                - 2 * lab @ centres.T)
@@ -388,7 +391,9 @@ def colour_vector(pixels: np.ndarray, *, mask: bool = True, grid: LabGrid = GRID
     lab = srgb_to_lab(small)
     foreground = (_mask(small, lab, tolerance) if mask
                   else np.ones(lab.shape[:2], dtype=bool))
-    weights = _focus_weights(lab, foreground, centre=centre, skin=skin)[foreground]
+    # Unfocused (the stored vectors), every pixel counts alike: no weights to make or apply.
+    weights = (_focus_weights(lab, foreground, centre=centre, skin=skin)[foreground]
+               if centre is not None or skin < 1.0 else None)
     histogram = lab_histogram(lab[foreground], grid, sigma, weights)
     vector = np.sqrt(histogram)
     return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
