@@ -1,15 +1,23 @@
 """What shop developers and staff see: the template tag, the API, the schema, the admin."""
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
 from django.template import Context, Template
 from django.test import RequestFactory
+from django.utils import translation
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 
 from tests.celery_app import app as celery_app
 from tests.conftest import upload
+from tests.test_reasons import write_mo
 from tests.testapp.models import Item
+from visual_reco.api.serializers import SimilarItemSerializer, similar_items
+from visual_reco.colour import DIMENSIONS
 from visual_reco.models import EmbeddingStatus
+from visual_reco.registry import get_embedding_field
 
 pytestmark = pytest.mark.django_db
 
@@ -159,3 +167,47 @@ def test_the_similar_endpoint_is_rate_limited_per_client(client, items, settings
         assert other.status_code == 200
     finally:
         caches["shared"].clear()
+
+
+class ItemWithCategory(SimilarItemSerializer):
+    """A shop's own item serializer: the default's fields and one more."""
+
+    category = serializers.CharField()
+
+
+def test_results_without_drf_are_the_serializers_to_the_byte(items, settings, tmp_path):
+    write_mo(tmp_path / "xx" / "LC_MESSAGES" / "django.mo", {
+        "same colour: %(colour)s": "%(colour)s, couleur identique",
+        "reason\x04%(first)s, %(second)s": "%(second)s ; %(first)s"})
+    settings.LOCALE_PATHS = [str(tmp_path)]
+    rows = list(Item.objects.defer("embedding").order_by("pk"))
+    colour = get_embedding_field(Item).colour_attname
+    palette = np.zeros(DIMENSIONS, dtype=np.float32)
+    for index, row in enumerate(rows):  # every branch: scores, none, null parts, colours
+        row.visual_score = [0.875, None, np.float64(0.5), 1, 0.25, 0.125][index]
+        if index % 3:
+            row.aspect_scores = {"shape": 0.9 - index / 10, "colour": None if index == 2
+                                 else np.float32(0.3 + index / 10)}
+        if index % 2:
+            palette[:] = 0
+            palette[index * 7 % len(palette)] = 1.0
+            row.__dict__[colour] = palette.copy()
+    request = RequestFactory().get("/")
+    for context in ({"request": request, "source_field": "photo", "colour_field": colour,
+                     "mode": "same_colour", "source_colours": ["red"]},
+                    {"request": request, "source_field": "photo", "colour_field": colour},
+                    {"source_field": "photo", "mode": None}):
+        for language in ("en", "xx"):
+            with translation.override(language):
+                expected = JSONRenderer().render(
+                    SimilarItemSerializer(rows, many=True, context=context).data)
+                assert JSONRenderer().render(similar_items(rows, context)) == expected
+                assert b'"reason":"' in expected and b'"score":null' in expected
+
+
+def test_a_shops_own_item_serializer_still_serialises_the_results(client, items, settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO,
+                            "SIMILAR_SERIALIZER": "tests.test_surfaces.ItemWithCategory"}
+    response = client.get(f"/api/visual-reco/products/{items[0].pk}/similar/?limit=3")
+    assert [row["category"] for row in response.json()["results"]] == ["cups", "plates",
+                                                                       "cups"]

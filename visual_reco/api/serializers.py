@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework import serializers
 
+from visual_reco.conf import reco_settings
 from visual_reco.reasons import colour_names, reason
 
 # Products a picked-for-you request may ask to leave out (the page's other lists).
@@ -18,7 +20,7 @@ class SimilarItemSerializer(serializers.Serializer):
     shown (`visual_reco.reasons`, in the request's language; the context's ``mode`` and
     ``source_colours``, the product's own colour names); and
     the main colour names of its stored colour vector (the view's ``colour_field``), when it
-    has one."""
+    has one. `similar_items` gives the same representation without DRF's per-field work."""
 
     id = serializers.CharField(source="pk", read_only=True)
     name = serializers.SerializerMethodField()
@@ -38,11 +40,7 @@ class SimilarItemSerializer(serializers.Serializer):
     def get_reason(self, obj: Any) -> str | None:
         """Why it is shown, e.g. "same shape, similar colour: navy"; null when it was not
         ranked by a blend."""
-        scores = getattr(obj, "aspect_scores", None)
-        if scores is None:
-            return None
-        return reason(scores, self._colour_names(obj), self.context.get("mode"),
-                      source_colours=self.context.get("source_colours"))
+        return _reason(obj, self._colour_names(obj), self.context)
 
     def _colour_names(self, obj: Any) -> list[str] | None:
         """`colour_names` of ``obj``, computed once for its ``colours`` and its ``reason``
@@ -54,22 +52,76 @@ class SimilarItemSerializer(serializers.Serializer):
 
     def get_name(self, obj: Any) -> str:
         """``obj.name`` when it exists, else ``str(obj)``."""
-        return str(getattr(obj, "name", obj))
+        return _name(obj)
 
     def get_url(self, obj: Any) -> str | None:
         """Absolute URL of the object's page (``get_absolute_url``), if it has one."""
-        if not hasattr(obj, "get_absolute_url"):
-            return None
-        return self._absolute(obj.get_absolute_url())
+        return _url(obj, self.context.get("request"))
 
     def get_image(self, obj: Any) -> str | None:
         """Absolute URL of the source image."""
-        image = getattr(obj, self.context["source_field"], None)
-        return self._absolute(image.url) if image else None
+        return _image(obj, self.context["source_field"], self.context.get("request"))
 
-    def _absolute(self, url: str) -> str:
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
+
+def _name(obj: Any) -> str:
+    return str(getattr(obj, "name", obj))
+
+
+def _absolute(url: str, request: Any) -> str:
+    return request.build_absolute_uri(url) if request else url
+
+
+def _url(obj: Any, request: Any) -> str | None:
+    if not hasattr(obj, "get_absolute_url"):
+        return None
+    return _absolute(obj.get_absolute_url(), request)
+
+
+def _image(obj: Any, source_field: str, request: Any) -> str | None:
+    image = getattr(obj, source_field, None)
+    return _absolute(image.url, request) if image else None
+
+
+def _reason(obj: Any, colours: list[str] | None, context: dict[str, Any]) -> str | None:
+    scores = getattr(obj, "aspect_scores", None)
+    if scores is None:
+        return None
+    return reason(scores, colours, context.get("mode"),
+                  source_colours=context.get("source_colours"))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _item(obj: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """What `SimilarItemSerializer` makes of ``obj``, key for key and value for value."""
+    request = context.get("request")
+    pk = obj.pk
+    scores = getattr(obj, "aspect_scores", None)
+    colours = colour_names(obj, context.get("colour_field"))
+    return {
+        "id": None if pk is None else str(pk),
+        "name": _name(obj),
+        "url": _url(obj, request),
+        "image": _image(obj, context["source_field"], request),
+        "score": _float(getattr(obj, "visual_score", None)),
+        "aspect_scores": (None if scores is None else
+                          {str(aspect): _float(score) for aspect, score in scores.items()}),
+        "colours": colours,
+        "reason": _reason(obj, colours, context),
+    }
+
+
+def similar_items(rows: Iterable[Any], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``results`` of a response: ``rows`` as ``SIMILAR_SERIALIZER`` represents them
+    (``context`` as that serializer's). The default, `SimilarItemSerializer`, is applied
+    without DRF's field machinery (building the serializer and calling each field of each
+    row was the largest part of a cached list's time); another serializer is used as is."""
+    serializer = reco_settings.SIMILAR_SERIALIZER
+    if serializer is not SimilarItemSerializer:
+        return serializer(rows, many=True, context=context).data
+    return [_item(row, context) for row in rows]
 
 
 class SimilarResponseSerializer(serializers.Serializer):

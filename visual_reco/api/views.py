@@ -29,6 +29,7 @@ from visual_reco.api.serializers import (
     PicksResponseSerializer,
     SimilarQuerySerializer,
     SimilarResponseSerializer,
+    similar_items,
 )
 from visual_reco.api.throttling import (
     EventsAddressThrottle,
@@ -186,7 +187,6 @@ class SimilarProductsView(VisualRecoAPIView):
                                  variant=tracked.variant if tracked else None,
                                  request=request, mode=mode,
                                  collapse_variants=params.validated_data["collapse"])
-        item_serializer = reco_settings.SIMILAR_SERIALIZER
         colour_field = embedding.colour_attname
         context = {"request": request, "source_field": embedding.source, "mode": mode,
                    "colour_field": colour_field,
@@ -194,7 +194,7 @@ class SimilarProductsView(VisualRecoAPIView):
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": getattr(product, embedding.status_name),
-            "results": item_serializer(results, many=True, context=context).data,
+            "results": similar_items(results, context),
             "token": token_for(tracked, self.surface, product.pk, results, embedding.embedder),
         }))
 
@@ -249,8 +249,7 @@ class PickedForYouView(VisualRecoAPIView):
         context = {"request": request, "source_field": embedding.source}
         return _tracked(request, tracked, Response({
             "source": picks.source,
-            "results": reco_settings.SIMILAR_SERIALIZER(picks.products, many=True,
-                                                        context=context).data,
+            "results": similar_items(picks.products, context),
             "token": token_for(tracked, self.surface, picks.source, picks.products,
                                embedding.embedder),
         }))
@@ -354,8 +353,7 @@ class PhotoSearchView(VisualRecoAPIView):
         return _tracked(request, tracked, Response({
             "predicted_category": (CategorySerializer(found.category).data
                                    if found.category and found.category.category else None),
-            "results": reco_settings.SIMILAR_SERIALIZER(found.results, many=True,
-                                                        context=context).data,
+            "results": similar_items(found.results, context),
             "timings_ms": {k: round(v, 1) for k, v in found.timings_ms.items()},
             "token": token_for(tracked, self.surface, "photo", found.results,
                                embedding.embedder),
