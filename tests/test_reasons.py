@@ -131,3 +131,13 @@ def test_a_translation_may_reorder_the_phrases_and_name_colours(settings, tmp_pa
         # Untranslated messages fall back to English, placeholders filled all the same.
         assert caption("similar", "other", ("red",)) == "other colour: red ; similar shape"
     assert caption("same", "similar") == "same shape, similar colour: navy"
+
+
+def test_captions_follow_a_change_of_catalogs(settings, tmp_path):
+    # Captions are kept per language; a new catalog must not be served the old ones.
+    for n, word in enumerate(("identique", "pareille")):
+        write_mo(tmp_path / str(n) / "xx" / "LC_MESSAGES" / "django.mo",
+                 {"same shape": f"forme {word}"})
+        settings.LOCALE_PATHS = [str(tmp_path / str(n))]
+        with translation.override("xx"):
+            assert caption("same", None) == f"forme {word}"

@@ -12,11 +12,14 @@ translation may reorder and inflect them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from django.core.signals import setting_changed
 from django.utils.functional import Promise
-from django.utils.translation import gettext, pgettext, pgettext_lazy
+from django.utils.translation import get_language, gettext, pgettext, pgettext_lazy
 
 from visual_reco.colour import DIMENSIONS, dominant_colours
 from visual_reco.conf import reco_settings
@@ -111,7 +114,17 @@ def reason(aspect_scores: Mapping[str, float | None] | None,
     colour = level(COLOUR, aspect_scores.get(COLOUR), thresholds)
     if colour == "other" and colours and source_colours and colours[0] == source_colours[0]:
         colour = "similar"
-    name = colour_label(colours[0]) if colours else None
+    return _caption(get_language(), colour_leads, shape, colour,
+                    colours[0] if colours else None)
+
+
+# The captions are few (levels x palette names x languages) and each took several gettext
+# calls; kept until a setting that changes translations does (as Django drops its catalogs).
+@functools.lru_cache(maxsize=4096)
+def _caption(language: str | None, colour_leads: bool, shape: str | None, colour: str | None,
+             colour_name: str | None) -> str | None:
+    """The caption of `reason`, in ``language`` (the active one: its key in the cache)."""
+    name = colour_label(colour_name) if colour_name is not None else None
     phrases = []
     if colour_leads and colour is not None:
         phrases.append(_colour_phrase(colour, name))
@@ -130,13 +143,28 @@ def reason(aspect_scores: Mapping[str, float | None] | None,
                                                           "second": phrases[1]}
 
 
+def _forget_captions(setting: str, **kwargs: Any) -> None:
+    if setting in {"LANGUAGES", "LANGUAGE_CODE", "LOCALE_PATHS", "INSTALLED_APPS"}:
+        _caption.cache_clear()
+
+
+setting_changed.connect(_forget_captions, dispatch_uid="visual_reco.reasons.captions")
+
+
 def colour_names(obj: Any, column: str | None) -> list[str] | None:
     """The 1-3 main palette names of ``obj``'s stored colour vector in ``column``
     (`visual_reco.colour.dominant_colours`), or None when it has none."""
     vector = to_array(obj.__dict__.get(column)) if column else None
     if vector is None or len(vector) != DIMENSIONS:
         return None
-    return [name for name, _ in dominant_colours(vector)]
+    return list(_names_of(vector.tobytes()))
+
+
+# A pure function of the stored vector, asked for again with every list a product is in.
+@functools.lru_cache(maxsize=8192)
+def _names_of(vector: bytes) -> tuple[str, ...]:
+    """The dominant colours' names of a float32 colour vector given as its bytes."""
+    return tuple(name for name, _ in dominant_colours(np.frombuffer(vector, dtype=np.float32)))
 
 
 def reason_for(obj: Any, column: str | None, mode: str | None = None, *,
