@@ -23,11 +23,28 @@ class LoadResult:
     errors: int = 0
     seconds: float = 0.0
     answered: list[bytes] = field(default_factory=list)  # with keep_answered: the 200s
+    # CPU seconds, when measured (`demo_shop.bench.cpu`): the servers' (web processes,
+    # database, cache) and the load generator's own, over the same wall time.
+    server_cpu: float | None = None
+    client_cpu: float | None = None
 
     @property
     def rate(self) -> float:
         """Answered requests per second."""
         return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_ms_per_request(self) -> float:
+        """Server CPU milliseconds per answered request (nan when not measured)."""
+        if self.server_cpu is None or not self.latencies:
+            return float("nan")
+        return self.server_cpu * 1000 / len(self.latencies)
+
+    def capacity(self, cores: int) -> float:
+        """Requests per second that ``cores`` cores given to the servers alone would answer at
+        this CPU cost per request (no load generator, no other job, perfect scaling)."""
+        cost = self.server_ms_per_request
+        return cores * 1000 / cost if cost == cost and cost > 0 else float("nan")
 
     def percentile(self, q: float) -> float:
         """Latency percentile in milliseconds."""
@@ -76,12 +93,17 @@ async def _connection(host: str, port: int, make_request: Callable[[], bytes],
 
 def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrency: int,
              seconds: float, max_requests: int | None = None, *, tolerate: bool = False,
-             keep_answered: bool = False) -> LoadResult:
+             keep_answered: bool = False,
+             server_cpu: Callable[[], float] | None = None) -> LoadResult:
     """Drive the server with ``concurrency`` keep-alive connections for ``seconds``, or
     until ``max_requests`` were sent when that is given (``seconds`` 0: no time limit).
     With ``tolerate`` a dropped connection is an error and is opened again; with
-    ``keep_answered`` the requests answered 200 are kept in the result."""
+    ``keep_answered`` the requests answered 200 are kept in the result; with ``server_cpu``
+    (CPU seconds the servers have used so far, e.g. `demo_shop.bench.cpu.Servers.reading`)
+    the result has the servers' CPU time and this process's over the run."""
     result = LoadResult()
+    server_before = server_cpu() if server_cpu else None
+    client_before = time.process_time()
     budget = [max_requests if max_requests is not None else 2**62]
 
     async def main() -> None:
@@ -93,6 +115,9 @@ def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrenc
         result.seconds = time.perf_counter() - started
 
     asyncio.run(main())
+    if server_cpu is not None and server_before is not None:
+        result.server_cpu = server_cpu() - server_before
+        result.client_cpu = time.process_time() - client_before
     return result
 
 

@@ -28,6 +28,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
+from demo_shop.bench.cpu import demo_servers
 from demo_shop.bench.helpers import HOST, gunicorn_demo, machine_line, write_section
 from demo_shop.bench.loadgen import LoadResult, get_requests, run_load
 from demo_shop.shop.models import Product
@@ -51,7 +52,10 @@ PAIRS = "bench_rerank_pairs"
 MIX = ("CASE WHEN r < 880 THEN 'impression' WHEN r < 970 THEN 'click' WHEN r < 990 THEN "
        "'add_to_cart' ELSE 'purchase' END")
 LIMIT = 8
-CACHE_ON = "on, as the demo sets it: a source's second list is a hit"
+# The capacity a server CPU cost per request implies is given for this many cores.
+CORES = 2
+CACHE_ON = ("on, as the demo sets it, and every list a hit: both lists of each source asked "
+            "once before the timing")
 BEST_SELLERS_ONLY = Variant("best_sellers", ranking={"PICKS": "best_sellers"})
 
 
@@ -72,6 +76,9 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
         parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
         parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--cache", choices=["on", "off", "both"], default="both",
+                            help="serve the API under load with the similar cache on, off or "
+                                 "both (on: the demo's setting)")
         parser.add_argument("--no-write", action="store_true")
         parser.add_argument("--keep", action="store_true",
                             help="keep the padding and events; reuse those a --keep run left")
@@ -114,7 +121,8 @@ class Command(BaseCommand):
                     remove_padding(say=self.stdout.write)
         if not options["no_write"]:
             self._write(options, pairs, timings, loads)
-            self._write_picks(options, timings, loads)
+            if "picked for you" in loads:
+                self._write_picks(options, timings, loads)
 
     def _generate(self, sources: list[int], options: dict[str, Any]) -> None:
         pool = LIMIT * int(reco_settings.RANKING["POOL"])
@@ -201,6 +209,12 @@ class Command(BaseCommand):
         products = {product.pk: product for product in
                     Product.objects.filter(pk__in=sources).defer("image_embedding")}
         timings: dict[str, list[float]] = {"visual": [], "reranked": []}
+        # Both rankings of every source asked once before the timing: with the similar cache
+        # both lists are then hits (the steady state of a shop), so their difference is what
+        # re-ranking adds, not a miss on one side.
+        for pk in sources:
+            similar_products(products[pk], None, LIMIT)
+            ranked_similar(products[pk], None, LIMIT)
         for n in range(lists):
             source = products[sources[n % len(sources)]]
             for name in ("visual", "reranked"):
@@ -223,35 +237,47 @@ class Command(BaseCommand):
         picks = ([f"/api/visual-reco/picked-for-you/?limit={LIMIT}"] * len(visitors),
                  [f"{cookie}={raw_id}" for raw_id in visitors])
         loads: dict[str, dict[int, LoadResult]] = {}
-        for ranking, cache in (("visual", "0"), ("reranked", "0"), ("visual", "1"),
-                               ("reranked", "1")):
+        caches = {"off": ["0"], "on": ["1"], "both": ["0", "1"]}[options["cache"]]
+        for cache in caches:
+            self._serve(cache, paths, picks, options, loads)
+        return loads
+
+    def _serve(self, cache: str, paths: list[str], picks: tuple[list[str], list[str]],
+               options: dict[str, Any], loads: dict[str, dict[int, LoadResult]]) -> None:
+        """Load gunicorn with the similar cache ``cache`` ("1": on), visual-only then
+        re-ranked (and, with the cache on, picked-for-you), charging each level the CPU
+        the servers used (`demo_shop.bench.cpu`)."""
+        for ranking in ("visual", "reranked"):
             name = f"{ranking}, cache {'on' if cache == '1' else 'off'}"
             env = {"DEMO_RATE_LIMITS": "0", "DEMO_SIMILAR_CACHE": cache,
                    "DEMO_RANKING": ranking}
             loads[name] = {}
-            with gunicorn_demo(options["workers"], options["threads"], env) as (port, _):
+            with gunicorn_demo(options["workers"], options["threads"], env) as (port, server):
+                cpu = demo_servers(server.pid).reading
                 # Every list asked once: warm connections, and with the cache the steady
                 # state of a busy shop (the candidate pools cached, the feedback read live).
                 run_load(HOST, port, get_requests(HOST, paths), 4, 0,
                          max_requests=len(paths))
                 for level in options["concurrency"]:
                     result = run_load(HOST, port, get_requests(HOST, paths), level,
-                                      options["seconds"])
+                                      options["seconds"], server_cpu=cpu)
                     loads[name][level] = result
                     self._report(name, level, result)
                 if ranking == "reranked" and cache == "1":
                     loads["picked for you"] = {}
                     for level in options["concurrency"]:
                         result = run_load(HOST, port, get_requests(HOST, *picks), level,
-                                          options["seconds"])
+                                          options["seconds"], server_cpu=cpu)
                         loads["picked for you"][level] = result
                         self._report("picked for you", level, result)
-        return loads
 
     def _report(self, name: str, level: int, result: LoadResult) -> None:
         self.stdout.write(f"{name} c={level}: {result.rate:.0f} req/s, "
                           f"p50 {result.percentile(50):.1f} ms, "
-                          f"p99 {result.percentile(99):.1f} ms, {result.errors} errors")
+                          f"p99 {result.percentile(99):.1f} ms, {result.errors} errors; "
+                          f"server CPU {result.server_ms_per_request:.2f} ms/request "
+                          f"(capacity {result.capacity(CORES):.0f} req/s on {CORES} cores), "
+                          f"load generator {result.client_cpu or 0:.1f} CPU s")
 
     def _kept_sources(self) -> list[int]:
         """The sources whose pools a ``--keep`` run generated events on (none: start over)."""
@@ -314,8 +340,7 @@ class Command(BaseCommand):
             f"| **{added:.2f}** |\n\n"
             f"The API under gunicorn ({options['workers']} processes x {options['threads']} "
             f"threads, {options['seconds']:.0f} s per level, closed loop on loopback):\n\n"
-            "| ranking | connections | req/s | p50 ms | p99 ms | errors |\n"
-            "|---|---:|---:|---:|---:|---:|\n" + rows + "\n\n"
+            + _load_header("ranking") + rows + "\n\n"
             f"Command: {self._command(options)}.")
         path = write_section(f"## Re-ranking with feedback\n\n{body}")
         self.stdout.write(f"Wrote {path}")
@@ -335,8 +360,7 @@ class Command(BaseCommand):
             f"| best sellers (cached per process) | {np.percentile(sellers, 50):.2f} | "
             f"{np.percentile(sellers, 99):.2f} |\n\n"
             "`GET picked-for-you/` under gunicorn, each request with a visitor's cookie:\n\n"
-            "| list | connections | req/s | p50 ms | p99 ms | errors |\n"
-            "|---|---:|---:|---:|---:|---:|\n"
+            + _load_header("list")
             + _load_rows({"picked for you": loads["picked for you"]}) + "\n\n"
             f"Command: {self._command(options)}.")
         path = write_section(f"## Picked for you\n\n{body}")
@@ -348,8 +372,15 @@ def _visitor_raw_id(number: int) -> str:
     return f"bench-visitor-{number:08d}"
 
 
+def _load_header(first: str) -> str:
+    return (f"| {first} | connections | req/s | p50 ms | p99 ms | errors | server CPU ms/req | "
+            f"capacity on {CORES} cores, req/s | load generator CPU s |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+
+
 def _load_rows(loads: dict[str, dict[int, LoadResult]]) -> str:
     return "\n".join(
         f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f} | "
-        f"{result.percentile(99):.1f} | {result.errors} |"
+        f"{result.percentile(99):.1f} | {result.errors} | {result.server_ms_per_request:.2f} | "
+        f"{result.capacity(CORES):.0f} | {result.client_cpu or 0:.1f} |"
         for name, by_level in loads.items() for level, result in by_level.items())
