@@ -82,10 +82,11 @@ class Servers:
         return cpu_seconds(pids | set(self.processes))
 
 
-def demo_servers(gunicorn: int) -> Servers:
-    """The demo's servers seen from this process: gunicorn (``gunicorn``, its master's pid)
-    with its workers, the Postgres server of the default database (the parent of this
-    connection's backend) with its backends, and the Redis server of ``CACHE_URL``."""
+def demo_servers(gunicorn: int) -> dict[str, Servers]:
+    """The demo's servers seen from this process, by name: ``web`` (gunicorn, its master's
+    pid ``gunicorn``, and its workers), ``postgres`` (the server of the default database,
+    the parent of this connection's backend, with its backends) and ``redis`` (the server
+    of ``CACHE_URL``, when there is one)."""
     import redis
     from django.conf import settings
     from django.db import connection
@@ -96,7 +97,13 @@ def demo_servers(gunicorn: int) -> Servers:
     stat = _stat(backend)
     if stat is None:
         raise RuntimeError("the Postgres server is not on this machine: its CPU is not counted")
-    processes = ()
+    servers = {"web": Servers(trees=(gunicorn,)), "postgres": Servers(trees=(stat[0],))}
     if getattr(settings, "CACHE_URL", ""):
-        processes = (int(redis.Redis.from_url(settings.CACHE_URL).info("server")["process_id"]),)
-    return Servers(trees=(gunicorn, stat[0]), processes=processes)
+        pid = int(redis.Redis.from_url(settings.CACHE_URL).info("server")["process_id"])
+        servers["redis"] = Servers(trees=(), processes=(pid,))
+    return servers
+
+
+def readings(servers: dict[str, Servers]) -> dict[str, float]:
+    """`Servers.reading` of each of ``servers``, by name."""
+    return {name: server.reading() for name, server in servers.items()}

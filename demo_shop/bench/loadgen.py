@@ -27,6 +27,7 @@ class LoadResult:
     # database, cache) and the load generator's own, over the same wall time.
     server_cpu: float | None = None
     client_cpu: float | None = None
+    server_parts: dict[str, float] = field(default_factory=dict)  # server_cpu by server
 
     @property
     def rate(self) -> float:
@@ -39,6 +40,12 @@ class LoadResult:
         if self.server_cpu is None or not self.latencies:
             return float("nan")
         return self.server_cpu * 1000 / len(self.latencies)
+
+    def part_ms_per_request(self, name: str) -> float:
+        """One server's CPU milliseconds per answered request (nan when not measured)."""
+        if name not in self.server_parts or not self.latencies:
+            return float("nan")
+        return self.server_parts[name] * 1000 / len(self.latencies)
 
     def capacity(self, cores: int) -> float:
         """Requests per second that ``cores`` cores given to the servers alone would answer at
@@ -94,13 +101,13 @@ async def _connection(host: str, port: int, make_request: Callable[[], bytes],
 def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrency: int,
              seconds: float, max_requests: int | None = None, *, tolerate: bool = False,
              keep_answered: bool = False,
-             server_cpu: Callable[[], float] | None = None) -> LoadResult:
+             server_cpu: Callable[[], dict[str, float]] | None = None) -> LoadResult:
     """Drive the server with ``concurrency`` keep-alive connections for ``seconds``, or
     until ``max_requests`` were sent when that is given (``seconds`` 0: no time limit).
     With ``tolerate`` a dropped connection is an error and is opened again; with
     ``keep_answered`` the requests answered 200 are kept in the result; with ``server_cpu``
-    (CPU seconds the servers have used so far, e.g. `demo_shop.bench.cpu.Servers.reading`)
-    the result has the servers' CPU time and this process's over the run."""
+    (CPU seconds each server has used so far, by name: `demo_shop.bench.cpu.readings`) the
+    result has the servers' CPU time, each one's, and this process's over the run."""
     result = LoadResult()
     server_before = server_cpu() if server_cpu else None
     client_before = time.process_time()
@@ -116,7 +123,9 @@ def run_load(host: str, port: int, make_request: Callable[[], bytes], concurrenc
 
     asyncio.run(main())
     if server_cpu is not None and server_before is not None:
-        result.server_cpu = server_cpu() - server_before
+        after = server_cpu()
+        result.server_parts = {name: after[name] - server_before[name] for name in after}
+        result.server_cpu = sum(result.server_parts.values())
         result.client_cpu = time.process_time() - client_before
     return result
 

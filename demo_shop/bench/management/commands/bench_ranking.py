@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
-from demo_shop.bench.cpu import demo_servers
+from demo_shop.bench.cpu import demo_servers, readings
 from demo_shop.bench.helpers import HOST, gunicorn_demo, machine_line, write_section
 from demo_shop.bench.loadgen import LoadResult, get_requests, run_load
 from demo_shop.shop.models import Product
@@ -253,7 +254,7 @@ class Command(BaseCommand):
                    "DEMO_RANKING": ranking}
             loads[name] = {}
             with gunicorn_demo(options["workers"], options["threads"], env) as (port, server):
-                cpu = demo_servers(server.pid).reading
+                cpu = partial(readings, demo_servers(server.pid))
                 # Every list asked once: warm connections, and with the cache the steady
                 # state of a busy shop (the candidate pools cached, the feedback read live).
                 run_load(HOST, port, get_requests(HOST, paths), 4, 0,
@@ -276,6 +277,7 @@ class Command(BaseCommand):
                           f"p50 {result.percentile(50):.1f} ms, "
                           f"p99 {result.percentile(99):.1f} ms, {result.errors} errors; "
                           f"server CPU {result.server_ms_per_request:.2f} ms/request "
+                          f"({_parts(result)}) "
                           f"(capacity {result.capacity(CORES):.0f} req/s on {CORES} cores), "
                           f"load generator {result.client_cpu or 0:.1f} CPU s")
 
@@ -372,6 +374,12 @@ def _visitor_raw_id(number: int) -> str:
     return f"bench-visitor-{number:08d}"
 
 
+def _parts(result: LoadResult) -> str:
+    """Each server's share of the CPU per request, e.g. "web 7.1 + postgres 2.5 + redis 0.3"."""
+    return " + ".join(f"{name} {result.part_ms_per_request(name):.1f}"
+                      for name in result.server_parts)
+
+
 def _load_header(first: str) -> str:
     return (f"| {first} | connections | req/s | p50 ms | p99 ms | errors | server CPU ms/req | "
             f"capacity on {CORES} cores, req/s | load generator CPU s |\n"
@@ -381,6 +389,7 @@ def _load_header(first: str) -> str:
 def _load_rows(loads: dict[str, dict[int, LoadResult]]) -> str:
     return "\n".join(
         f"| {name} | {level} | {result.rate:.0f} | {result.percentile(50):.1f} | "
-        f"{result.percentile(99):.1f} | {result.errors} | {result.server_ms_per_request:.2f} | "
+        f"{result.percentile(99):.1f} | {result.errors} | {result.server_ms_per_request:.2f} "
+        f"({_parts(result)}) | "
         f"{result.capacity(CORES):.0f} | {result.client_cpu or 0:.1f} |"
         for name, by_level in loads.items() for level, result in by_level.items())
