@@ -72,6 +72,7 @@ from visual_reco.models import (
     FeedbackRollup,
     FeedbackVariantDaily,
 )
+from visual_reco.modes import mode_blend, unit_rows
 
 LIMIT = 8
 CONTINUE = 0.85
@@ -104,6 +105,9 @@ class Catalog:
     vectors: np.ndarray
     categories: list[str]
     families: list[str]
+    # The colour aspect's vectors (rows as ``vectors``), when the catalog has them: the
+    # served visual order blends them in (`visual_reco.modes`).
+    colours: np.ndarray | None = None
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +117,15 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.pks)
+
+    def visual_scores(self, page: int) -> np.ndarray:
+        """How the similar list's default mode scores every product against ``page``: its
+        blend of the CNN cosine and, when the catalog has them, the colour cosine."""
+        cosines = {"shape": self.vectors @ self.vectors[page]}
+        if self.colours is not None:
+            cosines["colour"] = unit_rows(self.colours) @ unit_rows(self.colours[[page]])[0]
+        return mode_blend(reco_settings.DEFAULT_MODE).without(
+            {"colour"} - set(cosines)).combine(cosines)
 
 
 @dataclass
@@ -204,10 +217,31 @@ class Scenario:
         """The probability that a visitor who opened ``item``'s page adds it to the cart."""
         raise NotImplementedError
 
-    def headroom(self, pool: int, limit: int) -> float:
-        """The relative CTR gain over the visual order that a perfect fixed order of each
-        page's visual pool would bring (0: no order is better than another)."""
-        return 0.0
+    def ceilings(self, pool: int, limit: int) -> Ceilings:
+        """What orders that know the click model would gain over the visual order (nothing
+        where no order is better than another)."""
+        return Ceilings()
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Relative expected-CTR gains over the visual order of each page's visual pool, for
+    orders that know the click model: the bounds a ranking learned from clicks works under.
+
+    ``fixed``: the best order of each page's pool, the same for every visitor of the page
+    (what re-ranking by the page's and the products' click rates can at best serve).
+    ``appeal``: the visual score plus a weight times each product's true appeal to everyone
+    (the best of `APPEAL_WEIGHTS`): what per-product click rates alone can learn.
+    ``personal``: the best order of the pool for each visitor's own tastes.
+    """
+
+    fixed: float = 0.0
+    appeal: float = 0.0
+    personal: float = 0.0
+
+
+# The weights of the true appeal against the cosine that `Ceilings.appeal` tries.
+APPEAL_WEIGHTS = (0.05, 0.1, 0.2, 0.4)
 
 
 class LooksScenario(Scenario):
@@ -237,47 +271,65 @@ class LooksScenario(Scenario):
                 if catalog.categories[i] == category and catalog.families[i] == family]
         return both or [i for i in range(len(catalog)) if catalog.categories[i] == category]
 
-    def _mean_attraction(self, weights: dict[tuple[str, str], float], page: int,
-                         items: np.ndarray) -> np.ndarray:
-        catalog = self.catalog
-        families = np.array(catalog.families)[items]
-        categories = np.array(catalog.categories)[items]
-        cosine = catalog.vectors[items] @ catalog.vectors[page]
-        found = np.zeros(len(items))
-        for (family, category), weight in weights.items():
-            logit = (-3.2 + 1.4 * (families == family) + 1.4 * (categories == category)
-                     + 3.0 * (cosine - 0.75) + self.appeal[items])
-            found += weight * expected_sigmoid(logit)
-        return found
-
-    def headroom(self, pool: int, limit: int) -> float:
-        """How much more CTR the best fixed order of each page's visual pool would get
-        than the visual order, relative: the visitors on a page weighted by how often their
-        tastes land there (one page per visit), each item's expected
-        click probability among them (averaged over the look-to-look noise), best ``limit`` of
-        ``pool`` sorted, cascade CTR."""
+    def _tastes(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """Every (colour family, category) taste and, per page, how often a visitor of each
+        taste lands there (rows: pages; one page per visit)."""
         catalog = self.catalog
         n = len(catalog)
         tastes = {(f, c): catalog.families.count(f) * catalog.categories.count(c) / n / n
-                  for f in set(catalog.families) for c in set(catalog.categories)}
+                  for f in sorted(set(catalog.families)) for c in sorted(set(catalog.categories))}
         landed = np.zeros((n, len(tastes)))
         for column, (family, category) in enumerate(tastes):
             landed[:, column] = (1 - LIKED_LANDING) / n
             liked = self._liked(family, category)
             landed[liked, column] += LIKED_LANDING / len(liked)
             landed[:, column] *= tastes[(family, category)]
-        keys = list(tastes)
-        visual, best = [], []
-        for page in range(n):
-            weights = landed[page] / landed[page].sum()
-            similar = catalog.vectors @ catalog.vectors[page]
+        return list(tastes), landed
+
+    def _taste_attraction(self, taste: tuple[str, str], page: int,
+                          items: np.ndarray) -> np.ndarray:
+        """The expected attraction of ``items`` on ``page`` for a visitor of ``taste``."""
+        catalog = self.catalog
+        family, category = taste
+        families = np.array(catalog.families)[items]
+        categories = np.array(catalog.categories)[items]
+        cosine = catalog.vectors[items] @ catalog.vectors[page]
+        return expected_sigmoid(-3.2 + 1.4 * (families == family)
+                                + 1.4 * (categories == category)
+                                + 3.0 * (cosine - 0.75) + self.appeal[items])
+
+    def ceilings(self, pool: int, limit: int) -> Ceilings:
+        """`Ceilings` of this scenario: on each page, the visitors weighted by how often their
+        tastes land there, each list's CTR the cascade's for each taste (the per-look noise
+        averaged), the pool the ``pool`` best products by `Catalog.visual_scores` (the
+        served list is also diversified where ``DIVERSITY`` is set; this is not)."""
+        catalog = self.catalog
+        keys, landed = self._tastes()
+        appeal = self.appeal
+        totals = {"visual": 0.0, "fixed": 0.0, "personal": 0.0}
+        totals.update({f"appeal {w}": 0.0 for w in APPEAL_WEIGHTS})
+        for page in range(len(catalog)):
+            similar = catalog.visual_scores(page)
             similar[page] = -np.inf
             items = np.argsort(-similar, kind="stable")[:pool]
-            mean = self._mean_attraction(
-                {keys[k]: w for k, w in enumerate(weights) if w > 1e-9}, page, items)
-            visual.append(cascade_ctr(mean[:limit]))
-            best.append(cascade_ctr(np.sort(mean)[::-1][:limit]))
-        return float(np.mean(best) / np.mean(visual) - 1)
+            weights = landed[page] / landed[page].sum()
+            present = [(k, float(w)) for k, w in enumerate(weights) if w > 1e-9]
+            seen = {k: self._taste_attraction(keys[k], page, items) for k, _ in present}
+            mean = sum(w * seen[k] for k, w in present)
+            orders = {"visual": np.arange(limit),
+                      "fixed": np.argsort(-mean, kind="stable")[:limit]}
+            for w in APPEAL_WEIGHTS:
+                orders[f"appeal {w}"] = np.argsort(-(similar[items] + w * appeal[items]),
+                                                   kind="stable")[:limit]
+            for name, order in orders.items():
+                totals[name] += sum(w * cascade_ctr(seen[k][order]) for k, w in present)
+            totals["personal"] += sum(
+                w * cascade_ctr(np.sort(seen[k])[::-1][:limit]) for k, w in present)
+        visual = totals["visual"]
+        return Ceilings(
+            fixed=totals["fixed"] / visual - 1,
+            appeal=max(totals[f"appeal {w}"] for w in APPEAL_WEIGHTS) / visual - 1,
+            personal=totals["personal"] / visual - 1)
 
     def logit(self, visitor: Visitor, page: int, item: int) -> float:
         cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
@@ -839,7 +891,7 @@ def run_scenario(catalog: Catalog, options: Options) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     from_log = log_counts(logs)
     pool = int(reco_settings.RANKING["POOL"]) * options.limit
-    return {"headroom": simulator.scenario.headroom(pool, options.limit), "logs": logs,
+    return {"ceilings": simulator.scenario.ceilings(pool, options.limit), "logs": logs,
             "visitors": len(simulator.visitors), "return_rate": options.return_rate,
             "seconds": seconds, "requests": simulator.requests,
             "agrees": from_log == rollup_counts(), "counts": from_log,
@@ -1039,11 +1091,7 @@ overrides of the settings, equal shares).
                 f"(impressions, clicks, carts, purchases per variant). Ranking settings: "
                 f"`{json.dumps(self._ranking(result['ranking']))}`; picks: "
                 f"`{json.dumps(self._picks(result.get('picks', {})))}`. "
-                f"Ceiling: the best fixed order of each page's visual pool (the same list for "
-                f"every visitor of the page, as the re-ranking serves) would get "
-                f"{_signed(result['headroom'])} CTR over the visual order under this click "
-                "model (computed from the model, `headroom()`). "
-                f"Command: `{self.command}`.\n"]
+                f"{self._ceilings(result['ceilings'])} Command: `{self.command}`.\n"]
         for surface in (SIMILAR_SURFACE, PICKS_SURFACE):
             rows = self.rows(scenario, surface)
             if not any(row for _, row in rows):
@@ -1067,6 +1115,21 @@ overrides of the settings, equal shares).
                                 f"{against} | {expected} | "
                                 f"{p.value:.2f} ({p.low:.2f}-{p.high:.2f}) |")
         return "\n".join(text) + "\n"
+
+    @staticmethod
+    def _ceilings(ceilings: Ceilings) -> str:
+        """The scenario's `Ceilings`, in words."""
+        if ceilings == Ceilings():
+            return ("Ceilings: none; no order of the pool is better than another for what "
+                    "the clicks could teach.")
+        return ("Ceilings, expected CTR over the visual order of each page's pool under this "
+                "click model (computed from the model, `Scenario.ceilings()`): the best "
+                "fixed order of each page's pool (the same list for every visitor of the "
+                f"page, what re-ranking by click rates can at best serve) "
+                f"{_signed(ceilings.fixed)}; the visual score plus each product's true "
+                f"appeal (what per-product click rates alone can learn) "
+                f"{_signed(ceilings.appeal)}; the best order for each visitor's own tastes "
+                f"{_signed(ceilings.personal)}.")
 
     @staticmethod
     def _ranking(ranking: dict[str, Any]) -> dict[str, Any]:

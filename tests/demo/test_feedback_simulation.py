@@ -12,6 +12,8 @@ from demo_shop.bench.feedback_sim import (
     NOISE_SD,
     SIMILAR_SURFACE,
     Catalog,
+    Ceilings,
+    LooksScenario,
     Options,
     Report,
     Simulator,
@@ -184,3 +186,21 @@ def test_expected_clicks_are_what_the_sampled_clicks_average(scenario):
     best = [str(item) for _, item in sorted(zip(-attraction, [3, 6, 1, 10], strict=True))]
     assert simulator.expected_clicks(visitor, 0, best) > simulator.expected_clicks(
         visitor, 0, best[::-1])
+
+
+def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
+    rng = np.random.default_rng(3)
+    n = 30
+    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
+                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
+                      rng.normal(size=(n, 5)))
+    looks = LooksScenario(catalog, seed=4)
+    ceilings = looks.ceilings(pool=12, limit=4)
+    # Knowing each visitor's tastes beats any one order per page, which beats the visual one.
+    assert ceilings.personal >= max(ceilings.fixed, ceilings.appeal) > 0
+    # Without appeal differences, what product click rates learn is worth nothing.
+    looks.appeal[:] = 0.0
+    assert abs(looks.ceilings(pool=12, limit=4).appeal) < 1e-12
+    # A scenario where no order is better than another has no ceiling above the visual one.
+    assert Simulator(catalog, Options(scenario="unrelated")).scenario.ceilings(12, 4) == \
+        Ceilings()

@@ -150,7 +150,8 @@ def load_luma(folder: Path, cache: Path) -> tuple[Catalog, float]:
     pks = [str(stored[by_path[path].sku].pk) for path in paths]
     catalog = Catalog(pks, np.asarray(vectors, dtype=np.float64),
                       [by_path[path].category for path in paths],
-                      [colour_family(colours.get(by_path[path].sku, "")) for path in paths])
+                      [colour_family(colours.get(by_path[path].sku, "")) for path in paths],
+                      aspects.get("colour"))
     return catalog, time.perf_counter() - started
 
 
