@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from tests.celery_app import app as celery_app
 from tests.conftest import DATASETS, upload, wait_for_status
 from tests.testapp.models import Garment, GarmentPhoto, Item
 from visual_reco.choices import EmbeddingStatus
@@ -211,6 +212,30 @@ def test_the_api_serves_products_with_the_matching_image(wardrobe, settings, cli
     assert body["embedding_status"] == EmbeddingStatus.READY
     empty = client.get(f"/api/visual-reco/products/{made['e'].pk}/similar/").json()
     assert empty["results"] == [] and empty["embedding_status"] == EmbeddingStatus.PENDING
+
+
+def test_admin_shows_each_image_inside_its_product(wardrobe, admin_client, monkeypatch):
+    made, photos, _ = wardrobe
+    GarmentPhoto.objects.filter(pk=photos["a back"].pk).update(
+        embedding_status=EmbeddingStatus.FAILED, embedding_error="The image is too large.")
+    listing = admin_client.get("/admin/testapp/garment/").content.decode()
+    assert "garment photos: 1 of 2 ready" in listing  # a
+    assert "garment photos: 0 of 1 ready" in listing  # e
+    page = admin_client.get(f"/admin/testapp/garment/{made['a'].pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert html.count("Ready") >= 1 and "The image is too large." in html and "Failed" in html
+
+    sent = []
+    monkeypatch.setattr(celery_app, "send_task",
+                        lambda name, args, **kwargs: sent.append(tuple(args)))
+    response = admin_client.post("/admin/testapp/garment/", {
+        "action": "recompute_embeddings", "_selected_action": [made["a"].pk]}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        "Queued 2 image embeddings of 1 objects in 1 task."]
+    assert [(label, field, sorted(pks)) for label, field, pks in sent] == [
+        ("testapp.GarmentPhoto", "embedding", sorted([photos["a front"].pk,
+                                                      photos["a back"].pk]))]
 
 
 # --- the real path: worker, CNN, Luma photos --------------------------------------------------

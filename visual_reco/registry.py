@@ -101,9 +101,20 @@ def get_embedding_field(model: type[models.Model],
 
 def selected_fields(model: type[models.Model],
                     name: str | None = None) -> list[ImageEmbeddingField]:
-    """``[get_embedding_field(model, name)]``, or every embedding field of ``model`` for None
-    (what the pipeline works on: reindexing a model means all of its fields)."""
-    return embedding_fields(model) if name is None else [get_embedding_field(model, name)]
+    """The field ``name`` of ``model``'s own `embedding_fields` as a list, or all of them for
+    None: what the pipeline works on (reindexing a model means all of its fields; a gallery
+    field is reindexed on its image model). Raises `ImproperlyConfigured` for another name.
+    """
+    fields = embedding_fields(model)
+    if name is None:
+        return fields
+    found = [field for field in fields if field.name == name]
+    if not found:
+        names = ", ".join(f.name for f in fields) or "none"
+        raise ImproperlyConfigured(
+            f"{model._meta.label} has no ImageEmbeddingField {name!r} of its own; its "
+            f"embedding fields are {names}.")
+    return found
 
 
 def embedded_models(*, include_proxies: bool = False) -> list[type[models.Model]]:
@@ -144,5 +155,5 @@ def product_model() -> type[models.Model]:
         names = ", ".join(m._meta.label for m in candidates) or "none"
         raise ImproperlyConfigured(
             f"Set VISUAL_RECO['PRODUCT_MODEL'] to the model the API serves: {len(candidates)} "
-            f"models have an ImageEmbeddingField ({names}).")
+            f"models have an ImageEmbeddingField or a gallery of them ({names}).")
     return candidates[0]
