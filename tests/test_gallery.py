@@ -214,6 +214,31 @@ def test_the_api_serves_products_with_the_matching_image(wardrobe, settings, cli
     assert empty["results"] == [] and empty["embedding_status"] == EmbeddingStatus.PENDING
 
 
+def test_the_classifier_learns_from_every_photo_with_its_products_category(wardrobe):
+    from visual_reco.classifier import training_data
+    from visual_reco.embedders import get_embedder
+
+    made, _, _ = wardrobe
+    fingerprint = get_embedding_field(Garment).fingerprint_for(get_embedder())
+    GarmentPhoto.objects.update(embedding_fingerprint=fingerprint)
+    Garment.objects.filter(name="b").update(category="shoes")
+    vectors, labels = training_data(Garment)
+    assert vectors.shape == (7, DIMS)  # every photo with a vector: a 2, b, c, d 3
+    assert sorted(labels) == ["shoes"] + ["tops"] * 6
+
+
+def test_picks_and_the_learned_ranking_read_a_products_photos(wardrobe):
+    from visual_reco.feedback.learned import stored_vectors
+
+    made, photos, _ = wardrobe
+    vectors = stored_vectors(Garment, None, [made["a"].pk, made["b"].pk, made["e"].pk])
+    assert set(vectors) == {str(made["a"].pk), str(made["b"].pk)}  # e: no photo embedded
+    front = to_array(GarmentPhoto.objects.get(pk=photos["a front"].pk).embedding)
+    back = to_array(GarmentPhoto.objects.get(pk=photos["a back"].pk).embedding)
+    expected = unit(unit(front) + unit(back))
+    assert float(vectors[str(made["a"].pk)] @ expected) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_admin_shows_each_image_inside_its_product(wardrobe, admin_client, monkeypatch):
     made, photos, _ = wardrobe
     GarmentPhoto.objects.filter(pk=photos["a back"].pk).update(
