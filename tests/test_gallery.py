@@ -126,6 +126,9 @@ def test_limit_counts_products_not_images(wardrobe, settings):
     rows = list(Garment.objects.similar_to_vector(front, limit=3))
     assert len(rows) == 3 and len({row.pk for row in rows}) == 3
     assert rows[0].name == "a"
+    # d's own photos are each other's nearest: they fill the first tries, and are left out.
+    similar = list(Garment.objects.visually_similar(made["d"], limit=3))
+    assert len({row.pk for row in similar}) == 3 and made["d"].pk not in {r.pk for r in similar}
 
 
 def test_filters_and_values_apply_to_products(wardrobe):

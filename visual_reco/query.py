@@ -354,24 +354,26 @@ class VisualQuerySet(models.QuerySet):
                    if attname and blend is not None and blend.variants_first else None)
 
         def search(images: VisualQuerySet, pool: int) -> list[list[Any]]:
-            others = images.exclude(**{key.attname: obj.pk})
-            return [list(others.visually_similar(image, pool, field=embedding.name,
+            # obj's other photos are left out when grouped, not by the query: a filter
+            # would cost each search an EXPLAIN (`_exact`) and the index walk a filter.
+            return [list(images.visually_similar(image, pool, field=embedding.name,
                                                  aspects=blend, _variant=variant))
                     for image in sources]
         first = value if variant is not None and is_variant_value(value) else None
         return self.exclude(pk=obj.pk)._gallery(
             embedding, search, limit, blend, collapse=collapse, diversity=diversity,
-            variant_value=first, scope=self)
+            variant_value=first, scope=self, leave_out=obj.pk)
 
     def _gallery(self, embedding: Any, search: Any, limit: int, blend: Blend | None, *,
                  collapse: bool, diversity: float | None, variant_value: Any = None,
-                 scope: models.QuerySet | None = None) -> Self:
+                 scope: models.QuerySet | None = None, leave_out: Any = None) -> Self:
         """The products of this queryset whose images ``search`` finds (a function of the
         image queryset and how many rows each query image asks for, answering a list of
         rows per query image), each once by its best image, the first ``limit`` (after
         ``collapse_variants`` and ``diversity``), as a queryset of the products in that
         order. ``scope``: the queryset whose filters restrict the images (default: this
-        one); ``variant_value``: the ``VARIANT_FIELD`` value whose products come first."""
+        one); ``variant_value``: the ``VARIANT_FIELD`` value whose products come first;
+        ``leave_out``: a product not to return (the source of a similar search)."""
         scope = self if scope is None else scope
         key = embedding.product_key()
         columns = ["pk", key.attname, embedding.source]
@@ -387,7 +389,7 @@ class VisualQuerySet(models.QuerySet):
         pool = first_pool(wanted)
         while True:
             hits = search(images, pool)
-            matches = group(hits, key.attname)
+            matches = [m for m in group(hits, key.attname) if m.product != leave_out]
             if attname is not None:
                 matches = self._variants_ordered(matches, attname, collapse, variant_value)
             if len(matches) >= wanted or all(len(rows) < pool for rows in hits):
