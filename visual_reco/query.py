@@ -42,9 +42,11 @@ from visual_reco.diversity import PLAIN, blend_similarity, diversity_for, divers
 from visual_reco.gallery import COLOUR_ATTRIBUTE, GROWTH, Match, first_pool, group, pairwise_max
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
-from visual_reco.registry import get_embedding_field, is_gallery
+from visual_reco.registry import embedding_fields, get_embedding_field, is_gallery
 
 DISTANCE = "visual_distance"
+# The annotation with a gallery search's hit's colour vector, binary (`from_binary`).
+MATCH_COLOUR = "visual_match_colour"
 # Rows of hnsw.ef_search beyond a blend's ASPECT_CANDIDATES (`candidate_ef_search`): the
 # source and rows that filters drop. Chosen in demo_shop/bench (bench_blend, docs/BENCHMARKS.md).
 CANDIDATE_EF_MARGIN = 20
@@ -311,8 +313,9 @@ class VisualQuerySet(models.QuerySet):
                                          collapse=collapse_variants, diversity=diversity)
         filtered = bool(self.query.where)
         others = self.exclude(pk=obj.pk)
+        # No ordering: a Meta.ordering across a relation would join for one row by key.
         source = type(obj)._base_manager.using(self.db).filter(
-            pk=obj.pk, **{f"{embedding.attname}__isnull": False})
+            pk=obj.pk, **{f"{embedding.attname}__isnull": False}).order_by()
         if embedding.attname in obj.__dict__:
             vector = to_array(obj.__dict__[embedding.attname])
             if vector is None:
@@ -376,10 +379,11 @@ class VisualQuerySet(models.QuerySet):
         ``leave_out``: a product not to return (the source of a similar search)."""
         scope = self if scope is None else scope
         key = embedding.product_key()
-        columns = ["pk", key.attname, embedding.source]
+        images = visual(embedding.model._base_manager.using(self.db).all()).only(
+            "pk", key.attname, embedding.source)
         if embedding.colour_attname:
-            columns.append(embedding.colour_attname)
-        images = visual(embedding.model._base_manager.using(self.db).all()).only(*columns)
+            # Binary: parsing the text of every hit's colour cost more than the search.
+            images = images.annotate(**{MATCH_COLOUR: binary_vector(embedding.colour_attname)})
         if scope.query.where:
             images = images.filter(**{f"{key.name}__in": scope.order_by().values("pk")})
         if blend is not None:
@@ -405,9 +409,13 @@ class VisualQuerySet(models.QuerySet):
         if not matches:
             return self.none()
         for match in matches:
-            if embedding.colour_attname:
-                match.colour = match.image.__dict__.get(embedding.colour_attname)
+            raw = match.image.__dict__.get(MATCH_COLOUR)
+            match.colour = from_binary(raw) if raw is not None else None
         found = self.filter(pk__in=[m.product for m in matches])
+        if self._fields is None:  # the product's own vectors: parsing them costs, unused here
+            found = found.defer(*(name for field in embedding_fields(self.model)
+                                  for name in (field.attname, *map(field.aspect_name,
+                                                                   field.aspects))))
         position = Case(*(When(pk=m.product, then=Value(index))
                           for index, m in enumerate(matches)),
                         output_field=models.IntegerField())
