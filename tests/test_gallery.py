@@ -9,11 +9,14 @@ worker and the CNN embedding real Luma photos of a product's views, runs in the 
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 
 import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Template
+from django.test import RequestFactory
 
 from tests.celery_app import app as celery_app
 from tests.conftest import DATASETS, upload, wait_for_status
@@ -215,6 +218,29 @@ def test_the_api_serves_products_with_the_matching_image(wardrobe, settings, cli
     assert body["embedding_status"] == EmbeddingStatus.READY
     empty = client.get(f"/api/visual-reco/products/{made['e'].pk}/similar/").json()
     assert empty["results"] == [] and empty["embedding_status"] == EmbeddingStatus.PENDING
+
+
+def render_tag(source: Garment, extra: str = "") -> str:
+    """``{% visually_similar %}`` of ``source`` as a visitor's request renders it."""
+    request = RequestFactory().get("/")
+    return Template("{% load visual_reco %}{% visually_similar source limit=3 " + extra
+                    + " %}").render(Context({"request": request, "source": source}))
+
+
+def test_the_tag_shows_products_with_their_matching_photo(wardrobe, settings):
+    made, photos, _ = wardrobe
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "DEFAULT_MODE": None}
+    html = render_tag(made["a"])
+    assert html.count('class="visual-reco__item"') == 3
+    assert html.index(">c<") < html.index(">b<") < html.index(">d<")
+    assert photos["c"].image.url in html and photos["b"].image.url in html
+    # Re-ranked by feedback (the default RANKING) and in a mode: still each product once.
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "DEFAULT_MODE": "similar",
+                            "RANKING": {"RERANK": True, "EXPLORE": 0.0}}
+    html = render_tag(made["a"], 'mode="similar"')
+    pks = [int(pk) for pk in re.findall(r'data-pk="(\d+)"', html)]
+    assert len(pks) == len(set(pks)) == 3 and made["a"].pk not in pks
+    assert "Similar products appear once" in render_tag(made["e"])  # no photo ready
 
 
 def test_the_classifier_learns_from_every_photo_with_its_products_category(wardrobe):
