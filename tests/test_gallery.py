@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.template import Context, Template
 from django.test import RequestFactory
@@ -102,8 +103,13 @@ def test_a_foreign_key_that_is_not_one_is_refused():
     try:
         with pytest.raises(ImproperlyConfigured, match="not a ForeignKey"):
             field.product_model()
+        errors = [m for m in checks.run_checks(tags=[checks.Tags.models])
+                  if m.id == "visual_reco.E010"]
+        assert len(errors) == 1 and "product='image'" in errors[0].msg
     finally:
         field.product = "garment"
+    assert not [m for m in checks.run_checks(tags=[checks.Tags.models])
+                if m.id == "visual_reco.E010"]
 
 
 def test_each_product_once_with_its_best_pair(wardrobe):

@@ -55,8 +55,17 @@ def gallery_fields(model: type[models.Model]) -> list[ImageEmbeddingField]:
     owners = {concrete, *concrete._meta.get_parent_list()}
     found = [field for fields in _by_model.values() for field in fields
              if field.product is not None and field.model is field.model._meta.concrete_model
-             and field.product_model() in owners]
+             and _product_of(field) in owners]
     return sorted(found, key=lambda f: f.creation_counter)
+
+
+def _product_of(field: ImageEmbeddingField) -> type[models.Model] | None:
+    """``field.product_model()``, None when ``product=`` names no foreign key (check
+    ``visual_reco.E010`` reports it)."""
+    try:
+        return field.product_model()
+    except ImproperlyConfigured:
+        return None
 
 
 def searchable_fields(model: type[models.Model]) -> list[ImageEmbeddingField]:
@@ -73,7 +82,7 @@ def is_gallery(field: ImageEmbeddingField, model: type[models.Model]) -> bool:
 
 def gallery_products(model: type[models.Model]) -> list[type[models.Model]]:
     """The product models whose galleries ``model``'s rows are (its fields' ``product=``)."""
-    found = [field.product_model() for field in embedding_fields(model)
+    found = [_product_of(field) for field in embedding_fields(model)
              if field.product is not None]
     return list(dict.fromkeys(m._meta.concrete_model for m in found if m is not None))
 
