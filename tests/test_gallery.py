@@ -172,6 +172,15 @@ def test_collapse_keeps_one_product_per_variant_group(wardrobe, settings):
     assert [row.name for row in rows] == ["c", "d"]
 
 
+def test_other_colours_mode_puts_the_products_variants_first(wardrobe, settings):
+    made, _, _ = wardrobe
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "VARIANT_FIELD": "style"}
+    Garment.objects.filter(name="d").update(style="s1")  # d: another colour of a
+    rows = list(Garment.objects.visually_similar(made["a"], limit=3,
+                                                 mode="same_style_other_colours"))
+    assert [row.name for row in rows][0] == "d" and len({row.pk for row in rows}) == 3
+
+
 def test_similarity_of_products_is_their_best_image_pair(wardrobe):
     made, photos, _ = wardrobe
     from visual_reco.diversity import PLAIN

@@ -199,6 +199,11 @@ class VisualRecoInlineMixin:
         updated = [e.updated_at_name for e in self._embeddings()]
         return [*super().get_readonly_fields(request, obj), "visual_reco_status", *updated]
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # An inline that lists its ``fields`` shows the status all the same.
+        fields = list(super().get_fields(request, obj))
+        return fields if "visual_reco_status" in fields else [*fields, "visual_reco_status"]
+
     @admin.display(description="Image embedding")
     def visual_reco_status(self, obj: Any) -> str:
         """The image's embedding status (an error shows on hover); "-" before it is saved."""

@@ -17,6 +17,7 @@ class LookAdmin(VisualRecoAdminMixin, admin.ModelAdmin):
 class GarmentPhotoInline(VisualRecoInlineMixin, admin.TabularInline):
     model = GarmentPhoto
     extra = 0
+    fields = ["image"]  # the status is shown all the same
 
 
 @admin.register(Garment)
