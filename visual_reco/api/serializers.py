@@ -18,7 +18,7 @@ class SimilarItemSerializer(serializers.Serializer):
     shown (`visual_reco.reasons`, in the request's language; the context's ``mode`` and
     ``source_colours``, the product's own colour names); and
     the main colour names of its stored colour vector (the view's ``colour_field``), when it
-    has one."""
+    has one; for a gallery field, the ``matching_image`` of the product."""
 
     id = serializers.CharField(source="pk", read_only=True)
     name = serializers.SerializerMethodField()
@@ -30,6 +30,7 @@ class SimilarItemSerializer(serializers.Serializer):
                                           read_only=True, allow_null=True, default=None)
     colours = serializers.SerializerMethodField()
     reason = serializers.SerializerMethodField()
+    matching_image = serializers.SerializerMethodField()
 
     def get_colours(self, obj: Any) -> list[str] | None:
         """The 1-3 main colour names (`visual_reco.colour.dominant_colours`), or null."""
@@ -63,9 +64,21 @@ class SimilarItemSerializer(serializers.Serializer):
         return self._absolute(obj.get_absolute_url())
 
     def get_image(self, obj: Any) -> str | None:
-        """Absolute URL of the source image."""
+        """Absolute URL of the source image: the matching image's in a gallery search."""
+        match = self.get_matching_image(obj)
+        if match is not None:
+            return match["url"]
         image = getattr(obj, self.context["source_field"], None)
         return self._absolute(image.url) if image else None
+
+    def get_matching_image(self, obj: Any) -> dict[str, Any] | None:
+        """In a search of a gallery field (a product's several photos), the photo of the
+        product that matched best: ``{"id", "url"}``; null otherwise."""
+        image = getattr(obj, "visual_image", None)
+        if image is None:
+            return None
+        found = getattr(image, self.context["source_field"], None)
+        return {"id": str(image.pk), "url": self._absolute(found.url) if found else None}
 
     def _absolute(self, url: str) -> str:
         request = self.context.get("request")
