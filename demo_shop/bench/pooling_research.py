@@ -43,9 +43,8 @@ from demo_shop.bench import colour_research as research  # noqa: E402
 from demo_shop.bench import feature_maps as maps  # noqa: E402
 from demo_shop.bench import mode_tuning as tuning  # noqa: E402
 
-CANDIDATES = 100
-CATEGORY_FLOOR = 0.88
-TYPE_FLOOR = 0.70
+# The query's candidates per aspect and issue 12's floors, as mode_tuning.py uses them.
+CANDIDATES, CATEGORY_FLOOR, TYPE_FLOOR = tuning.CANDIDATES, tuning.CATEGORY_FLOOR, tuning.TYPE_FLOOR
 TODAY = (0.3, 16.0)  # `similar`
 SAME_COLOUR = (3.0, 1.0)
 CHUNK = 128
