@@ -3,7 +3,8 @@
 A folder may hold a ``labels.csv``. Two layouts are understood:
 
 - Magento Luma (``path, style, colour, view, category, name``): one product per
-  (style, colour), using its ``main`` view;
+  (style, colour), its ``main`` view the product's photo and every view (``main``, ``back``,
+  ``alt1``, ...) an image of its gallery;
 - generic (``path`` and optional ``name``, ``category``, ``sku``).
 
 Without ``labels.csv`` every image below the folder is a product, named after its file and
@@ -30,6 +31,13 @@ class CatalogItem:
     category: str
     path: Path
     style: str = ""
+    # Every photo of the product as (view, path), its own photo first: its gallery.
+    views: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def gallery(self) -> tuple[tuple[str, Path], ...]:
+        """The gallery's photos: ``views``, or the product's photo alone as ``main``."""
+        return self.views or (("main", self.path),)
 
 
 def kitchenware_items() -> list[CatalogItem]:
@@ -57,6 +65,12 @@ def folder_items(folder: Path) -> list[CatalogItem]:
 
 def _magento_items(folder: Path, rows: list[dict[str, str]]) -> list[CatalogItem]:
     items: dict[str, CatalogItem] = {}
+    # The views of each (sku, parent product): WB01-black names a bag and a bra.
+    views: dict[tuple[str, str], dict[str, Path]] = {}
+    for row in rows:
+        sku = "-".join(filter(None, [row["style"], row["colour"]]))
+        key = (sku, row.get("product_id") or "")
+        views.setdefault(key, {}).setdefault(row["view"], folder / row["path"])
     for row in rows:
         if row["view"] != "main":
             continue
@@ -67,6 +81,9 @@ def _magento_items(folder: Path, rows: list[dict[str, str]]) -> list[CatalogItem
         # The variant group is the parent product: Luma's style codes WB01-WB05 each name a
         # bag (product_id 24-WB0n) and a bra (WB0n), which are no colours of one design.
         group = row.get("product_id") or row["style"]
+        # The main view first, the others in the file's order (the first of each name).
+        gallery = sorted(views[(sku, row.get("product_id") or "")].items(),
+                         key=lambda view: view[0] != "main")
         items.setdefault(sku, CatalogItem(sku, name, row["category"] or "Gift cards",
-                                          folder / row["path"], group))
+                                          folder / row["path"], group, tuple(gallery)))
     return list(items.values())

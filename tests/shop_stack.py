@@ -231,10 +231,11 @@ class Shop:
             return conn.execute(sql, params).fetchall()
 
     def not_ready(self) -> int:
-        """Products whose embedding is not ready yet (every product, including the ones
-        saved while a fault lasted)."""
-        return self.query("SELECT count(*) FROM shop_product "
-                          "WHERE image_embedding_status <> 'ready'")[0][0]
+        """Products and gallery photos whose embedding is not ready yet (every product,
+        including the ones saved while a fault lasted; the product pages compare galleries)."""
+        return self.query("SELECT (SELECT count(*) FROM shop_product "
+                          "WHERE image_embedding_status <> 'ready') + (SELECT count(*) FROM "
+                          "shop_productimage WHERE embedding_status <> 'ready')")[0][0]
 
     def saved(self) -> int:
         """How many of the products the client added exist."""

@@ -192,6 +192,7 @@ def test_results_without_drf_are_the_serializers_to_the_byte(items, settings, tm
             palette[:] = 0
             palette[index * 7 % len(palette)] = 1.0
             row.__dict__[colour] = palette.copy()
+    rows[3].visual_image = rows[4]  # as a gallery search gives the photo that matched
     request = RequestFactory().get("/")
     for context in ({"request": request, "source_field": "photo", "colour_field": colour,
                      "mode": "same_colour", "source_colours": ["red"]},
@@ -203,6 +204,7 @@ def test_results_without_drf_are_the_serializers_to_the_byte(items, settings, tm
                     SimilarItemSerializer(rows, many=True, context=context).data)
                 assert JSONRenderer().render(similar_items(rows, context)) == expected
                 assert b'"reason":"' in expected and b'"score":null' in expected
+                assert f'"matching_image":{{"id":"{rows[4].pk}"'.encode() in expected
 
 
 def test_a_shops_own_item_serializer_still_serialises_the_results(client, items, settings):

@@ -1,6 +1,7 @@
 """`VisualRecoAdminMixin`: embedding status columns and filters, error details, and a
-"Recompute image embeddings" action; the shopper-feedback analytics page; the learned
-ranking's versions with their held-back numbers."""
+"Recompute image embeddings" action; `VisualRecoInlineMixin`: the status of each gallery
+image inside its product; the shopper-feedback analytics page; the learned ranking's
+versions with their held-back numbers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -23,9 +24,9 @@ from visual_reco.feedback.analytics import Report, ctr_chart, default_period, re
 from visual_reco.feedback.learning import current_fingerprint, retire, serve
 from visual_reco.feedback.rollup import WATERMARK
 from visual_reco.fields import ImageEmbeddingField
-from visual_reco.jobs import reindex
+from visual_reco.jobs import QueueResult, reindex
 from visual_reco.models import FeedbackDaily, FeedbackRollup, LearnedRanking
-from visual_reco.registry import selected_fields
+from visual_reco.registry import gallery_fields, selected_fields
 
 STATUS_COLOURS = {
     EmbeddingStatus.READY: "#1a7f37",
@@ -37,19 +38,62 @@ STATUS_COLOURS = {
 MAX_DAYS = 366
 
 
+def status_label(obj: Any, embedding: ImageEmbeddingField, labelled: bool = False) -> str:
+    """``obj``'s status of ``embedding`` as a coloured label; its error shows on hover."""
+    status = getattr(obj, embedding.status_name)
+    error = getattr(obj, embedding.error_name)
+    return format_html('<span style="color:{}" title="{}">{}{}{}</span>',
+                       STATUS_COLOURS.get(status, "inherit"), error,
+                       f"{embedding.verbose_name}: " if labelled else "",
+                       EmbeddingStatus(status).label, " ⚠" if error else "")
+
+
+def _ready_name(field: ImageEmbeddingField) -> str:
+    return f"_visual_reco_{field.name}_ready"
+
+
+def _total_name(field: ImageEmbeddingField) -> str:
+    return f"_visual_reco_{field.name}_images"
+
+
 class VisualRecoAdminMixin:
     """Mix into a ``ModelAdmin`` of a model with embedding fields::
 
         class ProductAdmin(VisualRecoAdminMixin, admin.ModelAdmin): ...
 
     Shows and filters by the status of ``visual_reco_field`` (None: every embedding field of
-    the model) and adds the action that recomputes them.
+    the model) and adds the action that recomputes them. For a product with a gallery
+    (image rows with ``ImageEmbeddingField(product=...)``), the column also counts its
+    images ready, and the action recomputes them too; `VisualRecoInlineMixin` shows each
+    image's status in the product's page.
     """
 
     visual_reco_field: str | None = None
 
     def _embeddings(self) -> list[ImageEmbeddingField]:
+        """The model's own embedding fields shown (none when ``visual_reco_field`` names a
+        gallery field)."""
+        if self.visual_reco_field is not None and any(
+                f.name == self.visual_reco_field for f in self._galleries()):
+            return []
         return selected_fields(self.model, self.visual_reco_field)
+
+    def _galleries(self) -> list[ImageEmbeddingField]:
+        fields = gallery_fields(self.model)
+        if self.visual_reco_field is None:
+            return fields
+        return [f for f in fields if f.name == self.visual_reco_field]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        for field in self._galleries():
+            # One join per gallery: images ready and images in all, for the status column.
+            related = field.product_key().related_query_name()
+            ready = Q(**{f"{related}__{field.status_name}": EmbeddingStatus.READY})
+            queryset = queryset.annotate(**{
+                _ready_name(field): Count(related, filter=ready, distinct=True),
+                _total_name(field): Count(related, distinct=True)})
+        return queryset
 
     def get_list_display(self, request: HttpRequest) -> Any:
         return [*super().get_list_display(request), "visual_reco_status"]
@@ -72,29 +116,52 @@ class VisualRecoAdminMixin:
 
     @admin.display(description="Image embedding")
     def visual_reco_status(self, obj: Any) -> str:
-        """Each embedding's status as a coloured label; an error shows on hover."""
+        """Each embedding's status as a coloured label (an error shows on hover), and for
+        each gallery how many of the product's images are ready."""
         embeddings = self._embeddings()
-        labelled = len(embeddings) > 1
-        return format_html_join(
-            mark_safe("<br>"), '<span style="color:{}" title="{}">{}{}{}</span>',
-            ((STATUS_COLOURS.get(getattr(obj, e.status_name), "inherit"),
-              getattr(obj, e.error_name), f"{e.verbose_name}: " if labelled else "",
-              EmbeddingStatus(getattr(obj, e.status_name)).label,
-              " ⚠" if getattr(obj, e.error_name) else "") for e in embeddings))
+        galleries = self._galleries()
+        labelled = len(embeddings) + len(galleries) > 1
+        labels = [status_label(obj, e, labelled) for e in embeddings]
+        for field in galleries:
+            ready = getattr(obj, _ready_name(field), None)
+            total = getattr(obj, _total_name(field), None)
+            if total is None:  # not read through get_queryset (a detail page): count now
+                images = field.model._base_manager.filter(
+                    **{field.product_key().attname: obj.pk})
+                total = images.count()
+                ready = images.filter(**{field.status_name: EmbeddingStatus.READY}).count()
+            colour = STATUS_COLOURS[EmbeddingStatus.NO_IMAGE if not total else
+                                    EmbeddingStatus.READY if ready == total else
+                                    EmbeddingStatus.PENDING]
+            name = field.model._meta.verbose_name_plural
+            labels.append(format_html('<span style="color:{}">{}: {} of {} ready</span>',
+                                      colour, name, ready, total))
+        return format_html_join(mark_safe("<br>"), "{}", ((label,) for label in labels))
 
     @admin.action(description="Recompute image embeddings")
     def recompute_embeddings(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Mark the selected objects pending and queue their embeddings."""
+        """Mark the selected objects (and their gallery images) pending and queue their
+        embeddings."""
         total = queryset.count()
         fields = len(self._embeddings())
-        result = reindex(queryset, field=self.visual_reco_field)
+        galleries = self._galleries()
+        if galleries:  # the list's queryset counts images: select the rows plainly
+            queryset = self.model._base_manager.filter(
+                pk__in=list(queryset.values_list("pk", flat=True)))
+        result = QueueResult()
+        if fields:
+            result.add(reindex(queryset, field=self.visual_reco_field))
+        for field in galleries:
+            images = field.model._base_manager.filter(
+                **{f"{field.product_key().name}__in": queryset.values("pk")})
+            result.add(reindex(images, field=field.name))
         if result.error:
             self.message_user(request, (
                 f"Marked {total} for recomputing, but the task queue is unavailable "
                 f"({result.error}). They stay pending and are queued when it recovers."),
                 messages.WARNING)
             return
-        if fields == 1:
+        if fields == 1 and not galleries:
             text = ngettext("Queued %(n)d object for embedding",
                             "Queued %(n)d objects for embedding", result.queued) % {
                                 "n": result.queued}
@@ -102,12 +169,50 @@ class VisualRecoAdminMixin:
             text = f"Queued {result.queued} image embeddings of {total} objects"
         text += f" in {result.tasks} task{'s' if result.tasks != 1 else ''}"
         skipped = total * fields - result.queued
-        if skipped:
+        if skipped and not galleries:
             text += f"; {skipped} without an image were skipped"
         self.message_user(request, text + ".", messages.SUCCESS)
 
 
 VisualRecoAdmin = VisualRecoAdminMixin  # the name before 0.2
+
+
+class VisualRecoInlineMixin:
+    """Mix into an inline of a gallery image model (rows with an embedding field, e.g.
+    ``ImageEmbeddingField(source="image", product="product")``), shown in its product's
+    page::
+
+        class ProductImageInline(VisualRecoInlineMixin, admin.TabularInline):
+            model = ProductImage
+
+    Each image gets its embedding status (coloured, its error on hover) and when it was
+    computed; saving the product with a new or changed image queues its embedding as any
+    save does.
+    """
+
+    visual_reco_field: str | None = None
+
+    def _embeddings(self) -> list[ImageEmbeddingField]:
+        return selected_fields(self.model, self.visual_reco_field)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        updated = [e.updated_at_name for e in self._embeddings()]
+        return [*super().get_readonly_fields(request, obj), "visual_reco_status", *updated]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # An inline that lists its ``fields`` shows the status all the same.
+        fields = list(super().get_fields(request, obj))
+        return fields if "visual_reco_status" in fields else [*fields, "visual_reco_status"]
+
+    @admin.display(description="Image embedding")
+    def visual_reco_status(self, obj: Any) -> str:
+        """The image's embedding status (an error shows on hover); "-" before it is saved."""
+        if obj is None or obj.pk is None:
+            return "-"
+        embeddings = self._embeddings()
+        return format_html_join(mark_safe("<br>"), "{}",
+                                ((status_label(obj, e, len(embeddings) > 1),)
+                                 for e in embeddings))
 
 
 @admin.register(FeedbackDaily)

@@ -18,7 +18,8 @@ from visual_reco.registry import embedded_models, embedding_fields, product_mode
 def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E001: field dimensions differ from its embedder's; E002: bad source field;
     E003: an embedder the fields name cannot be built from the settings (once per embedder);
-    E008: the fingerprint of a field's rows would not fit its fingerprint column."""
+    E008: the fingerprint of a field's rows would not fit its fingerprint column;
+    E010: a gallery field's ``product=`` is not a foreign key of its model."""
     errors: list[checks.CheckMessage] = []
     fields = [field for model in embedded_models() for field in embedding_fields(model)
               if field.model is model  # each field once, on the model that declares it
@@ -34,6 +35,13 @@ def check_embedding_fields(app_configs: Any = None, **kwargs: Any) -> list[check
                                        f"from VISUAL_RECO: {exc}", id="visual_reco.E003"))
     for field in fields:
         model = field.model
+        if field.product is not None:
+            try:
+                field.product_key()
+            except ImproperlyConfigured as exc:
+                errors.append(checks.Error(str(exc), hint="product= names the ForeignKey of "
+                                           "the image model to the product.", obj=field,
+                                           id="visual_reco.E010"))
         source = next((f for f in model._meta.fields if f.name == field.source), None)
         if not isinstance(source, FileField):
             errors.append(checks.Error(

@@ -22,7 +22,7 @@ from visual_reco.choices import EmbeddingStatus
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.query import to_array
-from visual_reco.registry import get_embedding_field
+from visual_reco.registry import get_embedding_field, is_gallery
 
 _lock = threading.Lock()
 _loaded: dict[Path, tuple[float, CategoryClassifier]] = {}
@@ -72,12 +72,17 @@ def _metadata_path(path: Path) -> Path:
 def training_data(model: type[models.Model],
                   field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ready embeddings of ``field`` (default: the model's first) made by its current
-    embedder, and their categories."""
+    embedder, and their categories (for a gallery field, every photo's vector with its
+    product's category)."""
     embedding = get_embedding_field(model, field)
     name = category_field(model)
     if name is None:
         raise ValueError(f"{model._meta.label} has no field {reco_settings.CATEGORY_FIELD!r}")
-    rows = model._base_manager.filter(**{
+    rows = model._base_manager
+    if is_gallery(embedding, model):  # each photo of a gallery, labelled by its product
+        rows = embedding.model._base_manager
+        name = f"{embedding.product_key().name}__{name}"
+    rows = rows.filter(**{
         embedding.status_name: EmbeddingStatus.READY,
         embedding.fingerprint_name: embedding.fingerprint_for(get_embedder(embedding.embedder)),
     }).exclude(**{name: ""}).values_list(embedding.attname, name)

@@ -151,6 +151,10 @@ DEFAULTS: dict[str, Any] = {
     # only with diversity=. MMR picks a list among the DIVERSITY_POOL x limit best rows.
     "DIVERSITY": None,
     "DIVERSITY_POOL": 3,
+    # A gallery search (an embedding field on a product's image rows, product=) asks each
+    # query image for this many image rows per product it needs, and 4 times more while
+    # they hold too few distinct products (visual_reco.gallery).
+    "GALLERY_OVERSAMPLE": 4,
     # The field grouping a product's colour variants (e.g. a style code); None: none.
     "VARIANT_FIELD": None,
     # The cosines from which a result's caption (visual_reco.reasons) calls its shape or

@@ -38,6 +38,11 @@ class ImageEmbeddingField(HalfVectorField):
     and an HNSW cosine index on the vector and on each aspect. The column is ``halfvec``
     because HNSW indexes ``vector`` only up to 2,000 dimensions and CNN features are often
     2,048. A model may have several; each registers itself in `visual_reco.registry`.
+
+    ``product`` names a foreign key of the model to the product it shows, for a gallery
+    (``ProductImage(product=ForeignKey(Product), image=ImageField)``): the field is then
+    also one of the product model's, whose searches return products, each once, ranked by
+    its best image (`visual_reco.gallery`). The rows are embedded like any others.
     """
 
     description = "Image embedding (pgvector halfvec) computed from an image field"
@@ -45,13 +50,14 @@ class ImageEmbeddingField(HalfVectorField):
     def __init__(self, *args: Any, source: str, embedder: str = DEFAULT_EMBEDDER,
                  dimensions: int = 2048, hnsw_m: int = 16, hnsw_ef_construction: int = 64,
                  aspects: Sequence[str] = DEFAULT_ASPECTS, with_companions: bool = True,
-                 **kwargs: Any) -> None:
+                 product: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
         if isinstance(aspects, str):
             raise ValueError(f"aspects must be a sequence of names, e.g. ({aspects!r},)")
         self.source = source
+        self.product = product
         self.embedder = embedder
         self.aspects: tuple[str, ...] = tuple(dict.fromkeys(aspects))
         for aspect in self.aspects:
@@ -70,6 +76,8 @@ class ImageEmbeddingField(HalfVectorField):
             kwargs["embedder"] = self.embedder
         if self.aspects != DEFAULT_ASPECTS:
             kwargs["aspects"] = self.aspects
+        if self.product is not None:
+            kwargs["product"] = self.product
         kwargs["with_companions"] = False
         return name, "visual_reco.fields.ImageEmbeddingField", args, kwargs
 
@@ -152,6 +160,26 @@ class ImageEmbeddingField(HalfVectorField):
             raise ImproperlyConfigured(
                 f"{self.model.__name__}.{self.name}: source field {self.source!r} does not exist"
             ) from None
+
+    def product_key(self) -> models.ForeignKey | None:
+        """The foreign key to the product, for a gallery field (``product=``); else None."""
+        if self.product is None:
+            return None
+        try:
+            key = self.model._meta.get_field(self.product)
+        except FieldDoesNotExist:
+            key = None
+        if not isinstance(key, models.ForeignKey):
+            raise ImproperlyConfigured(
+                f"{self.model.__name__}.{self.name}: product={self.product!r} is not a "
+                "ForeignKey of the model.")
+        return key
+
+    def product_model(self) -> type[models.Model] | None:
+        """The product model a gallery field's rows belong to (None for a field on the
+        product itself)."""
+        key = self.product_key()
+        return None if key is None else key.related_model
 
     def has_image(self) -> models.Q:
         """Rows whose source field names a file."""

@@ -13,6 +13,11 @@ blend outside it.
 With ``diversity=`` (`visual_reco.diversity`) the ``DIVERSITY_POOL`` x ``limit`` best rows
 (after ``collapse_variants``) are re-ordered by maximal marginal relevance, their vectors
 read in one more query, and the first ``limit`` kept.
+
+A gallery field (``product=``, `visual_reco.gallery`) searched from the product model ranks
+its image rows by all of the above and returns products, each once, by its best image,
+which each row carries as ``visual_image``. That search runs when the method is called; the
+queryset it returns reads the products it found (in their order, with their scores).
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ from pgvector.django import CosineDistance
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
 from visual_reco.diversity import PLAIN, blend_similarity, diversity_for, diversity_lambda, mmr
+from visual_reco.gallery import COLOUR_ATTRIBUTE, GROWTH, Match, first_pool, group, pairwise_max
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
-from visual_reco.registry import get_embedding_field
+from visual_reco.registry import embedding_fields, get_embedding_field, is_gallery
 
 DISTANCE = "visual_distance"
+# The annotation with a gallery search's hit's colour vector, binary (`from_binary`).
+MATCH_COLOUR = "visual_match_colour"
 # Rows of hnsw.ef_search beyond a blend's ASPECT_CANDIDATES (`candidate_ef_search`): the
 # source and rows that filters drop. Chosen in demo_shop/bench (bench_blend, docs/BENCHMARKS.md).
 CANDIDATE_EF_MARGIN = 20
@@ -146,6 +154,8 @@ class VisualQuerySet(models.QuerySet):
     _visual_collapse: str | None = None
     _visual_diversity: float | None = None
     _visual_embedding: str | None = None
+    # A gallery search's matches by product primary key (`visual_reco.gallery.Match`).
+    _visual_gallery: dict[Any, Match] | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
@@ -157,6 +167,7 @@ class VisualQuerySet(models.QuerySet):
         clone._visual_collapse = self._visual_collapse
         clone._visual_diversity = self._visual_diversity
         clone._visual_embedding = self._visual_embedding
+        clone._visual_gallery = self._visual_gallery
         return clone
 
     def similar_to_vector(self, vector: Any, limit: int | None = None, *,
@@ -191,6 +202,12 @@ class VisualQuerySet(models.QuerySet):
         embedding = get_embedding_field(self.model, field)
         filtered = bool(self.query.where) if _filtered is None else _filtered
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+        if is_gallery(embedding, self.model):
+            def search(images: VisualQuerySet, pool: int) -> list[list[Any]]:
+                return [list(images.similar_to_vector(vector, pool, field=embedding.name,
+                                                      aspects=blend, colour=colour))]
+            return self._gallery(embedding, search, limit, blend, collapse=collapse_variants,
+                                 diversity=diversity)
         query = _query_vector(vector)
         if blend is not None:
             queries = {SHAPE: query}
@@ -273,7 +290,8 @@ class VisualQuerySet(models.QuerySet):
                          field: str | None = None,
                          aspects: Mapping[str, Any] | Blend | None = None,
                          mode: str | None = None, collapse_variants: bool = False,
-                         diversity: float | None = None) -> Self:
+                         diversity: float | None = None,
+                         _variant: tuple[str, Any] | None = None) -> Self:
         """Rows that look like ``obj`` (itself excluded), nearest first.
 
         Empty when ``obj`` has no embedding yet. When ``obj`` was loaded without its vector
@@ -282,14 +300,22 @@ class VisualQuerySet(models.QuerySet):
         `similar_to_vector`, with ``obj``'s own aspect vectors; a mode with
         ``variants_first`` puts the other rows of ``obj``'s ``VARIANT_FIELD`` value first.
         ``diversity`` re-orders them by maximal marginal relevance as there.
+
+        For a gallery field, ``obj`` is a product: every image of it is compared with every
+        image of the others, each product ranked by its best pair (`visual_reco.gallery`);
+        empty when none of its images has a vector yet.
         """
         blend = blend_for(mode, aspects)
         diversity = diversity_lambda(diversity, "diversity")
         embedding = get_embedding_field(type(obj), field)
+        if is_gallery(embedding, type(obj)):
+            return self._gallery_similar(obj, embedding, limit, blend,
+                                         collapse=collapse_variants, diversity=diversity)
         filtered = bool(self.query.where)
         others = self.exclude(pk=obj.pk)
+        # No ordering: a Meta.ordering across a relation would join for one row by key.
         source = type(obj)._base_manager.using(self.db).filter(
-            pk=obj.pk, **{f"{embedding.attname}__isnull": False})
+            pk=obj.pk, **{f"{embedding.attname}__isnull": False}).order_by()
         if embedding.attname in obj.__dict__:
             vector = to_array(obj.__dict__[embedding.attname])
             if vector is None:
@@ -304,14 +330,125 @@ class VisualQuerySet(models.QuerySet):
             blend = _usable(blend, embedding, queries)
             attname = variant_attname(type(obj))
             if not blend.plain or collapse_variants or diversity is not None:
-                variant = ((reco_settings.VARIANT_FIELD, getattr(obj, attname))
-                           if attname else None)
+                variant = _variant or ((reco_settings.VARIANT_FIELD, getattr(obj, attname))
+                                       if attname else None)
                 limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
                 return others._blended(blend, queries, limit, embedding, filtered,
                                        collapse=collapse_variants, variant=variant,
                                        diversity=diversity)
         return others.similar_to_vector(query, limit, field=field, diversity=diversity,
                                         _filtered=filtered)
+
+    def _gallery_similar(self, obj: models.Model, embedding: Any, limit: int | None,
+                         blend: Blend | None, *, collapse: bool,
+                         diversity: float | None) -> Self:
+        """`visually_similar` of a product through its gallery field ``embedding``: one image
+        search per image of ``obj`` that has a vector, the product's own images left out."""
+        key = embedding.product_key()
+        sources = list(embedding.model._base_manager.using(self.db)
+                       .filter(**{key.attname: obj.pk, f"{embedding.attname}__isnull": False})
+                       .order_by("pk").only("pk"))
+        if not sources:
+            return self.none()
+        limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
+        attname = variant_attname(type(obj))
+        value = getattr(obj, attname) if attname else None
+        variant = ((f"{key.name}__{reco_settings.VARIANT_FIELD}", value)
+                   if attname and blend is not None and blend.variants_first else None)
+
+        def search(images: VisualQuerySet, pool: int) -> list[list[Any]]:
+            # obj's other photos are left out when grouped, not by the query: a filter
+            # would cost each search an EXPLAIN (`_exact`) and the index walk a filter.
+            return [list(images.visually_similar(image, pool, field=embedding.name,
+                                                 aspects=blend, _variant=variant))
+                    for image in sources]
+        first = value if variant is not None and is_variant_value(value) else None
+        return self.exclude(pk=obj.pk)._gallery(
+            embedding, search, limit, blend, collapse=collapse, diversity=diversity,
+            variant_value=first, scope=self, leave_out=obj.pk)
+
+    def _gallery(self, embedding: Any, search: Any, limit: int, blend: Blend | None, *,
+                 collapse: bool, diversity: float | None, variant_value: Any = None,
+                 scope: models.QuerySet | None = None, leave_out: Any = None) -> Self:
+        """The products of this queryset whose images ``search`` finds (a function of the
+        image queryset and how many rows each query image asks for, answering a list of
+        rows per query image), each once by its best image, the first ``limit`` (after
+        ``collapse_variants`` and ``diversity``), as a queryset of the products in that
+        order. ``scope``: the queryset whose filters restrict the images (default: this
+        one); ``variant_value``: the ``VARIANT_FIELD`` value whose products come first;
+        ``leave_out``: a product not to return (the source of a similar search)."""
+        scope = self if scope is None else scope
+        key = embedding.product_key()
+        images = visual(embedding.model._base_manager.using(self.db).all()).only(
+            "pk", key.attname, embedding.source)
+        if embedding.colour_attname:
+            # Binary: parsing the text of every hit's colour cost more than the search.
+            images = images.annotate(**{MATCH_COLOUR: binary_vector(embedding.colour_attname)})
+        if scope.query.where:
+            images = images.filter(**{f"{key.name}__in": scope.order_by().values("pk")})
+        if blend is not None:
+            diversity = diversity_for(blend, diversity)
+        wanted = limit if diversity is None else limit * reco_settings.DIVERSITY_POOL
+        attname = variant_attname(self.model) if collapse or variant_value is not None else None
+        pool = first_pool(wanted)
+        while True:
+            hits = search(images, pool)
+            matches = [m for m in group(hits, key.attname) if m.product != leave_out]
+            if attname is not None:
+                matches = self._variants_ordered(matches, attname, collapse, variant_value)
+            if len(matches) >= wanted or all(len(rows) < pool for rows in hits):
+                break
+            pool *= GROWTH
+        matches = matches[:wanted]
+        if diversity is not None and matches:
+            similarity = candidate_similarity(self.model, [m.product for m in matches],
+                                              blend or PLAIN, embedding.name, using=self.db)
+            order = mmr(np.array([m.score for m in matches]), similarity, limit, diversity)
+            matches = [matches[index] for index in order]
+        matches = matches[:limit]
+        if not matches:
+            return self.none()
+        for match in matches:
+            raw = match.image.__dict__.get(MATCH_COLOUR)
+            match.colour = from_binary(raw) if raw is not None else None
+        found = self.filter(pk__in=[m.product for m in matches])
+        if self._fields is None:  # the product's own vectors: parsing them costs, unused here
+            found = found.defer(*(name for field in embedding_fields(self.model)
+                                  for name in (field.attname, *map(field.aspect_name,
+                                                                   field.aspects))))
+        position = Case(*(When(pk=m.product, then=Value(index))
+                          for index, m in enumerate(matches)),
+                        output_field=models.IntegerField())
+        distance = Case(*(When(pk=m.product, then=Value(float(getattr(m.image, DISTANCE))))
+                          for m in matches), output_field=models.FloatField())
+        score = Case(*(When(pk=m.product, then=Value(m.score)) for m in matches),
+                     output_field=models.FloatField())
+        found = (found.annotate(**{DISTANCE: distance}).annotate(visual_score=score)
+                 .order_by(position))
+        found._visual_gallery = {m.product: m for m in matches}
+        return found
+
+    def _variants_ordered(self, matches: list[Match], attname: str, collapse: bool,
+                          first: Any) -> list[Match]:
+        """``matches`` with the products of the ``VARIANT_FIELD`` value ``first`` (None:
+        none) ahead, and only the best of each value with ``collapse``."""
+        values = dict(self.model._base_manager.using(self.db)
+                      .filter(pk__in=[m.product for m in matches])
+                      .values_list("pk", attname))
+        if first is not None:
+            matches = sorted(matches, key=lambda m: values.get(m.product) != first)
+        if not collapse:
+            return matches
+        seen: set[Any] = set()
+        kept = []
+        for match in matches:
+            value = values.get(match.product)
+            if is_variant_value(value):
+                if value in seen:
+                    continue
+                seen.add(value)
+            kept.append(match)
+        return kept
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None, mode: str | None = None,
@@ -332,6 +469,10 @@ class VisualQuerySet(models.QuerySet):
                                       colour=query.aspects.get("colour"))
 
     def _fetch_all(self) -> None:
+        if self._visual_gallery is not None and self._result_cache is None:
+            super()._fetch_all()
+            attach_matches(self._result_cache, self._visual_gallery)
+            return None
         if not self._visual_search or self._result_cache is not None:
             return super()._fetch_all()
         if self._visual_blend is not None:
@@ -453,6 +594,66 @@ class VisualQuerySet(models.QuerySet):
         return exact
 
 
+def attach_matches(rows: list[Any], matches: dict[Any, Match]) -> None:
+    """Give each product row of a gallery search its matching image (``visual_image``,
+    ``visual_image_id``), that image's aspect scores and its colour vector
+    (`visual_reco.gallery.COLOUR_ATTRIBUTE`)."""
+    for row in rows:
+        if not isinstance(row, models.Model):
+            return
+        match = matches.get(row.pk)
+        if match is None:
+            continue
+        image = match.image
+        row.visual_image, row.visual_image_id = image, image.pk
+        scores = getattr(image, "aspect_scores", None)
+        if scores is not None:
+            row.aspect_scores = scores
+            for aspect, value in scores.items():
+                setattr(row, score_name(aspect), value)
+        row.__dict__[COLOUR_ATTRIBUTE] = match.colour
+
+
+def colour_attribute(embedding: Any, model: type[models.Model]) -> str | None:
+    """Where a result row of ``model`` compared on ``embedding`` keeps the colour vector
+    that names its colours: the field's colour column, or for a gallery field
+    `visual_reco.gallery.COLOUR_ATTRIBUTE` (its matching image's); None without colour."""
+    if embedding.colour_attname is None:
+        return None
+    return COLOUR_ATTRIBUTE if is_gallery(embedding, model) else embedding.colour_attname
+
+
+def row_colour_attname(embedding: Any, model: type[models.Model]) -> str | None:
+    """The colour column of ``embedding`` on ``model``'s own rows, for reading it in SQL
+    (None without colour, and for a gallery field, whose colours are on its image rows)."""
+    return None if is_gallery(embedding, model) else embedding.colour_attname
+
+
+def deferrable(embedding: Any, model: type[models.Model]) -> list[str]:
+    """The vector column of ``embedding`` on ``model``'s rows, to ``defer`` it (none for a
+    gallery field)."""
+    return [] if is_gallery(embedding, model) else [embedding.attname]
+
+
+def gallery_vectors(embedding: Any, pks: list[Any],
+                    using: str | None = None) -> dict[str, np.ndarray]:
+    """One vector per product of ``pks`` with an embedded image in the gallery field
+    ``embedding``, by primary key as text: the mean direction of its images' vectors (what
+    a product's taste or learned ranking reads where a product has one vector)."""
+    key = embedding.product_key().attname
+    rows = (embedding.model._base_manager.using(using)
+            .filter(**{f"{key}__in": pks, f"{embedding.attname}__isnull": False})
+            .values_list(key, binary_vector(embedding.attname)))
+    sums: dict[str, np.ndarray] = {}
+    for product, raw in rows:
+        vector = from_binary(raw)
+        norm = float(np.linalg.norm(vector))
+        if norm > 0:
+            sums[str(product)] = sums.get(str(product), 0) + vector / norm
+    return {product: total / max(float(np.linalg.norm(total)), 1e-12)
+            for product, total in sums.items()}
+
+
 def _query_vector(vector: Any) -> Any:
     """A query vector as SQL: an expression as it is, anything else as a ``halfvec`` literal.
 
@@ -484,17 +685,34 @@ def candidate_similarity(model: type[models.Model], pks: list[Any], blend: Blend
     columns = {SHAPE: (embedding.attname, embedding.dimensions),
                **{a: (embedding.aspect_name(a), get_aspect(a).dimensions)
                   for a in blend.aspects if a != SHAPE}}
+    if is_gallery(embedding, model):
+        # Each image of each product; the products are compared by their best pair.
+        key = embedding.product_key().attname
+        images = list(embedding.model._base_manager.using(using)
+                      .filter(**{f"{key}__in": pks, f"{embedding.attname}__isnull": False})
+                      .values_list(key, *(binary_vector(c) for c, _ in columns.values())))
+        similarity = blend_similarity(blend, _stacked(
+            {index: row[1:] for index, row in enumerate(images)}, range(len(images)), columns))
+        return pairwise_max([row[0] for row in images], pks, similarity)
     found = {row[0]: row[1:] for row in model._base_manager.using(using).filter(pk__in=pks)
              .values_list("pk", *(binary_vector(column) for column, _ in columns.values()))}
+    return blend_similarity(blend, _stacked(found, pks, columns))
+
+
+def _stacked(found: dict[Any, tuple[Any, ...]], keys: Any,
+             columns: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    """The binary vectors ``found`` by key (one per column, None: missing) as an array per
+    aspect, rows in the order of ``keys`` (NaN rows where missing)."""
+    keys = list(keys)
     vectors = {}
     for position, (aspect, (_, dimensions)) in enumerate(columns.items()):
-        rows = np.full((len(pks), dimensions), np.nan, dtype=np.float32)
-        for index, pk in enumerate(pks):
-            raw = found.get(pk, (None,) * len(columns))[position]
+        rows = np.full((len(keys), dimensions), np.nan, dtype=np.float32)
+        for index, key in enumerate(keys):
+            raw = found.get(key, (None,) * len(columns))[position]
             if raw is not None:
                 rows[index] = from_binary(raw)
         vectors[aspect] = rows
-    return blend_similarity(blend, vectors)
+    return vectors
 
 
 def _usable(blend: Blend, embedding: Any, queries: dict[str, Any]) -> Blend:

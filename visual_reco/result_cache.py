@@ -35,16 +35,24 @@ from django.db import models
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
 from visual_reco.diversity import PLAIN, diversity_lambda
+from visual_reco.gallery import Match
 from visual_reco.modes import Blend, blend_for
-from visual_reco.query import DISTANCE, candidate_similarity, hnsw_settings, score_name, visual
-from visual_reco.registry import get_embedding_field
+from visual_reco.query import (
+    DISTANCE,
+    attach_matches,
+    candidate_similarity,
+    hnsw_settings,
+    score_name,
+    visual,
+)
+from visual_reco.registry import gallery_products, get_embedding_field, is_gallery
 
 logger = logging.getLogger("visual_reco")
 
 PREFIX = "visual_reco:similar"
 PENDING = "_visual_reco_pending_invalidation"
 # In every key: a new entry layout gets new keys rather than misreading the old entries.
-ENTRY_LAYOUT = 2
+ENTRY_LAYOUT = 3
 
 
 def similar_cache() -> BaseCache | None:
@@ -58,10 +66,13 @@ def _version_key(model: type[models.Model]) -> str:
 
 
 def invalidate(model: type[models.Model]) -> None:
-    """Drop every cached similar-products list of ``model`` (set a new catalog version)."""
+    """Drop every cached similar-products list of ``model`` (set a new catalog version), and
+    of the products whose gallery ``model``'s rows are."""
     cache = similar_cache()
     if cache is not None:
-        cache.set(_version_key(model), time.time_ns(), None)
+        version = time.time_ns()
+        cache.set_many({_version_key(m): version for m in [model, *gallery_products(model)]},
+                       None)
 
 
 class PendingInvalidation(OnCommit):
@@ -136,10 +147,13 @@ class SimilarPool:
     computed live just now."""
 
     candidates: models.QuerySet
-    attname: str
+    attname: str | None
     entries: list[tuple[Any, float, dict[str, float] | None]]
     similarity: np.ndarray | None = None
     loaded: list[models.Model] | None = None
+    # A gallery search's matching image of each row, by position, and the gallery field.
+    images: list[Any] | None = None
+    gallery: Any = None
 
     @property
     def pks(self) -> list[Any]:
@@ -163,9 +177,10 @@ class SimilarPool:
         wanted = [self.entries[index] for index in indices]
         if not wanted:
             return []
-        found = {row.pk: row for row in
-                 self.candidates.filter(pk__in=[entry[0] for entry in wanted])
-                 .defer(self.attname).order_by()}
+        found = self.candidates.filter(pk__in=[entry[0] for entry in wanted]).order_by()
+        if self.attname is not None:
+            found = found.defer(self.attname)
+        found = {row.pk: row for row in found}
         if len(found) != len(wanted):
             return None
         results = []
@@ -178,7 +193,28 @@ class SimilarPool:
                 for aspect, score in aspect_scores.items():
                     setattr(row, score_name(aspect), score)
             results.append(row)
+        if self.gallery is not None:
+            self._attach_images(results, [self.images[index] for index in indices])
         return results
+
+    def _attach_images(self, rows: list[models.Model], images: list[Any]) -> None:
+        """Give the rows of a gallery search their matching images, read in one query."""
+        embedding = self.gallery
+        columns = ["pk", embedding.source] + ([embedding.colour_attname]
+                                              if embedding.colour_attname else [])
+        found = embedding.model._base_manager.using(self.candidates.db).filter(pk__in=images)
+        found = {image.pk: image for image in found.only(*columns)}
+        matches = {}
+        for row, pk in zip(rows, images, strict=True):
+            image = found.get(pk)
+            if image is None:  # deleted since the list was cached: no caption or photo
+                continue
+            image.visual_score, image.aspect_scores = row.visual_score, getattr(
+                row, "aspect_scores", None)
+            setattr(image, DISTANCE, getattr(row, DISTANCE))
+            colour = image.__dict__.get(embedding.colour_attname or "")
+            matches[row.pk] = Match(row.pk, row.visual_score, image, colour)
+        attach_matches(rows, matches)
 
 
 def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
@@ -197,6 +233,8 @@ def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
     embedding = get_embedding_field(model, field)
     blend = blend_for(mode, aspects, default=True)
     diversity = diversity_lambda(reco_settings.DIVERSITY) if diverse else None
+    gallery = is_gallery(embedding, model)
+    attname = None if gallery else embedding.attname
 
     def live() -> SimilarPool:
         # Built only when needed: putting a blended query together costs more Python
@@ -209,7 +247,9 @@ def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
                       if pairwise else None)
         entries = [(row.pk, float(getattr(row, DISTANCE)), getattr(row, "aspect_scores", None))
                    for row in rows]
-        return SimilarPool(candidates, embedding.attname, entries, similarity, rows)
+        images = [getattr(row, "visual_image_id", None) for row in rows] if gallery else None
+        return SimilarPool(candidates, attname, entries, similarity, rows, images,
+                           embedding if gallery else None)
 
     cache = similar_cache()
     if cache is None:
@@ -225,10 +265,11 @@ def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
         return live()
     entry = found.get(key)
     if entry is not None and entry[0] == version and not refresh:
-        return SimilarPool(candidates, embedding.attname, entry[1], entry[2])
+        return SimilarPool(candidates, attname, entry[1], entry[2], images=entry[3],
+                           gallery=embedding if gallery else None)
     pool = live()
     try:
-        cache.set(key, (version, pool.entries, pool.similarity),
+        cache.set(key, (version, pool.entries, pool.similarity, pool.images),
                   reco_settings.SIMILAR_CACHE_TIMEOUT)
     except Exception:
         logger.warning("SIMILAR_CACHE is unavailable; the list was not stored", exc_info=True)

@@ -72,6 +72,7 @@ from visual_reco.models import (
     FeedbackRollup,
     FeedbackVariantDaily,
 )
+from visual_reco.modes import mode_blend, unit_rows
 
 LIMIT = 8
 CONTINUE = 0.85
@@ -104,6 +105,9 @@ class Catalog:
     vectors: np.ndarray
     categories: list[str]
     families: list[str]
+    # The colour aspect's vectors (rows as ``vectors``), when the catalog has them: the
+    # served visual order blends them in (`visual_reco.modes`).
+    colours: np.ndarray | None = None
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +118,15 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.pks)
 
+    def visual_scores(self, page: int) -> np.ndarray:
+        """How the similar list's default mode scores every product against ``page``: its
+        blend of the CNN cosine and, when the catalog has them, the colour cosine."""
+        cosines = {"shape": self.vectors @ self.vectors[page]}
+        if self.colours is not None:
+            cosines["colour"] = unit_rows(self.colours) @ unit_rows(self.colours[[page]])[0]
+        return mode_blend(reco_settings.DEFAULT_MODE).without(
+            {"colour"} - set(cosines)).combine(cosines)
+
 
 @dataclass
 class Visitor:
@@ -123,15 +136,15 @@ class Visitor:
     family: str
     category: str
     brand: int
-    rng: np.random.Generator
-    brands: dict[int, int] = field(default_factory=dict)
+    # The brand this visitor sees in each product, drawn with its tastes: drawn lazily, in
+    # the order products were looked at, the expected clicks (which look at every item
+    # shown) would change which brand a product gets.
+    brands: np.ndarray
     visits: int = 0
 
     def brand_of(self, product: int) -> int:
         """The brand this visitor sees in ``product`` (random, fixed for the visitor)."""
-        if product not in self.brands:
-            self.brands[product] = int(self.rng.integers(BRANDS))
-        return self.brands[product]
+        return int(self.brands[product])
 
 
 BRANDS = 5
@@ -143,8 +156,21 @@ APPEAL_SD = 0.7
 LIKED_LANDING = 0.7
 
 
+# Spread of the noise on an item's attraction logit, drawn anew each time it is examined.
+NOISE_SD = 0.5
+# Gauss-Hermite nodes and weights: E[f(x + N(0, s))] = sum(w f(x + sqrt(2) s node)) / sqrt(pi).
+_NODES, _WEIGHTS = np.polynomial.hermite.hermgauss(16)
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def expected_sigmoid(logits: Sequence[float]) -> np.ndarray:
+    """E[sigmoid(logit + N(0, NOISE_SD))] for each logit: the click probability of an
+    examined item averaged over the look-to-look noise."""
+    points = np.asarray(logits, dtype=np.float64)[:, None] + math.sqrt(2) * NOISE_SD * _NODES
+    return (1.0 / (1.0 + np.exp(-points))) @ _WEIGHTS / math.sqrt(math.pi)
 
 
 class Scenario:
@@ -164,26 +190,58 @@ class Scenario:
         """A new visitor with tastes drawn as often as the catalog has them."""
         pick = int(rng.integers(len(self.catalog)))
         other = int(rng.integers(len(self.catalog)))
+        brand = int(rng.integers(BRANDS))
         return Visitor(visitor_id, self.catalog.families[pick], self.catalog.categories[other],
-                       int(rng.integers(BRANDS)), rng)
+                       brand, rng.integers(BRANDS, size=len(self.catalog)))
 
     def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
         """The product a visitor arrives on (from a category page, a search, an ad)."""
         return int(rng.integers(len(self.catalog)))
 
+    def logit(self, visitor: Visitor, page: int, item: int) -> float:
+        """How much ``item`` attracts ``visitor`` on ``page``, before this look's noise."""
+        raise NotImplementedError
+
     def attraction(self, visitor: Visitor, page: int, item: int,
                    rng: np.random.Generator) -> float:
-        """The probability that ``visitor``, on ``page``, clicks ``item`` once examined."""
-        raise NotImplementedError
+        """The probability that ``visitor``, on ``page``, clicks ``item`` once examined
+        this time (the logit plus this look's noise)."""
+        return _sigmoid(self.logit(visitor, page, item) + rng.normal(0.0, NOISE_SD))
+
+    def expected_attraction(self, visitor: Visitor, page: int,
+                            items: Sequence[int]) -> np.ndarray:
+        """`attraction` of each of ``items`` averaged over the noise."""
+        return expected_sigmoid([self.logit(visitor, page, item) for item in items])
 
     def cart(self, visitor: Visitor, item: int) -> float:
         """The probability that a visitor who opened ``item``'s page adds it to the cart."""
         raise NotImplementedError
 
-    def headroom(self, pool: int, limit: int) -> float:
-        """The relative CTR gain over the visual order that a perfect fixed order of each
-        page's visual pool would bring (0: no order is better than another)."""
-        return 0.0
+    def ceilings(self, pool: int, limit: int) -> Ceilings:
+        """What orders that know the click model would gain over the visual order (nothing
+        where no order is better than another)."""
+        return Ceilings()
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Relative expected-CTR gains over the visual order of each page's visual pool, for
+    orders that know the click model: the bounds a ranking learned from clicks works under.
+
+    ``fixed``: the best order of each page's pool, the same for every visitor of the page
+    (what re-ranking by the page's and the products' click rates can at best serve).
+    ``appeal``: the visual score plus a weight times each product's true appeal to everyone
+    (the best of `APPEAL_WEIGHTS`): what per-product click rates alone can learn.
+    ``personal``: the best order of the pool for each visitor's own tastes.
+    """
+
+    fixed: float = 0.0
+    appeal: float = 0.0
+    personal: float = 0.0
+
+
+# The weights of the true appeal against the cosine that `Ceilings.appeal` tries.
+APPEAL_WEIGHTS = (0.05, 0.1, 0.2, 0.4)
 
 
 class LooksScenario(Scenario):
@@ -213,54 +271,71 @@ class LooksScenario(Scenario):
                 if catalog.categories[i] == category and catalog.families[i] == family]
         return both or [i for i in range(len(catalog)) if catalog.categories[i] == category]
 
-    def _mean_attraction(self, weights: dict[tuple[str, str], float], page: int,
-                         items: np.ndarray) -> np.ndarray:
-        catalog = self.catalog
-        families = np.array(catalog.families)[items]
-        categories = np.array(catalog.categories)[items]
-        cosine = catalog.vectors[items] @ catalog.vectors[page]
-        found = np.zeros(len(items))
-        for (family, category), weight in weights.items():
-            logit = (-3.2 + 1.4 * (families == family) + 1.4 * (categories == category)
-                     + 3.0 * (cosine - 0.75) + self.appeal[items])
-            found += weight * (1 / (1 + np.exp(-logit)))
-        return found
-
-    def headroom(self, pool: int, limit: int) -> float:
-        """How much more CTR the best fixed order of each page's visual pool would get
-        than the visual order, relative: the visitors on a page weighted by how often their
-        tastes land there (one page per visit, noise left out), each item's expected
-        click probability among them, best ``limit`` of ``pool`` sorted, cascade CTR."""
+    def _tastes(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """Every (colour family, category) taste and, per page, how often a visitor of each
+        taste lands there (rows: pages; one page per visit)."""
         catalog = self.catalog
         n = len(catalog)
         tastes = {(f, c): catalog.families.count(f) * catalog.categories.count(c) / n / n
-                  for f in set(catalog.families) for c in set(catalog.categories)}
+                  for f in sorted(set(catalog.families)) for c in sorted(set(catalog.categories))}
         landed = np.zeros((n, len(tastes)))
         for column, (family, category) in enumerate(tastes):
             landed[:, column] = (1 - LIKED_LANDING) / n
             liked = self._liked(family, category)
             landed[liked, column] += LIKED_LANDING / len(liked)
             landed[:, column] *= tastes[(family, category)]
-        keys = list(tastes)
-        visual, best = [], []
-        for page in range(n):
-            weights = landed[page] / landed[page].sum()
-            similar = catalog.vectors @ catalog.vectors[page]
+        return list(tastes), landed
+
+    def _taste_attraction(self, taste: tuple[str, str], page: int,
+                          items: np.ndarray) -> np.ndarray:
+        """The expected attraction of ``items`` on ``page`` for a visitor of ``taste``."""
+        catalog = self.catalog
+        family, category = taste
+        families = np.array(catalog.families)[items]
+        categories = np.array(catalog.categories)[items]
+        cosine = catalog.vectors[items] @ catalog.vectors[page]
+        return expected_sigmoid(-3.2 + 1.4 * (families == family)
+                                + 1.4 * (categories == category)
+                                + 3.0 * (cosine - 0.75) + self.appeal[items])
+
+    def ceilings(self, pool: int, limit: int) -> Ceilings:
+        """`Ceilings` of this scenario: on each page, the visitors weighted by how often their
+        tastes land there, each list's CTR the cascade's for each taste (the per-look noise
+        averaged), the pool the ``pool`` best products by `Catalog.visual_scores` (the
+        served list is also diversified where ``DIVERSITY`` is set; this is not)."""
+        catalog = self.catalog
+        keys, landed = self._tastes()
+        appeal = self.appeal
+        totals = {"visual": 0.0, "fixed": 0.0, "personal": 0.0}
+        totals.update({f"appeal {w}": 0.0 for w in APPEAL_WEIGHTS})
+        for page in range(len(catalog)):
+            similar = catalog.visual_scores(page)
             similar[page] = -np.inf
             items = np.argsort(-similar, kind="stable")[:pool]
-            mean = self._mean_attraction(
-                {keys[k]: w for k, w in enumerate(weights) if w > 1e-9}, page, items)
-            visual.append(cascade_ctr(mean[:limit]))
-            best.append(cascade_ctr(np.sort(mean)[::-1][:limit]))
-        return float(np.mean(best) / np.mean(visual) - 1)
+            weights = landed[page] / landed[page].sum()
+            present = [(k, float(w)) for k, w in enumerate(weights) if w > 1e-9]
+            seen = {k: self._taste_attraction(keys[k], page, items) for k, _ in present}
+            mean = sum(w * seen[k] for k, w in present)
+            orders = {"visual": np.arange(limit),
+                      "fixed": np.argsort(-mean, kind="stable")[:limit]}
+            for w in APPEAL_WEIGHTS:
+                orders[f"appeal {w}"] = np.argsort(-(similar[items] + w * appeal[items]),
+                                                   kind="stable")[:limit]
+            for name, order in orders.items():
+                totals[name] += sum(w * cascade_ctr(seen[k][order]) for k, w in present)
+            totals["personal"] += sum(
+                w * cascade_ctr(np.sort(seen[k])[::-1][:limit]) for k, w in present)
+        visual = totals["visual"]
+        return Ceilings(
+            fixed=totals["fixed"] / visual - 1,
+            appeal=max(totals[f"appeal {w}"] for w in APPEAL_WEIGHTS) / visual - 1,
+            personal=totals["personal"] / visual - 1)
 
-    def attraction(self, visitor: Visitor, page: int, item: int,
-                   rng: np.random.Generator) -> float:
+    def logit(self, visitor: Visitor, page: int, item: int) -> float:
         cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
-        logit = (-3.2 + 1.4 * (self.catalog.families[item] == visitor.family)
-                 + 1.4 * (self.catalog.categories[item] == visitor.category)
-                 + 3.0 * (cosine - 0.75) + self.appeal[item] + rng.normal(0.0, 0.5))
-        return _sigmoid(logit)
+        return (-3.2 + 1.4 * (self.catalog.families[item] == visitor.family)
+                + 1.4 * (self.catalog.categories[item] == visitor.category)
+                + 3.0 * (cosine - 0.75) + self.appeal[item])
 
     def cart(self, visitor: Visitor, item: int) -> float:
         matches = ((self.catalog.families[item] == visitor.family)
@@ -276,10 +351,8 @@ class UnrelatedScenario(Scenario):
                    "random per visitor; attraction logit = -2.4 + 1.4 [brand] + N(0, 0.5); "
                    "landings uniform; looks, category and colour play no part")
 
-    def attraction(self, visitor: Visitor, page: int, item: int,
-                   rng: np.random.Generator) -> float:
-        logit = -2.4 + 1.4 * (visitor.brand_of(item) == visitor.brand) + rng.normal(0.0, 0.5)
-        return _sigmoid(logit)
+    def logit(self, visitor: Visitor, page: int, item: int) -> float:
+        return -2.4 + 1.4 * (visitor.brand_of(item) == visitor.brand)
 
     def cart(self, visitor: Visitor, item: int) -> float:
         return 0.08 + 0.1 * (visitor.brand_of(item) == visitor.brand)
@@ -298,6 +371,8 @@ class SurfaceLog:
     clicks: int = 0
     carts: int = 0
     purchases: int = 0
+    # The clicks the lists would get on average, read from the top (`expected_clicks`).
+    expected_clicks: float = 0.0
 
 
 @dataclass
@@ -427,6 +502,7 @@ class Simulator:
             stats.lists += 1
             stats.impressions += len(ids)
             events = [self._raw("impression", token, product) for product in ids]
+            stats.expected_clicks += self.expected_clicks(visitor, page, ids)
             choice = self._cascade(visitor, page, ids, rng) if opened is None else None
             if choice is not None:
                 events.append(self._raw("click", token, ids[choice]))
@@ -443,6 +519,19 @@ class Simulator:
             stats.carts += 1
             cart.append(product)
         return item
+
+    def expected_clicks(self, visitor: Visitor, page: int, ids: Sequence[str]) -> float:
+        """The clicks ``visitor`` on ``page`` makes on a list of ``ids`` read from the top,
+        averaged over the click model's randomness (the cascade's continuation and each
+        look's noise): what the sampled clicks estimate, without their coin flips. The
+        same for every list served, so variants compare on what they show, not on luck."""
+        known = [self.catalog.index.get(product) for product in ids]
+        attraction = np.zeros(len(ids))
+        seen = [position for position, item in enumerate(known) if item is not None]
+        if seen:
+            attraction[seen] = self.scenario.expected_attraction(
+                visitor, page, [known[position] for position in seen])
+        return cascade_ctr(attraction) * len(ids)
 
     def _fetch(self, url: str, params: dict[str, str]) -> tuple[list[str], str]:
         response = self.client.get(url, {"limit": self.options.limit, **params})
@@ -539,11 +628,19 @@ class VariantRow:
     ctr_ci: Estimate
     purchases_ci: Estimate
     samples: np.ndarray  # bootstrap CTRs, for intervals of ratios between variants
+    expected_clicks: float = 0.0
+    expected_ci: Estimate | None = None
+    expected_samples: np.ndarray | None = None  # bootstrap expected CTRs, the same way
 
     @property
     def ctr(self) -> float:
         """Clicks per impression."""
         return self.clicks / self.impressions if self.impressions else 0.0
+
+    @property
+    def expected_ctr(self) -> float:
+        """Expected clicks (`Simulator.expected_clicks`) per impression."""
+        return self.expected_clicks / self.impressions if self.impressions else 0.0
 
 
 BOOTSTRAP = 2000
@@ -579,22 +676,33 @@ def summarize(logs: Iterable[SessionLog], surface: str, *, seed: int = 0
         impressions = np.array([s.impressions for s in stats], dtype=np.float64)
         clicks = np.array([s.clicks for s in stats], dtype=np.float64)
         purchases = np.array([s.purchases for s in stats], dtype=np.float64)
+        expected = np.array([s.expected_clicks for s in stats], dtype=np.float64)
         shown = impressions.sum()
         ctr_samples = _bootstrap(clicks, impressions, rng)
         bought = _bootstrap(purchases, impressions, rng) * 1000
+        expected_samples = _bootstrap(expected, impressions, rng)
         rows[variant] = VariantRow(
             len(stats), int(shown), int(clicks.sum()), sum(s.carts for s in stats),
             int(purchases.sum()),
             _interval(clicks.sum() / shown if shown else 0.0, ctr_samples),
-            _interval(purchases.sum() / shown * 1000 if shown else 0.0, bought), ctr_samples)
+            _interval(purchases.sum() / shown * 1000 if shown else 0.0, bought), ctr_samples,
+            float(expected.sum()),
+            _interval(expected.sum() / shown if shown else 0.0, expected_samples),
+            expected_samples)
     return rows
 
 
-def lift(row: VariantRow, baseline: VariantRow) -> Estimate:
-    """``row``'s CTR relative to ``baseline``'s, minus one, with a 95% interval from their
-    (independent) bootstrap samples."""
-    ratio = row.samples / np.where(baseline.samples == 0, np.nan, baseline.samples) - 1
-    value = row.ctr / baseline.ctr - 1 if baseline.ctr else float("nan")
+def lift(row: VariantRow, baseline: VariantRow, *, expected: bool = False) -> Estimate:
+    """``row``'s CTR (``expected``: its expected CTR) relative to ``baseline``'s, minus one,
+    with a 95% interval from their (independent) bootstrap samples."""
+    if expected:
+        mine, theirs = row.expected_samples, baseline.expected_samples
+        value = (row.expected_ctr / baseline.expected_ctr - 1 if baseline.expected_ctr
+                 else float("nan"))
+    else:
+        mine, theirs = row.samples, baseline.samples
+        value = row.ctr / baseline.ctr - 1 if baseline.ctr else float("nan")
+    ratio = mine / np.where(theirs == 0, np.nan, theirs) - 1
     low, high = np.nanpercentile(ratio, [2.5, 97.5])
     return Estimate(value, float(low), float(high))
 
@@ -783,7 +891,7 @@ def run_scenario(catalog: Catalog, options: Options) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     from_log = log_counts(logs)
     pool = int(reco_settings.RANKING["POOL"]) * options.limit
-    return {"headroom": simulator.scenario.headroom(pool, options.limit), "logs": logs,
+    return {"ceilings": simulator.scenario.ceilings(pool, options.limit), "logs": logs,
             "visitors": len(simulator.visitors), "return_rate": options.return_rate,
             "seconds": seconds, "requests": simulator.requests,
             "agrees": from_log == rollup_counts(), "counts": from_log,
@@ -792,6 +900,10 @@ def run_scenario(catalog: Catalog, options: Options) -> dict[str, Any]:
 
 def _pct(value: float) -> str:
     return f"{value:.2%}"
+
+
+def _lift_cell(gain: Estimate) -> str:
+    return f"{_signed(gain.value)} ({_signed(gain.low)} to {_signed(gain.high)})"
 
 
 def _signed(value: float) -> str:
@@ -874,7 +986,13 @@ from the simulator's log of what each visit was served (the variant read from ea
 token) and did; the roll-up's aggregates are checked against that log after every
 scenario. The 95% intervals are percentile bootstraps over visits (a visit's impressions are
 not independent draws), 2,000 resamples; "vs visual" is the relative CTR difference to
-visual-only in the same round, its interval from the two bootstraps.
+visual-only in the same round, its interval from the two bootstraps. **Expected CTR** is
+the click model's own average for each list served (`Simulator.expected_clicks`: the
+cascade's continuation and each look's noise integrated out, for the visitor and page it
+was served to), per impression: the coin flips of the clicks no longer add to the noise,
+so variants compare more tightly on what they showed. For picked-for-you it is the list
+read from the top whether or not the similar list was clicked, so it runs higher than the
+sampled CTR there; the lifts compare like with like.
 
 Variants of the similar list: {", ".join(f"`{name}` {json.dumps(ranking)}"
                                       for name, ranking in self.variants.items())} (RANKING
@@ -901,13 +1019,15 @@ overrides of the settings, equal shares).
         lines = ["| goal | measured | |", "|---|---|---|"]
         rows = self.rows("looks", SIMILAR_SURFACE)
         last_round, last = rows[-1]
+        late = self.late("looks", SIMILAR_SURFACE)
         if "reranked" in last and "visual" in last:
             gain = lift(last["reranked"], last["visual"])
             met = "met" if gain.value >= GOAL_RERANK else "not met"
             lines.append(f"| re-ranked >= +20% CTR over visual-only after "
                          f"{self.options['sessions']:,} sessions (looks) | "
                          f"{_signed(gain.value)} in round {last_round} "
-                         f"(95% CI {_signed(gain.low)} to {_signed(gain.high)}) | {met} |")
+                         f"(95% CI {_signed(gain.low)} to {_signed(gain.high)}); "
+                         f"{self._late_lifts(late, 'reranked', 'visual')} | {met} |")
         early = []
         hurt = False
         for number, row in rows[:EARLY_ROUNDS]:
@@ -926,9 +1046,11 @@ overrides of the settings, equal shares).
             last_round, last = picks[-1]
             gain = lift(last["picked"], last["best_sellers"])
             met = "met" if gain.value >= GOAL_PICKS else "not met"
+            late = self.late("looks", PICKS_SURFACE)
             lines.append(f"| picked-for-you >= +30% CTR over best sellers (looks) | "
                          f"{_signed(gain.value)} in round {last_round} "
-                         f"(95% CI {_signed(gain.low)} to {_signed(gain.high)}) | {met} |")
+                         f"(95% CI {_signed(gain.low)} to {_signed(gain.high)}); "
+                         f"{self._late_lifts(late, 'picked', 'best_sellers')} | {met} |")
         if "unrelated" in self.results:
             rows = self.rows("unrelated", SIMILAR_SURFACE)
             wins = [(number, name, lift(value, row["visual"])) for number, row in rows
@@ -939,6 +1061,23 @@ overrides of the settings, equal shares).
                          f"{' (' + ', '.join(beyond) + ')' if beyond else ''} | "
                          f"{'met' if not beyond else 'see below'} |")
         return "\n## Goals\n\n" + "\n".join(lines) + "\n"
+
+    def late(self, scenario: str, surface: str) -> dict[str, VariantRow]:
+        """The variants' numbers on ``surface`` over the second half of the rounds pooled
+        (where the feedback has had time to work; more visits, so tighter intervals)."""
+        logs = self.results[scenario]["logs"]
+        first = self.options["rounds"] // 2 + 1
+        return summarize([log for log in logs if log.round >= first], surface, seed=first)
+
+    def _late_lifts(self, late: dict[str, VariantRow], name: str, baseline: str) -> str:
+        """``name`` against ``baseline`` in ``late``, observed and expected CTR, in words."""
+        if name not in late or baseline not in late:
+            return ""
+        first = self.options["rounds"] // 2 + 1
+        observed = lift(late[name], late[baseline])
+        expected = lift(late[name], late[baseline], expected=True)
+        return (f"rounds {first}-{self.options['rounds']} pooled "
+                f"{_lift_cell(observed)}, expected CTR {_lift_cell(expected)}")
 
     def section(self, scenario: str) -> str:
         result = self.results[scenario]
@@ -952,11 +1091,7 @@ overrides of the settings, equal shares).
                 f"(impressions, clicks, carts, purchases per variant). Ranking settings: "
                 f"`{json.dumps(self._ranking(result['ranking']))}`; picks: "
                 f"`{json.dumps(self._picks(result.get('picks', {})))}`. "
-                f"Ceiling: the best fixed order of each page's visual pool (the same list for "
-                f"every visitor of the page, as the re-ranking serves) would get "
-                f"{_signed(result['headroom'])} CTR over the visual order under this click "
-                "model (computed from the model, `headroom()`). "
-                f"Command: `{self.command}`.\n"]
+                f"{self._ceilings(result['ceilings'])} Command: `{self.command}`.\n"]
         for surface in (SIMILAR_SURFACE, PICKS_SURFACE):
             rows = self.rows(scenario, surface)
             if not any(row for _, row in rows):
@@ -964,21 +1099,37 @@ overrides of the settings, equal shares).
             baseline = BASELINE[surface]
             text += [f"\n{surface}:\n",
                      "| round | variant | visits | impressions | CTR (95% CI) | "
-                     f"vs {baseline} (95% CI) | purchases / 1,000 impressions (95% CI) |",
-                     "|---:|---|---:|---:|---|---|---|"]
+                     f"vs {baseline} (95% CI) | expected CTR vs {baseline} (95% CI) | "
+                     "purchases / 1,000 impressions (95% CI) |",
+                     "|---:|---|---:|---:|---|---|---|---|"]
             for number, row in rows:
                 for name, value in row.items():
-                    against = ""
+                    against = expected = ""
                     if name != baseline and baseline in row:
-                        gain = lift(value, row[baseline])
-                        against = (f"{_signed(gain.value)} ({_signed(gain.low)} to "
-                                   f"{_signed(gain.high)})")
+                        against = _lift_cell(lift(value, row[baseline]))
+                        expected = _lift_cell(lift(value, row[baseline], expected=True))
                     p = value.purchases_ci
                     text.append(f"| {number} | {name} | {value.sessions} | "
                                 f"{value.impressions:,} | {_pct(value.ctr)} "
                                 f"({_pct(value.ctr_ci.low)}-{_pct(value.ctr_ci.high)}) | "
-                                f"{against} | {p.value:.2f} ({p.low:.2f}-{p.high:.2f}) |")
+                                f"{against} | {expected} | "
+                                f"{p.value:.2f} ({p.low:.2f}-{p.high:.2f}) |")
         return "\n".join(text) + "\n"
+
+    @staticmethod
+    def _ceilings(ceilings: Ceilings) -> str:
+        """The scenario's `Ceilings`, in words."""
+        if ceilings == Ceilings():
+            return ("Ceilings: none; no order of the pool is better than another for what "
+                    "the clicks could teach.")
+        return ("Ceilings, expected CTR over the visual order of each page's pool under this "
+                "click model (computed from the model, `Scenario.ceilings()`): the best "
+                "fixed order of each page's pool (the same list for every visitor of the "
+                f"page, what re-ranking by click rates can at best serve) "
+                f"{_signed(ceilings.fixed)}; the visual score plus each product's true "
+                f"appeal (what per-product click rates alone can learn) "
+                f"{_signed(ceilings.appeal)}; the best order for each visitor's own tastes "
+                f"{_signed(ceilings.personal)}.")
 
     @staticmethod
     def _ranking(ranking: dict[str, Any]) -> dict[str, Any]:

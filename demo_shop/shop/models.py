@@ -1,4 +1,6 @@
-"""The demo shop's Product: a plain Django model plus one ImageEmbeddingField."""
+"""The demo shop's Product (a plain Django model plus one ImageEmbeddingField on its main
+photo) and its gallery, ProductImage: every photo of the product (Luma's ``main``, ``back``,
+``alt1``, ...), each embedded, which the product page compares product to product."""
 
 from django.db import models
 from django.urls import reverse
@@ -30,3 +32,23 @@ class Product(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("product-detail", args=[self.pk])
+
+
+class ProductImage(models.Model):
+    """One photo of a product's gallery, its main photo included; its embedding serves
+    product-level searches (``field="embedding"``): each product once, by its best photo."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="images")
+    # Luma's view name (main, back, alt1, ...); the gallery shows them in ``position`` order.
+    view = models.CharField(max_length=40, blank=True)
+    position = models.PositiveSmallIntegerField(default=0)
+    image = models.ImageField(upload_to="products/gallery/")
+    embedding = ImageEmbeddingField(source="image", product="product")
+
+    class Meta:
+        ordering = ["product", "position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["product", "view"],
+                                               name="shop_productimage_one_per_view")]
+
+    def __str__(self) -> str:
+        return f"{self.product} ({self.view or self.position})"

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from demo_shop.shop.models import Product
+from demo_shop.shop.models import Product, ProductImage
 from visual_reco import feedback
 from visual_reco.api.views import model_value
 from visual_reco.conf import reco_settings
@@ -36,14 +36,28 @@ def product_list(request: HttpRequest) -> HttpResponse:
                   {"page": page, "categories": categories, "category": category})
 
 
+# The gallery's embedding field: what product pages and photo search compare once the
+# catalog has a gallery (`import_catalog` adds one), product by product.
+GALLERY_FIELD = "embedding"
+
+
+def _compared_field() -> str | None:
+    """The gallery field when the catalog has gallery images, else the product's own."""
+    return GALLERY_FIELD if ProductImage.objects.exists() else None
+
+
 def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """One product, with visually similar products below it, ranked by the ``?mode=`` of
-    the switch above them (a mode that ``ASPECT_MODES`` lacks shows ``DEFAULT_MODE``)."""
+    """One product with its gallery, and the products that look like it below, compared
+    photo by photo, ranked by the ``?mode=`` of the switch above them (a mode that
+    ``ASPECT_MODES`` lacks shows ``DEFAULT_MODE``)."""
     product = get_object_or_404(Product, pk=pk)
     mode = request.GET.get("mode")
     if mode not in reco_settings.ASPECT_MODES:
         mode = reco_settings.DEFAULT_MODE
-    return render(request, "shop/product_detail.html", {"product": product, "mode": mode})
+    gallery = list(product.images.all())
+    return render(request, "shop/product_detail.html",
+                  {"product": product, "mode": mode, "gallery": gallery,
+                   "field": GALLERY_FIELD if gallery else None})
 
 
 def _thumbnail_data_uri(data: bytes) -> str:
@@ -67,7 +81,8 @@ def photo_search(request: HttpRequest) -> HttpResponse:
             found = search_by_photo(
                 io.BytesIO(data), Product.objects.all(), limit=12,
                 filter_by_predicted_category=context["same_category"],
-                filters={"in_stock": True} if context["in_stock"] else None)
+                filters={"in_stock": True} if context["in_stock"] else None,
+                field=_compared_field())
             context.update(found=found, preview=_thumbnail_data_uri(data))
         except (ImageError, SearchUnavailable) as exc:
             context["error"] = str(exc)

@@ -9,12 +9,16 @@ import pytest
 from django.test.utils import override_settings
 
 from demo_shop.bench.feedback_sim import (
+    NOISE_SD,
     SIMILAR_SURFACE,
     Catalog,
+    Ceilings,
+    LooksScenario,
     Options,
     Report,
     Simulator,
     event_counts,
+    expected_sigmoid,
     lift,
     rollup_counts,
     run_scenario,
@@ -133,11 +137,70 @@ def test_a_returning_visitor_is_the_same_visitor():
     simulator = Simulator(catalog, Options(scenario="unrelated", seed=5, return_rate=1.0))
     first = simulator.visitor(0)
     assert first.id.endswith("0000000") and first.visits == 0
-    first.brand_of(3)
+    brands = [first.brand_of(product) for product in range(4)]
     simulator.visitors.append(first)
     back = simulator.visitor(1)
     # The same tastes and the same brands seen in products, not drawn again.
-    assert back is first and back.brands == {3: first.brand_of(3)}
+    assert back is first and [back.brand_of(product) for product in range(4)] == brands
     never = Simulator(catalog, Options(scenario="unrelated", seed=5, return_rate=0.0))
     never.visitors.append(first)
     assert never.visitor(1).id.endswith("0000001")
+
+
+def test_a_visitors_brands_do_not_depend_on_what_it_looked_at_first():
+    catalog = Catalog([str(i) for i in range(40)], np.eye(40), ["cup"] * 40, ["blue"] * 40)
+    one, other = (Simulator(catalog, Options(scenario="unrelated", seed=5)).visitor(3)
+                  for _ in range(2))
+    forwards = [one.brand_of(product) for product in range(40)]
+    backwards = [other.brand_of(product) for product in reversed(range(40))][::-1]
+    assert forwards == backwards and len(set(forwards)) > 1
+
+
+def test_expected_sigmoid_is_the_mean_over_the_noise():
+    rng = np.random.default_rng(0)
+    logits = [-3.0, -0.5, 0.0, 2.0]
+    sampled = [np.mean(1 / (1 + np.exp(-(x + rng.normal(0, NOISE_SD, 400_000)))))
+               for x in logits]
+    assert np.allclose(expected_sigmoid(logits), sampled, atol=1e-3)
+    # Noise pulls a click probability towards one half, so it differs from sigmoid(logit).
+    assert expected_sigmoid([-3.0])[0] > 1 / (1 + np.exp(3.0)) + 0.003
+
+
+@pytest.mark.parametrize("scenario", ["looks", "unrelated"])
+def test_expected_clicks_are_what_the_sampled_clicks_average(scenario):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(12, 6))
+    catalog = Catalog([str(i) for i in range(12)], vectors, ["cup", "mug"] * 6,
+                      ["blue", "warm", "neutral"] * 4)
+    simulator = Simulator(catalog, Options(scenario=scenario, seed=5))
+    visitor = simulator.visitor(0)
+    ids = ["3", "6", "unknown", "1", "10"]
+    expected = simulator.expected_clicks(visitor, 0, ids)
+    draws = np.random.default_rng(2)
+    clicks = sum(simulator._cascade(visitor, 0, ids, draws) is not None
+                 for _ in range(40_000))
+    # A list gets at most one click; 40,000 reads put the mean within about 0.005.
+    assert 0.05 < expected < 1 and abs(clicks / 40_000 - expected) < 0.015
+    # Order matters under the cascade: the most attractive first gets more clicks.
+    attraction = simulator.scenario.expected_attraction(visitor, 0, [3, 6, 1, 10])
+    best = [str(item) for _, item in sorted(zip(-attraction, [3, 6, 1, 10], strict=True))]
+    assert simulator.expected_clicks(visitor, 0, best) > simulator.expected_clicks(
+        visitor, 0, best[::-1])
+
+
+def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
+    rng = np.random.default_rng(3)
+    n = 30
+    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
+                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
+                      rng.normal(size=(n, 5)))
+    looks = LooksScenario(catalog, seed=4)
+    ceilings = looks.ceilings(pool=12, limit=4)
+    # Knowing each visitor's tastes beats any one order per page, which beats the visual one.
+    assert ceilings.personal >= max(ceilings.fixed, ceilings.appeal) > 0
+    # Without appeal differences, what product click rates learn is worth nothing.
+    looks.appeal[:] = 0.0
+    assert abs(looks.ceilings(pool=12, limit=4).appeal) < 1e-12
+    # A scenario where no order is better than another has no ceiling above the visual one.
+    assert Simulator(catalog, Options(scenario="unrelated")).scenario.ceilings(12, 4) == \
+        Ceilings()

@@ -52,3 +52,31 @@ class Look(Photographed):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Garment(models.Model):
+    """A product whose photos are a gallery (`GarmentPhoto`): no embedding field of its own."""
+
+    name = models.CharField(max_length=100)
+    category = models.CharField(max_length=50, blank=True)
+    style = models.CharField(max_length=50, blank=True)
+    in_stock = models.BooleanField(default=True)
+
+    objects = VisualQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return f"/garments/{self.pk}/"
+
+
+class GarmentPhoto(models.Model):
+    """One photo of a garment; its embedding serves garment-level searches."""
+
+    garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="photos")
+    image = models.ImageField(upload_to="garments/", blank=True)
+    embedding = ImageEmbeddingField(source="image", product="garment")
+
+    def __str__(self) -> str:
+        return f"{self.garment} photo {self.pk}"

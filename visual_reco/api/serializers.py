@@ -20,7 +20,8 @@ class SimilarItemSerializer(serializers.Serializer):
     shown (`visual_reco.reasons`, in the request's language; the context's ``mode`` and
     ``source_colours``, the product's own colour names); and
     the main colour names of its stored colour vector (the view's ``colour_field``), when it
-    has one. `similar_items` gives the same representation without DRF's per-field work."""
+    has one; for a gallery field, the ``matching_image`` of the product. `similar_items`
+    gives the same representation without DRF's per-field work."""
 
     id = serializers.CharField(source="pk", read_only=True)
     name = serializers.SerializerMethodField()
@@ -32,6 +33,7 @@ class SimilarItemSerializer(serializers.Serializer):
                                           read_only=True, allow_null=True, default=None)
     colours = serializers.SerializerMethodField()
     reason = serializers.SerializerMethodField()
+    matching_image = serializers.SerializerMethodField()
 
     def get_colours(self, obj: Any) -> list[str] | None:
         """The 1-3 main colour names (`visual_reco.colour.dominant_colours`), or null."""
@@ -59,8 +61,13 @@ class SimilarItemSerializer(serializers.Serializer):
         return _url(obj, self.context.get("request"))
 
     def get_image(self, obj: Any) -> str | None:
-        """Absolute URL of the source image."""
+        """Absolute URL of the source image: the matching image's in a gallery search."""
         return _image(obj, self.context["source_field"], self.context.get("request"))
+
+    def get_matching_image(self, obj: Any) -> dict[str, Any] | None:
+        """In a search of a gallery field (a product's several photos), the photo of the
+        product that matched best: ``{"id", "url"}``; null otherwise."""
+        return _matching_image(obj, self.context["source_field"], self.context.get("request"))
 
 
 def _name(obj: Any) -> str:
@@ -77,7 +84,19 @@ def _url(obj: Any, request: Any) -> str | None:
     return _absolute(obj.get_absolute_url(), request)
 
 
-def _image(obj: Any, source_field: str, request: Any) -> str | None:
+def _matching_image(obj: Any, source_field: str, request: Any) -> dict[str, Any] | None:
+    image = getattr(obj, "visual_image", None)
+    if image is None:
+        return None
+    found = getattr(image, source_field, None)
+    return {"id": str(image.pk), "url": _absolute(found.url, request) if found else None}
+
+
+def _image(obj: Any, source_field: str, request: Any,
+           match: dict[str, Any] | None = None) -> str | None:
+    match = match or _matching_image(obj, source_field, request)
+    if match is not None:
+        return match["url"]
     image = getattr(obj, source_field, None)
     return _absolute(image.url, request) if image else None
 
@@ -97,19 +116,22 @@ def _float(value: Any) -> float | None:
 def _item(obj: Any, context: dict[str, Any]) -> dict[str, Any]:
     """What `SimilarItemSerializer` makes of ``obj``, key for key and value for value."""
     request = context.get("request")
+    source_field = context["source_field"]
     pk = obj.pk
     scores = getattr(obj, "aspect_scores", None)
     colours = colour_names(obj, context.get("colour_field"))
+    match = _matching_image(obj, source_field, request)
     return {
         "id": None if pk is None else str(pk),
         "name": _name(obj),
         "url": _url(obj, request),
-        "image": _image(obj, context["source_field"], request),
+        "image": _image(obj, source_field, request, match),
         "score": _float(getattr(obj, "visual_score", None)),
         "aspect_scores": (None if scores is None else
                           {str(aspect): _float(score) for aspect, score in scores.items()}),
         "colours": colours,
         "reason": _reason(obj, colours, context),
+        "matching_image": match,
     }
 
 

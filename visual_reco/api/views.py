@@ -44,11 +44,18 @@ from visual_reco.feedback.events import BatchError, Serving, accept_batch, servi
 from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.fields import ImageEmbeddingField
+from visual_reco.gallery import status_of
 from visual_reco.images import ImageError
 from visual_reco.modes import UnknownMode, mode_blend
+from visual_reco.query import colour_attribute
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.reasons import colour_names
-from visual_reco.registry import embedding_fields, get_embedding_field, product_model
+from visual_reco.registry import (
+    get_embedding_field,
+    is_gallery,
+    product_model,
+    searchable_fields,
+)
 from visual_reco.search import search_by_photo
 
 try:
@@ -120,7 +127,7 @@ def _embedding(model: type[models.Model], requested: str | None,
     try:
         return get_embedding_field(model, requested)
     except ImproperlyConfigured:
-        names = ", ".join(f.name for f in embedding_fields(model))
+        names = ", ".join(f.name for f in searchable_fields(model))
         raise serializers.ValidationError(
             {"field": [f"Unknown embedding field; use one of {names}."]}) from None
 
@@ -181,19 +188,22 @@ class SimilarProductsView(VisualRecoAPIView):
         except DjangoValidationError:
             raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
-        product = get_object_or_404(model._default_manager.defer(embedding.attname), pk=pk)
+        products = model._default_manager.all()
+        if not is_gallery(embedding, model):
+            products = products.defer(embedding.attname)
+        product = get_object_or_404(products, pk=pk)
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,
                                  request=request, mode=mode,
                                  collapse_variants=params.validated_data["collapse"])
-        colour_field = embedding.colour_attname
+        colour_field = colour_attribute(embedding, model)
         context = {"request": request, "source_field": embedding.source, "mode": mode,
                    "colour_field": colour_field,
                    "source_colours": colour_names(product, colour_field)}
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
-            "embedding_status": getattr(product, embedding.status_name),
+            "embedding_status": status_of(product, embedding),
             "results": similar_items(results, context),
             "token": token_for(tracked, self.surface, product.pk, results, embedding.embedder),
         }))
@@ -348,7 +358,8 @@ class PhotoSearchView(VisualRecoAPIView):
                             headers={"Retry-After": "5"})
         finally:
             slots.release()
-        context = {"request": request, "source_field": embedding.source}
+        context = {"request": request, "source_field": embedding.source,
+                   "colour_field": colour_attribute(embedding, model)}
         tracked = serving(request, self.surface)
         return _tracked(request, tracked, Response({
             "predicted_category": (CategorySerializer(found.category).data

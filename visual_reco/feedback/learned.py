@@ -24,8 +24,8 @@ from django.db import models
 
 from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
-from visual_reco.query import binary_vector, from_binary
-from visual_reco.registry import get_embedding_field
+from visual_reco.query import binary_vector, from_binary, gallery_vectors
+from visual_reco.registry import get_embedding_field, is_gallery
 
 SERVING_TTL = 60.0
 # Read in chunks so a large catalogue never builds one huge IN list.
@@ -104,6 +104,8 @@ def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[o
     """The stored vectors of ``pks`` (rows without one are left out), by primary key as
     text, read as ``halfvec`` binary: no text parsing of 2,048 numbers a row."""
     embedding = get_embedding_field(model, field)
+    if is_gallery(embedding, model):
+        return gallery_vectors(embedding, list(pks), using)
     found: dict[str, np.ndarray] = {}
     manager = model._base_manager.using(using) if using else model._base_manager
     for start in range(0, len(pks), VECTOR_CHUNK):

@@ -50,8 +50,17 @@ from visual_reco.feedback.taste import (
 )
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
-from visual_reco.query import DISTANCE, binary_vector, from_binary, to_array, visual
-from visual_reco.registry import get_embedding_field, product_model
+from visual_reco.query import (
+    DISTANCE,
+    binary_vector,
+    deferrable,
+    from_binary,
+    gallery_vectors,
+    row_colour_attname,
+    to_array,
+    visual,
+)
+from visual_reco.registry import get_embedding_field, is_gallery, product_model
 
 TASTE = "taste"
 BEST_SELLERS = "best_sellers"
@@ -243,8 +252,9 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     product's, blended in by ``CONTEXT_WEIGHT``)."""
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
-    colours_at = embedding.colour_attname if colour else None
-    wanted = {"shape": binary_vector(embedding.attname)} if shape else {}
+    gallery = is_gallery(embedding, model)
+    colours_at = row_colour_attname(embedding, model) if colour else None
+    wanted = {"shape": binary_vector(embedding.attname)} if shape and not gallery else {}
     if colours_at:
         wanted["colour"] = binary_vector(colours_at)
     columns = ["pk", *wanted] + ([category.attname] if category else [])
@@ -263,6 +273,8 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
         if category is not None and row[-1] is not None:
             categories[product] = str(row[-1])
     vectors, colours = found.get("shape", {}), found.get("colour")
+    if shape and gallery:  # a product of several photos: their mean direction
+        vectors = gallery_vectors(embedding, _pks(model, read), model._base_manager.db)
     taste = taste_of({product: weights[product] for product in chosen}, vectors, categories,
                      colours)
     if page is None:
@@ -349,7 +361,7 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
     model = candidates.model
     embedding = get_embedding_field(model, field)
     category = _category_field(model)
-    colour_column = embedding.colour_attname if options.colour_weight else None
+    colour_column = row_colour_attname(embedding, model) if options.colour_weight else None
     columns = ["pk", DISTANCE] + ([category.attname] if category else [])
     searched = visual(candidates)
     if colour_column:
@@ -380,8 +392,9 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
         scored.append((visual_score + feedback, row[0], row[1], visual_score, feedback))
     scored.sort(key=lambda pick: -pick[0])
     best = scored[:limit]
-    deferred = [embedding.attname] + ([embedding.colour_attname]
-                                      if embedding.colour_attname and not colour_column else [])
+    own_colour = row_colour_attname(embedding, model)
+    deferred = deferrable(embedding, model) + ([own_colour]
+                                               if own_colour and not colour_column else [])
     found = {row.pk: row for row in candidates.filter(pk__in=[pick[1] for pick in best])
              .defer(*deferred)}
     rows = []
@@ -415,12 +428,12 @@ def _category_best_sellers(candidates: models.QuerySet, category: Any, limit: in
                            field: str | None) -> list[models.Model]:
     """`_best_sellers_rows` within ``category`` (None: every category)."""
     model = candidates.model
-    deferred = get_embedding_field(model, field).attname
+    deferred = deferrable(get_embedding_field(model, field), model)
     wanted = [(product, rate) for product, rate in best_converting(model, category, options)
               if product not in left_out][:limit * 3]
     found = {str(row.pk): row for row in
              candidates.filter(pk__in=_pks(model, [product for product, _ in wanted]))
-             .defer(deferred)}
+             .defer(*deferred)}
     rows = []
     for product, rate in wanted:
         row = found.get(product)
@@ -432,7 +445,7 @@ def _category_best_sellers(candidates: models.QuerySet, category: Any, limit: in
         if category is not None:
             scope = scope.filter(**{reco_settings.CATEGORY_FIELD: category})
         skipped = _pks(model, sorted(left_out | {str(row.pk) for row in rows}))
-        for row in (scope.exclude(pk__in=skipped).defer(deferred)
+        for row in (scope.exclude(pk__in=skipped).defer(*deferred)
                     .order_by("-pk")[:limit - len(rows)]):
             row.visual_score, row.feedback_score, row.reco_score = None, 0.0, None
             rows.append(row)

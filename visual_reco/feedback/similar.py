@@ -40,7 +40,7 @@ from visual_reco.feedback.picks import history, history_taste, row_colours
 from visual_reco.feedback.ranking import feedback_terms, rerank
 from visual_reco.feedback.taste import Taste, colour_affinities
 from visual_reco.modes import blend_for
-from visual_reco.query import is_variant_value, variant_attname
+from visual_reco.query import colour_attribute, is_variant_value, variant_attname
 from visual_reco.registry import get_embedding_field
 from visual_reco.result_cache import SimilarPool, similar_pool, similar_products
 
@@ -158,7 +158,8 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
                 [affinities.get(str(getattr(row, field_name, None)), 0.0) for row in rows])
         if taste.colour is not None:
             scores += options.personal_colour_weight * colour_affinities(
-                taste, row_colours(rows, get_embedding_field(type(obj), field).colour_attname))
+                taste, row_colours(rows, colour_attribute(get_embedding_field(type(obj), field),
+                                                          type(obj))))
         if options.scorer and rows:
             scorer: Scorer = import_string(options.scorer)
             scores = np.asarray(scorer(obj, rows, scores.copy()), dtype=np.float64)

@@ -14,6 +14,8 @@ from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
 from visual_reco.feedback.picks import note_shown, picks_for
 from visual_reco.feedback.similar import ranked_similar
+from visual_reco.gallery import status_of
+from visual_reco.query import colour_attribute
 from visual_reco.reasons import colour_names, reason_for
 from visual_reco.registry import get_embedding_field, product_model
 
@@ -51,14 +53,14 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     note_shown(request, [obj, *products])
     show_reasons = mode is not None if reasons is None else bool(reasons)
     if show_reasons:
-        column = embedding.colour_attname
+        column = colour_attribute(embedding, model)
         own = colour_names(obj, column)
         for product in products:
             product.visual_reason = reason_for(product, column, mode, source_colours=own)
     return render_to_string(
         template_name or reco_settings.SIMILAR_TEMPLATE,
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
-         "status": getattr(obj, embedding.status_name), "mode": mode,
+         "status": status_of(obj, embedding), "mode": mode,
          "show_reasons": show_reasons,
          "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding.embedder)},
         request=request,
@@ -139,3 +141,11 @@ def _events_url() -> str | None:
 def field_file(obj: Any, name: str) -> Any:
     """``obj|field_file:"image"``: the file of a field named at run time."""
     return getattr(obj, name, None)
+
+
+@register.filter
+def shown_file(obj: Any, name: str) -> Any:
+    """``product|shown_file:"image"``: the photo to show for a result row: the file of the
+    matching image of a gallery search (its ``visual_image``), else ``obj``'s own."""
+    image = getattr(obj, "visual_image", None)
+    return getattr(image if image is not None else obj, name, None)

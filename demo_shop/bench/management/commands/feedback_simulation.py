@@ -35,9 +35,12 @@ from django.utils import timezone
 
 from demo_shop.bench.feedback_sim import (
     LEARN_COMMAND,
+    LIMIT,
     PICKS_VARIANTS,
+    SCENARIOS,
     SIMILAR_VARIANTS,
     Catalog,
+    Ceilings,
     Options,
     Report,
     colour_family,
@@ -50,6 +53,7 @@ from demo_shop.catalog import folder_items
 from demo_shop.shop.models import Product
 from visual_reco.aspects import compute_aspects, signature
 from visual_reco.choices import EmbeddingStatus
+from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.evaluation.embedding import embed_paths, load_image
 from visual_reco.registry import get_embedding_field
@@ -150,7 +154,8 @@ def load_luma(folder: Path, cache: Path) -> tuple[Catalog, float]:
     pks = [str(stored[by_path[path].sku].pk) for path in paths]
     catalog = Catalog(pks, np.asarray(vectors, dtype=np.float64),
                       [by_path[path].category for path in paths],
-                      [colour_family(colours.get(by_path[path].sku, "")) for path in paths])
+                      [colour_family(colours.get(by_path[path].sku, "")) for path in paths],
+                      aspects.get("colour"))
     return catalog, time.perf_counter() - started
 
 
@@ -202,6 +207,9 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=int, default=2,
                             help="with --scenario both: scenarios run at once, each in a "
                                  "process and a database of its own")
+        parser.add_argument("--ceilings", action="store_true",
+                            help="only print the scenarios' ceilings (what orders that know "
+                                 "the click model would gain; no visits) for --seed")
         parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -228,6 +236,9 @@ class Command(BaseCommand):
                          "re-ranking yet: no `RANKING[\"LEARNED\"]` option)")
         scenarios = ["looks", "unrelated"] if options["scenario"] == "both" \
             else [options["scenario"]]
+        if options["ceilings"]:
+            self._ceilings(scenarios, similar, folder, base, options)
+            return
         started = time.perf_counter()
         if len(scenarios) > 1 and options["jobs"] > 1:
             run = self._in_processes(scenarios, options)
@@ -264,6 +275,23 @@ class Command(BaseCommand):
                 for scenario in scenarios:
                     results[scenario] = self._scenario(scenario, catalog, options, bool(picks))
         return {"results": results, "notes": notes, "products": len(catalog)}
+
+    def _ceilings(self, scenarios: list[str], similar: dict[str, dict[str, Any]], folder: Path,
+                  base: Path, options: dict[str, Any]) -> None:
+        """Print each scenario's `Ceilings` for the run's pool and list sizes."""
+        with own_database(f"{DATABASE}_ceilings"):
+            catalog, _ = load_luma(folder, base / ".cache" / "feedback-sim")
+            config = simulation_settings(similar, {}, json.loads(options["ranking"]))
+            with override_settings(VISUAL_RECO=config):
+                pool = int(reco_settings.RANKING["POOL"]) * LIMIT
+                for scenario in scenarios:
+                    found = SCENARIOS[scenario](catalog, options["seed"]).ceilings(pool, LIMIT)
+                    described = (
+                        f"best fixed order {found.fixed:+.1%}, visual + true appeal "
+                        f"{found.appeal:+.1%}, best order per visitor {found.personal:+.1%}"
+                        if found != Ceilings() else "none (nothing the clicks could teach)")
+                    self.stdout.write(f"{scenario} seed {options['seed']}, pool {pool}, "
+                                      f"list {LIMIT}: {described}")
 
     def _in_processes(self, scenarios: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Each scenario in a process of its own (this command with ``--scenario``), at

@@ -1,4 +1,5 @@
-"""``manage.py import_catalog [FOLDER]``: load products and their photos (idempotent)."""
+"""``manage.py import_catalog [FOLDER]``: load products, their photos and their galleries
+(idempotent: a product imported before gets the gallery photos it lacks)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.db import transaction
 from tqdm import tqdm
 
 from demo_shop.catalog import CatalogItem, folder_items, kitchenware_items
-from demo_shop.shop.models import Product
+from demo_shop.shop.models import Product, ProductImage
 from visual_reco.result_cache import invalidate
 
 
@@ -23,7 +24,8 @@ def _price(sku: str) -> Decimal:
 
 
 class Command(BaseCommand):
-    """Create a product per catalog item not imported yet; saving queues its embedding."""
+    """Create a product per catalog item not imported yet, and the gallery images (every
+    view) of every item that lacks them; saving queues their embeddings."""
 
     help = "Import a catalog folder (default: the kitchenware wheel's photos)."
 
@@ -48,6 +50,25 @@ class Command(BaseCommand):
             with transaction.atomic():
                 for item in new[start:start + 64]:
                     self._create(item)
+        self._add_galleries(items)
+
+    def _add_galleries(self, items: list[CatalogItem]) -> None:
+        """Give each product the gallery images of its views that it lacks."""
+        products = dict(Product.objects.values_list("sku", "pk"))
+        have = set(ProductImage.objects.values_list("product__sku", "view"))
+        missing = [(products[item.sku[:64]], position, view, path) for item in items
+                   if item.sku[:64] in products
+                   for position, (view, path) in enumerate(item.gallery)
+                   if (item.sku[:64], view[:40]) not in have]
+        self.stdout.write(f"Gallery: {len(missing)} images to add.")
+        for start in tqdm(range(0, len(missing), 64), desc="Gallery", unit="x64",
+                          disable=not missing):
+            with transaction.atomic():
+                for product, position, view, path in missing[start:start + 64]:
+                    image = ProductImage(product_id=product, view=view[:40], position=position)
+                    with open(path, "rb") as handle:
+                        image.image.save(path.name, File(handle), save=False)
+                    image.save()
 
     def _create(self, item: CatalogItem) -> Product:
         product = Product(sku=item.sku[:64], name=item.name[:200], category=item.category[:120],
