@@ -55,6 +55,10 @@ MIX = ("CASE WHEN r < 880 THEN 'impression' WHEN r < 970 THEN 'click' WHEN r < 9
 LIMIT = 8
 # The capacity a server CPU cost per request implies is given for this many cores.
 CORES = 2
+CPU_NOTE = ("req/s counts the load generator's and any other job's use of the cores; server "
+            "CPU is that of gunicorn's processes, Postgres and Redis over the level, from /proc, "
+            f"per answered request, and the capacity is {CORES} cores divided by it: the "
+            f"servers alone on {CORES} dedicated cores, scaling perfectly")
 CACHE_ON = ("on, as the demo sets it, and every list a hit: both lists of each source asked "
             "once before the timing")
 BEST_SELLERS_ONLY = Variant("best_sellers", ranking={"PICKS": "best_sellers"})
@@ -341,7 +345,8 @@ class Command(BaseCommand):
             f"| **added by re-ranking** | {added_median:.2f} "
             f"| **{added:.2f}** |\n\n"
             f"The API under gunicorn ({options['workers']} processes x {options['threads']} "
-            f"threads, {options['seconds']:.0f} s per level, closed loop on loopback):\n\n"
+            f"threads, {options['seconds']:.0f} s per level, closed loop on loopback; "
+            f"{CPU_NOTE}):\n\n"
             + _load_header("ranking") + rows + "\n\n"
             f"Command: {self._command(options)}.")
         path = write_section(f"## Re-ranking with feedback\n\n{body}")
@@ -361,7 +366,8 @@ class Command(BaseCommand):
             f"{np.percentile(picks, 50):.2f} | {np.percentile(picks, 99):.2f} |\n"
             f"| best sellers (cached per process) | {np.percentile(sellers, 50):.2f} | "
             f"{np.percentile(sellers, 99):.2f} |\n\n"
-            "`GET picked-for-you/` under gunicorn, each request with a visitor's cookie:\n\n"
+            "`GET picked-for-you/` under gunicorn, each request with a visitor's cookie "
+            f"({CPU_NOTE}):\n\n"
             + _load_header("list")
             + _load_rows({"picked for you": loads["picked for you"]}) + "\n\n"
             f"Command: {self._command(options)}.")
