@@ -208,6 +208,9 @@ class Shop:
                 "sku": sku, "name": f"Fault product {sku}", "category": "faults",
                 "price": "9.99", "in_stock": "on", "_save": "Save",
                 "csrfmiddlewaretoken": self.session.cookies["csrftoken"],
+                # The gallery inline's management form, empty, as the add page sends it.
+                "images-TOTAL_FORMS": "0", "images-INITIAL_FORMS": "0",
+                "images-MIN_NUM_FORMS": "0", "images-MAX_NUM_FORMS": "1000",
             }, files={"image": (photo.name, handle, "image/jpeg")})
 
     def pages(self) -> list[str]:
