@@ -47,12 +47,11 @@ from visual_reco.fields import ImageEmbeddingField
 from visual_reco.gallery import status_of
 from visual_reco.images import ImageError
 from visual_reco.modes import UnknownMode, mode_blend
-from visual_reco.query import colour_attribute
+from visual_reco.query import colour_attribute, deferrable
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.reasons import colour_names
 from visual_reco.registry import (
     get_embedding_field,
-    is_gallery,
     product_model,
     searchable_fields,
 )
@@ -188,10 +187,8 @@ class SimilarProductsView(VisualRecoAPIView):
         except DjangoValidationError:
             raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
-        products = model._default_manager.all()
-        if not is_gallery(embedding, model):
-            products = products.defer(embedding.attname)
-        product = get_object_or_404(products, pk=pk)
+        product = get_object_or_404(
+            model._default_manager.defer(*deferrable(embedding, model)), pk=pk)
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,
