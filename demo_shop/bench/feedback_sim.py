@@ -289,14 +289,16 @@ class LooksScenario(Scenario):
     def _taste_attraction(self, taste: tuple[str, str], page: int,
                           items: np.ndarray) -> np.ndarray:
         """The expected attraction of ``items`` on ``page`` for a visitor of ``taste``."""
-        catalog = self.catalog
         family, category = taste
-        families = np.array(catalog.families)[items]
-        categories = np.array(catalog.categories)[items]
-        cosine = catalog.vectors[items] @ catalog.vectors[page]
-        return expected_sigmoid(-3.2 + 1.4 * (families == family)
-                                + 1.4 * (categories == category)
-                                + 3.0 * (cosine - 0.75) + self.appeal[items])
+        return expected_sigmoid([self._taste_logit(family, category, page, int(item))
+                                 for item in items])
+
+    def _taste_logit(self, family: str, category: str, page: int, item: int) -> float:
+        """`logit` for a visitor who likes ``family`` and ``category``."""
+        cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
+        return (-3.2 + 1.4 * (self.catalog.families[item] == family)
+                + 1.4 * (self.catalog.categories[item] == category)
+                + 3.0 * (cosine - 0.75) + self.appeal[item])
 
     def ceilings(self, pool: int, limit: int) -> Ceilings:
         """`Ceilings` of this scenario: on each page, the visitors weighted by how often their
@@ -332,10 +334,7 @@ class LooksScenario(Scenario):
             personal=totals["personal"] / visual - 1)
 
     def logit(self, visitor: Visitor, page: int, item: int) -> float:
-        cosine = float(self.catalog.vectors[page] @ self.catalog.vectors[item])
-        return (-3.2 + 1.4 * (self.catalog.families[item] == visitor.family)
-                + 1.4 * (self.catalog.categories[item] == visitor.category)
-                + 3.0 * (cosine - 0.75) + self.appeal[item])
+        return self._taste_logit(visitor.family, visitor.category, page, item)
 
     def cart(self, visitor: Visitor, item: int) -> float:
         matches = ((self.catalog.families[item] == visitor.family)
