@@ -156,7 +156,7 @@ def _product_errors():
 
 
 @pytest.mark.parametrize("label, message", [
-    (None, "4 models have an ImageEmbeddingField or a gallery of them"),
+    (None, "5 models have an ImageEmbeddingField or a gallery of them"),
     ("testapp.Nope", "is not an installed model"),
     ("auth.User", "has no ImageEmbeddingField"),
 ])

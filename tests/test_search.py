@@ -94,7 +94,8 @@ def test_search_rejects_filter_values_the_database_would_refuse(client, catalog,
 def test_search_without_a_file_is_400(client, catalog):
     response = client.post(SEARCH, {"image_url": "http://169.254.169.254/latest/meta-data/"})
     assert response.status_code == 400
-    assert "image" in response.json()
+    # Neither a photo nor words: the reason names both fields.
+    assert "(image)" in response.json()["non_field_errors"][0]
 
 
 def test_photo_searches_are_rate_limited_per_client(client, catalog, settings):

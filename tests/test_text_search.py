@@ -139,6 +139,12 @@ def test_photo_and_words_fused_through_the_api(client, catalog, photos, settings
                   if str(item.pk) not in {r["id"] for r in plain["results"][:4]})
     Item.objects.filter(pk=target.pk).update(name="Zanzibar teapot")
     text_search.index([Item.objects.get(pk=target.pk)])
+    everything = [row["id"] for row in post_photo(client, photo, limit="18").json()["results"]]
+    # The default fusion (a blend) lifts it too.
+    blended = [row["id"] for row in post_photo(client, photo, limit="18",
+                                                text="zanzibar").json()["results"]]
+    assert blended.index(str(target.pk)) < everything.index(str(target.pk))
+    assert blended[0] in (str(target.pk), str(catalog[index].pk))
     settings.VISUAL_RECO = {**settings.VISUAL_RECO,
                             "TEXT_SEARCH": {"FUSION": "rrf", "RRF_K": 5}}
     body = post_photo(client, photo, limit="8", text="zanzibar").json()
