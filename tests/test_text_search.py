@@ -225,3 +225,12 @@ def test_the_schema_lists_the_words(client):
     assert "text" in request["properties"] and "image" not in request.get("required", [])
     item = schema["components"]["schemas"]["SearchItem"]
     assert "matched_text" in item["properties"]
+
+
+def test_photo_and_words_keep_the_filters_and_the_predicted_category(client, catalog, photos):
+    body = post_photo(client, customer_photo(photos[4].path), text=photos[1].label,
+                      in_stock="true", filter_by_predicted_category="true").json()
+    predicted = body["predicted_category"]["name"]
+    allowed = {str(i.pk) for i in catalog if i.in_stock and i.category == predicted}
+    ids = {row["id"] for row in body["results"]}
+    assert ids and ids <= allowed
