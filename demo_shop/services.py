@@ -73,6 +73,9 @@ def run_demo(catalog: str | None, port: int) -> None:
         # Rows a previous run left waiting lost their tasks with the old broker: queue them.
         _manage("visual_reco_reindex", "--pending", "--stale")
         _manage("import_catalog", *([catalog] if catalog else []))
+        # Saves index the words of new products; this also covers a catalog imported
+        # before the text index existed (a few hundred rows: about a second).
+        _manage("visual_reco_text_index")
         _manage("visual_reco_status", "--wait")
         url = f"http://127.0.0.1:{port}"
         print(f"\nThe shop: {url}/   admin: {url}/admin/  (user admin, password in "

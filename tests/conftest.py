@@ -17,6 +17,9 @@ from demo_shop.bench.samples import kitchenware_photos
 from tests import reliability
 from tests.celery_app import app as celery_app
 from visual_reco.choices import EmbeddingStatus
+from visual_reco.embedders import get_embedder
+from visual_reco.images import open_image
+from visual_reco.registry import get_embedding_field
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -85,6 +88,41 @@ def items(photos):
                                                embedding_status=EmbeddingStatus.READY)
         made.append(Item.objects.get(pk=item.pk))
     return made
+
+
+@pytest.fixture(scope="session")
+def embedded_photos(photos):
+    """Embeddings and colour vectors of the 18 photos, computed once with the real indexing
+    code path."""
+    vectors, colours = [], []
+    for photo in photos:
+        with open(photo.path, "rb") as handle:
+            found, aspects = get_embedder().embed_with_aspects([open_image(handle)], ("colour",))
+        vectors.append(found[0])
+        colours.append(aspects["colour"][0])
+    return vectors, colours
+
+
+@pytest.fixture(scope="session")
+def photo_vectors(embedded_photos):
+    """Embeddings of the 18 photos."""
+    return embedded_photos[0]
+
+
+@pytest.fixture
+def catalog(photos, embedded_photos, db):
+    """The 18 kitchenware photos as items with their real embeddings and colours."""
+    from tests.testapp.models import Item  # models load once Django is set up
+
+    items = [Item.objects.create(name=f"{p.label} {p.ident}", category=p.label,
+                                 in_stock=i % 3 != 0, photo=upload(p.path))
+             for i, p in enumerate(photos)]
+    field = get_embedding_field(Item)
+    for item, vector, colour in zip(items, *embedded_photos, strict=True):
+        Item.objects.filter(pk=item.pk).update(**field.state(
+            EmbeddingStatus.READY, vector=vector, aspect_vectors={"colour": colour},
+            fingerprint=field.fingerprint_for(get_embedder())))
+    return items
 
 
 @pytest.fixture(scope="session")

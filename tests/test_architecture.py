@@ -20,7 +20,7 @@ LAYERS = {
                   "query_photos"],
     "fields": ["registry", "fields", "checks"],
     "queries": ["modes", "diversity", "gallery", "query", "reasons", "result_cache",
-                "inline_storage", "categories", "classifier", "search"],
+                "inline_storage", "categories", "classifier", "fusion", "text_search", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.taste", "feedback.picks",

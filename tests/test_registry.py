@@ -22,7 +22,7 @@ from pgvector import HalfVector
 
 from tests.celery_app import app as celery_app
 from tests.conftest import upload
-from tests.testapp.models import GarmentPhoto, Item, ItemImage, Look
+from tests.testapp.models import GarmentPhoto, Item, ItemImage, Kit, Look
 from visual_reco.classifier import classifier_path
 from visual_reco.jobs import reindex, sweep
 from visual_reco.models import EmbeddingStatus
@@ -48,7 +48,7 @@ def sent(monkeypatch):
 
 
 def test_registry_knows_every_field_in_declaration_order():
-    assert set(embedded_models()) == {Item, ItemImage, Look, GarmentPhoto}
+    assert set(embedded_models()) == {Item, ItemImage, Look, GarmentPhoto, Kit}
     assert [f.name for f in embedding_fields(Look)] == ["photo_embedding", "detail_embedding"]
     assert get_embedding_field(Look).name == "photo_embedding"  # the first is the default
     assert get_embedding_field(Look, "detail_embedding").source == "detail"
@@ -156,7 +156,7 @@ def _product_errors():
 
 
 @pytest.mark.parametrize("label, message", [
-    (None, "4 models have an ImageEmbeddingField or a gallery of them"),
+    (None, "5 models have an ImageEmbeddingField or a gallery of them"),
     ("testapp.Nope", "is not an installed model"),
     ("auth.User", "has no ImageEmbeddingField"),
 ])

@@ -16,47 +16,13 @@ from tests.testapp.models import Item
 from visual_reco.classifier import load_classifier
 from visual_reco.embedders import get_embedder
 from visual_reco.embedding import embed_objects
-from visual_reco.images import ImageError, open_image
+from visual_reco.images import ImageError
 from visual_reco.models import EmbeddingStatus
 from visual_reco.modes import mode_blend
 from visual_reco.query import vector_of
 from visual_reco.query_photos import embed_query_images
-from visual_reco.registry import get_embedding_field
 
 SEARCH = "/api/visual-reco/search/"
-
-
-@pytest.fixture(scope="session")
-def embedded_photos(photos):
-    """Embeddings and colour vectors of the 18 photos, computed once with the real indexing
-    code path."""
-    vectors, colours = [], []
-    for photo in photos:
-        with open(photo.path, "rb") as handle:
-            found, aspects = get_embedder().embed_with_aspects([open_image(handle)], ("colour",))
-        vectors.append(found[0])
-        colours.append(aspects["colour"][0])
-    return vectors, colours
-
-
-@pytest.fixture(scope="session")
-def photo_vectors(embedded_photos):
-    """Embeddings of the 18 photos."""
-    return embedded_photos[0]
-
-
-@pytest.fixture
-def catalog(photos, embedded_photos, db):
-    """The 18 kitchenware photos as items with their real embeddings and colours."""
-    items = [Item.objects.create(name=f"{p.label} {p.ident}", category=p.label,
-                                 in_stock=i % 3 != 0, photo=upload(p.path))
-             for i, p in enumerate(photos)]
-    field = get_embedding_field(Item)
-    for item, vector, colour in zip(items, *embedded_photos, strict=True):
-        Item.objects.filter(pk=item.pk).update(**field.state(
-            EmbeddingStatus.READY, vector=vector, aspect_vectors={"colour": colour},
-            fingerprint=field.fingerprint_for(get_embedder())))
-    return items
 
 
 def test_indexing_code_gives_the_same_vectors(catalog, photo_vectors):
@@ -128,7 +94,8 @@ def test_search_rejects_filter_values_the_database_would_refuse(client, catalog,
 def test_search_without_a_file_is_400(client, catalog):
     response = client.post(SEARCH, {"image_url": "http://169.254.169.254/latest/meta-data/"})
     assert response.status_code == 400
-    assert "image" in response.json()
+    # Neither a photo nor words: the reason names both fields.
+    assert "(image)" in response.json()["non_field_errors"][0]
 
 
 def test_photo_searches_are_rate_limited_per_client(client, catalog, settings):

@@ -7,7 +7,7 @@ from django.apps import AppConfig
 from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
 
-from visual_reco import checks  # noqa: F401  registers the checks
+from visual_reco import checks, text_search  # noqa: F401  registers the checks
 from visual_reco.inline_storage import store_vectors_inline
 from visual_reco.signals import connect_receivers
 

@@ -112,6 +112,28 @@ DEFAULTS: dict[str, Any] = {
     "CLASSIFIER_PATH": None,
     # Fields a photo search may be filtered on (when the model has them).
     "SEARCH_FILTERS": ["category", "in_stock"],
+    # Search by words, alone or with a photo (visual_reco.text_search, docs/ARCHITECTURE.md
+    # "Search by photo and words"): Postgres full-text search over the product model's
+    # FIELDS (name: weight "A" to "D"; a list weighs them A, B, C, D in order; "a__b" follows
+    # a relation; fields the model lacks are left out; {} or []: no text index), kept in
+    # visual_reco's own table on save and delete (`manage.py visual_reco_text_index` rebuilds
+    # it after a change of these or a QuerySet.update()). CONFIG: the text search
+    # configuration (stemming, stop words). MAX_LENGTH: characters a query may have. With a
+    # photo, the POOL best products by looks and by words are fused by FUSION: "rrf"
+    # (reciprocal rank fusion, 1 / (RRF_K + rank) from each list) or "blend" (min-max
+    # normalised scores, TEXT_WEIGHT for the words' share). Blend 0.4: the best mean of Luma
+    # R@1, fashion P@10 and grocery R@1 on the tune halves of demo_shop/bench/text_fusion.py
+    # (report halves: 0.584 against 0.417 for the photo alone and 0.514 for the best RRF,
+    # k=60; docs/QUALITY.md "Search by photo and words").
+    "TEXT_SEARCH": {
+        "FIELDS": {"name": "A", "category": "B", "description": "C"},
+        "CONFIG": "english",
+        "MAX_LENGTH": 200,
+        "POOL": 100,
+        "FUSION": "blend",
+        "RRF_K": 60,
+        "TEXT_WEIGHT": 0.4,
+    },
     # The model the API and photo search serve ("app_label.ModelName"); None: the only model
     # with an ImageEmbeddingField (check visual_reco.E005 fails when there are several).
     "PRODUCT_MODEL": None,
@@ -326,7 +348,8 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
-                "RANKING", "PICKS", "LEARNING", "ASPECT_MODES", "REASON_THRESHOLDS"}
+                "RANKING", "PICKS", "LEARNING", "ASPECT_MODES", "REASON_THRESHOLDS",
+                "TEXT_SEARCH"}
 
 
 class VisualRecoSettings:

@@ -5,13 +5,15 @@ visual_reco needs both (the ``vector`` extension before the shop's migrations, i
 storage after them).
 """
 
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.db import connection, models
 
 from visual_reco.choices import EmbeddingStatus, EventType
 
 __all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
            "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
-           "FeedbackVariantDaily", "LearnedRanking", "quoted_table"]
+           "FeedbackVariantDaily", "LearnedRanking", "TextDocument", "quoted_table"]
 
 
 class FeedbackEvent(models.Model):
@@ -226,6 +228,28 @@ class LearnedRanking(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
+
+
+class TextDocument(models.Model):
+    """The words of one product for full-text search (`visual_reco.text_search` writes and
+    reads it): the ``TEXT_SEARCH["FIELDS"]`` of the object ``object_id`` (its primary key as
+    text, whatever the shop's key type) of ``model`` as a weighted ``tsvector``, and the
+    ``fingerprint`` of the settings it was built with. The shop's own table is not changed."""
+
+    model = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=64)
+    document = SearchVectorField()
+    fingerprint = models.CharField(max_length=16)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "text search document"
+        constraints = [models.UniqueConstraint(fields=["model", "object_id"],
+                                               name="visual_reco_text_once")]
+        indexes = [GinIndex(fields=["document"], name="visual_reco_text_document")]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.object_id}"
 
 
 def quoted_table(model: type[models.Model]) -> str:

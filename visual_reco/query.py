@@ -413,9 +413,7 @@ class VisualQuerySet(models.QuerySet):
             match.colour = from_binary(raw) if raw is not None else None
         found = self.filter(pk__in=[m.product for m in matches])
         if self._fields is None:  # the product's own vectors: parsing them costs, unused here
-            found = found.defer(*(name for field in embedding_fields(self.model)
-                                  for name in (field.attname, *map(field.aspect_name,
-                                                                   field.aspects))))
+            found = found.defer(*deferred_vectors(self.model))
         position = Case(*(When(pk=m.product, then=Value(index))
                           for index, m in enumerate(matches)),
                         output_field=models.IntegerField())
@@ -627,6 +625,13 @@ def row_colour_attname(embedding: Any, model: type[models.Model]) -> str | None:
     """The colour column of ``embedding`` on ``model``'s own rows, for reading it in SQL
     (None without colour, and for a gallery field, whose colours are on its image rows)."""
     return None if is_gallery(embedding, model) else embedding.colour_attname
+
+
+def deferred_vectors(model: type[models.Model]) -> list[str]:
+    """Every vector column of ``model``'s own embedding fields and their aspects, to
+    ``defer`` them where rows are read for display (parsing them costs, unused there)."""
+    return [name for field in embedding_fields(model)
+            for name in (field.attname, *map(field.aspect_name, field.aspects))]
 
 
 def deferrable(embedding: Any, model: type[models.Model]) -> list[str]:

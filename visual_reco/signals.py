@@ -5,18 +5,21 @@ embedding field these receivers: ``post_init`` remembers the source file names,
 ``pre_save`` notices a new or changed image and marks that field pending, ``post_save``
 queues the changed fields' embeddings once the transaction commits, and ``post_save`` /
 ``post_delete`` drop the model's cached similar-products lists. Raw saves (fixture loads) and
-saves that leave the images alone queue nothing.
+saves that leave the images alone queue nothing. The product models' words are indexed for
+search by text on ``post_save`` and dropped on ``post_delete`` (`visual_reco.text_search`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.core.files import File
 from django.db.models.fields.files import FieldFile
 from django.db.models.signals import post_delete, post_init, post_save, pre_save
 from django.utils import timezone
 
+from visual_reco import text_search
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.fields import ImageEmbeddingField
@@ -137,9 +140,33 @@ def forget_similar(sender: type, using: str = "default", **kwargs: Any) -> None:
     invalidate_on_commit(sender, using)
 
 
+def index_words(sender: type, instance: Any, raw: bool = False, using: str = "default",
+                update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
+    """``post_save``: write the object's text document in the saving transaction (so it is
+    rolled back with the save), unless the save named only fields that are not indexed."""
+    if raw:
+        return
+    if update_fields is not None and not {path.split("__")[0] for path, _ in
+                                          text_search.fields_of(sender)} & set(update_fields):
+        return
+    text_search.index([instance], using)
+
+
+def unindex_words(sender: type, instance: Any, using: str = "default", **kwargs: Any) -> None:
+    """``post_delete``: drop the object's text document."""
+    text_search.unindex(sender, [instance.pk], using)
+
+
 def connect_receivers() -> None:
     """Connect the receivers for every installed model with an embedding field (proxies and
-    multi-table children included: their saves send signals under their own class)."""
+    multi-table children included: their saves send signals under their own class), and
+    the text index's for every model whose words are indexed (`visual_reco.text_search`)."""
+    indexed = set(text_search.indexed_models())
+    for model in apps.get_models():
+        if model._meta.concrete_model in indexed:
+            uid = f"visual_reco:{model._meta.label_lower}:text"
+            post_save.connect(index_words, sender=model, dispatch_uid=uid)
+            post_delete.connect(unindex_words, sender=model, dispatch_uid=uid)
     for model in embedded_models(include_proxies=True):
         uid = f"visual_reco:{model._meta.label_lower}"
         post_init.connect(remember_sources, sender=model, dispatch_uid=uid)

@@ -18,6 +18,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.images import ImageError, open_image
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.search import search_by_photo
+from visual_reco.text_search import TextQueryError
 
 
 def product_list(request: HttpRequest) -> HttpResponse:
@@ -69,22 +70,26 @@ def _thumbnail_data_uri(data: bytes) -> str:
 
 
 def photo_search(request: HttpRequest) -> HttpResponse:
-    """Search by photo: upload or snap a photo, see the products that look like it."""
+    """Search by photo, words or both: upload or snap a photo and/or type a few words ("red",
+    a brand), see the products that look like it, that match them, or both."""
     context: dict = {"in_stock": request.POST.get("in_stock") == "on",
-                     "same_category": request.POST.get("same_category") == "on"}
+                     "same_category": request.POST.get("same_category") == "on",
+                     "text": request.POST.get("text", "").strip()}
     upload = request.FILES.get("photo")
-    if request.method == "POST" and upload is None:
-        context["error"] = "Choose a photo first."
-    elif upload is not None:
-        data = upload.read()
+    if request.method == "POST" and upload is None and not context["text"]:
+        context["error"] = "Choose a photo or type some words first."
+    elif request.method == "POST":
+        data = upload.read() if upload is not None else None
         try:
             found = search_by_photo(
-                io.BytesIO(data), Product.objects.all(), limit=12,
+                io.BytesIO(data) if data is not None else None, Product.objects.all(),
+                limit=12, text=context["text"],
                 filter_by_predicted_category=context["same_category"],
                 filters={"in_stock": True} if context["in_stock"] else None,
                 field=_compared_field())
-            context.update(found=found, preview=_thumbnail_data_uri(data))
-        except (ImageError, SearchUnavailable) as exc:
+            context.update(found=found, preview=_thumbnail_data_uri(data) if data else None,
+                           searched_photo=data is not None)
+        except (ImageError, SearchUnavailable, TextQueryError) as exc:
             context["error"] = str(exc)
     return render(request, "shop/photo_search.html", context)
 

@@ -1,3 +1,5 @@
+import uuid
+
 from django.db import models
 
 from visual_reco.fields import ImageEmbeddingField
@@ -80,3 +82,17 @@ class GarmentPhoto(models.Model):
 
     def __str__(self) -> str:
         return f"{self.garment} photo {self.pk}"
+
+
+class Kit(models.Model):
+    """A product with a UUID primary key (the text index keys documents by the key as text)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+    photo = models.ImageField(upload_to="kits/", blank=True)
+    embedding = ImageEmbeddingField(source="photo", aspects=())
+
+    objects = VisualQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return self.name

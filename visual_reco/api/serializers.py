@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from visual_reco.conf import reco_settings
 from visual_reco.reasons import colour_names, reason
+from visual_reco.text_search import TextQueryError, clean_text
 
 # Products a picked-for-you request may ask to leave out (the page's other lists).
 MAX_EXCLUDE = 100
@@ -195,13 +196,46 @@ class PicksResponseSerializer(serializers.Serializer):
 
 
 class PhotoSearchRequestSerializer(serializers.Serializer):
-    """A photo search: the photo, how many results, whether to stay in its category, and
-    which embedding field to compare."""
+    """A search by photo, words or both: the photo, the words (``TEXT_SEARCH``), how many
+    results, whether to stay in the photo's category, and which embedding field to
+    compare."""
 
-    image = serializers.FileField(allow_empty_file=True, use_url=False)
+    image = serializers.FileField(required=False, allow_empty_file=True, use_url=False)
+    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=True,
+                                 help_text="Words to search for with the photo, or alone "
+                                 "(e.g. red, organic, a brand); at most TEXT_SEARCH "
+                                 "MAX_LENGTH characters.")
     limit = serializers.IntegerField(required=False, min_value=1)
     filter_by_predicted_category = serializers.BooleanField(required=False, default=False)
     field = serializers.CharField(required=False, max_length=100)
+
+    def validate_text(self, value: str) -> str:
+        """The words, within ``TEXT_SEARCH["MAX_LENGTH"]`` and without NUL characters."""
+        try:
+            return clean_text(value)
+        except TextQueryError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """A photo, words, or both."""
+        if attrs.get("image") is None and not attrs.get("text"):
+            raise serializers.ValidationError("Send a photo (image), words (text), or both.")
+        return attrs
+
+
+class SearchItemSerializer(SimilarItemSerializer):
+    """One search result: as a similar product, and whether its words matched the search's
+    (null when no words were searched for). ``score`` is the visual similarity, null for a
+    product found by its words alone."""
+
+    matched_text = serializers.BooleanField(read_only=True, allow_null=True)
+
+
+def with_matches(items: list[dict[str, Any]], rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """``items`` (serialised ``rows``) with each row's ``matched_text``."""
+    for item, row in zip(items, rows, strict=True):
+        item["matched_text"] = getattr(row, "matched_text", None)
+    return items
 
 
 class CategorySerializer(serializers.Serializer):
@@ -213,10 +247,13 @@ class CategorySerializer(serializers.Serializer):
 
 
 class PhotoSearchResponseSerializer(serializers.Serializer):
-    """Photo search results, the predicted category and where the time went."""
+    """Search results, what was searched (``photo``, ``text``), the photo's predicted
+    category and where the time went."""
 
     predicted_category = CategorySerializer(allow_null=True)
-    results = SimilarItemSerializer(many=True)
+    photo = serializers.BooleanField()
+    text = serializers.CharField(allow_null=True)
+    results = SearchItemSerializer(many=True)
     timings_ms = serializers.DictField(child=serializers.FloatField())
     token = serializers.CharField(allow_null=True)
 

@@ -30,6 +30,7 @@ from visual_reco.api.serializers import (
     SimilarQuerySerializer,
     SimilarResponseSerializer,
     similar_items,
+    with_matches,
 )
 from visual_reco.api.throttling import (
     EventsAddressThrottle,
@@ -295,11 +296,13 @@ def _checked_limit(value: int | None) -> int:
 
 
 class PhotoSearchView(VisualRecoAPIView):
-    """``POST search/`` (multipart ``image``): the products that look like the photo.
+    """``POST search/`` (multipart ``image`` and/or ``text``): the products that look like
+    the photo, that match the words, or both fused (`visual_reco.search.search_by_photo`).
 
     Optional form fields: ``limit``, ``filter_by_predicted_category``, and the fields listed
-    in ``SEARCH_FILTERS`` (e.g. ``in_stock=true``). A photo that cannot be used is a 400
-    with a message; no worker answering (``QUERY_EMBEDDING="worker"``) is a 503.
+    in ``SEARCH_FILTERS`` (e.g. ``in_stock=true``). A photo that cannot be used, words too
+    long, or neither is a 400 with a message; no worker answering
+    (``QUERY_EMBEDDING="worker"``) is a 503.
     Only uploaded bytes are accepted: the server never fetches a URL.
     """
 
@@ -331,21 +334,24 @@ class PhotoSearchView(VisualRecoAPIView):
     @extend_schema(request={"multipart/form-data": PhotoSearchRequestSerializer},
                    responses={200: PhotoSearchResponseSerializer})
     def post(self, request: Request) -> Response:
-        """Search the catalog with the uploaded photo."""
+        """Search the catalog with the uploaded photo, the words, or both."""
         params = PhotoSearchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         limit = _checked_limit(params.validated_data.get("limit"))
         model = product_model()
         embedding = _embedding(model, params.validated_data.get("field"), self.embedding_field)
         filters = self.filters(request.data, model)
-        slots = search_slots()
-        if not slots.acquire(blocking=False):
+        image = params.validated_data.get("image")
+        text = params.validated_data.get("text", "")
+        # Only a photo needs one of the process's few slots (the CNN's memory and time).
+        slots = search_slots() if image is not None else None
+        if slots is not None and not slots.acquire(blocking=False):
             return Response({"detail": "Too many photo searches at once; try again shortly."},
                             status=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "1"})
         try:
             found = search_by_photo(
-                params.validated_data["image"], self.get_queryset(), limit=limit,
+                image, self.get_queryset(), limit=limit, text=text,
                 filter_by_predicted_category=params.validated_data["filter_by_predicted_category"],
                 filters=filters, field=embedding.name)
         except ImageError as exc:
@@ -354,17 +360,20 @@ class PhotoSearchView(VisualRecoAPIView):
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "5"})
         finally:
-            slots.release()
+            if slots is not None:
+                slots.release()
         context = {"request": request, "source_field": embedding.source,
                    "colour_field": colour_attribute(embedding, model)}
         tracked = serving(request, self.surface)
         return _tracked(request, tracked, Response({
             "predicted_category": (CategorySerializer(found.category).data
                                    if found.category and found.category.category else None),
-            "results": similar_items(found.results, context),
+            "photo": image is not None,
+            "text": found.text,
+            "results": with_matches(similar_items(found.results, context), found.results),
             "timings_ms": {k: round(v, 1) for k, v in found.timings_ms.items()},
-            "token": token_for(tracked, self.surface, "photo", found.results,
-                               embedding.embedder),
+            "token": token_for(tracked, self.surface, "photo" if image is not None else "text",
+                               found.results, embedding.embedder),
         }))
 
 
