@@ -100,6 +100,11 @@ if os.environ.get("DEMO_RANKING") == "visual":  # benchmarks: the visual order, 
     VISUAL_RECO["RANKING"] = {"RERANK": False}
 elif os.environ.get("DEMO_RANKING") == "reranked":  # benchmarks: the library's defaults
     VISUAL_RECO["RANKING"] = {}
+if "DEMO_QUERY_MULTI_CROP" in os.environ:  # benchmarks: the photo search's query views
+    VISUAL_RECO["QUERY_MULTI_CROP"] = float(os.environ["DEMO_QUERY_MULTI_CROP"])
+if "DEMO_EMBEDDER_PRECISION" in os.environ:  # benchmarks: float32, bfloat16 or auto
+    VISUAL_RECO["EMBEDDER"] = {**DEFAULTS["EMBEDDER"], "OPTIONS": {
+        **DEFAULTS["EMBEDDER"]["OPTIONS"], "precision": os.environ["DEMO_EMBEDDER_PRECISION"]}}
 
 
 def redis_database(url: str, number: int) -> str:

@@ -147,11 +147,22 @@ def get_requests(host: str, paths: list[str],
 def multipart_post(host: str, path: str, field_name: str, filename: str,
                    data: bytes) -> Callable[[], bytes]:
     """A request factory posting one file as multipart/form-data."""
+    return multipart_posts(host, path, field_name, [(filename, data, {})])
+
+
+def multipart_posts(host: str, path: str, field_name: str,
+                    uploads: list[tuple[str, bytes, dict[str, str]]]) -> Callable[[], bytes]:
+    """A request factory cycling through ``uploads`` (file name, bytes, other form fields),
+    each posted as multipart/form-data with the file as ``field_name``."""
     boundary = "visualrecoBENCHboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
-    body += data + f"\r\n--{boundary}--\r\n".encode()
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    return lambda: request
+    requests = []
+    for filename, data, fields in uploads:
+        body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n"
+                        f"\r\n{value}\r\n".encode() for name, value in fields.items())
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
+                 f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        body += data + f"\r\n--{boundary}--\r\n".encode()
+        requests.append((f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+                         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    return itertools.cycle(requests).__next__
