@@ -16,13 +16,19 @@ import numpy as np
 import pytest
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.db.models import Subquery
 from django.template import Context, Template
 from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 
 from tests.celery_app import app as celery_app
 from tests.conftest import DATASETS, upload, wait_for_status
 from tests.testapp.models import Garment, GarmentPhoto, Item
 from visual_reco.choices import EmbeddingStatus
+from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
+from visual_reco.gallery import Match, best_of
+from visual_reco.modes import SHAPE, mode_blend
 from visual_reco.query import DISTANCE, candidate_similarity, to_array
 from visual_reco.registry import (
     embedded_models,
@@ -147,6 +153,123 @@ def test_filters_and_values_apply_to_products(wardrobe):
     assert [row.name for row in rows] == ["b", "d"]  # c out of stock, e has no vector
     named = list(Garment.objects.similar_to_vector(front, limit=2).values_list("name", DISTANCE))
     assert [name for name, _ in named] == ["a", "b"]
+
+
+@pytest.fixture
+def rack(db):
+    """40 garments of 1-3 photos each (82 photos), each photo near its garment's direction,
+    with colour vectors: more image rows than a search's pool, so the index answers."""
+    rng = np.random.default_rng(7)
+    garments = []
+    for index in range(40):
+        garment = Garment.objects.create(name=f"g{index}", category="tops",
+                                         in_stock=index % 3 != 0)
+        base, tint = direction(100 + index), rng.random(COLOUR_DIMS)
+        for view in range(1 + index % 3):
+            made = GarmentPhoto.objects.create(garment=garment, image=f"rack/{index}-{view}.jpg")
+            GarmentPhoto.objects.filter(pk=made.pk).update(
+                embedding=direction(1000 + 10 * index + view, base, 0.8),
+                embedding_colour=unit(tint + 0.3 * rng.random(COLOUR_DIMS)),
+                embedding_status=EmbeddingStatus.READY)
+        garments.append(garment)
+    return garments
+
+
+def exact_ranking(source: Garment | tuple[np.ndarray, np.ndarray], candidates,
+                  mode: str | None = None) -> list[tuple[int, float]]:
+    """Every garment of ``candidates`` with a photo (but ``source``) by its best photo pair
+    with ``source``'s photos (or the query's shape and colour vectors), by the plain cosine
+    or ``mode``'s blend, best first: numpy on the stored vectors."""
+    rows = list(GarmentPhoto.objects.exclude(embedding=None)
+                .values_list("garment_id", "embedding", "embedding_colour"))
+    owners = np.array([row[0] for row in rows])
+    shape = np.array([unit(to_array(row[1])) for row in rows])
+    colour = np.array([unit(to_array(row[2])) for row in rows])
+    if isinstance(source, Garment):
+        mine, left_out = owners == source.pk, {source.pk}
+        queries = shape[mine], colour[mine]
+    else:
+        queries, left_out = (unit(source[0])[None, :], unit(source[1])[None, :]), set()
+    cosines = {SHAPE: queries[0] @ shape.T, "colour": queries[1] @ colour.T}
+    scores = cosines[SHAPE] if mode is None else mode_blend(mode).combine(cosines)
+    best = scores.max(axis=0)
+    allowed = set(candidates.values_list("pk", flat=True)) - left_out
+    ranking = {}
+    for owner, score in zip(owners, best, strict=True):
+        if owner in allowed:
+            ranking[int(owner)] = max(ranking.get(int(owner), -np.inf), float(score))
+    return sorted(ranking.items(), key=lambda item: -item[1])
+
+
+@pytest.mark.parametrize("mode", [None, "similar"])
+@pytest.mark.parametrize("in_stock", [False, True])
+def test_similar_products_are_the_exact_best_pair_ranking(rack, mode, in_stock):
+    candidates = Garment.objects.filter(in_stock=True) if in_stock else Garment.objects.all()
+    for source in rack[:9]:  # 1, 2 and 3 photos
+        rows = list(candidates.visually_similar(source, limit=5, mode=mode))
+        expected = exact_ranking(source, candidates, mode)
+        reference = dict(expected)
+        assert len(rows) == 5 and len({row.pk for row in rows}) == 5
+        assert source.pk not in {row.pk for row in rows}
+        for row, (_, score) in zip(rows, expected, strict=False):
+            # Ties aside, the same products in the same order, each with its best pair.
+            assert row.visual_score == pytest.approx(score, abs=2e-3)
+            assert reference[row.pk] == pytest.approx(row.visual_score, abs=2e-3)
+            assert row.visual_image.garment_id == row.pk
+            assert (mode is None) == (getattr(row, "aspect_scores", None) is None)
+
+
+@pytest.mark.parametrize("mode", [None, "similar"])
+def test_a_photo_search_ranks_products_by_their_best_photo(rack, mode):
+    stored = GarmentPhoto.objects.filter(garment=rack[4]).values_list(
+        "embedding", "embedding_colour")[0]
+    query = (to_array(stored[0]) + 0.02, to_array(stored[1]))
+    expected = exact_ranking(query, Garment.objects.all(), mode)
+    by_array = list(Garment.objects.similar_to_vector(query[0], limit=5, mode=mode,
+                                                      colour=query[1]))
+    # A query vector given as SQL (here a subquery) ranks alike.
+    subquery = Subquery(GarmentPhoto.objects.filter(pk=GarmentPhoto.objects.filter(
+        garment=rack[4]).order_by("pk").values("pk")[:1]).values("embedding")[:1])
+    by_expression = list(Garment.objects.similar_to_vector(subquery, limit=5))
+    assert by_array[0].pk == rack[4].pk
+    for row, (_, score) in zip(by_array, expected, strict=False):
+        assert row.visual_score == pytest.approx(score, abs=2e-3)
+        assert dict(expected)[row.pk] == pytest.approx(row.visual_score, abs=2e-3)
+    assert by_expression[0].pk == rack[4].pk
+    assert by_expression[0].visual_score == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", [None, "similar"])
+def test_walks_that_meet_dead_rows_are_ranked_exactly(rack, mode):
+    # Deleted in this transaction: invisible to it, still in the index, as dead tuples are
+    # until a vacuum. 19 photos stay, fewer than a search's pool (20): every walk comes back
+    # short, and those sources are ranked again exactly.
+    GarmentPhoto.objects.filter(garment__in=rack[10:]).delete()
+    for source in rack[:6]:
+        rows = list(Garment.objects.visually_similar(source, limit=5, mode=mode))
+        expected = exact_ranking(source, Garment.objects.all(), mode)
+        assert [row.pk for row in rows] == [pk for pk, _ in expected[:5]]
+        for row, (_, score) in zip(rows, expected, strict=False):
+            assert row.visual_score == pytest.approx(score, abs=2e-3)
+
+
+def test_similar_products_are_one_statement_whatever_the_photos(rack):
+    for source in rack[:3]:  # 1, 2 and 3 photos
+        with CaptureQueriesContext(connection) as captured:
+            rows = list(Garment.objects.visually_similar(source, limit=4, mode="similar"))
+        statements = [q["sql"] for q in captured.captured_queries
+                      if "set_config('hnsw" not in q["sql"]]
+        assert len(rows) == 4
+        # The image searches of every photo, then the products by primary key.
+        assert len(statements) == 2, statements
+        assert "LATERAL" in statements[0]
+
+
+def test_best_of_keeps_each_products_best_match():
+    first = [Match(1, 0.9, "a"), Match(2, 0.5, "b")]
+    second = [Match(2, 0.7, "c"), Match(3, 0.7, "d"), Match(1, 0.2, "e")]
+    assert [(m.product, m.image) for m in best_of(first, second)] == [
+        (1, "a"), (2, "c"), (3, "d")]  # 2 and 3 tie: the smaller key first
 
 
 def test_a_product_without_ready_images_has_no_similar_products(wardrobe):

@@ -16,8 +16,10 @@ read in one more query, and the first ``limit`` kept.
 
 A gallery field (``product=``, `visual_reco.gallery`) searched from the product model ranks
 its image rows by all of the above and returns products, each once, by its best image,
-which each row carries as ``visual_image``. That search runs when the method is called; the
-queryset it returns reads the products it found (in their order, with their scores).
+which each row carries as ``visual_image``: the image search of every photo of a product
+(or of the query vectors) in one statement, grouped by product in SQL. That search runs
+when the method is called; the queryset it returns reads the products it found (in their
+order, with their scores).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import IO, Any, Self
 
 import numpy as np
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models import Case, Exists, F, Func, Subquery, Value, When
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
@@ -39,7 +42,19 @@ from pgvector.django import CosineDistance
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
 from visual_reco.diversity import PLAIN, blend_similarity, diversity_for, diversity_lambda, mmr
-from visual_reco.gallery import COLOUR_ATTRIBUTE, GROWTH, Match, first_pool, group, pairwise_max
+from visual_reco.gallery import (
+    COLOUR_ATTRIBUTE,
+    GROWTH,
+    HIT_FILE,
+    HIT_PK,
+    HIT_PRODUCT,
+    SOURCE,
+    Match,
+    best_of,
+    first_pool,
+    pairwise_max,
+    statement,
+)
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import embedding_fields, get_embedding_field, is_gallery
@@ -203,11 +218,9 @@ class VisualQuerySet(models.QuerySet):
         filtered = bool(self.query.where) if _filtered is None else _filtered
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
         if is_gallery(embedding, self.model):
-            def search(images: VisualQuerySet, pool: int) -> list[list[Any]]:
-                return [list(images.similar_to_vector(vector, pool, field=embedding.name,
-                                                      aspects=blend, colour=colour))]
-            return self._gallery(embedding, search, limit, blend, collapse=collapse_variants,
-                                 diversity=diversity)
+            vectors = {SHAPE: vector, **({"colour": colour} if colour is not None else {})}
+            return self._gallery(embedding, limit, blend, collapse=collapse_variants,
+                                 diversity=diversity, vectors=vectors)
         query = _query_vector(vector)
         if blend is not None:
             queries = {SHAPE: query}
@@ -342,45 +355,35 @@ class VisualQuerySet(models.QuerySet):
     def _gallery_similar(self, obj: models.Model, embedding: Any, limit: int | None,
                          blend: Blend | None, *, collapse: bool,
                          diversity: float | None) -> Self:
-        """`visually_similar` of a product through its gallery field ``embedding``: one image
-        search per image of ``obj`` that has a vector, the product's own images left out."""
+        """`visually_similar` of a product through its gallery field ``embedding``: the image
+        search of each image of ``obj`` that has a vector, all in one statement, the
+        product's own images left out."""
         key = embedding.product_key()
-        sources = list(embedding.model._base_manager.using(self.db)
-                       .filter(**{key.attname: obj.pk, f"{embedding.attname}__isnull": False})
-                       .order_by("pk").only("pk"))
-        if not sources:
-            return self.none()
         limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
         attname = variant_attname(type(obj))
         value = getattr(obj, attname) if attname else None
         variant = ((f"{key.name}__{reco_settings.VARIANT_FIELD}", value)
                    if attname and blend is not None and blend.variants_first else None)
-
-        def search(images: VisualQuerySet, pool: int) -> list[list[Any]]:
-            # obj's other photos are left out when grouped, not by the query: a filter
-            # would cost each search an EXPLAIN (`_exact`) and the index walk a filter.
-            return [list(images.visually_similar(image, pool, field=embedding.name,
-                                                 aspects=blend, _variant=variant))
-                    for image in sources]
         first = value if variant is not None and is_variant_value(value) else None
         return self.exclude(pk=obj.pk)._gallery(
-            embedding, search, limit, blend, collapse=collapse, diversity=diversity,
-            variant_value=first, scope=self, leave_out=obj.pk)
+            embedding, limit, blend, collapse=collapse, diversity=diversity, product=obj.pk,
+            variant=variant, variant_value=first, scope=self)
 
-    def _gallery(self, embedding: Any, search: Any, limit: int, blend: Blend | None, *,
-                 collapse: bool, diversity: float | None, variant_value: Any = None,
-                 scope: models.QuerySet | None = None, leave_out: Any = None) -> Self:
-        """The products of this queryset whose images ``search`` finds (a function of the
-        image queryset and how many rows each query image asks for, answering a list of
-        rows per query image), each once by its best image, the first ``limit`` (after
+    def _gallery(self, embedding: Any, limit: int, blend: Blend | None, *, collapse: bool,
+                 diversity: float | None, vectors: dict[str, Any] | None = None,
+                 product: Any = None, variant: tuple[str, Any] | None = None,
+                 variant_value: Any = None, scope: models.QuerySet | None = None) -> Self:
+        """The products of this queryset whose images the search by ``vectors`` (by
+        aspect) finds, each once by its best image, the first ``limit`` (after
         ``collapse_variants`` and ``diversity``), as a queryset of the products in that
-        order. ``scope``: the queryset whose filters restrict the images (default: this
-        one); ``variant_value``: the ``VARIANT_FIELD`` value whose products come first;
-        ``leave_out``: a product not to return (the source of a similar search)."""
+        order. ``product``: search with each image of this product (instead of
+        ``vectors``) and leave it out; ``variant``: the image search's rows to put first in a
+        blend with ``variants_first``; ``variant_value``: the ``VARIANT_FIELD`` value whose
+        products come first; ``scope``: the queryset whose filters restrict the images
+        (default: this one)."""
         scope = self if scope is None else scope
         key = embedding.product_key()
-        images = visual(embedding.model._base_manager.using(self.db).all()).only(
-            "pk", key.attname, embedding.source)
+        images = visual(embedding.model._base_manager.using(self.db).all())
         if embedding.colour_attname:
             # Binary: parsing the text of every hit's colour cost more than the search.
             images = images.annotate(**{MATCH_COLOUR: binary_vector(embedding.colour_attname)})
@@ -390,13 +393,15 @@ class VisualQuerySet(models.QuerySet):
             diversity = diversity_for(blend, diversity)
         wanted = limit if diversity is None else limit * reco_settings.DIVERSITY_POOL
         attname = variant_attname(self.model) if collapse or variant_value is not None else None
+        search = _GallerySearch(images, embedding, blend, product=product, vectors=vectors,
+                                variant=variant, variants=attname is not None)
         pool = first_pool(wanted)
         while True:
-            hits = search(images, pool)
-            matches = [m for m in group(hits, key.attname) if m.product != leave_out]
+            # Variants reorder and drop products: those need every product found.
+            matches, exhausted = search.run(pool, None if attname is not None else wanted)
             if attname is not None:
-                matches = self._variants_ordered(matches, attname, collapse, variant_value)
-            if len(matches) >= wanted or all(len(rows) < pool for rows in hits):
+                matches = _variants_ordered(matches, collapse, variant_value)
+            if len(matches) >= wanted or exhausted:
                 break
             pool *= GROWTH
         matches = matches[:wanted]
@@ -408,45 +413,21 @@ class VisualQuerySet(models.QuerySet):
         matches = matches[:limit]
         if not matches:
             return self.none()
-        for match in matches:
-            raw = match.image.__dict__.get(MATCH_COLOUR)
-            match.colour = from_binary(raw) if raw is not None else None
-        found = self.filter(pk__in=[m.product for m in matches])
+        keys = [m.product for m in matches]
+        found = self.filter(pk__in=keys)
         if self._fields is None:  # the product's own vectors: parsing them costs, unused here
             found = found.defer(*deferred_vectors(self.model))
-        position = Case(*(When(pk=m.product, then=Value(index))
-                          for index, m in enumerate(matches)),
-                        output_field=models.IntegerField())
-        distance = Case(*(When(pk=m.product, then=Value(float(getattr(m.image, DISTANCE))))
-                          for m in matches), output_field=models.FloatField())
-        score = Case(*(When(pk=m.product, then=Value(m.score)) for m in matches),
-                     output_field=models.FloatField())
-        found = (found.annotate(**{DISTANCE: distance}).annotate(visual_score=score)
+        # Arrays by position, not a CASE per product: compiling those cost 4.5 ms a list.
+        db_type = self.model._meta.pk.rel_db_type(connections[self.db])
+        position = Func(Func(Value(keys), template=f"%(expressions)s::{db_type}[]"), F("pk"),
+                        function="array_position", output_field=models.IntegerField())
+        distance = _Element(Value([float(getattr(m.image, DISTANCE)) for m in matches]),
+                            position)
+        found = (found.annotate(**{DISTANCE: distance})
+                 .annotate(visual_score=_Element(Value([m.score for m in matches]), position))
                  .order_by(position))
         found._visual_gallery = {m.product: m for m in matches}
         return found
-
-    def _variants_ordered(self, matches: list[Match], attname: str, collapse: bool,
-                          first: Any) -> list[Match]:
-        """``matches`` with the products of the ``VARIANT_FIELD`` value ``first`` (None:
-        none) ahead, and only the best of each value with ``collapse``."""
-        values = dict(self.model._base_manager.using(self.db)
-                      .filter(pk__in=[m.product for m in matches])
-                      .values_list("pk", attname))
-        if first is not None:
-            matches = sorted(matches, key=lambda m: values.get(m.product) != first)
-        if not collapse:
-            return matches
-        seen: set[Any] = set()
-        kept = []
-        for match in matches:
-            value = values.get(match.product)
-            if is_variant_value(value):
-                if value in seen:
-                    continue
-                seen.add(value)
-            kept.append(match)
-        return kept
 
     def similar_to_image(self, file: IO[bytes], limit: int | None = None, *,
                          field: str | None = None, mode: str | None = None,
@@ -592,6 +573,228 @@ class VisualQuerySet(models.QuerySet):
         return exact
 
 
+class _Element(Func):
+    """``array[position]``: the element at a position (from 1) of a ``float8`` array."""
+
+    template = "(%(expressions)s]"
+    arg_joiner = "::float8[])["
+    output_field = models.FloatField()
+
+
+def _variants_ordered(matches: list[Match], collapse: bool, first: Any) -> list[Match]:
+    """``matches`` (each with its product's ``VARIANT_FIELD`` value) with the products of the
+    value ``first`` (None: none) ahead, and only the best of each value with ``collapse``."""
+    if first is not None:
+        matches = sorted(matches, key=lambda m: m.variant != first)
+    if not collapse:
+        return matches
+    seen: set[Any] = set()
+    kept = []
+    for match in matches:
+        if is_variant_value(match.variant):
+            if match.variant in seen:
+                continue
+            seen.add(match.variant)
+        kept.append(match)
+    return kept
+
+
+def _source_column(model: type[models.Model], attname: str) -> RawSQL:
+    """The column ``attname`` of a gallery statement's source photo (`gallery.SOURCE`), as a
+    query vector of the image search inside it."""
+    field = model._meta.get_field(attname)
+    column = connections[DEFAULT_DB_ALIAS].ops.quote_name(field.column)
+    return RawSQL(f"{SOURCE}.{column}", (), output_field=field)
+
+
+# Compiled image searches of gallery statements (`_GallerySearch._sql`) by all they depend
+# on: building and compiling a blended search costs about 10 ms of Python, and its SQL names
+# the source row's columns, not a vector, so it is the same for every query.
+_COMPILED: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+_COMPILED_MAX = 256
+
+
+class _GallerySearch:
+    """The tries of one gallery search (`VisualQuerySet._gallery`): an image search per
+    query, the photos of ``product`` or the ``vectors`` (by aspect), all in one statement
+    (`visual_reco.gallery.statement`), answering each product once by its best image."""
+
+    def __init__(self, images: VisualQuerySet, embedding: Any, blend: Blend | None, *,
+                 product: Any = None, vectors: dict[str, Any] | None = None,
+                 variant: tuple[str, Any] | None = None, variants: bool = False) -> None:
+        self.images, self.embedding = images, embedding
+        self.product, self.variant, self.variants = product, variant, variants
+        self.key = embedding.product_key()
+        self.filtered = bool(images.query.where)
+        self.connection = connections[images.db]
+        quote = self.connection.ops.quote_name
+        model = embedding.model
+        self.pk = quote(model._meta.pk.column)
+        columns = {SHAPE: embedding.attname,
+                   **{aspect: embedding.aspect_name(aspect) for aspect in embedding.aspects}}
+        # The parameters of the source rows' FROM item and of their condition.
+        self.source_params: list[Any] = []
+        self.where, self.params = "", []
+        sourced = True  # the search names the source row's columns (its SQL can be kept)
+        if product is not None:
+            # Each photo's own vectors: the search names the source row's columns.
+            self.sources = f"{quote(model._meta.db_table)} AS {SOURCE}"
+            self.where = (f"{SOURCE}.{quote(self.key.column)} = %s AND "
+                          f"{SOURCE}.{quote(embedding.column)} IS NOT NULL")
+            self.params = [product]
+            wanted = blend.aspects if blend is not None else (SHAPE,)
+            queries = {aspect: _source_column(model, columns[aspect])
+                       for aspect in (SHAPE, *wanted) if aspect in columns}
+        elif any(hasattr(vector, "resolve_expression") for vector in vectors.values()):
+            self.sources = f"(VALUES (0)) AS {SOURCE} ({self.pk})"
+            queries = {aspect: _query_vector(vector) for aspect, vector in vectors.items()}
+            sourced = False
+        else:
+            # The vectors as the one source row, so the search's SQL is that of a product's.
+            aspects = [aspect for aspect in vectors if aspect in columns]
+            names = ", ".join(quote(model._meta.get_field(columns[a]).column) for a in aspects)
+            casts = ", ".join(["%s::halfvec"] * len(aspects))
+            self.sources = f"(VALUES (0, {casts})) AS {SOURCE} ({self.pk}, {names})"
+            self.source_params = [_vector_text(vectors[aspect]) for aspect in aspects]
+            queries = {aspect: _source_column(model, columns[aspect]) for aspect in aspects}
+        self.cacheable = sourced and not self.filtered and variant is None
+        self.queries = queries
+        self.blend = None
+        if blend is not None:
+            usable = _usable(blend, embedding, queries)
+            if not usable.plain:
+                self.blend = usable
+        # Whether the rows are ranked exactly (a selective filter): decided once, by an
+        # EXPLAIN of the filtered rows.
+        self.exact = self.filtered and self._exact(self._hits(first_pool(1), alone=True))
+
+    def _hits(self, pool: int, *, alone: bool = False) -> VisualQuerySet:
+        """The image search of one query for ``pool`` rows, as a queryset (``alone``: as SQL
+        of its own, without the reference to the source photo)."""
+        images = self.images
+        if self.product is not None and not alone:
+            # Not the source photo itself (its other photos are left out with the product).
+            images = images.exclude(pk=_source_column(images.model,
+                                                      images.model._meta.pk.attname))
+        if self.blend is None:
+            return images.similar_to_vector(self.queries[SHAPE], pool,
+                                            field=self.embedding.name, _filtered=self.filtered)
+        return images._blended(self.blend, self.queries, pool, self.embedding, self.filtered,
+                               variant=self.variant)
+
+    def _exact(self, hits: VisualQuerySet) -> bool:
+        if self.blend is None:
+            return hits._exact() is not None
+        return hits._exact_candidates_wanted()
+
+    def _sql(self, pool: int, exact: bool) -> tuple[str, tuple[Any, ...]]:
+        """The image search's SQL for ``pool`` rows (exact or by HNSW) and its parameters."""
+        key = None
+        if self.cacheable:
+            key = (self.images.db, self.embedding.model._meta.label, self.embedding.name,
+                   None if self.blend is None else self.blend.key(), pool, exact,
+                   self.product is not None, int(reco_settings.ASPECT_CANDIDATES))
+            compiled = _COMPILED.get(key)
+            if compiled is not None:
+                return compiled
+        hits = self._hits(pool)
+        if exact and self.blend is None:
+            hits = hits._exact_ranking()
+        names = [DISTANCE, "visual_score"]
+        if self.embedding.colour_attname:
+            names.append(MATCH_COLOUR)
+        if self.blend is not None:
+            names += [score_name(aspect) for aspect in self.blend.aspects]
+        hits = hits.values(*names, **{HIT_PK: F("pk"), HIT_PRODUCT: F(self.key.attname),
+                                      HIT_FILE: F(self.embedding.source)})
+        compiler = hits.query.get_compiler(using=hits.db)
+        if exact and self.blend is not None:
+            with exact_candidates():
+                compiled = compiler.as_sql()
+        else:
+            compiled = compiler.as_sql()
+        if key is not None:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.clear()
+            _COMPILED[key] = compiled
+        return compiled
+
+    def run(self, pool: int, limit: int | None) -> tuple[list[Match], bool]:
+        """One try asking each query for ``pool`` image rows: the ``limit`` best products
+        (None: all found), and whether the searches found every row there is (no try with a
+        larger pool would find more)."""
+        fullest, short, matches = self._run(pool, limit, self.where, self.params, self.exact)
+        if short and not self.exact:
+            # A walk came back short: dead tuples (rows deleted or updated, not vacuumed
+            # yet), or fewer rows than the pool. Rank those sources' rows exactly, as a
+            # single search does (`VisualQuerySet._fetch_all`); the best of both tries keeps
+            # each product's best image, and the first ``limit`` of both lists hold the
+            # first ``limit`` of the union.
+            where, params = self.where, self.params
+            if self.product is not None:
+                where, params = f"{where} AND {SOURCE}.{self.pk} = ANY(%s)", [*params, short]
+            again, _, more = self._run(pool, limit, where, params, True)
+            # Sources that were not short found the pool: then so does the maximum.
+            fullest = max(fullest or 0, again or 0)
+            matches = best_of(matches, more)[:limit]
+        return matches, fullest is None or fullest < pool
+
+    def _run(self, pool: int, limit: int | None, where: str, params: list[Any],
+             exact: bool) -> tuple[int | None, list[Any], list[Match]]:
+        """One statement: the most rows a source's search found, the sources that found
+        fewer than ``pool`` and the best products."""
+        quote = self.connection.ops.quote_name
+        hits, hit_params = self._sql(pool, exact)
+        variant = None
+        if self.variants:
+            field = self.embedding.product_model()._meta.get_field(
+                reco_settings.VARIANT_FIELD)
+            variant = (quote(field.model._meta.db_table),
+                       quote(field.model._meta.pk.column), quote(field.column))
+        sql = statement(hits, self.sources, where, pk=self.pk, variant=variant)
+        params = [*self.source_params, *hit_params, *params, pool, self.product, limit]
+        if exact:
+            rows, names = self._execute(sql, params)
+        else:
+            ef_search = None if self.blend is None else candidate_ef_search()
+            with hnsw_settings_applied(self.images.db, ef_search):
+                rows, names = self._execute(sql, params)
+        return (rows[0][names["visual_fullest"]] if rows else None,
+                (rows[0][names["visual_short"]] or []) if rows else [],
+                [self._match(row, names) for row in rows if row[names["visual_score"]] is not None])
+
+    def _execute(self, sql: str, params: list[Any]) -> tuple[list[tuple], dict[str, int]]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            names = {column.name: index for index, column in enumerate(cursor.description)}
+            return cursor.fetchall(), names
+
+    def _match(self, row: tuple, names: dict[str, int]) -> Match:
+        """A product's best hit from a row of the statement: the image row as a model
+        instance (its primary key, product and source file; the rest deferred) with its
+        scores, its colour vector and the product's variant value."""
+        model = self.embedding.model
+        fields = [model._meta.pk, self.key, model._meta.get_field(self.embedding.source)]
+        values = []
+        for field, name in zip(fields, (HIT_PK, HIT_PRODUCT, HIT_FILE), strict=True):
+            value = row[names[name]]
+            for converter in field.get_db_converters(self.connection):
+                value = converter(value, None, self.connection)
+            values.append(value)
+        image = model.from_db(self.images.db, [field.attname for field in fields], values)
+        score = float(row[names["visual_score"]])
+        image.visual_score = score
+        setattr(image, DISTANCE, float(row[names[DISTANCE]]))
+        if self.blend is not None:
+            image.aspect_scores = {aspect: row[names[score_name(aspect)]]
+                                   for aspect in self.blend.aspects}
+            for aspect, value in image.aspect_scores.items():
+                setattr(image, score_name(aspect), value)
+        raw = row[names[MATCH_COLOUR]] if MATCH_COLOUR in names else None
+        return Match(values[1], score, image, from_binary(raw) if raw is not None else None,
+                     row[names["visual_variant"]])
+
+
 def attach_matches(rows: list[Any], matches: dict[Any, Match]) -> None:
     """Give each product row of a gallery search its matching image (``visual_image``,
     ``visual_image_id``), that image's aspect scores and its colour vector
@@ -668,9 +871,14 @@ def _query_vector(vector: Any) -> Any:
     """
     if hasattr(vector, "resolve_expression"):
         return vector
+    return Value(_vector_text(vector))
+
+
+def _vector_text(vector: Any) -> str:
+    """A vector (HalfVector, list or array) as ``halfvec`` text (`halfvec_text`)."""
     if not isinstance(vector, HalfVector):
         vector = HalfVector(np.asarray(vector, dtype=np.float32))
-    return Value(halfvec_text(vector))
+    return halfvec_text(vector)
 
 
 def halfvec_text(vector: HalfVector) -> str:

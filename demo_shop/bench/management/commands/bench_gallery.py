@@ -18,21 +18,31 @@ synthetic products with 4 photos each until the gallery holds N photos (each pho
 padded product's synthetic vector plus noise, `demo_shop.bench.catalog_padding`), and
 ``--keep`` keeps them for the next run (else they are removed at the end).
 
+``--answers FILE`` writes each query's products (primary keys, in order) as JSON, and
+``--compare FILE`` reports the recall of this run's gallery answers against such a file's
+(the products of its list found in this run's, as a share of its list): a run of other code
+(an earlier commit) on the same catalog and seed writes the file, this one compares.
+``--hnsw-ef-search N`` and ``--aspect-candidates N`` run every query with those settings
+instead of the shop's (``HNSW_EF_SEARCH``, ``ASPECT_CANDIDATES``): with ``--compare``, what
+a smaller index walk costs in recall.
+
     manage.py bench_gallery --queries 100
-    manage.py bench_gallery --queries 100 --pad-images 100000
+    manage.py bench_gallery --queries 100 --pad-images 100000 --keep
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
 from demo_shop.bench.catalog_padding import HALFVEC, SKU_PREFIX, pad_catalog, remove_padding
@@ -68,17 +78,28 @@ class Command(BaseCommand):
         parser.add_argument("--pad-images", type=int, default=0)
         parser.add_argument("--keep", action="store_true")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--answers", help="write each query's products here (JSON)")
+        parser.add_argument("--compare", help="recall against the answers in this file")
+        parser.add_argument("--hnsw-ef-search", type=int)
+        parser.add_argument("--aspect-candidates", type=int)
 
     def handle(self, *args: Any, queries: int, pad_images: int, keep: bool, seed: int,
-               **options: Any) -> None:
+               answers: str | None, compare: str | None, hnsw_ef_search: int | None,
+               aspect_candidates: int | None, **options: Any) -> None:
         ready = ProductImage.objects.filter(embedding_status=EmbeddingStatus.READY)
         if not ready.exists():
             raise SystemExit("No embedded gallery photo: run import_catalog FOLDER and "
                              "visual_reco_reindex --pending --sync first.")
         if pad_images:
             self._pad(pad_images, seed)
+        overrides = {name: value for name, value in (("HNSW_EF_SEARCH", hnsw_ef_search),
+                                                     ("ASPECT_CANDIDATES", aspect_candidates))
+                     if value is not None}
         try:
-            self._measure(queries, seed)
+            with override_settings(VISUAL_RECO={**settings.VISUAL_RECO, **overrides}):
+                if overrides:
+                    self.stdout.write(f"Settings: {overrides}")
+                self._measure(queries, seed, answers, compare)
         finally:
             if pad_images and not keep:
                 with connection.cursor() as cursor:
@@ -87,7 +108,8 @@ class Command(BaseCommand):
                                    "LIKE %s)", [SKU_PREFIX + "%"])
                 remove_padding(self.stdout.write)
 
-    def _measure(self, queries: int, seed: int) -> None:
+    def _measure(self, queries: int, seed: int, answers: str | None,
+                 compare: str | None) -> None:
         rng = random.Random(seed)
         photos = list(ProductImage.objects.filter(embedding_status=EmbeddingStatus.READY)
                       .order_by().values_list("product_id", flat=True).distinct())
@@ -121,6 +143,7 @@ class Command(BaseCommand):
         times: dict[str, list[float]] = {name: [] for name in cases}
         statements: dict[str, list[int]] = {name: [] for name in cases}
         short = dict.fromkeys(cases, 0)
+        found: dict[str, dict[str, list[Any]]] = {name: {} for name in cases}
         for source in sources:
             for name, case in cases.items():
                 with CaptureQueriesContext(connection) as captured:
@@ -129,6 +152,7 @@ class Command(BaseCommand):
                     times[name].append((time.perf_counter() - started) * 1000)
                 statements[name].append(len(captured.captured_queries))
                 wanted = 5 if name.startswith("photo") else 8
+                found[name][str(source.pk)] = [row.pk for row in rows]
                 if len({row.pk for row in rows}) < min(wanted, products - 1):
                     short[name] += 1
         self.stdout.write(f"\n{machine_line()}; {products:,} products, {images:,} gallery "
@@ -141,6 +165,29 @@ class Command(BaseCommand):
                 f"| {name} | {percentile(times[name], 50):.1f} | "
                 f"{percentile(times[name], 95):.1f} | {int(np.median(statements[name]))} | "
                 f"{short[name]} of {len(sources)} |")
+        if answers:
+            with open(answers, "w") as out:
+                json.dump(found, out)
+        if compare:
+            self._compare(found, compare)
+
+    def _compare(self, found: dict[str, dict[str, list[Any]]], path: str) -> None:
+        """Recall of ``found``'s gallery answers against those in the file ``path``."""
+        with open(path) as handle:
+            reference = json.load(handle)
+        self.stdout.write(f"\nRecall against {path} (mean share of its list found in this "
+                          "run's; identical lists):")
+        for name, lists in found.items():
+            if "gallery" not in name or name not in reference:
+                continue
+            pairs = [(reference[name][pk], mine) for pk, mine in lists.items()
+                     if pk in reference[name]]
+            recall = [len(set(theirs) & set(mine)) / len(theirs) for theirs, mine in pairs
+                      if theirs]
+            same = sum(theirs == mine for theirs, mine in pairs)
+            self.stdout.write(f"- {name}: recall {np.mean(recall):.4f} (min "
+                              f"{min(recall, default=float('nan')):.3f}), identical "
+                              f"{same} of {len(pairs)}")
 
     def _pad(self, total: int, seed: int) -> None:
         """Synthetic products with `PHOTOS_PER_PRODUCT` photos each until the gallery holds
