@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
             "weights": DEFAULT_WEIGHTS,
             "input_size": 299,
             "pooling": "avg",
+            "precision": "auto",
         },
     },
     # More embedders by alias, for ImageEmbeddingField(embedder="alias"), each configured like
