@@ -12,8 +12,12 @@ Levers, each a row of the printed table:
 2. a projection learned from those views (TensorFlow: a low-rank residual map on the frozen
    2048-d vectors, contrastive loss against the studio photos), applied to query and gallery;
 3. the ``train`` phone photos added as extra images (the shop's own photos);
-4. query expansion (the query averaged with its best gallery image's vector) and a
-   test-time flip (two passes).
+4. the `similar` blend re-chosen for photo search, the query's colour vector from its
+   centre crop (pixels only, no model pass), query expansion (the query averaged with its
+   best gallery image's vector) and a test-time flip (two passes).
+
+Choices are greedy, one lever at a time (`rows_of`); the Luma item-to-item numbers with each
+projection applied to every vector close the run (`luma_check`).
 
 Each is scored by the CNN cosine alone ("shape") and by the `similar` blend
 (``cos_shape + w * max(cos_colour, 0) ** s``, w=0.3 s=16 today), the query's colour vector
