@@ -33,11 +33,12 @@ INPUT_SIZE = 299
 
 
 def search_batch(data: bytes) -> np.ndarray:
-    """The model input a photo search makes of ``data``: six views, float32."""
+    """The model input a photo search makes of ``data``: its views, float32."""
     image = open_image(io.BytesIO(data),
                        full_decode_limits=reco_settings.SEARCH_MAX_FULL_DECODE_PIXELS)
     pipeline = Preprocessing.from_settings()
-    views = multi_crops(image, reco_settings.QUERY_MULTI_CROP)
+    fraction = reco_settings.QUERY_MULTI_CROP
+    views = multi_crops(image, fraction) if fraction else [image]
     return np.stack([pipeline(view, INPUT_SIZE) for view in views]).astype(np.float32)
 
 

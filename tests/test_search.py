@@ -14,6 +14,7 @@ from tests.bad_uploads import UPLOADS
 from tests.conftest import upload, wait_for_status
 from tests.testapp.models import Item
 from visual_reco.classifier import load_classifier
+from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.embedding import embed_objects
 from visual_reco.images import ImageError
@@ -203,6 +204,27 @@ def test_query_multi_crop_averages_six_views(photos, settings):
     assert float(whole @ averaged) < 0.999
 
 
+def test_the_query_colour_comes_from_the_photo_centre(settings):
+    """QUERY_ASPECT_CROP: a search photo's colour vector is its centre's (the product), not
+    the whole frame's (the shelf around it)."""
+    from visual_reco.aspects import compute_aspects
+    from visual_reco.preprocessing import center_crop
+    from visual_reco.query_photos import embed_query_images_with_aspects
+
+    photo = Image.new("RGB", (400, 400), (30, 60, 200))  # a blue shelf...
+    photo.paste((220, 30, 30), (110, 110, 290, 290))  # ...around a red product
+    model = get_embedder()
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_ASPECT_CROP": 0.7}
+    _, centre = embed_query_images_with_aspects([photo], ["colour"])
+    expected = compute_aspects([model.prepare(center_crop(photo, 0.7))], ["colour"])["colour"]
+    np.testing.assert_allclose(centre["colour"], expected, atol=1e-6)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_ASPECT_CROP": None}
+    _, whole = embed_query_images_with_aspects([photo], ["colour"])
+    red = compute_aspects([model.prepare(Image.new("RGB", (400, 400), (220, 30, 30)))],
+                          ["colour"])["colour"][0]
+    assert float(centre["colour"][0] @ red) > float(whole["colour"][0] @ red) + 0.1
+
+
 def test_warm_up_embeds_one_photo_only_in_process_mode(settings, monkeypatch):
     from visual_reco import query_photos
 
@@ -218,14 +240,15 @@ def test_warm_up_embeds_one_photo_only_in_process_mode(settings, monkeypatch):
 
 
 def test_similar_to_image_takes_the_search_path(catalog, photos, settings):
-    """The queryset's photo search is the API's: same vector (multi-crop), same size limit."""
+    """The queryset's photo search is the API's: same vector (QUERY_MULTI_CROP), same size
+    limit."""
     data = customer_photo(photos[9].path)
     found = list(Item.objects.similar_to_image(io.BytesIO(data), limit=3))
     assert found[0].pk == catalog[9].pk and len(found) == 3
-    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_MULTI_CROP": None}
-    plain = Item.objects.similar_to_image(io.BytesIO(data), limit=1)[0]
-    assert plain.pk == catalog[9].pk
-    assert plain.visual_score != pytest.approx(found[0].visual_score, abs=1e-4)
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUERY_MULTI_CROP": 0.7}
+    averaged = Item.objects.similar_to_image(io.BytesIO(data), limit=1)[0]
+    assert averaged.pk == catalog[9].pk
+    assert averaged.visual_score != pytest.approx(found[0].visual_score, abs=1e-4)
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "MAX_IMAGE_BYTES": len(data) - 1}
     with pytest.raises(ImageError, match="larger than"):
         Item.objects.similar_to_image(io.BytesIO(data))
@@ -237,7 +260,7 @@ def test_search_blends_the_photo_colour_by_search_mode(client, catalog, photos, 
     data = customer_photo(photos[5].path)
     body = post_photo(client, data, limit="6").json()
     assert body["results"][0]["id"] == str(catalog[5].pk)
-    blend = mode_blend(settings.VISUAL_RECO.get("SEARCH_MODE", "similar"))
+    blend = mode_blend(reco_settings.SEARCH_MODE)
     weight = {t.aspect: t for t in blend.terms}
     for result in body["results"]:
         scores = result["aspect_scores"]

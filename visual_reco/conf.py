@@ -97,12 +97,18 @@ DEFAULTS: dict[str, Any] = {
     # long to wait for a worker before answering 503.
     "QUERY_EMBEDDING": "process",
     # Search photos only: average the embeddings of the whole photo and five crops of this
-    # fraction of each side (None: the whole photo). See docs/QUALITY.md for its effect.
-    "QUERY_MULTI_CROP": 0.7,
+    # fraction of each side (None: the whole photo, one model pass). One pass since
+    # 2026-12-01: with SEARCH_MODE "photo" and QUERY_ASPECT_CROP it beats the six passes of
+    # the "similar" blend on grocery val (fine R@1 0.483 vs 0.436, docs/QUALITY.md "Photo
+    # search accuracy"), at a sixth of the model time.
+    "QUERY_MULTI_CROP": None,
+    # Search photos only: the aspect vectors (colour) come from the central fraction of each
+    # side (None: the whole photo): a phone photo's edges are shelf and hands, not product.
+    "QUERY_ASPECT_CROP": 0.7,
     # The mode photo search ranks by (ASPECT_MODES; None: the CNN cosine alone), with the
-    # photo's own colour. Grocery phone photos, fine R@1: val 0.405 -> 0.436, train (600
-    # queries) 0.338 -> 0.352 (docs/QUALITY.md).
-    "SEARCH_MODE": "similar",
+    # photo's own colour. "photo" (colour weight 0.2, sharpness 1) was chosen on grocery
+    # train phone photos, reported on val (docs/QUALITY.md "Photo search accuracy").
+    "SEARCH_MODE": "photo",
     "QUERY_TIMEOUT": 10.0,
     # Category prediction: the products' category field, how many neighbours vote, and the
     # softmax temperature of their similarity-weighted vote.
@@ -161,6 +167,9 @@ DEFAULTS: dict[str, Any] = {
         "same_style_other_colours": {"shape": 1.0, "colour": {"weight": -0.5, "sharpness": 1.0},
                                      "variants_first": True},
         "shape": {"shape": 1.0},
+        # Photo search's (SEARCH_MODE): a phone photo's colour is a softer cue than a
+        # studio photo's, so a gentler curve and weight than "similar".
+        "photo": {"shape": 1.0, "colour": {"weight": 0.2, "sharpness": 1.0}},
     },
     # The mode of the template tag, the API and similar_products when none is asked for
     # (None: the plain CNN cosine). QuerySet.visually_similar() blends only when asked.

@@ -1,9 +1,10 @@
 """Search photos to query vectors: the one path every photo search takes.
 
 A customer's photo is read up to ``MAX_IMAGE_BYTES``, decoded by the embedder that made the
-catalog's vectors (its EXIF rule), and embedded with ``QUERY_MULTI_CROP``: the mean of the
-whole photo and five crops; the aspects a search blends (the colour vector) come from the
-whole photo, as a stored product's do. ``QUERY_EMBEDDING`` says where the model runs: in
+catalog's vectors (its EXIF rule), and embedded whole (one model pass), or with
+``QUERY_MULTI_CROP`` as the mean of the whole photo and five crops; the aspects a search
+blends (the colour vector) come from the photo's centre (``QUERY_ASPECT_CROP``), where the
+product is, computed as a stored product's are. ``QUERY_EMBEDDING`` says where the model runs: in
 this process, or in a Celery worker (task ``visual_reco.embed_query``, which runs
 `embed_query_bytes`), so that web processes need no TensorFlow. Either way the upload is
 checked here first, so a bad file never reaches a worker.
@@ -27,7 +28,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
 from visual_reco.embedders.base import l2_normalise
 from visual_reco.images import read_limited
-from visual_reco.preprocessing import multi_crops
+from visual_reco.preprocessing import center_crop, multi_crops
 
 EMBED_QUERY_TASK = "visual_reco.embed_query"
 QUERY_EMBEDDING_MODES = ("process", "worker")
@@ -75,19 +76,22 @@ def embed_query_images(images: Sequence[Image.Image], *,
 def embed_query_images_with_aspects(images: Sequence[Image.Image], aspects: Sequence[str], *,
                                     embedder: str = DEFAULT_EMBEDDER,
                                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`embed_query_images`, and the ``aspects`` of each whole photo from the array the
-    embedder prepares of it, as a stored product's (`{name: (len(images), dimensions)}`)."""
+    """`embed_query_images`, and the ``aspects`` of each photo's centre (``QUERY_ASPECT_CROP``
+    of each side; None: the whole photo) from the array the embedder prepares of it, as a
+    stored product's (`{name: (len(images), dimensions)}`)."""
     vectors = embed_query_images(images, embedder=embedder)
     if not aspects:
         return vectors, {}
     model = get_embedder(embedder)
-    return vectors, compute_aspects([model.prepare(image) for image in images], aspects)
+    fraction = reco_settings.QUERY_ASPECT_CROP
+    centres = [center_crop(image, fraction) if fraction else image for image in images]
+    return vectors, compute_aspects([model.prepare(image) for image in centres], aspects)
 
 
 def embed_query_bytes(data: bytes, *, embedder: str = DEFAULT_EMBEDDER,
                       aspects: Sequence[str] = ()) -> QueryVectors:
-    """Decode and embed one search photo in this process (what a worker runs), with the
-    ``aspects`` of the whole photo."""
+    """Decode and embed one search photo in this process (what a worker runs), with its
+    ``aspects``."""
     vectors, found = embed_query_images_with_aspects([decode_query(data, embedder)], aspects,
                                                      embedder=embedder)
     return QueryVectors(vectors[0], {name: rows[0] for name, rows in found.items()})

@@ -81,9 +81,12 @@ def evaluate(dataset: EvaluationSet, *, limit: int | None = None, seed: int = 0,
     embeddings = embed_paths(paths, chunk_size=chunk_size, progress=progress, aspects=aspects)
     index = embeddings.index
     query_embeddings = embeddings
-    if reco_settings.QUERY_MULTI_CROP and dataset.mode == "query/gallery":
-        # Photo-search queries are embedded the way the search embeds them; leave-one-out
-        # sets measure item-to-item similarity, which uses the stored vectors.
+    searched_differently = reco_settings.QUERY_MULTI_CROP or (
+        aspects and reco_settings.QUERY_ASPECT_CROP)
+    if searched_differently and dataset.mode == "query/gallery":
+        # Photo-search queries are embedded the way the search embeds them (multi-crop, the
+        # colour of the centre); leave-one-out sets measure item-to-item similarity, which
+        # uses the stored vectors.
         query_embeddings = embed_paths(list(dict.fromkeys(row.path for row in query_rows)),
                                        chunk_size=chunk_size, progress=progress,
                                        embed=lambda images: embed_query_images_with_aspects(

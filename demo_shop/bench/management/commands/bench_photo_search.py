@@ -20,9 +20,9 @@ from demo_shop.bench.loadgen import LoadResult, multipart_posts, run_load
 from demo_shop.bench.samples import kitchenware_photos
 from demo_shop.shop.models import Product
 from visual_reco import text_search
-from visual_reco.conf import DEFAULTS, reco_settings
+from visual_reco.conf import reco_settings
 
-SIX_CROPS = str(DEFAULTS["QUERY_MULTI_CROP"])
+SIX_CROPS = "0.7"  # the default until 2026-12-01
 # The words of the padding's products (`catalog_padding`): "synthetic" matches every one.
 COMMON_WORD = "synthetic"
 # name -> (query views, precision, words sent: none, the photo's class, or COMMON_WORD).
@@ -148,8 +148,8 @@ class Command(BaseCommand):
             f"`demo_shop.wsgi` with {options['workers']} processes x {options['threads']} "
             f"threads (each with the model loaded and warm, `QUERY_EMBEDDING=\"process\"`), "
             f"DEBUG off, {catalog:,} embedded products (the demo catalog padded as in *API "
-            f"under load*), `SEARCH_MODE` `similar`, the category predicted, limit "
-            f"{reco_settings.DEFAULT_LIMIT}. "
+            f"under load*), `SEARCH_MODE` `{reco_settings.SEARCH_MODE}`, the category "
+            f"predicted, limit {reco_settings.DEFAULT_LIMIT}. "
             f"Searches cycle through {source}; \"class words\" also send the photo's "
             f"coarse class name (\"Milk\") as `text`, which few products match, \"a word "
             f"every product has\" sends \"{COMMON_WORD}\" (all the padding's names), so "

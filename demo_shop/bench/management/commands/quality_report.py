@@ -17,8 +17,8 @@ from visual_reco.evaluation.run import run_evaluation
 
 # (name, VISUAL_RECO overrides): each row changes one thing from the defaults.
 GROCERY_VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("defaults (pad, no trim, query multi-crop 0.7)", {}),
-    ("query multi-crop off (whole photo)", {"QUERY_MULTI_CROP": None}),
+    ("defaults (pad, no trim, whole photo: one pass)", {}),
+    ("query multi-crop 0.7 (six passes)", {"QUERY_MULTI_CROP": 0.7}),
     ("query multi-crop 0.5", {"QUERY_MULTI_CROP": 0.5}),
     ("trim uniform background", {"PREPROCESSING": {"TRIM_BACKGROUND": True}}),
     ("centre crop 0.8 (index and query)", {"PREPROCESSING": {"OBJECT_CROP": "center"}}),
