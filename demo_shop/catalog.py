@@ -14,6 +14,7 @@ categorised by its parent folder.
 from __future__ import annotations
 
 import csv
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def _magento_items(folder: Path, rows: list[dict[str, str]]) -> list[CatalogItem
         if row["view"] != "main":
             continue
         sku = "-".join(filter(None, [row["style"], row["colour"]]))
-        name = row["name"] or row["style"].replace("-", " ").title()
+        # Luma's names hold HTML entities ("LumaTech&trade;") and doubled spaces.
+        name = " ".join(html.unescape(row["name"]).split()) or row["style"].replace(
+            "-", " ").title()
         if row["colour"]:
             name = f"{name} ({row['colour']})"
         # The variant group is the parent product: Luma's style codes WB01-WB05 each name a

@@ -33,6 +33,14 @@ def test_each_luma_item_has_every_view_in_its_gallery_main_first():
     assert sum(len(item.gallery) for item in items.values()) > len(items) + 250
 
 
+@pytest.mark.skipif(not (LUMA / "labels.csv").exists(), reason="magento_luma dataset absent")
+def test_luma_names_are_shown_as_text_not_html():
+    """labels.csv writes "LumaTech&trade;" and doubled spaces; a shopper reads the name."""
+    names = [item.name for item in folder_items(LUMA)]
+    assert "Ryker LumaTech\u2122 Tee (V-neck) (black)" in names
+    assert not [name for name in names if "&" in name and ";" in name or "  " in name]
+
+
 def test_a_folder_without_views_has_the_product_photo_as_its_gallery(tmp_path):
     (tmp_path / "cups").mkdir()
     photo = tmp_path / "cups" / "blue_cup.jpg"
