@@ -119,7 +119,7 @@ CACHE_URL = os.environ.get("CACHE_URL") or (
     redis_database(CELERY_BROKER_URL, 1) if CELERY_BROKER_URL.startswith("redis") else "")
 if CACHE_URL:
     # Short timeouts: with Redis down or frozen, pages answer uncached instead of waiting.
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+    CACHES = {"default": {"BACKEND": "demo_shop.cache.RedisCache",
                           "LOCATION": CACHE_URL,
                           "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}}}
     if os.environ.get("DEMO_SIMILAR_CACHE", "1") == "1":  # 0: off (bench_api measures both)

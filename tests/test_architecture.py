@@ -19,7 +19,7 @@ LAYERS = {
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders",
                   "query_photos"],
     "fields": ["registry", "fields", "checks"],
-    "queries": ["modes", "diversity", "gallery", "query", "reasons", "result_cache",
+    "queries": ["pk_rows", "modes", "diversity", "gallery", "query", "reasons", "result_cache",
                 "inline_storage", "categories", "classifier", "fusion", "text_search", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",

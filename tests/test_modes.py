@@ -20,6 +20,7 @@ from tests.testapp.models import Item
 from visual_reco import query
 from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
 from visual_reco.colour import SHARPNESS
+from visual_reco.conf import reco_settings
 from visual_reco.feedback.similar import ranked_similar
 from visual_reco.modes import UnknownMode, mode_blend, parse_blend
 from visual_reco.query import exact_candidates, halfvec_text, to_array
@@ -590,3 +591,16 @@ def test_the_best_blend_outside_the_lead_index_is_found(settings):
             found = list(Item.objects.similar_to_vector(query_shape, 3, colour=query_colour,
                                                         aspects=blend))
         assert found[0].pk == best
+
+
+def test_a_mode_is_parsed_once_and_again_when_its_spec_changes(settings):
+    first = mode_blend("similar")
+    assert mode_blend("similar") is first  # kept
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}), "ASPECT_MODES": {
+        "similar": {"shape": 1.0, "colour": 0.25}}}
+    changed = mode_blend("similar")
+    assert changed == parse_blend({"shape": 1.0, "colour": 0.25}) and changed != first
+    modes = settings.VISUAL_RECO["ASPECT_MODES"]
+    modes["similar"]["colour"] = 0.5  # the same dict, changed in place
+    reco_settings.reload()
+    assert mode_blend("similar") == parse_blend({"shape": 1.0, "colour": 0.5})

@@ -183,11 +183,27 @@ def parse_blend(spec: Mapping[str, Any]) -> Blend:
 
 
 def mode_blend(name: str) -> Blend:
-    """The `Blend` of the mode ``name`` in ``ASPECT_MODES`` (`UnknownMode` otherwise)."""
+    """The `Blend` of the mode ``name`` in ``ASPECT_MODES`` (`UnknownMode` otherwise),
+    parsed once per settings (a request asked for it about ten times)."""
     modes = reco_settings.ASPECT_MODES
     if not isinstance(name, str) or name not in modes:
         raise UnknownMode(f"Unknown mode {name!r}; use one of {', '.join(sorted(modes))}")
-    return parse_blend(modes[name])
+    spec = modes[name]
+    parsed = _parsed_modes.get(name)
+    # The spec itself is kept and compared: a changed mode is parsed again.
+    if parsed is None or parsed[0] != spec:
+        parsed = _parsed_modes[name] = (_frozen(spec), parse_blend(spec))
+    return parsed[1]
+
+
+def _frozen(spec: Any) -> Any:
+    """A copy of a mode's spec that later changes to the setting's dicts leave alone."""
+    if isinstance(spec, Mapping):
+        return {key: _frozen(value) for key, value in spec.items()}
+    return spec
+
+
+_parsed_modes: dict[str, tuple[Any, Blend]] = {}
 
 
 def blend_for(mode: str | None = None, aspects: Mapping[str, Any] | Blend | None = None, *,

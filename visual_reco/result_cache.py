@@ -37,6 +37,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.diversity import PLAIN, diversity_lambda
 from visual_reco.gallery import Match
 from visual_reco.modes import Blend, blend_for
+from visual_reco.pk_rows import holds_every_row, rows_by_pk
 from visual_reco.query import (
     DISTANCE,
     attach_matches,
@@ -101,13 +102,9 @@ def _candidates_signature(candidates: models.QuerySet) -> tuple[Any, ...]:
     """What decides which rows ``candidates`` holds: nothing for every row of its table (the
     common case, told apart without compiling the query), else its SQL and parameters. The
     columns it reads do not matter: a hit reads its rows through ``candidates``."""
-    query = candidates.query
-    if (not query.where and not query.annotations and not query.extra
-            and not query.distinct and not query.combinator and query.group_by is None
-            and not query.low_mark and query.high_mark is None
-            and len(query.alias_map) <= 1):
-        return ("all", query.model._meta.db_table)
-    return query.sql_with_params()
+    if holds_every_row(candidates):
+        return ("all", candidates.model._meta.db_table)
+    return candidates.query.sql_with_params()
 
 
 def _entry_key(obj: models.Model, candidates: models.QuerySet, limit: int, field: str,
@@ -177,10 +174,9 @@ class SimilarPool:
         wanted = [self.entries[index] for index in indices]
         if not wanted:
             return []
-        found = self.candidates.filter(pk__in=[entry[0] for entry in wanted]).order_by()
-        if self.attname is not None:
-            found = found.defer(self.attname)
-        found = {row.pk: row for row in found}
+        found = {row.pk: row for row in rows_by_pk(
+            self.candidates, [entry[0] for entry in wanted],
+            [self.attname] if self.attname is not None else [])}
         if len(found) != len(wanted):
             return None
         results = []

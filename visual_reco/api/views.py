@@ -12,7 +12,6 @@ from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError, models
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -48,6 +47,7 @@ from visual_reco.fields import ImageEmbeddingField
 from visual_reco.gallery import status_of
 from visual_reco.images import ImageError
 from visual_reco.modes import UnknownMode, mode_blend
+from visual_reco.pk_rows import rows_by_pk
 from visual_reco.query import colour_attribute, deferrable
 from visual_reco.query_photos import SearchUnavailable
 from visual_reco.reasons import colour_names
@@ -188,8 +188,10 @@ class SimilarProductsView(VisualRecoAPIView):
         except DjangoValidationError:
             raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
-        product = get_object_or_404(
-            model._default_manager.defer(*deferrable(embedding, model)), pk=pk)
+        found = rows_by_pk(model._default_manager.all(), [pk], deferrable(embedding, model))
+        if not found:  # get_object_or_404's answer
+            raise Http404(f"No {model._meta.object_name} matches the given query.")
+        product = found[0]
         tracked = serving(request, self.surface)
         results = ranked_similar(product, self.get_queryset(), limit, field=embedding.name,
                                  variant=tracked.variant if tracked else None,

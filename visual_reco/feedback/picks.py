@@ -50,6 +50,7 @@ from visual_reco.feedback.taste import (
 )
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
+from visual_reco.pk_rows import rows_by_pk
 from visual_reco.query import (
     DISTANCE,
     binary_vector,
@@ -263,8 +264,9 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     chosen = strongest(weights, options.max_products)
     read = chosen + ([page] if page is not None and shape and options.context_weight > 0
                      else [])
+    # No ordering: the model's Meta.ordering would sort the rows, vectors and all.
     rows = (model._base_manager.filter(pk__in=_pks(model, read)).annotate(**wanted)
-            .values_list(*columns))
+            .order_by().values_list(*columns))
     for row in rows:
         product = str(row[0])
         for position, name in enumerate(wanted, start=1):
@@ -395,8 +397,8 @@ def _nearest(candidates: models.QuerySet, taste: Taste, limit: int, hidden: set[
     own_colour = row_colour_attname(embedding, model)
     deferred = deferrable(embedding, model) + ([own_colour]
                                                if own_colour and not colour_column else [])
-    found = {row.pk: row for row in candidates.filter(pk__in=[pick[1] for pick in best])
-             .defer(*deferred)}
+    found = {row.pk: row for row in rows_by_pk(candidates, [pick[1] for pick in best],
+                                               deferred)}
     rows = []
     for reco_score, pk, distance, visual_score, feedback in best:
         row = found.get(pk)
@@ -432,8 +434,7 @@ def _category_best_sellers(candidates: models.QuerySet, category: Any, limit: in
     wanted = [(product, rate) for product, rate in best_converting(model, category, options)
               if product not in left_out][:limit * 3]
     found = {str(row.pk): row for row in
-             candidates.filter(pk__in=_pks(model, [product for product, _ in wanted]))
-             .defer(*deferred)}
+             rows_by_pk(candidates, _pks(model, [product for product, _ in wanted]), deferred)}
     rows = []
     for product, rate in wanted:
         row = found.get(product)

@@ -1,0 +1,89 @@
+"""Model rows by primary key through a statement compiled once per process.
+
+Reading a few rows by primary key through the ORM builds and compiles the same ``SELECT`` on
+every call: for the 8 rows of a cached similar list that was more Python than the rest of
+reading them. When the queryset holds every row of its table as model instances (a default
+manager's ``all()``, what the API and the tag read from unless a shop filters),
+`rows_by_pk` compiles that ``SELECT ... WHERE pk = ANY(%s)`` once per model, database and
+deferred columns and reads through ``raw()`` (so the model's own field conversions apply);
+any other queryset (filters, annotations, ``select_related``, ``values()``, prefetches) is read
+through the ORM as before. The statement depends on the model and the database only, never on
+``VISUAL_RECO``, so a settings change cannot make a kept one wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connections, models
+from django.db.models.expressions import RawSQL
+from django.db.models.query import ModelIterable
+
+_STATEMENTS: dict[tuple[Any, ...], str] = {}
+_STATEMENTS_MAX = 256
+# Stands for the primary keys while the statement is compiled.
+_KEYS = object()
+
+
+def holds_every_row(queryset: models.QuerySet) -> bool:
+    """Whether ``queryset`` selects every row of its table (no filter, slice, join, union,
+    grouping, annotation or distinct), told without compiling it."""
+    query = queryset.query
+    return (not query.where and not query.annotations and not query.extra
+            and not query.distinct and not query.combinator and query.group_by is None
+            and not query.low_mark and query.high_mark is None
+            and len(query.alias_map) <= 1)
+
+
+def _statement_key(queryset: models.QuerySet, defer: Sequence[str]) -> tuple[Any, ...] | None:
+    """What the kept statement of ``queryset`` depends on; None when it cannot be kept."""
+    query = queryset.query
+    if (not holds_every_row(queryset) or queryset._fields is not None
+            or queryset._iterable_class is not ModelIterable or query.select_related
+            or queryset._prefetch_related_lookups or query.select_for_update
+            or queryset._known_related_objects or queryset.model._meta.parents):
+        return None
+    # Multi-table inheritance joins the parents' tables: left to the ORM.
+    names, deferring = query.deferred_loading
+    return (queryset.db, queryset.model._meta.label, tuple(sorted(names)), deferring,
+            tuple(sorted(defer)))
+
+
+def _compiled(queryset: models.QuerySet, defer: Sequence[str]) -> str | None:
+    """``queryset``'s ``SELECT`` of the rows whose primary key is in one array parameter."""
+    model = queryset.model
+    quote = connections[queryset.db].ops.quote_name
+    condition = RawSQL(f"{quote(model._meta.db_table)}.{quote(model._meta.pk.column)} "
+                       "= ANY(%s)", (_KEYS,), output_field=models.BooleanField())
+    probe = queryset.order_by().defer(*defer).filter(condition)
+    sql, params = probe.query.get_compiler(using=probe.db).as_sql()
+    if tuple(params) != (_KEYS,):  # something else took a parameter: not a plain read
+        return None
+    return sql
+
+
+def rows_by_pk(queryset: models.QuerySet, pks: Iterable[Any],
+               defer: Sequence[str] = ()) -> list[models.Model]:
+    """The rows of ``queryset`` whose primary key is in ``pks``, in no particular order, with
+    the ``defer`` fields deferred: one query, compiled once when ``queryset`` holds every row
+    of its table (see the module docstring), else the ORM's ``filter(pk__in=...)``."""
+    pks = list(pks)
+    if not pks:
+        return []
+    key = _statement_key(queryset, defer)
+    sql = None if key is None else _STATEMENTS.get(key)
+    if sql is None and key is not None:
+        sql = _compiled(queryset, defer)
+        if sql is not None:
+            if len(_STATEMENTS) >= _STATEMENTS_MAX:
+                _STATEMENTS.clear()
+            _STATEMENTS[key] = sql
+    if sql is None:
+        found = queryset.filter(pk__in=pks).order_by()
+        return list(found.defer(*defer) if defer else found)
+    model = queryset.model
+    pk = model._meta.pk
+    connection = connections[queryset.db]
+    values = [pk.get_db_prep_value(value, connection, prepared=False) for value in pks]
+    return list(model._base_manager.raw(sql, [values], using=queryset.db))
