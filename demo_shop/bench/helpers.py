@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from visual_reco.dev_services import free_port
+from visual_reco.embedders.keras import cpu_flags
 
 
 def benchmarks_path() -> Path:
@@ -24,17 +25,6 @@ def benchmarks_path() -> Path:
     writes its smaller runs elsewhere so they never replace the full numbers)."""
     configured = os.environ.get("BENCHMARKS_MD")
     return Path(configured) if configured else Path(settings.BASE_DIR) / "docs" / "BENCHMARKS.md"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of the first core (empty off Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def cpu_model_and_mhz() -> tuple[str, float]:

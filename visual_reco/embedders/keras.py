@@ -33,14 +33,23 @@ ARCHITECTURES: dict[str, tuple[str, int]] = {
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
-def bfloat16_native() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX), where oneDNN runs the
-    model in bfloat16 about twice as fast; elsewhere it would be emulated, and slower."""
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of the first core (empty off Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in info)
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def bfloat16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX), where oneDNN runs the
+    model in bfloat16 faster (about 1.4x measured, docs/BENCHMARKS.md); elsewhere it would
+    be emulated, and slower."""
+    return "amx_bf16" in cpu_flags()
 
 
 class KerasApplicationEmbedder(Embedder):

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandParser
 
-from demo_shop.bench.helpers import cpu_flags, cpu_model_and_mhz, machine_line, write_section
+from demo_shop.bench.helpers import cpu_model_and_mhz, machine_line, write_section
 from demo_shop.bench.samples import kitchenware_photos
 from visual_reco.embedders import get_embedder
+from visual_reco.embedders.keras import cpu_flags
 from visual_reco.embedders.weights import resolve_model_file
 from visual_reco.images import open_image
 
