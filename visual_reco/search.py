@@ -19,7 +19,6 @@ from visual_reco.modes import blend_for
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
-from visual_reco.text_search import clean_text
 
 
 @dataclass
@@ -66,7 +65,7 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     a photo nor words are given, `visual_reco.text_search.TextQueryError` for words that
     cannot be searched.
     """
-    text = clean_text(text)
+    text = text_search.clean_text(text)
     if file is None and not text:
         raise ValueError("Send a photo, words, or both.")
     embedding = get_embedding_field(queryset.model, field)

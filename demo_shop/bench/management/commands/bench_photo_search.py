@@ -94,9 +94,10 @@ class Command(BaseCommand):
         padded = (pad_catalog(options["catalog_size"], say=self.stdout.write)
                   if options["catalog_size"] else 0)
         wanted = options["variants"] or list(VARIANTS)
+        sends_words = any(VARIANTS[name][2] for name in wanted)
         try:
             catalog = Product.objects.filter(image_embedding_status="ready").count()
-            if any(VARIANTS[name][2] for name in wanted):
+            if sends_words:
                 started = time.perf_counter()
                 documents = text_search.rebuild(Product)
                 self.stdout.write(f"Text index: {documents:,} documents in "
@@ -105,7 +106,7 @@ class Command(BaseCommand):
         finally:
             if padded and not options["keep_padding"]:
                 remove_padding(say=self.stdout.write)
-                if any(VARIANTS[name][2] for name in wanted):
+                if sends_words:
                     text_search.rebuild(Product)  # drops the padding's documents
         if not options["no_write"]:
             self._write(rows, catalog, source, options)
