@@ -110,6 +110,40 @@ DEFAULTS: dict[str, Any] = {
     # train phone photos, reported on val (docs/QUALITY.md "Photo search accuracy").
     "SEARCH_MODE": "photo",
     "QUERY_TIMEOUT": 10.0,
+    # `manage.py visual_reco_train_photo_adapter` (visual_reco.photo_adapter_learning): a map
+    # x -> l2(x + x A B) of the CNN vectors, learned from a gallery's extra photos (customer
+    # or in-store shots: each non-first image of a product should find its product), used by
+    # photo search only; keys merge. Defaults from grocery train photos (docs/QUALITY.md
+    # "Photo search accuracy", rank 128 and decay 0.001 chosen on train halves).
+    "PHOTO_ADAPTER": {
+        # Rank of A B, its pull to the identity (decay * |A B|^2), full-batch Adam steps and
+        # step size, and the softmax temperature over the products.
+        "RANK": 128,
+        "DECAY": 0.001,
+        "STEPS": 150,
+        "LEARNING_RATE": 0.001,
+        "TEMPERATURE": 0.05,
+        # The latest share of each product's extra photos (by primary key) is held back to
+        # judge the adapter on, searching the catalog photos (each product's first image)
+        # and the whole gallery: it serves only when its R@1 beats the search without it by
+        # MARGIN on one, loses less than MARGIN on both, and the serving version does no
+        # better; judged on at least MIN_HELD photos after training on MIN_PHOTOS. REFIT:
+        # what serves is then fitted again on every extra photo.
+        "HOLDOUT": 0.25,
+        "MIN_PHOTOS": 200,
+        "MIN_HELD": 50,
+        "MARGIN": 0.01,
+        "REFIT": True,
+        # Training reads at most this many images (the latest); memory is about 8 kB each.
+        "MAX_IMAGES": 50_000,
+        "SEED": 0,
+        # At search time: the POOL x limit best products by the raw vectors (the index) are
+        # re-scored with the projected query and each one's IMAGES best images by the raw
+        # vectors. SERVE False: never use an adapter.
+        "POOL": 10,
+        "IMAGES": 8,
+        "SERVE": True,
+    },
     # Category prediction: the products' category field, how many neighbours vote, and the
     # softmax temperature of their similarity-weighted vote.
     "CATEGORY_FIELD": "category",
@@ -359,7 +393,7 @@ IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
                 "RANKING", "PICKS", "LEARNING", "ASPECT_MODES", "REASON_THRESHOLDS",
-                "TEXT_SEARCH"}
+                "TEXT_SEARCH", "PHOTO_ADAPTER"}
 
 
 class VisualRecoSettings:

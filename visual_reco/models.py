@@ -13,7 +13,7 @@ from visual_reco.choices import EmbeddingStatus, EventType
 
 __all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
            "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
-           "FeedbackVariantDaily", "LearnedRanking", "TextDocument", "quoted_table"]
+           "FeedbackVariantDaily", "LearnedRanking", "PhotoAdapter", "TextDocument", "quoted_table"]
 
 
 class FeedbackEvent(models.Model):
@@ -225,6 +225,42 @@ class LearnedRanking(models.Model):
         constraints = [models.UniqueConstraint(
             fields=["model", "field"], condition=models.Q(serving=True),
             name="visual_reco_learned_one_serving")]
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
+
+
+class PhotoAdapter(models.Model):
+    """One version of the photo-search adapter of an embedding field: a map of its frozen
+    vectors learned from the extra photos of a gallery (`visual_reco.photo_adapter_learning`
+    writes it, `visual_reco.photo_adapter` serves it to photo search only).
+
+    ``version`` is a hash of the field, the embedder's fingerprint, the parameters and the
+    images trained on, so training again on the same photos gives the same version. It
+    serves only while ``fingerprint`` is the field's embedder's, and at most one version
+    serves per field.
+    """
+
+    version = models.CharField(max_length=16, unique=True)
+    model = models.CharField(max_length=100)
+    field = models.CharField(max_length=100)
+    fingerprint = models.CharField(max_length=128)
+    created_at = models.DateTimeField(auto_now_add=True)
+    params = models.JSONField(default=dict)
+    # Extra photos trained on and held back to judge it.
+    photos = models.PositiveIntegerField(default=0)
+    held = models.PositiveIntegerField(default=0)
+    # Held-back R@1 / R@5 without and with it (see `photo_adapter_learning.judge`).
+    metrics = models.JSONField(default=dict)
+    serving = models.BooleanField(default=False)
+    decision = models.CharField(max_length=200, blank=True, default="")
+    weights = models.BinaryField(editable=False)
+
+    class Meta:
+        verbose_name = "photo adapter"
+        constraints = [models.UniqueConstraint(
+            fields=["model", "field"], condition=models.Q(serving=True),
+            name="visual_reco_photo_adapter_one_serving")]
 
     def __str__(self) -> str:
         return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"

@@ -16,6 +16,7 @@ from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
 from visual_reco.fusion import Fusion, fuse
 from visual_reco.modes import blend_for
+from visual_reco.photo_adapter import rescore, serving_adapter
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
@@ -98,10 +99,21 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
 def visual_pool(queryset: models.QuerySet, vector: Any, limit: int, *, colour: Any = None,
                 field: str | None = None) -> list[models.Model]:
     """The ``limit`` products of ``queryset`` nearest to the query ``vector`` (and its
-    ``colour``) by ``SEARCH_MODE``, each once (a gallery's with its matching image)."""
-    return list(visual(queryset).similar_to_vector(
-        vector, limit, field=field, aspects=blend_for(reco_settings.SEARCH_MODE),
+    ``colour``) by ``SEARCH_MODE``, each once (a gallery's with its matching image).
+
+    With a photo adapter serving for the field (`visual_reco.photo_adapter`), the
+    ``PHOTO_ADAPTER["POOL"]`` x ``limit`` best by the raw vectors are re-scored with the
+    projected vectors and the best ``limit`` kept."""
+    blend = blend_for(reco_settings.SEARCH_MODE)
+    adapter = (serving_adapter(queryset.model, field) if queryset._fields is None
+               else None)
+    if adapter is None:
+        return list(visual(queryset).similar_to_vector(
+            vector, limit, field=field, aspects=blend, colour=colour))
+    pool = list(visual(queryset).similar_to_vector(
+        vector, limit * int(reco_settings.PHOTO_ADAPTER["POOL"]), field=field, aspects=blend,
         colour=colour))
+    return rescore(adapter, pool, vector, blend, colour=colour, field=field)[:limit]
 
 
 def fusion() -> Fusion:
