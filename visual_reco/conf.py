@@ -142,6 +142,9 @@ DEFAULTS: dict[str, Any] = {
         # vectors. SERVE False: never use an adapter.
         "POOL": 10,
         "IMAGES": 8,
+        # The mode photo search ranks by while an adapter serves (a gallery with shop photos;
+        # None: SEARCH_MODE).
+        "MODE": "photo_gallery",
         "SERVE": True,
     },
     # Category prediction: the products' category field, how many neighbours vote, and the
@@ -204,6 +207,10 @@ DEFAULTS: dict[str, Any] = {
         # Photo search's (SEARCH_MODE): a phone photo's colour is a softer cue than a
         # studio photo's, so a gentler curve and weight than "similar".
         "photo": {"shape": 1.0, "colour": {"weight": 0.2, "sharpness": 1.0}},
+        # Photo search over galleries that hold shop photos (PHOTO_ADAPTER["MODE"]): chosen
+        # on grocery train halves with the train photos as gallery images (docs/QUALITY.md
+        # "Photo search with shop photos"); with the studio photos alone it loses to "photo".
+        "photo_gallery": {"shape": 1.0, "colour": {"weight": 0.6, "sharpness": 1.0}},
     },
     # The mode of the template tag, the API and similar_products when none is asked for
     # (None: the plain CNN cosine). QuerySet.visually_similar() blends only when asked.

@@ -11,10 +11,11 @@ per query. Full-batch Adam (``BATCH`` photos sampled a step when there are more)
 TensorFlow imported by `fit` only.
 
 Judging: the latest ``HOLDOUT`` share of each product's extra photos is never trained on;
-those photos search by ``SEARCH_MODE`` (each with its own colour vector), with and without
-the adapter, the catalog photos (each product's first image) and the rest of the gallery. A
-version serves only when its R@1 beats the search without it by ``MARGIN`` on one of the two,
-drops by less than ``MARGIN`` on both, and the serving version does no better against the
+those photos search (each with its own colour vector) without the adapter by
+``SEARCH_MODE`` and with it by ``PHOTO_ADAPTER["MODE"]``, as photo search would, the catalog
+photos (each product's first image) and the rest of the gallery. A version serves only when
+its R@1 beats the search without it by ``MARGIN`` on one of the two, drops by less than
+``MARGIN`` on both, and the serving version does no better against the
 catalog photos. Why both: a shop's extra photos of a product are often near-duplicate
 shots, so a held-back one finds its twin in the gallery with or without the map (R@1 0.96
 on the grocery train halves), while the gap from phone to catalog photo, which the map
@@ -256,6 +257,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
         result.seconds = time.monotonic() - started
         return result
     blend = blend_for(params["SEARCH_MODE"])
+    adapted_blend = blend_for(params["MODE"] or params["SEARCH_MODE"])
     result.version = version = version_of(label, embedding.name, fingerprint, params, photos)
     known = PhotoAdapter.objects.filter(version=version).first()
     if known is not None:
@@ -276,14 +278,15 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     metrics = {"held": int(photos.held.sum()), "photos": training,
                "products": len(photos.products), "images": len(photos.owners),
                "fit_seconds": round(time.monotonic() - fit_started, 2),
-               "without": judge(photos, None, blend), "adapted": judge(photos, adapter, blend),
+               "without": judge(photos, None, blend),
+               "adapted": judge(photos, adapter, adapted_blend),
                "catalog_without": judge(photos, None, blend, catalog=True),
-               "catalog_adapted": judge(photos, adapter, blend, catalog=True)}
+               "catalog_adapted": judge(photos, adapter, adapted_blend, catalog=True)}
     serving, reason = decide(metrics, params)
     current = PhotoAdapter.objects.filter(model=label, field=embedding.name, serving=True,
                                           fingerprint=fingerprint).first()
     if serving and current is not None:
-        theirs = judge(photos, Adapter.from_row(current), blend, catalog=True)
+        theirs = judge(photos, Adapter.from_row(current), adapted_blend, catalog=True)
         metrics["serving_version"] = {"version": current.version, **theirs}
         if theirs["r1"] > metrics["catalog_adapted"]["r1"]:
             serving, reason = False, (f"{reason}, but the serving version {current.version} "

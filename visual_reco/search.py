@@ -15,7 +15,7 @@ from visual_reco.categories import CategoryPrediction, category_field, vote
 from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
 from visual_reco.fusion import Fusion, fuse
-from visual_reco.modes import blend_for
+from visual_reco.modes import Blend, blend_for
 from visual_reco.photo_adapter import rescore, serving_adapter
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
@@ -76,7 +76,7 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     queryset = queryset.filter(**(filters or {}))
     prediction, vector, colour = None, None, None
     if file is not None:
-        blend = blend_for(reco_settings.SEARCH_MODE)
+        blend = search_blend(serving_adapter(queryset.model, embedding.name) is not None)
         query = embed_query(file, embedder=embedding.embedder,
                             aspects=photo_aspects(blend, embedding))
         vector, colour = query.vector, query.aspects.get("colour")
@@ -103,10 +103,10 @@ def visual_pool(queryset: models.QuerySet, vector: Any, limit: int, *, colour: A
 
     With a photo adapter serving for the field (`visual_reco.photo_adapter`), the
     ``PHOTO_ADAPTER["POOL"]`` x ``limit`` best by the raw vectors are re-scored with the
-    projected vectors and the best ``limit`` kept."""
-    blend = blend_for(reco_settings.SEARCH_MODE)
+    projected vectors and the best ``limit`` kept, both by ``PHOTO_ADAPTER["MODE"]``."""
     adapter = (serving_adapter(queryset.model, field) if queryset._fields is None
                else None)
+    blend = search_blend(adapter is not None)
     if adapter is None:
         return list(visual(queryset).similar_to_vector(
             vector, limit, field=field, aspects=blend, colour=colour))
@@ -114,6 +114,13 @@ def visual_pool(queryset: models.QuerySet, vector: Any, limit: int, *, colour: A
         vector, limit * int(reco_settings.PHOTO_ADAPTER["POOL"]), field=field, aspects=blend,
         colour=colour))
     return rescore(adapter, pool, vector, blend, colour=colour, field=field)[:limit]
+
+
+def search_blend(adapted: bool) -> Blend | None:
+    """The blend photo search ranks by: ``PHOTO_ADAPTER["MODE"]`` while an adapter serves
+    (``adapted``; a gallery with shop photos), else ``SEARCH_MODE``."""
+    mode = reco_settings.PHOTO_ADAPTER["MODE"] if adapted else None
+    return blend_for(mode or reco_settings.SEARCH_MODE)
 
 
 def fusion() -> Fusion:
