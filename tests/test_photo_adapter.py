@@ -22,7 +22,7 @@ from tests.testapp.models import Garment, GarmentPhoto
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import get_embedder
 from visual_reco.models import PhotoAdapter
-from visual_reco.photo_adapter import Adapter, forget_serving, serving_adapter
+from visual_reco.photo_adapter import Adapter, forget_serving, image_vectors, serving_adapter
 from visual_reco.photo_adapter_learning import learn, retire, split
 from visual_reco.registry import get_embedding_field
 from visual_reco.search import visual_pool
@@ -190,3 +190,19 @@ def test_item_to_item_never_uses_the_adapter(shop):
             Garment.objects.visually_similar(source, 6, field="embedding")] == plain
     assert [row.pk for row in Garment.objects.visually_similar(
         source, 6, field="embedding", mode="similar")] == blended
+
+
+def test_only_each_products_nearest_images_are_read(shop):
+    products = [garment.pk for garment in shop.garments[:3]]
+    query = shop.phone(0)
+    owners, images, vectors = image_vectors(Garment, "embedding", products, [])
+    cosine = vectors["shape"] @ query
+    expected = {pk for product in products
+                for pk in sorted((p for o, p in zip(owners, images, strict=True) if o == product),
+                                 key=lambda p: -cosine[images.index(p)])[:4]}
+    near_owners, near_images, near = image_vectors(Garment, "embedding", products, [],
+                                                   nearest=(query, 4))
+    assert set(near_images) == expected and len(near_images) == 12
+    assert sorted(set(near_owners)) == sorted(products)
+    assert near["shape"].shape == (12, DIMS)
+
