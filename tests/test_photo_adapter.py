@@ -206,3 +206,22 @@ def test_only_each_products_nearest_images_are_read(shop):
     assert sorted(set(near_owners)) == sorted(products)
     assert near["shape"].shape == (12, DIMS)
 
+
+
+def test_the_admin_shows_versions_and_serves_or_retires(shop, admin_client):
+    version = learn(Garment, "embedding").version
+    page = admin_client.get("/admin/visual_reco/photoadapter/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert version in html and "R@1 catalog photos" in html
+    row = PhotoAdapter.objects.get()
+    assert f"{row.metrics['without']['r1']} → {row.metrics['adapted']['r1']}" in html
+    response = admin_client.post("/admin/visual_reco/photoadapter/", {
+        "action": "retire_version", "_selected_action": [row.pk]})
+    assert response.status_code == 302
+    assert not PhotoAdapter.objects.get().serving
+    assert serving_adapter(Garment, "embedding") is None
+    admin_client.post("/admin/visual_reco/photoadapter/", {
+        "action": "serve_version", "_selected_action": [row.pk]})
+    assert PhotoAdapter.objects.get().serving
+    assert serving_adapter(Garment, "embedding").version == version

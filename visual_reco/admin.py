@@ -19,13 +19,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import ngettext
 
+from visual_reco import photo_adapter_learning
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.feedback.analytics import Report, ctr_chart, default_period, report, to_csv
 from visual_reco.feedback.learning import current_fingerprint, retire, serve
 from visual_reco.feedback.rollup import WATERMARK
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import QueueResult, reindex
-from visual_reco.models import FeedbackDaily, FeedbackRollup, LearnedRanking
+from visual_reco.models import FeedbackDaily, FeedbackRollup, LearnedRanking, PhotoAdapter
 from visual_reco.registry import gallery_fields, selected_fields
 
 STATUS_COLOURS = {
@@ -368,3 +369,66 @@ class LearnedRankingAdmin(admin.ModelAdmin):
         for row in queryset.filter(serving=True):
             retire(row)
         self.message_user(request, "The selected versions do not serve.", messages.SUCCESS)
+
+
+@admin.register(PhotoAdapter)
+class PhotoAdapterAdmin(admin.ModelAdmin):
+    """The photo adapters `manage.py visual_reco_train_photo_adapter` trained, newest
+    first: which one serves photo search and its held-back R@1 without and with it.
+    Read-only; staff who may change them can serve or retire one."""
+
+    list_display = ["version", "created_at", "field_label", "serving", "held",
+                    "catalog_r1", "gallery_r1", "decision"]
+    list_filter = ["serving", "model", "field"]
+    ordering = ["-created_at"]
+    actions = ["serve_version", "retire_version"]
+    exclude = ["weights"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [field.name for field in self.opts.fields if field.name != "weights"]
+
+    @admin.display(description="field")
+    def field_label(self, obj: PhotoAdapter) -> str:
+        """``app.model.field``."""
+        return f"{obj.model}.{obj.field}"
+
+    def _pair(self, obj: PhotoAdapter, before: str, after: str) -> str:
+        without = (obj.metrics.get(before) or {}).get("r1")
+        adapted = (obj.metrics.get(after) or {}).get("r1")
+        return f"{without} → {adapted}" if without is not None else "-"
+
+    @admin.display(description="R@1 catalog photos")
+    def catalog_r1(self, obj: PhotoAdapter) -> str:
+        """Held-back photos against the catalog photos: without → with the adapter."""
+        return self._pair(obj, "catalog_without", "catalog_adapted")
+
+    @admin.display(description="R@1 gallery")
+    def gallery_r1(self, obj: PhotoAdapter) -> str:
+        """Held-back photos against the whole gallery: without → with the adapter."""
+        return self._pair(obj, "without", "adapted")
+
+    @admin.action(description="Serve this version", permissions=["change"])
+    def serve_version(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Serve the one selected version (for its field; the one before stops)."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select one version to serve.", messages.WARNING)
+            return
+        row = queryset.get()
+        try:
+            photo_adapter_learning.serve(row)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"{row.version} serves photo search on {row.model}."
+                          f"{row.field}.", messages.SUCCESS)
+
+    @admin.action(description="Stop serving (raw vectors)", permissions=["change"])
+    def retire_version(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Stop serving the selected versions."""
+        for row in queryset.filter(serving=True):
+            photo_adapter_learning.retire(row)
+        self.message_user(request, "The selected versions do not serve.", messages.SUCCESS)
+

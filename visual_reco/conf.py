@@ -137,10 +137,11 @@ DEFAULTS: dict[str, Any] = {
         # Training reads at most this many images (the latest); memory is about 8 kB each.
         "MAX_IMAGES": 50_000,
         "SEED": 0,
-        # At search time: the POOL x limit best products by the raw vectors (the index) are
-        # re-scored with the projected query and each one's IMAGES best images by the raw
-        # vectors. SERVE False: never use an adapter.
-        "POOL": 10,
+        # At search time: the POOL best products (at least the limit asked for) by the raw
+        # vectors (the index) are re-scored with the projected query and each one's IMAGES
+        # images nearest the raw query; a fixed count, so photo + words (limit
+        # TEXT_SEARCH["POOL"]) re-scores no more than it ranks. SERVE False: never use one.
+        "POOL": 50,
         "IMAGES": 8,
         # The mode photo search ranks by while an adapter serves (a gallery with shop photos;
         # None: SEARCH_MODE).

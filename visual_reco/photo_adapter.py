@@ -4,11 +4,11 @@
 An adapter maps an embedding field's frozen unit vectors ``x -> l2(x + x A B)`` (low rank,
 ``B`` starting at zero, so an untrained one is the identity), learned from a gallery's extra
 photos (customer or in-store shots) so that a phone photo lands nearer its product's
-images. Only photo search uses it, and only to re-order: the ``PHOTO_ADAPTER["POOL"]`` x
-``limit`` best products by the raw vectors (the HNSW index, as without an adapter) are
-re-scored with the projected query and the projected vectors of their images, the blend's
-other aspects (colour) unchanged. So no column or index holds projected vectors, and
-item-to-item similarity never sees the map.
+images. Only photo search uses it, and only to re-order: the ``PHOTO_ADAPTER["POOL"]``
+best products (at least the limit) by the raw vectors (the HNSW index, as without an
+adapter) are re-scored with the projected query and the projected vectors of each one's
+``IMAGES`` images nearest the raw query, the blend's other aspects (colour) unchanged. So
+no column or index holds projected vectors, and item-to-item similarity never sees the map.
 
 Each process loads the serving version of a field once and looks again every
 ``SERVING_TTL`` seconds; a version trained on another embedder's vectors (fingerprint) is

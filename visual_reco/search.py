@@ -102,7 +102,7 @@ def visual_pool(queryset: models.QuerySet, vector: Any, limit: int, *, colour: A
     ``colour``) by ``SEARCH_MODE``, each once (a gallery's with its matching image).
 
     With a photo adapter serving for the field (`visual_reco.photo_adapter`), the
-    ``PHOTO_ADAPTER["POOL"]`` x ``limit`` best by the raw vectors are re-scored with the
+    ``PHOTO_ADAPTER["POOL"]`` best (at least ``limit``) by the raw vectors are re-scored with the
     projected vectors and the best ``limit`` kept, both by ``PHOTO_ADAPTER["MODE"]``."""
     adapter = (serving_adapter(queryset.model, field) if queryset._fields is None
                else None)
@@ -111,7 +111,7 @@ def visual_pool(queryset: models.QuerySet, vector: Any, limit: int, *, colour: A
         return list(visual(queryset).similar_to_vector(
             vector, limit, field=field, aspects=blend, colour=colour))
     pool = list(visual(queryset).similar_to_vector(
-        vector, limit * int(reco_settings.PHOTO_ADAPTER["POOL"]), field=field, aspects=blend,
+        vector, max(limit, int(reco_settings.PHOTO_ADAPTER["POOL"])), field=field, aspects=blend,
         colour=colour))
     return rescore(adapter, pool, vector, blend, colour=colour, field=field)[:limit]
 
