@@ -16,14 +16,17 @@ import io
 
 import numpy as np
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from PIL import Image
 
-from tests.testapp.models import Garment, GarmentPhoto
+from tests.testapp.models import Garment, GarmentPhoto, Item
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import get_embedder
 from visual_reco.models import PhotoAdapter
 from visual_reco.photo_adapter import Adapter, forget_serving, image_vectors, serving_adapter
 from visual_reco.photo_adapter_learning import learn, retire, split
+from visual_reco.query_photos import embed_query_bytes
 from visual_reco.registry import get_embedding_field
 from visual_reco.search import visual_pool
 
@@ -225,3 +228,39 @@ def test_the_admin_shows_versions_and_serves_or_retires(shop, admin_client):
         "action": "serve_version", "_selected_action": [row.pk]})
     assert PhotoAdapter.objects.get().serving
     assert serving_adapter(Garment, "embedding").version == version
+
+
+def test_photo_search_api_ranks_by_the_serving_adapter(db, client):
+    """POST search/ (a real photo through the CNN) on the testapp's product model: with an
+    adapter serving, the products come in the order of the projected cosine."""
+    rng = np.random.default_rng(2)
+    vectors = Shop.unit(rng.normal(size=(30, DIMS))).astype(np.float32)
+    Item.objects.bulk_create([Item(name=f"i{n}", embedding=vector,
+                                   embedding_status=EmbeddingStatus.READY)
+                              for n, vector in enumerate(vectors)])
+    pks = list(Item.objects.order_by("pk").values_list("pk", flat=True))
+    image = Image.new("RGB", (320, 240), (200, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    query = embed_query_bytes(data).vector
+
+    def post() -> list[str]:
+        response = client.post("/api/visual-reco/search/",
+                               {"image": SimpleUploadedFile("p.jpg", data), "limit": "5"})
+        assert response.status_code == 200, response.content
+        return [row["id"] for row in response.json()["results"]]
+
+    raw = post()
+    assert raw == [str(pks[i]) for i in np.argsort(-(vectors @ query))[:5]]
+    adapter = Adapter("v1", get_embedder(get_embedding_field(Item).embedder).fingerprint,
+                      rng.normal(0, 0.05, (DIMS, 16)).astype(np.float32),
+                      rng.normal(0, 0.5, (16, DIMS)).astype(np.float32))
+    PhotoAdapter.objects.create(version="v1", model="testapp.item", field="embedding",
+                                fingerprint=adapter.fingerprint, serving=True,
+                                weights=adapter.to_bytes())
+    forget_serving()
+    projected = adapter.project(vectors) @ adapter.project(query[None, :])[0]
+    expected = [str(pks[i]) for i in np.argsort(-projected)[:5]]
+    assert expected != raw  # the map moves this ranking, so the check below can fail
+    assert post() == expected

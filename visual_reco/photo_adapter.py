@@ -30,6 +30,7 @@ from django.db.models.functions import RowNumber
 from pgvector import HalfVector
 from pgvector.django import CosineDistance
 
+from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.gallery import COLOUR_ATTRIBUTE
@@ -125,13 +126,16 @@ def image_vectors(model: type[models.Model], field: str | None, pks: Sequence[An
             RowNumber(), partition_by=[F(key)],
             order_by=[CosineDistance(embedding.attname, query).asc(), F("pk").asc()],
         )).filter(_visual_reco_rank__lte=nearest[1])
-    rows = list(found.order_by("pk")
-                .values_list(key, "pk", *(binary_vector(column) for column in columns)))
+    binaries = [binary_vector(column) for column in columns]
+    if key == "pk":  # the products' own vectors: each is its own image
+        rows = [(row[0], *row) for row in found.order_by("pk").values_list("pk", *binaries)]
+    else:
+        rows = list(found.order_by("pk").values_list(key, "pk", *binaries))
     vectors: dict[str, np.ndarray] = {}
     for position, aspect in enumerate((SHAPE, *aspects)):
         decoded = [None if row[2 + position] is None else from_binary(row[2 + position])
                    for row in rows]
-        width = next((len(v) for v in decoded if v is not None), 1)
+        width = embedding.dimensions if aspect == SHAPE else get_aspect(aspect).dimensions
         vectors[aspect] = np.stack([np.full(width, np.nan, np.float32) if v is None else v
                                     for v in decoded]) if rows else np.zeros((0, width))
     return [row[0] for row in rows], [row[1] for row in rows], vectors

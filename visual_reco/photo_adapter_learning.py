@@ -38,6 +38,7 @@ import numpy as np
 from django.apps import apps
 from django.db import IntegrityError, models, transaction
 
+from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.models import PhotoAdapter
@@ -126,7 +127,7 @@ def gather(model: type[models.Model], field_name: str | None, params: dict[str, 
              else np.zeros((0, embedding.dimensions), np.float32))
     colours = None
     if colour and rows:
-        width = next((len(from_binary(row[2])) for row in rows if row[2] is not None), 1)
+        width = get_aspect("colour").dimensions
         colours = np.stack([np.full(width, np.nan, np.float32) if row[2] is None
                             else from_binary(row[2]) for row in rows])
     extra, held = split(owners, float(params["HOLDOUT"]))
