@@ -159,8 +159,8 @@ def rescore(adapter: Adapter, rows: list[models.Model], vector: Any, blend: Blen
         queries["colour"] = np.asarray(colour, dtype=np.float32)[None, :]
     aspects = [a for a in queries if a != SHAPE]
     # Reading and projecting cost per image: only each product's images nearest to the
-    # raw query are re-scored (its best image under the map is nearly always among them:
-    # grocery val R@1 is the same with 8 as with all, docs/QUALITY.md).
+    # raw query are re-scored, its best under the map mostly among them (grocery val R@1
+    # 0.713 with 8, 0.720 with all: docs/QUALITY.md), so a search's cost stays bounded.
     owners, images, vectors = image_vectors(
         model, embedding.name, [row.pk for row in rows], aspects, using=rows[0]._state.db,
         nearest=(vector, int(reco_settings.PHOTO_ADAPTER["IMAGES"])))
@@ -184,7 +184,8 @@ def rescore(adapter: Adapter, rows: list[models.Model], vector: Any, blend: Blen
         index = best[row.pk]
         row.visual_score = float(scores[index])
         setattr(row, DISTANCE, 1.0 - row.visual_score)
-        row.aspect_scores = {aspect: float(cosines[aspect][index]) for aspect in cosines}
+        row.aspect_scores = {aspect: float(cosines[aspect][index])
+                             for aspect in usable.aspects}
         for aspect, value in row.aspect_scores.items():
             setattr(row, score_name(aspect), value)
         if gallery and "colour" in vectors:
