@@ -16,6 +16,7 @@ import io
 
 import numpy as np
 import pytest
+from django.core import checks
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from PIL import Image
@@ -264,3 +265,13 @@ def test_photo_search_api_ranks_by_the_serving_adapter(db, client):
     expected = [str(pks[i]) for i in np.argsort(-projected)[:5]]
     assert expected != raw  # the map moves this ranking, so the check below can fail
     assert post() == expected
+
+
+def test_an_unknown_photo_search_mode_is_a_check_error(settings):
+    assert [e for e in checks.run_checks() if e.id == "visual_reco.E011"] == []
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SEARCH_MODE": "fotos",
+                            "PHOTO_ADAPTER": {"MODE": "galery"}}
+    errors = [e for e in checks.run_checks() if e.id == "visual_reco.E011"]
+    assert [e.msg for e in errors] == [
+        "VISUAL_RECO SEARCH_MODE = 'fotos' is not in ASPECT_MODES.",
+        "VISUAL_RECO PHOTO_ADAPTER['MODE'] = 'galery' is not in ASPECT_MODES."]

@@ -182,3 +182,16 @@ def check_prior_strength(app_configs: Any = None, **kwargs: Any) -> list[checks.
                 hint="It is how many views a product's own rates need to weigh as much as the "
                      "mean (50 by default).", id="visual_reco.E009"))
     return errors
+
+
+@checks.register()
+def check_search_modes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E011: a photo search mode (``SEARCH_MODE``, ``PHOTO_ADAPTER["MODE"]``) that is not
+    None nor a name in ``ASPECT_MODES``: every photo search would fail on it."""
+    modes = reco_settings.ASPECT_MODES
+    found = [("SEARCH_MODE", reco_settings.SEARCH_MODE),
+             ("PHOTO_ADAPTER['MODE']", reco_settings.PHOTO_ADAPTER.get("MODE"))]
+    return [checks.Error(f"VISUAL_RECO {where} = {name!r} is not in ASPECT_MODES.",
+                         hint=f"Use None or one of {', '.join(sorted(modes))}.",
+                         id="visual_reco.E011")
+            for where, name in found if name is not None and name not in modes]
