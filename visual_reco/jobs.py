@@ -27,6 +27,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.registry import embedded_models, selected_fields
 from visual_reco.result_cache import invalidate_on_commit
+from visual_reco.rollout import live_embedder
 
 logger = logging.getLogger("visual_reco")
 
@@ -94,8 +95,9 @@ def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
 
 
 def mark_stale(model: type[models.Model], *, field: str | None = None) -> int:
-    """Mark ready vectors made by another embedder than the field's configured one, or with
-    other aspect versions (`ImageEmbeddingField.fingerprint_for`), as stale; return how many.
+    """Mark ready vectors made by another embedder than the field's live one
+    (`visual_reco.rollout`), or with other aspect versions
+    (`ImageEmbeddingField.fingerprint_for`), as stale; return how many.
     """
     changed = 0
     for embedding in selected_fields(model, field):
@@ -103,7 +105,7 @@ def mark_stale(model: type[models.Model], *, field: str | None = None) -> int:
             **{embedding.status_name: EmbeddingStatus.READY}
         ).exclude(
             **{embedding.fingerprint_name:
-               embedding.fingerprint_for(get_embedder(embedding.embedder))}
+               embedding.fingerprint_for(get_embedder(live_embedder(embedding)))}
         ).update(**embedding.state(EmbeddingStatus.STALE, keep_vector=True, at=timezone.now()))
     return changed
 

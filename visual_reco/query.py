@@ -58,6 +58,7 @@ from visual_reco.gallery import (
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import embedding_fields, get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 DISTANCE = "visual_distance"
 # The annotation with a gallery search's hit's colour vector, binary (`from_binary`).
@@ -442,7 +443,7 @@ class VisualQuerySet(models.QuerySet):
         """
         embedding = get_embedding_field(self.model, field)
         blend = blend_for(mode, aspects)
-        query = embed_query(file, embedder=embedding.embedder,
+        query = embed_query(file, embedder=live_embedder(embedding, self.db),
                             aspects=photo_aspects(blend, embedding))
         return self.similar_to_vector(query.vector, limit, field=embedding.name, aspects=blend,
                                       colour=query.aspects.get("colour"))

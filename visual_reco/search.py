@@ -19,6 +19,7 @@ from visual_reco.modes import blend_for
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
+from visual_reco.rollout import live_embedder
 
 
 @dataclass
@@ -76,7 +77,7 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     prediction, vector, colour = None, None, None
     if file is not None:
         blend = blend_for(reco_settings.SEARCH_MODE)
-        query = embed_query(file, embedder=embedding.embedder,
+        query = embed_query(file, embedder=live_embedder(embedding, queryset.db),
                             aspects=photo_aspects(blend, embedding))
         vector, colour = query.vector, query.aspects.get("colour")
         embedded = time.perf_counter()

@@ -26,6 +26,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
 from visual_reco.query import binary_vector, from_binary, gallery_vectors
 from visual_reco.registry import get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 SERVING_TTL = 60.0
 # Read in chunks so a large catalogue never builds one huge IN list.
@@ -68,12 +69,15 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms > 0, norms, 1.0)
 
 
-_serving: dict[tuple[str, str], tuple[float, LearnedModel | None]] = {}
+_serving: dict[tuple[str, str], tuple[float, LearnedModel | None, str]] = {}
 
 
 def serving_model(model: type[models.Model], field: str | None = None) -> LearnedModel | None:
     """The learned version serving for ``field`` of ``model``, None when none does or when
-    it was trained on vectors of another embedder than the field's (checked on each call)."""
+    it was trained on vectors of another embedder than the one the field's column holds
+    (both looked up again every ``SERVING_TTL`` seconds, so for at most that long after
+    `visual_reco.model_switch` switches the embedder a version may serve on the new
+    vectors)."""
     embedding = get_embedding_field(model, field)
     key = (model._meta.label_lower, embedding.name)
     now = time.monotonic()
@@ -87,9 +91,10 @@ def serving_model(model: type[models.Model], field: str | None = None) -> Learne
         elif loaded is None or loaded.version != current:
             row = LearnedRanking.objects.filter(version=current).first()
             loaded = LearnedModel.from_row(row) if row is not None else None
-        cached = _serving[key] = (now + SERVING_TTL, loaded)
+        live = get_embedder(live_embedder(embedding)).fingerprint
+        cached = _serving[key] = (now + SERVING_TTL, loaded, live)
     learned = cached[1]
-    if learned is None or learned.fingerprint != get_embedder(embedding.embedder).fingerprint:
+    if learned is None or learned.fingerprint != cached[2]:
         return None
     return learned
 

@@ -39,6 +39,7 @@ from visual_reco.feedback.learned import LearnedModel, forget_serving, stored_ve
 from visual_reco.feedback.ranking import examination
 from visual_reco.models import FeedbackEvent, LearnedRanking
 from visual_reco.registry import get_embedding_field, product_model
+from visual_reco.rollout import live_embedder
 
 logger = logging.getLogger("visual_reco")
 
@@ -455,7 +456,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     embedding = get_embedding_field(model, field_name)
     label = model._meta.label_lower
     result = LearnResult(label, embedding.name)
-    fingerprint = get_embedder(embedding.embedder).fingerprint
+    fingerprint = get_embedder(live_embedder(embedding)).fingerprint
     params = {**reco_settings.LEARNING, **overrides,
               "SURFACES": sorted(reco_settings.RANKING["FEEDBACK_SURFACES"])}
     feedback = gather_feedback(model, embedding.name, params["SURFACES"],
@@ -552,9 +553,9 @@ def _current(label: str, field_name: str, fingerprint: str) -> LearnedRanking | 
 
 
 def current_fingerprint(row: LearnedRanking) -> str:
-    """The fingerprint of the embedder of ``row``'s field as configured now."""
+    """The fingerprint of the embedder whose vectors ``row``'s field holds now."""
     embedding = get_embedding_field(apps.get_model(row.model), row.field)
-    return get_embedder(embedding.embedder).fingerprint
+    return get_embedder(live_embedder(embedding)).fingerprint
 
 
 def serve(row: LearnedRanking) -> None:
