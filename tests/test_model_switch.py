@@ -74,6 +74,10 @@ def test_roll_out_switch_and_roll_back(celery_worker, photos):
     with transaction.atomic():
         new = Item.objects.create(name="new", photo=upload(photos[4].path))
         assert "4/5 rows (80.0%)" in _command("status")
+        out = io.StringIO()
+        call_command("visual_reco_status", stdout=out)
+        assert f"rollout: testapp.Item.embedding: live default ({old_fp}); shadow " \
+               f"{CANDIDATE} ({new_fp}): 4/5 rows" in out.getvalue()
         with pytest.raises(CommandError, match="covers 4/5"):
             _command("switch")
     assert _wait_for_coverage(field, CANDIDATE).total == 5
