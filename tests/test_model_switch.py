@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from django.core import checks
 from django.core.management import CommandError, call_command
 from django.db import transaction
+from django.utils import timezone
 
 from tests.conftest import EMBED_TIMEOUT, upload, wait_for_status
 from tests.testapp.models import Item
@@ -18,7 +20,7 @@ from visual_reco.images import open_image
 from visual_reco.models import EmbedderRollout, EmbeddingShadow, EmbeddingStatus
 from visual_reco.query import vector_of
 from visual_reco.registry import get_embedding_field
-from visual_reco.rollout import live_embedder
+from visual_reco.rollout import field_key, live_embedder
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CANDIDATE = "xception_256"
@@ -139,3 +141,15 @@ def test_switch_and_rollback_need_a_rollout():
         _command("start", "--embedder", "default")
     _command("finish")
     assert not EmbedderRollout.objects.exists()
+
+
+def test_a_rollout_of_an_alias_no_longer_configured_is_reported():
+    field = get_embedding_field(Item)
+    EmbedderRollout.objects.create(**field_key(field), live="gone", shadow="default",
+                                   started_at=timezone.now())
+    found = [message for message in checks.run_checks(tags=[checks.Tags.database],
+                                                      databases=["default"])
+             if message.id == "visual_reco.E011"]
+    assert [m.msg for m in found] == ["testapp.item.embedding: its live embedder 'gone' "
+                                      "(visual_reco_model_switch) is not in "
+                                      "VISUAL_RECO['EMBEDDERS']."]

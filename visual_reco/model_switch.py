@@ -9,8 +9,9 @@ swaps in one transaction: the live vectors go to the shadow table, the candidate
 column, and the rollout row names the candidate live, so every process embeds new uploads
 and search photos with it from the next read (`visual_reco.rollout`). The previous embedder
 becomes the shadow, so uploads keep getting both vectors and `rollback` is the same swap
-back. `finish` drops the shadow. The column never holds two fingerprints at once, and an
-embedder of another size is refused: the column's size and its HNSW index are fixed.
+back. `finish` drops the shadow. A switch rewrites every row with an image, so the column
+holds one fingerprint after it, and an embedder of another size is refused: the column's
+size and its HNSW index are fixed.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def start(field: ImageEmbeddingField, alias: str) -> QueueResult:
         row, _ = EmbedderRollout.objects.select_for_update().get_or_create(
             **field_key(field), defaults={"live": field.embedder, "started_at": timezone.now()})
         if row.shadow and row.shadow != alias:
-            raise SwitchRefused(f"{row.shadow!r} is being rolled out: finish it first.")
+            role = "kept for a rollback" if row.switched_at else "being rolled out"
+            raise SwitchRefused(f"{row.shadow!r} is {role}: finish it first.")
         if fingerprint(field, row.live) == fingerprint(field, alias):
             raise SwitchRefused(f"{alias!r} makes the vectors the column holds already "
                                 f"(live: {row.live!r}).")
