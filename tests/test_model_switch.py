@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tests.conftest import EMBED_TIMEOUT, upload, wait_for_status
-from tests.testapp.models import Item
+from tests.testapp.models import Item, Look
 from visual_reco import model_switch
 from visual_reco.embedders import get_embedder
 from visual_reco.images import open_image
@@ -153,3 +153,45 @@ def test_a_rollout_of_an_alias_no_longer_configured_is_reported():
     assert [m.msg for m in found] == ["testapp.item.embedding: its live embedder 'gone' "
                                       "(visual_reco_model_switch) is not in "
                                       "VISUAL_RECO['EMBEDDERS']."]
+
+
+def test_a_field_without_aspects_switches_and_rolls_back():
+    """The second field of a model, without aspect columns; vectors written here, as if
+    the workers had (no model runs: the switch copies vectors, it computes none)."""
+    field = get_embedding_field(Look, "detail_embedding")
+    old_fp = field.fingerprint_for(get_embedder("default"))
+    new_fp = field.fingerprint_for(get_embedder(CANDIDATE))
+    rng = np.random.default_rng(0)
+    old, new = rng.random((2, 3, 2048)).astype(np.float16).astype(np.float32)
+    looks = [Look.objects.create(name=f"look {i}") for i in range(4)]  # the 4th: no image
+    for look, vector in zip(looks, old, strict=False):
+        Look.objects.filter(pk=look.pk).update(detail=f"looks/{look.pk}.jpg", **field.state(
+            EmbeddingStatus.READY, vector=vector, fingerprint=old_fp))
+    EmbedderRollout.objects.create(**field_key(field), live="default", shadow=CANDIDATE,
+                                   started_at=timezone.now())
+    for look, vector in zip(looks[:2], new, strict=False):
+        EmbeddingShadow.objects.create(**field_key(field), object_id=str(look.pk),
+                                       fingerprint=new_fp, source=f"looks/{look.pk}.jpg",
+                                       vector=vector)
+    # The third row's image could not be embedded by the candidate: it switches as failed.
+    EmbeddingShadow.objects.create(**field_key(field), object_id=str(looks[2].pk),
+                                   fingerprint=new_fp, source=f"looks/{looks[2].pk}.jpg",
+                                   error="broken")
+
+    model_switch.switch(field)
+    rows = {look.pk: look for look in Look.objects.all()}
+    for look, vector in zip(looks[:2], new, strict=False):
+        assert np.array_equal(vector_of(rows[look.pk], "detail_embedding"), vector)
+        assert rows[look.pk].detail_embedding_status == EmbeddingStatus.READY
+    assert rows[looks[2].pk].detail_embedding_status == EmbeddingStatus.FAILED
+    assert rows[looks[2].pk].detail_embedding is None
+    assert rows[looks[2].pk].detail_embedding_error == "broken"
+    assert {r.detail_embedding_fingerprint for r in rows.values() if r.detail} == {new_fp}
+    assert rows[looks[3].pk].detail_embedding_status == EmbeddingStatus.NO_IMAGE
+
+    model_switch.rollback(field)
+    rows = {look.pk: look for look in Look.objects.all()}
+    for look, vector in zip(looks, old, strict=False):
+        assert np.array_equal(vector_of(rows[look.pk], "detail_embedding"), vector)
+        assert rows[look.pk].detail_embedding_fingerprint == old_fp
+        assert rows[look.pk].detail_embedding_status == EmbeddingStatus.READY

@@ -134,8 +134,8 @@ def _compute(embedding: ImageEmbeddingField, embedder: Embedder,
 def _store(model: type[models.Model], embedding: ImageEmbeddingField, alias: str,
            fingerprint: str, computed: _Computed) -> None:
     """Write ``alias``'s vectors where that alias belongs now: the column when it is live,
-    the shadow table when it is the shadow, nowhere when a switch or a finished rollout
-    retired it since the task began (the rows stay waiting; the sweep queues them again).
+    the shadow table when it is the shadow, nowhere when a finished rollout retired it
+    since the task began (a live row left pending is queued again by the sweep).
     The rollout row is share-locked meanwhile, so a switch never runs between the check
     and the writes."""
     if not computed.loaded and not computed.failures:
