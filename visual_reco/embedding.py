@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.utils import timezone
 
 from visual_reco.choices import EmbeddingStatus
@@ -62,7 +62,9 @@ def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
     storage = embedding.source_field().storage
     embedder = get_embedder(embedding.embedder)
     fingerprint = embedding.fingerprint_for(embedder)
-    manager = model._base_manager
+    # The rows are read where they are written: on a replica a row saved a moment ago may be
+    # missing, or still show its old image as embedded, and would be skipped.
+    manager = model._base_manager.db_manager(router.db_for_write(model))
     rows = manager.filter(pk__in=pks).values_list(
         "pk", embedding.source, embedding.status_name, embedding.fingerprint_name)
     todo = [(pk, name) for pk, name, status, fp in rows
@@ -107,7 +109,8 @@ def _load_or_report(model: type[models.Model], embedding: ImageEmbeddingField,
     except Exception as exc:
         message = (f"The embedding model could not be loaded ({type(exc).__name__}: {exc}); "
                    "the sweep will try again.")
-        model._base_manager.filter(pk__in=pks).update(**embedding.state(
+        model._base_manager.db_manager(router.db_for_write(model)).filter(
+            pk__in=pks).update(**embedding.state(
             EmbeddingStatus.PENDING, keep_vector=True, error=message, at=timezone.now()))
         raise
 
