@@ -12,6 +12,7 @@ import re
 import time
 
 import pytest
+from django.core.checks import run_checks
 from django.db import connections
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -213,7 +214,7 @@ def test_writes_and_the_reads_behind_them_stay_on_the_primary_while_the_standby_
             cursor.execute("SELECT pg_wal_replay_resume()")
     assert [query["sql"] for query in on_replica.captured_queries
             if WRITES.match(query["sql"])] == []
-    caught_up()
+    print(f"\nbacklog replayed after the pause in {caught_up():.3f} s")
     assert Item.objects.get(pk=item.pk).embedding_status == EmbeddingStatus.READY
 
 
@@ -239,3 +240,10 @@ def test_a_product_the_worker_embeds_on_the_primary_becomes_recommendable_on_the
     with connections[REPLICA].cursor() as cursor:
         cursor.execute("SELECT pg_is_in_recovery()")
         assert cursor.fetchone()[0]
+
+
+def test_read_database_must_name_a_database(settings):
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "READ_DATABASE": "nowhere"}
+    assert "visual_reco.E011" in [message.id for message in run_checks()]
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "READ_DATABASE": "default"}
+    assert "visual_reco.E011" not in [message.id for message in run_checks()]
