@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "visual_reco"
 # Lowest first. A module must be listed here to exist, so each new one gets a place.
 LAYERS = {
     "standalone": ["dev_services"],
-    "settings": ["conf", "choices", "models", "commit_hooks", "broker"],
+    "settings": ["conf", "choices", "databases", "models", "commit_hooks", "broker"],
     "pixels": ["images", "preprocessing", "colour", "aspects"],
     "embedders": ["embedders.base", "embedders.weights", "embedders.keras", "embedders.litert",
                   "embedders",

@@ -160,6 +160,17 @@ PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
                         "django.core.cache.backends.dummy.DummyCache")
 
 
+@checks.register()
+def check_read_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E012: ``READ_DATABASE`` names no database (a 500 on every list otherwise)."""
+    alias = reco_settings.READ_DATABASE
+    if alias and alias not in settings.DATABASES:
+        return [checks.Error(f"VISUAL_RECO['READ_DATABASE'] = {alias!r} is not in DATABASES.",
+                             hint="Name the replica's alias in DATABASES, or None to follow "
+                                  "DATABASE_ROUTERS.", id="visual_reco.E012")]
+    return []
+
+
 @checks.register(checks.Tags.caches)
 def check_similar_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E004: ``SIMILAR_CACHE`` names no cache; W001: it names a per-process cache."""

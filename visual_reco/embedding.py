@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.utils import timezone
 from pgvector import HalfVector
 
@@ -63,7 +63,8 @@ def embed_objects(model: type[models.Model], pks: Sequence[Any], *, field: str |
 
 def _embed_field(model: type[models.Model], embedding: ImageEmbeddingField, pks: list[Any],
                  force: bool) -> EmbedResult:
-    current = aliases(embedding)
+    # Which embedder is live is read where the switch writes it, as the rows below are.
+    current = aliases(embedding, using=router.db_for_write(model))
     result = _embed_live(model, embedding, current.live, pks, force)
     if current.shadow:
         _embed_shadow(model, embedding, current.shadow, pks, force)
@@ -75,7 +76,10 @@ def _embed_live(model: type[models.Model], embedding: ImageEmbeddingField, alias
     """Embed the rows of ``pks`` whose column lacks a vector of ``alias`` (the live one)."""
     embedder = get_embedder(alias)
     fingerprint = embedding.fingerprint_for(embedder)
-    rows = model._base_manager.filter(pk__in=pks).values_list(
+    # The rows are read where they are written: on a replica a row saved a moment ago may be
+    # missing, or still show its old image as embedded, and would be skipped.
+    manager = model._base_manager.db_manager(router.db_for_write(model))
+    rows = manager.filter(pk__in=pks).values_list(
         "pk", embedding.source, embedding.status_name, embedding.fingerprint_name)
     todo = [(pk, name) for pk, name, status, fp in rows
             if name and (force or status != EmbeddingStatus.READY or fp != fingerprint)]
@@ -92,8 +96,10 @@ def _embed_shadow(model: type[models.Model], embedding: ImageEmbeddingField, ali
     """Embed the rows of ``pks`` without a shadow vector of ``alias`` for their image."""
     embedder = get_embedder(alias)
     fingerprint = embedding.fingerprint_for(embedder)
-    rows = model._base_manager.filter(pk__in=pks).values_list("pk", embedding.source)
-    done = set(shadow_model()._base_manager.filter(
+    primary = router.db_for_write(model)
+    rows = model._base_manager.using(primary).filter(pk__in=pks).values_list(
+        "pk", embedding.source)
+    done = set(shadow_model()._base_manager.using(primary).filter(
         **field_key(embedding), fingerprint=fingerprint,
         object_id__in=[str(pk) for pk in pks]).values_list("object_id", "source"))
     todo = [(pk, name) for pk, name in rows if name and (force or (str(pk), name) not in done)]
@@ -140,18 +146,18 @@ def _store(model: type[models.Model], embedding: ImageEmbeddingField, alias: str
     and the writes."""
     if not computed.loaded and not computed.failures:
         return
-    manager = model._base_manager
-    with transaction.atomic(using=manager.db):
-        current = aliases(embedding, lock=True, using=manager.db)
+    primary = router.db_for_write(model)
+    with transaction.atomic(using=primary):
+        current = aliases(embedding, lock=True, using=primary)
         if alias == current.live:
             _store_live(model, embedding, fingerprint, computed)
         elif alias == current.shadow:
-            _store_shadow(embedding, fingerprint, computed, manager.db)
+            _store_shadow(embedding, fingerprint, computed, primary)
 
 
 def _store_live(model: type[models.Model], embedding: ImageEmbeddingField, fingerprint: str,
                 computed: _Computed) -> None:
-    manager = model._base_manager
+    manager = model._base_manager.db_manager(router.db_for_write(model))
     now = timezone.now()
     for row, ((pk, name), vector) in enumerate(zip(computed.loaded, computed.vectors,
                                                    strict=True)):
@@ -192,7 +198,8 @@ def _load_or_report(model: type[models.Model], embedding: ImageEmbeddingField,
     except Exception as exc:
         message = (f"The embedding model could not be loaded ({type(exc).__name__}: {exc}); "
                    "the sweep will try again.")
-        model._base_manager.filter(pk__in=pks).update(**embedding.state(
+        model._base_manager.db_manager(router.db_for_write(model)).filter(
+            pk__in=pks).update(**embedding.state(
             EmbeddingStatus.PENDING, keep_vector=True, error=message, at=timezone.now()))
         raise
 

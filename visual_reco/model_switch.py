@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -105,6 +105,12 @@ def size_problem(field: ImageEmbeddingField, alias: str) -> str:
             f"switch without downtime, roll out an embedder of {field.dimensions} dimensions.")
 
 
+def _primary(field: ImageEmbeddingField) -> str:
+    # A rollout is read and written where its rows are written: a replica lags, and the
+    # switch writes.
+    return router.db_for_write(field.model)
+
+
 def _shadow_of(field: ImageEmbeddingField, fingerprint: str) -> QuerySet:
     """The shadow vector of ``fingerprint`` of the outer row's current image."""
     return EmbeddingShadow.objects.filter(
@@ -115,14 +121,14 @@ def _shadow_of(field: ImageEmbeddingField, fingerprint: str) -> QuerySet:
 def coverage(field: ImageEmbeddingField, alias: str) -> Coverage:
     """How many of ``field``'s rows with an image have a shadow vector of ``alias``."""
     found = fingerprint(field, alias)
-    counts = field.model._base_manager.filter(field.has_image()).aggregate(
+    counts = field.model._base_manager.using(_primary(field)).filter(field.has_image()).aggregate(
         total=Count("pk"), done=Count("pk", filter=Q(Exists(_shadow_of(field, found)))))
     return Coverage(found, counts["done"], counts["total"])
 
 
 def describe(field: ImageEmbeddingField) -> RolloutState:
     """The live and shadow embedders of ``field``, with the shadow's coverage."""
-    row = EmbedderRollout.objects.filter(**field_key(field)).first()
+    row = EmbedderRollout.objects.using(_primary(field)).filter(**field_key(field)).first()
     live = row.live if row else field.embedder
     shadow = row.shadow if row else ""
     return RolloutState(f"{field.model._meta.label}.{field.name}", live,
@@ -141,8 +147,9 @@ def start(field: ImageEmbeddingField, alias: str) -> QueueResult:
     problem = size_problem(field, alias)
     if problem:
         raise SwitchRefused(problem)
-    with transaction.atomic():
-        row, _ = EmbedderRollout.objects.select_for_update().get_or_create(
+    primary = _primary(field)
+    with transaction.atomic(using=primary):
+        row, _ = EmbedderRollout.objects.db_manager(primary).select_for_update().get_or_create(
             **field_key(field), defaults={"live": field.embedder, "started_at": timezone.now()})
         if row.shadow and row.shadow != alias:
             role = "kept for a rollback" if row.switched_at else "being rolled out"
@@ -158,10 +165,10 @@ def start(field: ImageEmbeddingField, alias: str) -> QueueResult:
 
 def fill(field: ImageEmbeddingField) -> QueueResult:
     """Queue ``field``'s rows with an image that lack a vector of the shadow alias."""
-    shadow = aliases(field).shadow
+    shadow = aliases(field, using=_primary(field)).shadow
     if not shadow:
         return QueueResult()
-    missing = field.model._base_manager.filter(field.has_image()).exclude(
+    missing = field.model._base_manager.using(_primary(field)).filter(field.has_image()).exclude(
         Exists(_shadow_of(field, fingerprint(field, shadow))))
     return queue_embeddings(field.model, missing.values_list("pk", flat=True), field=field.name)
 
@@ -174,8 +181,9 @@ def switch(field: ImageEmbeddingField, *, back: bool = False) -> Coverage:
     Raises `SwitchRefused` unless every row with an image has a shadow vector for its
     current image, and for an embedder of another size.
     """
-    with transaction.atomic():
-        row = EmbedderRollout.objects.select_for_update().filter(**field_key(field)).first()
+    with transaction.atomic(using=_primary(field)):
+        row = (EmbedderRollout.objects.using(_primary(field)).select_for_update()
+               .filter(**field_key(field)).first())
         if row is None or not row.shadow:
             raise SwitchRefused("No embedder is being rolled out: start one with "
                                 "`start --embedder ALIAS`.")
@@ -211,11 +219,12 @@ def finish(field: ImageEmbeddingField) -> None:
     candidate is abandoned. The rollout row goes once the live alias makes the vectors of
     the field's declared ``embedder`` (point the declared alias at the new model, then
     finish)."""
-    with transaction.atomic():
-        row = EmbedderRollout.objects.select_for_update().filter(**field_key(field)).first()
+    with transaction.atomic(using=_primary(field)):
+        row = (EmbedderRollout.objects.using(_primary(field)).select_for_update()
+               .filter(**field_key(field)).first())
         if row is None:
             raise SwitchRefused("No embedder is being rolled out.")
-        EmbeddingShadow.objects.filter(**field_key(field)).delete()
+        EmbeddingShadow.objects.using(_primary(field)).filter(**field_key(field)).delete()
         if fingerprint(field, row.live) == fingerprint(field, field.embedder):
             row.delete()
         else:
@@ -227,7 +236,7 @@ def _swap(field: ImageEmbeddingField, old: str, new: str) -> None:
     """Copy the column's vectors of fingerprint ``old`` (and failures) to the shadow table,
     then the shadow's vectors of ``new`` into the column, for each row's current image."""
     model = field.model
-    connection = connections[model._base_manager.db]
+    connection = connections[_primary(field)]
     quote = connection.ops.quote_name
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     column = {name: quote(model._meta.get_field(name).column) for name in (

@@ -14,6 +14,7 @@ from visual_reco import text_search
 from visual_reco.categories import CategoryPrediction, category_field, vote
 from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.fusion import Fusion, fuse
 from visual_reco.modes import blend_for
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
@@ -73,7 +74,7 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    queryset = queryset.filter(**(filters or {}))
+    queryset = reading(queryset.filter(**(filters or {})))
     prediction, vector, colour = None, None, None
     if file is not None:
         blend = blend_for(reco_settings.SEARCH_MODE)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import models
 
+from visual_reco.databases import read_database
 from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
 from visual_reco.query import binary_vector, from_binary, gallery_vectors
@@ -83,13 +84,14 @@ def serving_model(model: type[models.Model], field: str | None = None) -> Learne
     now = time.monotonic()
     cached = _serving.get(key)
     if cached is None or cached[0] < now:
-        current = (LearnedRanking.objects.filter(model=key[0], field=key[1], serving=True)
+        rankings = LearnedRanking.objects.db_manager(read_database(LearnedRanking))
+        current = (rankings.filter(model=key[0], field=key[1], serving=True)
                    .values_list("version", flat=True).first())
         loaded = cached[1] if cached else None
         if current is None:
             loaded = None
         elif loaded is None or loaded.version != current:
-            row = LearnedRanking.objects.filter(version=current).first()
+            row = rankings.filter(version=current).first()
             loaded = LearnedModel.from_row(row) if row is not None else None
         live = get_embedder(live_embedder(embedding)).fingerprint
         cached = _serving[key] = (now + SERVING_TTL, loaded, live)
@@ -126,9 +128,11 @@ def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[o
 def learned_scores(learned: LearnedModel, obj: models.Model, pool: Sequence[models.Model],
                    field: str | None, fallback: np.ndarray) -> np.ndarray:
     """The learned scores of the ``pool`` rows for ``obj``, read with their vectors in one
-    query; ``fallback`` (the visual scores) when a vector is missing."""
+    query (on the database the pool was read from); ``fallback`` (the visual scores) when a
+    vector is missing."""
+    using = pool[0]._state.db if pool else obj._state.db
     vectors = stored_vectors(type(obj), field, [obj.pk, *(row.pk for row in pool)],
-                             using=obj._state.db)
+                             using=using)
     source = vectors.get(str(obj.pk))
     if source is None or any(str(row.pk) not in vectors for row in pool):
         return fallback
