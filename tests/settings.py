@@ -1,6 +1,7 @@
 """Settings for the test suite: real Postgres+pgvector and a real Redis broker, from the
 environment (``python -m demo_shop.services run -- pytest`` provides both)."""
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -86,3 +87,8 @@ VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                "PRODUCT_MODEL": "testapp.Item",
                "THROTTLE_RATES": {"photo_search": None, "similar": None,
                                   "events_visitor": None, "events_ip": None}}
+# Workers started by tests/test_queues.py, and the web process it starts, route by these.
+if os.environ.get("VISUAL_RECO_TEST_QUEUES"):
+    VISUAL_RECO["QUEUES"] = json.loads(os.environ["VISUAL_RECO_TEST_QUEUES"])
+if os.environ.get("VISUAL_RECO_TEST_QUERY_EMBEDDING"):
+    VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["VISUAL_RECO_TEST_QUERY_EMBEDDING"]
