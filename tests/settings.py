@@ -87,8 +87,11 @@ VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                "PRODUCT_MODEL": "testapp.Item",
                "THROTTLE_RATES": {"photo_search": None, "similar": None,
                                   "events_visitor": None, "events_ip": None}}
-# Workers started by tests/test_queues.py, and the web process it starts, route by these.
+# Workers a test starts on queues of its own, and the web process test_queues.py starts,
+# route by these (and warm the model when they consume a queue that embeds).
 if os.environ.get("VISUAL_RECO_TEST_QUEUES"):
     VISUAL_RECO["QUEUES"] = json.loads(os.environ["VISUAL_RECO_TEST_QUEUES"])
+if os.environ.get("VISUAL_RECO_TEST_TASK_QUEUE"):
+    VISUAL_RECO["TASK_QUEUE"] = os.environ["VISUAL_RECO_TEST_TASK_QUEUE"]
 if os.environ.get("VISUAL_RECO_TEST_QUERY_EMBEDDING"):
     VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["VISUAL_RECO_TEST_QUERY_EMBEDDING"]
