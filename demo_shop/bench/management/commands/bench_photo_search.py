@@ -244,6 +244,8 @@ class Command(BaseCommand):
             + "\n\nCommand: `manage.py bench_photo_search --query-embedding process worker "
             + " ".join(f"--variant '{name}'" for name in dict.fromkeys(r.variant for r in rows))
             + f" --catalog-size {options['catalog_size']} --seconds {options['seconds']:g} "
+            f"--photos {options['photos']} --concurrency "
+            f"{' '.join(str(level) for level in options['concurrency'])} "
             f"--query-pool {' '.join(options['query_pool'])} --query-workers "
             f"{options['query_workers']}`.")
         path = write_section(f"## Photo search through a query worker\n\n{body}")
