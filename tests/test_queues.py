@@ -15,6 +15,7 @@ import redis
 from celery.app.routes import Router, prepare
 from celery.beat import ScheduleEntry, Scheduler
 from django.conf import settings
+from django.core.management import call_command
 from django.test import Client
 
 from tests.celery_app import app as celery_app
@@ -149,10 +150,15 @@ def test_only_workers_that_embed_load_the_model(settings):
 
 
 def test_a_web_process_searching_through_the_worker_never_imports_tensorflow(
-        workers, routed, catalog, photos):
+        workers, routed, catalog, photos, settings, tmp_path):
+    """Not even to run a trained category head (numpy: `classifier.DenseHead`)."""
+    head = tmp_path / "head.keras"
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "CLASSIFIER_PATH": str(head)}
+    call_command("visual_reco_train_classifier", "--epochs", "30")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VISUAL_RECO_TEST_WORKER": "1",
            "VISUAL_RECO_TEST_QUERY_EMBEDDING": "worker",
-           "VISUAL_RECO_TEST_QUEUES": json.dumps(QUEUES)}
+           "VISUAL_RECO_TEST_QUEUES": json.dumps(QUEUES),
+           "VISUAL_RECO_TEST_CLASSIFIER_PATH": str(head)}
     run = subprocess.run([sys.executable, str(ROOT / "tests" / "web_search.py"),
                           str(photos[9].path)], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
@@ -161,6 +167,7 @@ def test_a_web_process_searching_through_the_worker_never_imports_tensorflow(
 
     assert found["status"] == 200, found["body"]
     assert found["body"]["results"][0]["id"] == str(catalog[9].pk)
+    assert found["body"]["predicted_category"]["method"] == "classifier"
     assert found["heavy_modules"] == []
 
 
