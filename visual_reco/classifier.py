@@ -26,6 +26,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.query import to_array
 from visual_reco.registry import get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 _lock = threading.Lock()
 _loaded: dict[Path, tuple[float, CategoryClassifier]] = {}
@@ -102,9 +103,9 @@ class DenseHead:
 
 def training_data(model: type[models.Model],
                   field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Ready embeddings of ``field`` (default: the model's first) made by its current
-    embedder, and their categories (for a gallery field, every photo's vector with its
-    product's category)."""
+    """Ready embeddings of ``field`` (default: the model's first) made by its live embedder
+    (`visual_reco.rollout`), and their categories (for a gallery field, every photo's
+    vector with its product's category)."""
     embedding = get_embedding_field(model, field)
     name = category_field(model)
     if name is None:
@@ -113,9 +114,10 @@ def training_data(model: type[models.Model],
     if is_gallery(embedding, model):  # each photo of a gallery, labelled by its product
         rows = embedding.model._base_manager
         name = f"{embedding.product_key().name}__{name}"
+    live = get_embedder(live_embedder(embedding))
     rows = rows.filter(**{
         embedding.status_name: EmbeddingStatus.READY,
-        embedding.fingerprint_name: embedding.fingerprint_for(get_embedder(embedding.embedder)),
+        embedding.fingerprint_name: embedding.fingerprint_for(live),
     }).exclude(**{name: ""}).values_list(embedding.attname, name)
     vectors, labels = [], []
     for vector, label in rows.iterator(chunk_size=1000):
@@ -165,7 +167,7 @@ def train_classifier(model: type[models.Model], *, field: str | None = None, epo
         np.savez(handle, *network.get_weights())
     network.save(path)
     _metadata_path(path).write_text(json.dumps({
-        "labels": classes, "fingerprint": get_embedder(embedding.embedder).fingerprint,
+        "labels": classes, "fingerprint": get_embedder(live_embedder(embedding)).fingerprint,
         "examples": len(vectors), "validation_accuracy": float(accuracy),
         "trained_at": timezone.now().isoformat(),
     }, indent=2))
@@ -201,6 +203,6 @@ def load_classifier(model: type[models.Model],
                                             meta["fingerprint"])
             _loaded[path] = cached = (mtime, classifier)
     classifier = cached[1]
-    if classifier.fingerprint != get_embedder(embedding.embedder).fingerprint:
+    if classifier.fingerprint != get_embedder(live_embedder(embedding)).fingerprint:
         return None
     return classifier

@@ -100,6 +100,10 @@ DEFAULTS: dict[str, Any] = {
     # "session": set them once per database connection; "transaction": per query, in a
     # transaction (for PgBouncer transaction pooling, where sessions are shared).
     "HNSW_SETTINGS_SCOPE": "session",
+    # The DATABASES alias of the replica that similar products, photo search and picks read
+    # from (`visual_reco.databases`); None: wherever the project's DATABASE_ROUTERS send
+    # reads. Writes always go to the routers' db_for_write (the primary): a replica lags.
+    "READ_DATABASE": None,
     # Photo search: where the query photo is embedded ("process": this web process, model
     # loaded once and kept warm; "worker": a Celery task, needs a result backend) and how
     # long to wait for a worker before answering 503.

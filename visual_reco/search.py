@@ -14,11 +14,13 @@ from visual_reco import text_search
 from visual_reco.categories import CategoryPrediction, category_field, vote
 from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.fusion import Fusion, fuse
 from visual_reco.modes import blend_for
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
+from visual_reco.rollout import live_embedder
 
 
 @dataclass
@@ -72,11 +74,11 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    queryset = queryset.filter(**(filters or {}))
+    queryset = reading(queryset.filter(**(filters or {})))
     prediction, vector, colour = None, None, None
     if file is not None:
         blend = blend_for(reco_settings.SEARCH_MODE)
-        query = embed_query(file, embedder=embedding.embedder,
+        query = embed_query(file, embedder=live_embedder(embedding, queryset.db),
                             aspects=photo_aspects(blend, embedding))
         vector, colour = query.vector, query.aspects.get("colour")
         embedded = time.perf_counter()
