@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from demo_shop.bench.catalog_padding import ensure_demo_catalog, pad_catalog, remove_padding
 from demo_shop.bench.helpers import (
@@ -166,6 +166,9 @@ class Command(BaseCommand):
                     run_load(HOST, port, search, 1, 0, max_requests=len(uploads))
                 for level in options["concurrency"]:
                     result = run_load(HOST, port, search, level, options["seconds"])
+                    if not result.latencies:  # e.g. a migration not applied: nothing to write
+                        raise CommandError(f"{name}, {where} x{level}: every search failed "
+                                           f"({result.errors} errors)")
                     rows.append(Row(name, level, result, where, Memory.of(server, worker),
                                     pool))
                     self.stdout.write(
