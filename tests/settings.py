@@ -1,6 +1,7 @@
 """Settings for the test suite: real Postgres+pgvector and a real Redis broker, from the
 environment (``python -m demo_shop.services run -- pytest`` provides both)."""
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -97,3 +98,13 @@ VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                        "OPTIONS": {"architecture": "MobileNetV2"}}},
                "THROTTLE_RATES": {"photo_search": None, "similar": None,
                                   "events_visitor": None, "events_ip": None}}
+# Workers a test starts on queues of its own, and the web process test_queues.py starts,
+# route by these (and warm the model when they consume a queue that embeds).
+if os.environ.get("VISUAL_RECO_TEST_QUEUES"):
+    VISUAL_RECO["QUEUES"] = json.loads(os.environ["VISUAL_RECO_TEST_QUEUES"])
+if os.environ.get("VISUAL_RECO_TEST_TASK_QUEUE"):
+    VISUAL_RECO["TASK_QUEUE"] = os.environ["VISUAL_RECO_TEST_TASK_QUEUE"]
+if os.environ.get("VISUAL_RECO_TEST_CLASSIFIER_PATH"):
+    VISUAL_RECO["CLASSIFIER_PATH"] = os.environ["VISUAL_RECO_TEST_CLASSIFIER_PATH"]
+if os.environ.get("VISUAL_RECO_TEST_QUERY_EMBEDDING"):
+    VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["VISUAL_RECO_TEST_QUERY_EMBEDDING"]

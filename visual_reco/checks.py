@@ -216,3 +216,17 @@ def check_prior_strength(app_configs: Any = None, **kwargs: Any) -> list[checks.
                 hint="It is how many views a product's own rates need to weigh as much as the "
                      "mean (50 by default).", id="visual_reco.E009"))
     return errors
+
+
+@checks.register()
+def check_queues(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E013: ``QUEUES`` has a key that is no kind of work (a typo would leave that kind on
+    ``TASK_QUEUE`` unnoticed) or a queue name that is not a string."""
+    kinds = sorted(reco_settings.defaults["QUEUES"])
+    errors = []
+    for kind, queue in reco_settings.QUEUES.items():
+        if kind not in kinds or not (queue is None or isinstance(queue, str)):
+            errors.append(checks.Error(
+                f"VISUAL_RECO['QUEUES'][{kind!r}] = {queue!r}: the keys are {kinds}, each a "
+                "queue name or None (TASK_QUEUE).", id="visual_reco.E013"))
+    return errors

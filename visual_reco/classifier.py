@@ -3,6 +3,9 @@
 ``manage.py visual_reco_train_classifier`` trains it on the catalog's ready embeddings and
 saves it next to a JSON file naming its labels and the embedder fingerprint; the search uses
 it instead of the neighbour vote while that fingerprint matches the configured embedder.
+Its layers' weights are saved beside it too (``.npz``), and searches run them in numpy
+(`DenseHead`), so a web process that embeds search photos in a worker never imports
+TensorFlow; a head saved without them is loaded with Keras.
 """
 
 from __future__ import annotations
@@ -70,6 +73,34 @@ def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def _weights_path(path: Path) -> Path:
+    return path.with_suffix(".npz")
+
+
+@dataclass(frozen=True)
+class DenseHead:
+    """The trained head in numpy: ``Dense(relu)``, (dropout: nothing at inference),
+    ``Dense(softmax)``, called as the Keras model is."""
+
+    hidden_kernel: np.ndarray
+    hidden_bias: np.ndarray
+    output_kernel: np.ndarray
+    output_bias: np.ndarray
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        """Class probabilities of each row of ``batch``."""
+        hidden = np.maximum(batch @ self.hidden_kernel + self.hidden_bias, 0.0)
+        logits = hidden @ self.output_kernel + self.output_bias
+        exponents = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exponents / exponents.sum(axis=1, keepdims=True)
+
+    @classmethod
+    def load(cls, path: Path) -> DenseHead:
+        """From the ``.npz`` `train_classifier` wrote (the network's weights, in order)."""
+        with np.load(path) as arrays:
+            return cls(*(arrays[f"arr_{i}"].astype(np.float32) for i in range(4)))
+
+
 def training_data(model: type[models.Model],
                   field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ready embeddings of ``field`` (default: the model's first) made by its live embedder
@@ -131,6 +162,9 @@ def train_classifier(model: type[models.Model], *, field: str | None = None, epo
     network.fit(vectors, targets, epochs=epochs, batch_size=32, verbose=0)
     path = classifier_path(model, embedding.name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The weights first: a loader that sees the new model file finds its weights current.
+    with open(_weights_path(path), "wb") as handle:
+        np.savez(handle, *network.get_weights())
     network.save(path)
     _metadata_path(path).write_text(json.dumps({
         "labels": classes, "fingerprint": get_embedder(live_embedder(embedding)).fingerprint,
@@ -138,6 +172,17 @@ def train_classifier(model: type[models.Model], *, field: str | None = None, epo
         "trained_at": timezone.now().isoformat(),
     }, indent=2))
     return TrainingReport(path, len(classes), len(vectors), float(accuracy))
+
+
+def _load_network(path: Path) -> Any:
+    """The head saved at ``path``: in numpy from its weights when they were saved with it
+    (no TensorFlow), else the Keras model."""
+    weights = _weights_path(path)
+    if weights.exists() and weights.stat().st_mtime <= path.stat().st_mtime:
+        return DenseHead.load(weights)
+    import keras
+
+    return keras.saving.load_model(path)
 
 
 def load_classifier(model: type[models.Model],
@@ -153,10 +198,8 @@ def load_classifier(model: type[models.Model],
     with _lock:
         cached = _loaded.get(path)
         if cached is None or cached[0] != mtime:
-            import keras
-
             meta = json.loads(meta_path.read_text())
-            classifier = CategoryClassifier(keras.saving.load_model(path), meta["labels"],
+            classifier = CategoryClassifier(_load_network(path), meta["labels"],
                                             meta["fingerprint"])
             _loaded[path] = cached = (mtime, classifier)
     classifier = cached[1]

@@ -76,7 +76,7 @@ def queue_embeddings(model: type[models.Model], pks: Iterable[Any], *, field: st
 def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks: list[Any],
                  using: str | None) -> QueueResult:
     result = QueueResult()
-    options = reco_settings.task_options
+    options = reco_settings.task_options("index")
     for chunk in _chunks(pks, reco_settings.BATCH_SIZE):
         try:
             publish(EMBED_TASK, (model._meta.label, embedding.name, chunk), **options)
