@@ -102,6 +102,10 @@ elif os.environ.get("DEMO_RANKING") == "reranked":  # benchmarks: the library's 
     VISUAL_RECO["RANKING"] = {}
 if "DEMO_QUERY_MULTI_CROP" in os.environ:  # benchmarks: the photo search's query views
     VISUAL_RECO["QUERY_MULTI_CROP"] = float(os.environ["DEMO_QUERY_MULTI_CROP"])
+if "DEMO_QUERY_EMBEDDING" in os.environ:  # benchmarks: "process" or "worker"
+    VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["DEMO_QUERY_EMBEDDING"]
+if "DEMO_QUERY_QUEUE" in os.environ:  # benchmarks: the queue of the query worker
+    VISUAL_RECO["QUEUES"] = {"query": os.environ["DEMO_QUERY_QUEUE"]}
 if "DEMO_EMBEDDER_PRECISION" in os.environ:  # benchmarks: float32, bfloat16 or auto
     VISUAL_RECO["EMBEDDER"] = {**DEFAULTS["EMBEDDER"], "OPTIONS": {
         **DEFAULTS["EMBEDDER"]["OPTIONS"], "precision": os.environ["DEMO_EMBEDDER_PRECISION"]}}

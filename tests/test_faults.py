@@ -59,7 +59,8 @@ def test_a_killed_worker_loses_nothing_and_a_new_one_resumes(settings, photos):
     broker's visibility timeout, and a new worker finishes every row."""
     queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}_faults"
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "TASK_QUEUE": queue}
-    first = start_worker(queue, "test-worker-killed.log")
+    worker_env = {"VISUAL_RECO_TEST_TASK_QUEUE": queue}  # so it warms the model as it starts
+    first = start_worker(queue, "test-worker-killed.log", worker_env)
     try:
         (child,) = _pool_children(first)
         with transaction.atomic():
@@ -77,7 +78,7 @@ def test_a_killed_worker_loses_nothing_and_a_new_one_resumes(settings, photos):
     pks = [item.pk for item in items]
     assert Item.objects.filter(pk__in=pks).exclude(
         embedding_status=EmbeddingStatus.READY).exists()  # killed before it finished
-    second = start_worker(queue, "test-worker-resumed.log")
+    second = start_worker(queue, "test-worker-resumed.log", worker_env)
     try:
         restarted = time.monotonic()
         deadline = restarted + 30 + EMBED_TIMEOUT  # visibility timeout, then the work

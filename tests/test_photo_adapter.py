@@ -268,10 +268,10 @@ def test_photo_search_api_ranks_by_the_serving_adapter(db, client):
 
 
 def test_an_unknown_photo_search_mode_is_a_check_error(settings):
-    assert [e for e in checks.run_checks() if e.id == "visual_reco.E011"] == []
+    assert [e for e in checks.run_checks() if e.id == "visual_reco.E014"] == []
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "SEARCH_MODE": "fotos",
                             "PHOTO_ADAPTER": {"MODE": "galery"}}
-    errors = [e for e in checks.run_checks() if e.id == "visual_reco.E011"]
+    errors = [e for e in checks.run_checks() if e.id == "visual_reco.E014"]
     assert [e.msg for e in errors] == [
         "VISUAL_RECO SEARCH_MODE = 'fotos' is not in ASPECT_MODES.",
         "VISUAL_RECO PHOTO_ADAPTER['MODE'] = 'galery' is not in ASPECT_MODES."]

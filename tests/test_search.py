@@ -13,7 +13,7 @@ from PIL import Image
 from tests.bad_uploads import UPLOADS
 from tests.conftest import upload, wait_for_status
 from tests.testapp.models import Item
-from visual_reco.classifier import load_classifier
+from visual_reco.classifier import DenseHead, load_classifier
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.embedding import embed_objects
@@ -169,12 +169,22 @@ def test_every_awkward_upload_through_a_product_save(celery_worker, photos):
     assert good.embedding_status == EmbeddingStatus.READY
 
 
-def test_trained_classifier_is_used_when_present(client, catalog, photos, settings, tmp_path):
+def test_trained_classifier_is_used_when_present(client, catalog, photos, photo_vectors,
+                                                 settings, tmp_path):
     from django.core.management import call_command
 
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "CLASSIFIER_PATH": str(tmp_path / "c.keras")}
     call_command("visual_reco_train_classifier", "--epochs", "30")
     assert (tmp_path / "c.keras").exists() and (tmp_path / "c.json").exists()
+    # Searches run the head in numpy, as Keras would.
+    import keras
+
+    vectors = np.stack(photo_vectors).astype(np.float32)
+    head = load_classifier(Item).network
+    assert isinstance(head, DenseHead)
+    np.testing.assert_allclose(
+        head(vectors),
+        np.asarray(keras.saving.load_model(tmp_path / "c.keras")(vectors)), atol=1e-5)
 
     body = post_photo(client, customer_photo(photos[4].path)).json()
     assert body["predicted_category"]["method"] == "classifier"

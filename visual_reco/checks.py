@@ -1,5 +1,6 @@
 """System checks: the database must be PostgreSQL with pgvector, embedding columns must match
-their embedders, the API's product model must be unambiguous, and caches must be shared."""
+their embedders, the API's product model must be unambiguous, caches must be shared, and
+the embedders of a rollout must still be configured."""
 
 from typing import Any
 
@@ -10,8 +11,9 @@ from django.db import DatabaseError, connections
 from django.db.models import FileField
 
 from visual_reco.conf import reco_settings
-from visual_reco.embedders import Embedder, build_embedder
+from visual_reco.embedders import DEFAULT_EMBEDDER, Embedder, build_embedder
 from visual_reco.registry import embedded_models, embedding_fields, product_model
+from visual_reco.rollout import rollout_model
 
 
 @checks.register(checks.Tags.models)
@@ -133,8 +135,40 @@ def check_databases(databases: Any = None, **kwargs: Any) -> list[checks.CheckMe
     return problems
 
 
+@checks.register(checks.Tags.database)
+def check_rollouts(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E011: an embedder rollout (``visual_reco_model_switch``) names an alias the settings
+    no longer configure, so the field's uploads and photo searches would fail."""
+    if "default" not in (databases or []):
+        return []
+    try:
+        rows = list(rollout_model()._base_manager.values_list("model", "field", "live",
+                                                               "shadow"))
+    except DatabaseError:
+        return []  # not migrated yet; E006/E007 report an unusable database
+    known = {DEFAULT_EMBEDDER, *reco_settings.EMBEDDERS}
+    hints = {"live": "Configure it again: the field's column holds its vectors.",
+             "shadow": "Configure it again, or `visual_reco_model_switch finish` the rollout."}
+    return [checks.Error(
+        f"{model}.{field}: its {role} embedder {alias!r} (visual_reco_model_switch) is not "
+        "in VISUAL_RECO['EMBEDDERS'].", hint=hints[role], id="visual_reco.E011")
+        for model, field, live, shadow in rows
+        for role, alias in (("live", live), ("shadow", shadow)) if alias and alias not in known]
+
+
 PROCESS_LOCAL_CACHES = ("django.core.cache.backends.locmem.LocMemCache",
                         "django.core.cache.backends.dummy.DummyCache")
+
+
+@checks.register()
+def check_read_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E012: ``READ_DATABASE`` names no database (a 500 on every list otherwise)."""
+    alias = reco_settings.READ_DATABASE
+    if alias and alias not in settings.DATABASES:
+        return [checks.Error(f"VISUAL_RECO['READ_DATABASE'] = {alias!r} is not in DATABASES.",
+                             hint="Name the replica's alias in DATABASES, or None to follow "
+                                  "DATABASE_ROUTERS.", id="visual_reco.E012")]
+    return []
 
 
 @checks.register(checks.Tags.caches)
@@ -185,13 +219,27 @@ def check_prior_strength(app_configs: Any = None, **kwargs: Any) -> list[checks.
 
 
 @checks.register()
+def check_queues(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E013: ``QUEUES`` has a key that is no kind of work (a typo would leave that kind on
+    ``TASK_QUEUE`` unnoticed) or a queue name that is not a string."""
+    kinds = sorted(reco_settings.defaults["QUEUES"])
+    errors = []
+    for kind, queue in reco_settings.QUEUES.items():
+        if kind not in kinds or not (queue is None or isinstance(queue, str)):
+            errors.append(checks.Error(
+                f"VISUAL_RECO['QUEUES'][{kind!r}] = {queue!r}: the keys are {kinds}, each a "
+                "queue name or None (TASK_QUEUE).", id="visual_reco.E013"))
+    return errors
+
+
+@checks.register()
 def check_search_modes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E011: a photo search mode (``SEARCH_MODE``, ``PHOTO_ADAPTER["MODE"]``) that is not
+    """E014: a photo search mode (``SEARCH_MODE``, ``PHOTO_ADAPTER["MODE"]``) that is not
     None nor a name in ``ASPECT_MODES``: every photo search would fail on it."""
     modes = reco_settings.ASPECT_MODES
     found = [("SEARCH_MODE", reco_settings.SEARCH_MODE),
              ("PHOTO_ADAPTER['MODE']", reco_settings.PHOTO_ADAPTER.get("MODE"))]
     return [checks.Error(f"VISUAL_RECO {where} = {name!r} is not in ASPECT_MODES.",
                          hint=f"Use None or one of {', '.join(sorted(modes))}.",
-                         id="visual_reco.E011")
+                         id="visual_reco.E014")
             for where, name in found if name is not None and name not in modes]

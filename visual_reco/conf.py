@@ -44,7 +44,15 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_SIZE": 16,
     # Load the model in each worker process as it starts, not on its first task.
     "WARM_WORKERS": True,
-    # Celery queue for embedding tasks; None uses the default queue.
+    # Celery queues by kind of work, so each can have workers of its own (README "Queues and
+    # workers"): "index" embeds catalogue images and runs the sweep (TensorFlow, CPU);
+    # "query" embeds search photos (a warm worker, so web processes need no TensorFlow);
+    # "rollup" runs the feedback roll-up, purge and learning (database work; the daily
+    # learning imports TensorFlow). None: TASK_QUEUE. Keys merge with these.
+    "QUEUES": {"index": None, "query": None, "rollup": None},
+    # The queue of every kind QUEUES leaves None (None: Celery's default queue). Kept, not
+    # deprecated: one queue for all of visual_reco is the simple deployment, and the
+    # setting's meaning for the embedding tasks is unchanged.
     "TASK_QUEUE": None,
     # Seconds a save (or the admin action) waits for the broker to take a task; beyond that
     # the rows stay pending and the sweep queues them.
@@ -92,6 +100,10 @@ DEFAULTS: dict[str, Any] = {
     # "session": set them once per database connection; "transaction": per query, in a
     # transaction (for PgBouncer transaction pooling, where sessions are shared).
     "HNSW_SETTINGS_SCOPE": "session",
+    # The DATABASES alias of the replica that similar products, photo search and picks read
+    # from (`visual_reco.databases`); None: wherever the project's DATABASE_ROUTERS send
+    # reads. Writes always go to the routers' db_for_write (the primary): a replica lags.
+    "READ_DATABASE": None,
     # Photo search: where the query photo is embedded ("process": this web process, model
     # loaded once and kept warm; "worker": a Celery task, needs a result backend) and how
     # long to wait for a worker before answering 503.
@@ -401,7 +413,7 @@ IMPORT_STRINGS = {"SIMILAR_SERIALIZER"}
 # Dict settings whose keys are merged with the defaults rather than replacing them.
 MERGED_DICTS = {"PREPROCESSING", "THROTTLE_RATES", "SEARCH_MAX_FULL_DECODE_PIXELS", "FEEDBACK",
                 "RANKING", "PICKS", "LEARNING", "ASPECT_MODES", "REASON_THRESHOLDS",
-                "TEXT_SEARCH", "PHOTO_ADAPTER"}
+                "TEXT_SEARCH", "QUEUES", "PHOTO_ADAPTER"}
 
 
 class VisualRecoSettings:
@@ -437,10 +449,17 @@ class VisualRecoSettings:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "visual_reco"
 
-    @property
-    def task_options(self) -> dict[str, Any]:
-        """Options for sending visual_reco's tasks: the ``TASK_QUEUE``, when one is set."""
-        return {"queue": self.TASK_QUEUE} if self.TASK_QUEUE else {}
+    def queue(self, kind: str) -> str | None:
+        """The Celery queue of a kind of work (a key of ``QUEUES``), falling back to
+        ``TASK_QUEUE``; None: Celery's default queue."""
+        if kind not in self.defaults["QUEUES"]:
+            raise KeyError(f"No visual_reco queue {kind!r}; one of {sorted(self.QUEUES)}")
+        return self.QUEUES.get(kind) or self.TASK_QUEUE
+
+    def task_options(self, kind: str) -> dict[str, Any]:
+        """Options for sending a task of ``kind``: its queue, when one is set."""
+        queue = self.queue(kind)
+        return {"queue": queue} if queue else {}
 
     def reload(self) -> None:
         """Forget cached values so the next access reads the settings again."""

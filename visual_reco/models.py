@@ -1,4 +1,5 @@
-"""visual_reco's own tables: shopper feedback. The vectors live on the shop's own tables.
+"""visual_reco's own tables: shopper feedback, the text index, the embedder rollouts. The
+vectors that serve live on the shop's own tables.
 
 Django sends ``pre_migrate`` and ``post_migrate`` only to apps with a models module, and
 visual_reco needs both (the ``vector`` extension before the shop's migrations, inline vector
@@ -8,12 +9,14 @@ storage after them).
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import connection, models
+from pgvector.django import HalfVectorField
 
 from visual_reco.choices import EmbeddingStatus, EventType
 
-__all__ = ["EmbeddingStatus", "EventType", "FeedbackDaily", "FeedbackEvent",
-           "FeedbackPairStats", "FeedbackPositionDaily", "FeedbackProductStats", "FeedbackRollup",
-           "FeedbackVariantDaily", "LearnedRanking", "PhotoAdapter", "TextDocument", "quoted_table"]
+__all__ = ["EmbedderRollout", "EmbeddingShadow", "EmbeddingStatus", "EventType",
+           "FeedbackDaily", "FeedbackEvent", "FeedbackPairStats", "FeedbackPositionDaily",
+           "FeedbackProductStats", "FeedbackRollup", "FeedbackVariantDaily", "LearnedRanking",
+           "PhotoAdapter", "TextDocument", "quoted_table"]
 
 
 class FeedbackEvent(models.Model):
@@ -286,6 +289,63 @@ class TextDocument(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.object_id}"
+
+
+class EmbedderRollout(models.Model):
+    """Which embedder an embedding field's column holds, and which one fills its shadow
+    (`visual_reco.rollout` reads it; `visual_reco.model_switch` is the one writer).
+
+    No row: the column holds the field's declared ``embedder`` and there is no shadow.
+    ``live`` is the alias whose vectors the column holds, that new uploads and search
+    photos are embedded with; ``shadow`` (``""`` for none) the alias whose vectors workers
+    also write to `EmbeddingShadow`: the candidate before a switch, the previous embedder
+    after one (so that a rollback needs no re-embedding).
+    """
+
+    model = models.CharField(max_length=100)
+    field = models.CharField(max_length=100)
+    live = models.CharField(max_length=100)
+    shadow = models.CharField(max_length=100, blank=True, default="")
+    started_at = models.DateTimeField()
+    switched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "embedder rollout"
+        constraints = [models.UniqueConstraint(fields=["model", "field"],
+                                               name="visual_reco_rollout_once")]
+
+    def __str__(self) -> str:
+        shadow = f", shadow {self.shadow}" if self.shadow else ""
+        return f"{self.model}.{self.field}: live {self.live}{shadow}"
+
+
+class EmbeddingShadow(models.Model):
+    """A vector of one row of a shop's model made by an embedder that does not serve: the
+    candidate's while it is rolled out, the previous one's after a switch. ``object_id`` is
+    the primary key as text (any key type), ``source`` the image file it was computed from
+    (a row whose image changed since is not covered), ``vector`` a ``halfvec`` of any size,
+    None when the image could not be embedded (``error`` says why), ``aspects`` the aspect
+    vectors by name as pgvector text. The shop's own table gets no column and no migration.
+    """
+
+    model = models.CharField(max_length=100)
+    field = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=64)
+    fingerprint = models.CharField(max_length=128)
+    source = models.TextField()
+    vector = HalfVectorField(null=True, blank=True)
+    aspects = models.JSONField(default=dict)
+    error = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "shadow embedding"
+        constraints = [models.UniqueConstraint(
+            fields=["model", "field", "fingerprint", "object_id"],
+            name="visual_reco_shadow_once")]
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.field} {self.object_id} ({self.fingerprint})"
 
 
 def quoted_table(model: type[models.Model]) -> str:

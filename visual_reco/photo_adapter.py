@@ -32,12 +32,14 @@ from pgvector.django import CosineDistance
 
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
+from visual_reco.databases import read_database
 from visual_reco.embedders import get_embedder
 from visual_reco.gallery import COLOUR_ATTRIBUTE
 from visual_reco.models import PhotoAdapter
 from visual_reco.modes import SHAPE, Blend, Term, unit_rows
 from visual_reco.query import DISTANCE, binary_vector, from_binary, halfvec_text, score_name
 from visual_reco.registry import get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 SERVING_TTL = 60.0
 
@@ -69,13 +71,14 @@ class Adapter:
             return cls(row.version, row.fingerprint, arrays["a"], arrays["b"])
 
 
-_serving: dict[tuple[str, str], tuple[float, Adapter | None]] = {}
+_serving: dict[tuple[str, str], tuple[float, Adapter | None, str]] = {}
 
 
 def serving_adapter(model: type[models.Model], field: str | None = None) -> Adapter | None:
     """The adapter serving photo search on ``field`` of ``model``: None when none serves,
-    when ``PHOTO_ADAPTER["SERVE"]`` is off, or when it was trained on another embedder's
-    vectors than the field's (checked on each call)."""
+    when ``PHOTO_ADAPTER["SERVE"]`` is off, or when it was trained on vectors of another
+    embedder than the one the field's column holds (both looked up again every
+    ``SERVING_TTL`` seconds, as `visual_reco.feedback.learned` does)."""
     if not reco_settings.PHOTO_ADAPTER["SERVE"]:
         return None
     embedding = get_embedding_field(model, field)
@@ -83,15 +86,17 @@ def serving_adapter(model: type[models.Model], field: str | None = None) -> Adap
     now = time.monotonic()
     cached = _serving.get(key)
     if cached is None or cached[0] < now:
-        row = PhotoAdapter.objects.filter(model=key[0], field=key[1], serving=True).first()
+        versions = PhotoAdapter.objects.db_manager(read_database(PhotoAdapter))
+        row = versions.filter(model=key[0], field=key[1], serving=True).first()
         loaded = cached[1] if cached else None
         if row is None:
             loaded = None
         elif loaded is None or loaded.version != row.version:
             loaded = Adapter.from_row(row)
-        cached = _serving[key] = (now + SERVING_TTL, loaded)
+        live = get_embedder(live_embedder(embedding)).fingerprint
+        cached = _serving[key] = (now + SERVING_TTL, loaded, live)
     adapter = cached[1]
-    if adapter is None or adapter.fingerprint != get_embedder(embedding.embedder).fingerprint:
+    if adapter is None or adapter.fingerprint != cached[2]:
         return None
     return adapter
 

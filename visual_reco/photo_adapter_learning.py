@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from django.apps import apps
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, models, router, transaction
 
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
@@ -46,6 +46,7 @@ from visual_reco.modes import SHAPE, Blend, Term, blend_for, unit_rows
 from visual_reco.photo_adapter import Adapter, forget_serving
 from visual_reco.query import binary_vector, from_binary
 from visual_reco.registry import get_embedding_field, is_gallery, product_model
+from visual_reco.rollout import live_embedder
 
 logger = logging.getLogger("visual_reco")
 
@@ -246,7 +247,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     embedding = get_embedding_field(model, field_name)
     label = model._meta.label_lower
     result = AdapterResult(label, embedding.name)
-    fingerprint = get_embedder(embedding.embedder).fingerprint
+    fingerprint = get_embedder(live_embedder(embedding)).fingerprint
     params = {**reco_settings.PHOTO_ADAPTER, **overrides,
               "SEARCH_MODE": reco_settings.SEARCH_MODE}
     photos = gather(model, embedding.name, params)
@@ -260,7 +261,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     blend = blend_for(params["SEARCH_MODE"])
     adapted_blend = blend_for(params["MODE"] or params["SEARCH_MODE"])
     result.version = version = version_of(label, embedding.name, fingerprint, params, photos)
-    known = PhotoAdapter.objects.filter(version=version).first()
+    known = _versions().filter(version=version).first()
     if known is not None:
         serving, reason = decide(known.metrics, params)
         result.metrics, result.saved = known.metrics, True
@@ -284,8 +285,8 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
                "catalog_without": judge(photos, None, blend, catalog=True),
                "catalog_adapted": judge(photos, adapter, adapted_blend, catalog=True)}
     serving, reason = decide(metrics, params)
-    current = PhotoAdapter.objects.filter(model=label, field=embedding.name, serving=True,
-                                          fingerprint=fingerprint).first()
+    current = _versions().filter(model=label, field=embedding.name, serving=True,
+                                 fingerprint=fingerprint).first()
     if serving and current is not None:
         theirs = judge(photos, Adapter.from_row(current), adapted_blend, catalog=True)
         metrics["serving_version"] = {"version": current.version, **theirs}
@@ -309,7 +310,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
                     held=metrics["held"], metrics=metrics, decision=reason[:200],
                     weights=adapter.to_bytes())
         except IntegrityError:  # another run trained the same version meanwhile
-            row = PhotoAdapter.objects.get(version=version)
+            row = _versions().get(version=version)
         result.saved = True
         if serving:
             serve(row)
@@ -320,11 +321,18 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     return result
 
 
+def _versions() -> models.Manager:
+    """The versions as their writer reads them: on the primary (a replica may lack the row
+    another run has just saved)."""
+    return PhotoAdapter.objects.db_manager(router.db_for_write(PhotoAdapter))
+
+
 def serve(row: PhotoAdapter) -> None:
     """Make ``row`` the version that serves photo search on its field (the one before
-    stops). Raises `ValueError` for a version trained on another embedder's vectors."""
+    stops). Raises `ValueError` for a version trained on another embedder's vectors than
+    the one the field's column holds."""
     embedding = get_embedding_field(apps.get_model(row.model), row.field)
-    current = get_embedder(embedding.embedder).fingerprint
+    current = get_embedder(live_embedder(embedding)).fingerprint
     if row.fingerprint != current:
         raise ValueError(f"{row.version} was trained on vectors of embedder {row.fingerprint}, "
                          f"not of the field's embedder {current}")

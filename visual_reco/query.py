@@ -32,7 +32,7 @@ from typing import IO, Any, Self
 
 import numpy as np
 from django.core.exceptions import FieldDoesNotExist
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import connections, models, transaction
 from django.db.models import Case, Exists, F, Func, Subquery, Value, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
@@ -41,6 +41,7 @@ from pgvector.django import CosineDistance
 
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.diversity import PLAIN, blend_similarity, diversity_for, diversity_lambda, mmr
 from visual_reco.gallery import (
     COLOUR_ATTRIBUTE,
@@ -58,6 +59,7 @@ from visual_reco.gallery import (
 from visual_reco.modes import SHAPE, Blend, Term, blend_for
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import embedding_fields, get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 DISTANCE = "visual_distance"
 # The annotation with a gallery search's hit's colour vector, binary (`from_binary`).
@@ -75,7 +77,7 @@ def vector_of(obj: models.Model, field: str | None = None) -> np.ndarray | None:
     if embedding.attname in obj.__dict__:
         value = obj.__dict__[embedding.attname]
     else:
-        value = type(obj)._base_manager.filter(pk=obj.pk).values_list(
+        value = reading(type(obj)._base_manager.filter(pk=obj.pk)).values_list(
             embedding.attname, flat=True).first()
     return to_array(value)
 
@@ -211,7 +213,15 @@ class VisualQuerySet(models.QuerySet):
         relevance, near-duplicates judged by the same blend (the plain cosine without
         one); the rows keep their ``visual_score``, in the order picked. A mode with
         ``variants_first`` is not diversified: its variants are alike by design.
+
+        The search reads ``READ_DATABASE`` unless this queryset was given a database with
+        ``using()`` (`visual_reco.databases.reading`).
         """
+        routed = reading(self)
+        if routed is not self:
+            return routed.similar_to_vector(
+                vector, limit, field=field, colour=colour, aspects=aspects, mode=mode,
+                collapse_variants=collapse_variants, diversity=diversity, _filtered=_filtered)
         blend = blend_for(mode, aspects)
         diversity = diversity_lambda(diversity, "diversity")
         embedding = get_embedding_field(self.model, field)
@@ -317,7 +327,15 @@ class VisualQuerySet(models.QuerySet):
         For a gallery field, ``obj`` is a product: every image of it is compared with every
         image of the others, each product ranked by its best pair (`visual_reco.gallery`);
         empty when none of its images has a vector yet.
+
+        The search reads ``READ_DATABASE`` unless this queryset was given a database with
+        ``using()`` (`visual_reco.databases.reading`).
         """
+        routed = reading(self)
+        if routed is not self:
+            return routed.visually_similar(
+                obj, limit, field=field, aspects=aspects, mode=mode,
+                collapse_variants=collapse_variants, diversity=diversity, _variant=_variant)
         blend = blend_for(mode, aspects)
         diversity = diversity_lambda(diversity, "diversity")
         embedding = get_embedding_field(type(obj), field)
@@ -442,7 +460,7 @@ class VisualQuerySet(models.QuerySet):
         """
         embedding = get_embedding_field(self.model, field)
         blend = blend_for(mode, aspects)
-        query = embed_query(file, embedder=embedding.embedder,
+        query = embed_query(file, embedder=live_embedder(embedding, self.db),
                             aspects=photo_aspects(blend, embedding))
         return self.similar_to_vector(query.vector, limit, field=embedding.name, aspects=blend,
                                       colour=query.aspects.get("colour"))
@@ -599,11 +617,11 @@ def _variants_ordered(matches: list[Match], collapse: bool, first: Any) -> list[
     return kept
 
 
-def _source_column(model: type[models.Model], attname: str) -> RawSQL:
+def _source_column(model: type[models.Model], attname: str, quote: Any) -> RawSQL:
     """The column ``attname`` of a gallery statement's source photo (`gallery.SOURCE`), as a
-    query vector of the image search inside it."""
+    query vector of the image search inside it, quoted by ``quote`` (its connection's)."""
     field = model._meta.get_field(attname)
-    column = connections[DEFAULT_DB_ALIAS].ops.quote_name(field.column)
+    column = quote(field.column)
     return RawSQL(f"{SOURCE}.{column}", (), output_field=field)
 
 
@@ -643,7 +661,7 @@ class _GallerySearch:
                           f"{SOURCE}.{quote(embedding.column)} IS NOT NULL")
             self.params = [product]
             wanted = blend.aspects if blend is not None else (SHAPE,)
-            queries = {aspect: _source_column(model, columns[aspect])
+            queries = {aspect: _source_column(model, columns[aspect], quote)
                        for aspect in (SHAPE, *wanted) if aspect in columns}
         elif any(hasattr(vector, "resolve_expression") for vector in vectors.values()):
             self.sources = f"(VALUES (0)) AS {SOURCE} ({self.pk})"
@@ -656,7 +674,8 @@ class _GallerySearch:
             casts = ", ".join(["%s::halfvec"] * len(aspects))
             self.sources = f"(VALUES (0, {casts})) AS {SOURCE} ({self.pk}, {names})"
             self.source_params = [_vector_text(vectors[aspect]) for aspect in aspects]
-            queries = {aspect: _source_column(model, columns[aspect]) for aspect in aspects}
+            queries = {aspect: _source_column(model, columns[aspect], quote)
+                       for aspect in aspects}
         self.cacheable = sourced and not self.filtered and variant is None
         self.queries = queries
         self.blend = None
@@ -674,8 +693,8 @@ class _GallerySearch:
         images = self.images
         if self.product is not None and not alone:
             # Not the source photo itself (its other photos are left out with the product).
-            images = images.exclude(pk=_source_column(images.model,
-                                                      images.model._meta.pk.attname))
+            images = images.exclude(pk=_source_column(
+                images.model, images.model._meta.pk.attname, self.connection.ops.quote_name))
         if self.blend is None:
             return images.similar_to_vector(self.queries[SHAPE], pool,
                                             field=self.embedding.name, _filtered=self.filtered)

@@ -125,7 +125,7 @@ def embed_query(file: IO[bytes], *, embedder: str = DEFAULT_EMBEDDER,
         arguments = (base64.b64encode(data).decode(), embedder) + (
             (list(aspects),) if aspects else ())
         result = broker.call(EMBED_QUERY_TASK, arguments, reco_settings.QUERY_TIMEOUT,
-                             **reco_settings.task_options)
+                             **reco_settings.task_options("query"))
     except Exception as exc:  # broker down or frozen, no worker, no result backend
         raise SearchUnavailable(
             f"Photo search is unavailable right now ({type(exc).__name__}). Try again soon."

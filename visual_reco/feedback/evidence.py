@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from django.db import connection
+from django.db import connections
 
+from visual_reco.databases import read_database
 from visual_reco.feedback.ranking import Evidence, Prior
 from visual_reco.models import FeedbackPairStats, FeedbackProductStats, quoted_table
 
@@ -38,7 +39,7 @@ def evidence_for(surfaces: Sequence[str], source: object | None,
             WHERE surface = ANY(%s) AND source = %s AND product = ANY(%s) GROUP BY product
             UNION ALL"""
         params = [list(surfaces), str(source)[:64], ids]
-    with connection.cursor() as cursor:
+    with connections[read_database(FeedbackProductStats)].cursor() as cursor:
         cursor.execute(f"""{pairs}
             SELECT false, product, sum(examined), sum(clicks), sum(add_to_carts + purchases)
             FROM {quoted_table(FeedbackProductStats)}
@@ -61,7 +62,7 @@ def prior_for(surfaces: Sequence[str], strength: float) -> Prior | None:
     now = time.monotonic()
     cached = _priors.get(key)
     if cached is None or cached[0] < now:
-        with connection.cursor() as cursor:
+        with connections[read_database(FeedbackProductStats)].cursor() as cursor:
             cursor.execute(f"""
                 SELECT sum(examined), sum(clicks), sum(add_to_carts + purchases)
                 FROM {quoted_table(FeedbackProductStats)} WHERE surface = ANY(%s)""", [list(key)])

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import models
 
+from visual_reco.databases import read_database
 from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
 from visual_reco.query import binary_vector, from_binary, gallery_vectors
 from visual_reco.registry import get_embedding_field, is_gallery
+from visual_reco.rollout import live_embedder
 
 SERVING_TTL = 60.0
 # Read in chunks so a large catalogue never builds one huge IN list.
@@ -68,28 +70,33 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms > 0, norms, 1.0)
 
 
-_serving: dict[tuple[str, str], tuple[float, LearnedModel | None]] = {}
+_serving: dict[tuple[str, str], tuple[float, LearnedModel | None, str]] = {}
 
 
 def serving_model(model: type[models.Model], field: str | None = None) -> LearnedModel | None:
     """The learned version serving for ``field`` of ``model``, None when none does or when
-    it was trained on vectors of another embedder than the field's (checked on each call)."""
+    it was trained on vectors of another embedder than the one the field's column holds
+    (both looked up again every ``SERVING_TTL`` seconds, so for at most that long after
+    `visual_reco.model_switch` switches the embedder a version may serve on the new
+    vectors)."""
     embedding = get_embedding_field(model, field)
     key = (model._meta.label_lower, embedding.name)
     now = time.monotonic()
     cached = _serving.get(key)
     if cached is None or cached[0] < now:
-        current = (LearnedRanking.objects.filter(model=key[0], field=key[1], serving=True)
+        rankings = LearnedRanking.objects.db_manager(read_database(LearnedRanking))
+        current = (rankings.filter(model=key[0], field=key[1], serving=True)
                    .values_list("version", flat=True).first())
         loaded = cached[1] if cached else None
         if current is None:
             loaded = None
         elif loaded is None or loaded.version != current:
-            row = LearnedRanking.objects.filter(version=current).first()
+            row = rankings.filter(version=current).first()
             loaded = LearnedModel.from_row(row) if row is not None else None
-        cached = _serving[key] = (now + SERVING_TTL, loaded)
+        live = get_embedder(live_embedder(embedding)).fingerprint
+        cached = _serving[key] = (now + SERVING_TTL, loaded, live)
     learned = cached[1]
-    if learned is None or learned.fingerprint != get_embedder(embedding.embedder).fingerprint:
+    if learned is None or learned.fingerprint != cached[2]:
         return None
     return learned
 
@@ -121,9 +128,11 @@ def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[o
 def learned_scores(learned: LearnedModel, obj: models.Model, pool: Sequence[models.Model],
                    field: str | None, fallback: np.ndarray) -> np.ndarray:
     """The learned scores of the ``pool`` rows for ``obj``, read with their vectors in one
-    query; ``fallback`` (the visual scores) when a vector is missing."""
+    query (on the database the pool was read from); ``fallback`` (the visual scores) when a
+    vector is missing."""
+    using = pool[0]._state.db if pool else obj._state.db
     vectors = stored_vectors(type(obj), field, [obj.pk, *(row.pk for row in pool)],
-                             using=obj._state.db)
+                             using=using)
     source = vectors.get(str(obj.pk))
     if source is None or any(str(row.pk) not in vectors for row in pool):
         return fallback

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from django.apps import apps
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, models, router, transaction
 from django.db.models import Q
 
 from visual_reco.choices import EventType
@@ -39,6 +39,7 @@ from visual_reco.feedback.learned import LearnedModel, forget_serving, stored_ve
 from visual_reco.feedback.ranking import examination
 from visual_reco.models import FeedbackEvent, LearnedRanking
 from visual_reco.registry import get_embedding_field, product_model
+from visual_reco.rollout import live_embedder
 
 logger = logging.getLogger("visual_reco")
 
@@ -455,13 +456,13 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     embedding = get_embedding_field(model, field_name)
     label = model._meta.label_lower
     result = LearnResult(label, embedding.name)
-    fingerprint = get_embedder(embedding.embedder).fingerprint
+    fingerprint = get_embedder(live_embedder(embedding)).fingerprint
     params = {**reco_settings.LEARNING, **overrides,
               "SURFACES": sorted(reco_settings.RANKING["FEEDBACK_SURFACES"])}
     feedback = gather_feedback(model, embedding.name, params["SURFACES"],
                                params["MAX_EVENTS"])
     result.version = version = version_of(label, embedding.name, fingerprint, params, feedback)
-    known = LearnedRanking.objects.filter(version=version).first()
+    known = _versions().filter(version=version).first()
     if known is not None:
         serving, result.reason = decide(known.metrics, params)
         result.metrics = known.metrics
@@ -536,7 +537,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
                     last_event=feedback.last_event, metrics=metrics, decision=reason[:200],
                     weights=learned.to_bytes())
         except IntegrityError:  # another run trained the same version meanwhile
-            row = LearnedRanking.objects.get(version=version)
+            row = _versions().get(version=version)
         result.saved = True
         if serving:
             serve(row)
@@ -546,15 +547,21 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     return result
 
 
+def _versions() -> models.Manager:
+    """The versions as their writer reads them: on the primary (a replica may lack the row
+    another run has just saved)."""
+    return LearnedRanking.objects.db_manager(router.db_for_write(LearnedRanking))
+
+
 def _current(label: str, field_name: str, fingerprint: str) -> LearnedRanking | None:
-    return LearnedRanking.objects.filter(model=label, field=field_name, serving=True,
+    return _versions().filter(model=label, field=field_name, serving=True,
                                          fingerprint=fingerprint).first()
 
 
 def current_fingerprint(row: LearnedRanking) -> str:
-    """The fingerprint of the embedder of ``row``'s field as configured now."""
+    """The fingerprint of the embedder whose vectors ``row``'s field holds now."""
     embedding = get_embedding_field(apps.get_model(row.model), row.field)
-    return get_embedder(embedding.embedder).fingerprint
+    return get_embedder(live_embedder(embedding)).fingerprint
 
 
 def serve(row: LearnedRanking) -> None:

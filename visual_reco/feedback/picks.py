@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
-from django.db import connection, models
+from django.db import connections, models
 from django.http import HttpRequest
 from django.utils import timezone
 
 from visual_reco.choices import EventType
 from visual_reco.conf import DEFAULTS, reco_settings
+from visual_reco.databases import read_database, reading
 from visual_reco.feedback.events import stored_user_id
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
@@ -184,7 +185,7 @@ def recent_events(raw_id: str | None, user_id: str, now: datetime,
     # The same float as (now - occurred_at).total_seconds(): microseconds / 10**6, rounded once.
     aware = timezone.make_aware(now) if timezone.is_naive(now) else now
     now_us = (aware - EPOCH) // timedelta(microseconds=1)
-    with connection.cursor() as cursor:
+    with connections[read_database(FeedbackEvent)].cursor() as cursor:
         cursor.execute(*query)
         return [(kind, product, (now_us - when_us) / 1_000_000 / 86400.0)
                 for kind, product, when_us in cursor.fetchall()]
@@ -265,7 +266,8 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     read = chosen + ([page] if page is not None and shape and options.context_weight > 0
                      else [])
     # No ordering: the model's Meta.ordering would sort the rows, vectors and all.
-    rows = (model._base_manager.filter(pk__in=_pks(model, read)).annotate(**wanted)
+    using = read_database(model)
+    rows = (model._base_manager.using(using).filter(pk__in=_pks(model, read)).annotate(**wanted)
             .order_by().values_list(*columns))
     for row in rows:
         product = str(row[0])
@@ -276,7 +278,7 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
             categories[product] = str(row[-1])
     vectors, colours = found.get("shape", {}), found.get("colour")
     if shape and gallery:  # a product of several photos: their mean direction
-        vectors = gallery_vectors(embedding, _pks(model, read), model._base_manager.db)
+        vectors = gallery_vectors(embedding, _pks(model, read), using)
     taste = taste_of({product: weights[product] for product in chosen}, vectors, categories,
                      colours)
     if page is None:
@@ -315,11 +317,11 @@ def best_converting(model: type[models.Model], category: Any,
         return cached[1]
     ids = None
     if category is not None:
-        ids = [str(pk) for pk in model._default_manager.filter(
-            **{reco_settings.CATEGORY_FIELD: category}).values_list("pk", flat=True)]
+        ids = [str(pk) for pk in reading(model._default_manager.filter(
+            **{reco_settings.CATEGORY_FIELD: category})).values_list("pk", flat=True)]
     ranking: list[tuple[str, float]] = []
     if ids is None or ids:
-        with connection.cursor() as cursor:
+        with connections[read_database(FeedbackProductStats)].cursor() as cursor:
             cursor.execute(f"""
                 WITH totals AS (
                     SELECT product, sum(examined) AS examined,
@@ -460,7 +462,7 @@ def _category_of(model: type[models.Model], product: Any) -> Any:
         return None
     if isinstance(product, models.Model):
         return getattr(product, category.attname)
-    return (model._base_manager.filter(pk__in=_pks(model, [str(product)]))
+    return (reading(model._base_manager.filter(pk__in=_pks(model, [str(product)])))
             .values_list(category.attname, flat=True).first())
 
 
@@ -478,6 +480,7 @@ def picks_for(request: HttpRequest | None, candidates: models.QuerySet | None = 
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
         candidates = product_model()._default_manager.all()
+    candidates = reading(candidates)
     model = candidates.model
     field = get_embedding_field(model, field).name
     now = now or timezone.now()

@@ -16,7 +16,7 @@ from django.db.models import Min
 from django.utils import timezone
 
 from visual_reco.conf import reco_settings
-from visual_reco.feedback.rollup import note_purge, rollup
+from visual_reco.feedback.rollup import note_purge, primary, rollup
 from visual_reco.feedback.visitors import VISITOR_ID, keys_within
 from visual_reco.models import FeedbackEvent
 
@@ -48,16 +48,19 @@ def purge_events(older_than: timedelta | None = None, batch_size: int = PURGE_BA
     and the cutoff is noted so that the roll-up never recomputes a day from what is left."""
     cutoff = timezone.now() - (older_than if older_than is not None else retention())
     rollup(wait=True)  # a run in progress may not have counted them yet: wait for ours
-    with transaction.atomic():
+    using = primary()
+    with transaction.atomic(using=using):
         note_purge(cutoff)
+    # Batches read on the primary: a replica would still show the rows just deleted.
+    events = FeedbackEvent.objects.db_manager(using)
     deleted = 0
     while True:
-        with transaction.atomic():
-            batch = list(FeedbackEvent.objects.filter(occurred_at__lt=cutoff)
+        with transaction.atomic(using=using):
+            batch = list(events.filter(occurred_at__lt=cutoff)
                          .values_list("pk", flat=True)[:batch_size])
             if not batch:
                 return deleted
-            deleted += FeedbackEvent.objects.filter(pk__in=batch).delete()[0]
+            deleted += events.filter(pk__in=batch).delete()[0]
 
 
 @dataclass(frozen=True)

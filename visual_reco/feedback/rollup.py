@@ -15,6 +15,9 @@ aggregates are all that is left of them.
 The running totals follow the days: a day's old counts are taken away and its new ones
 added, in the same transaction. A day's impressions are weighted by the examination of
 their positions as estimated when the day is rolled up (`examination_by_surface`).
+
+Every statement of a run, reads included, goes to the routers' ``db_for_write`` (`primary`):
+a replica lags, and cannot see what the run's own transaction wrote.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -67,6 +70,11 @@ class RollupResult:
         return self.days is None
 
 
+def primary() -> str:
+    """The alias the roll-up reads and writes: the routers' ``db_for_write`` of the events."""
+    return router.db_for_write(FeedbackEvent)
+
+
 def utc_day(when: datetime) -> date:
     """The UTC calendar day of ``when``."""
     return when.astimezone(UTC).date()
@@ -75,16 +83,17 @@ def utc_day(when: datetime) -> date:
 def first_recomputable_day() -> date | None:
     """The first UTC day whose raw events are all still there: the day after the latest
     purge's cutoff (None: nothing was purged, every day can be recomputed)."""
-    purged = FeedbackRollup.objects.filter(name=PURGED).first()
+    purged = FeedbackRollup.objects.using(primary()).filter(name=PURGED).first()
     return None if purged is None else utc_day(purged.watermark) + timedelta(days=1)
 
 
 def note_purge(cutoff: datetime) -> None:
     """Remember that raw events before ``cutoff`` are being deleted, so their days are
     never recomputed from what is left of them."""
-    state = FeedbackRollup.objects.select_for_update().filter(name=PURGED).first()
+    rollups = FeedbackRollup.objects.db_manager(primary())
+    state = rollups.select_for_update().filter(name=PURGED).first()
     if state is None or state.watermark < cutoff:
-        FeedbackRollup.objects.update_or_create(
+        rollups.update_or_create(
             name=PURGED, defaults={"watermark": cutoff, "finished_at": timezone.now()})
 
 
@@ -96,7 +105,7 @@ def examination_by_surface() -> dict[str, list[float]]:
     """How often each list position is looked at, per surface, relative to the first
     (`visual_reco.feedback.ranking.examination` of the position aggregates of every day)."""
     counts: dict[str, dict[int, tuple[int, int]]] = {}
-    for row in (FeedbackPositionDaily.objects.values("surface", "position")
+    for row in (FeedbackPositionDaily.objects.using(primary()).values("surface", "position")
                 .annotate(shown=Sum("impressions"), clicked=Sum("clicks"))):
         counts.setdefault(row["surface"], {})[row["position"]] = (row["shown"], row["clicked"])
     found = {}
@@ -145,7 +154,7 @@ def recompute_days(days: list[date]) -> None:
     start = datetime.combine(min(days), datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(max(days) + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     where = f"occurred_at >= %s AND occurred_at < %s AND {day} = ANY(%s::date[])"
-    with connection.cursor() as cursor:
+    with connections[primary()].cursor() as cursor:
         _add_to_stats(cursor, -1, days)
         cursor.execute(f"DELETE FROM {daily} WHERE day = ANY(%s::date[])", [days])
         cursor.execute(f"DELETE FROM {variants} WHERE day = ANY(%s::date[])", [days])
@@ -195,7 +204,7 @@ def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
     if since is not None:
         sql += " WHERE received_at >= %s"
         params.append(since - COMMIT_MARGIN)
-    with connection.cursor() as cursor:
+    with connections[primary()].cursor() as cursor:
         cursor.execute(sql + " ORDER BY d", params)
         return [row[0] for row in cursor.fetchall() if first_day is None or row[0] >= first_day]
 
@@ -203,8 +212,9 @@ def _touched_days(since: datetime | None, first_day: date | None) -> list[date]:
 def rollup(*, wait: bool = False) -> RollupResult:
     """Recompute the days touched by events received since the last run; idempotent.
     Another run in progress makes this one do nothing, or, with ``wait``, wait for it."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
+    using = primary()
+    with transaction.atomic(using=using):
+        with connections[using].cursor() as cursor:
             if wait:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s), true", [LOCK_KEY])
             else:
@@ -213,10 +223,11 @@ def rollup(*, wait: bool = False) -> RollupResult:
                 logger.info("Feedback roll-up skipped: another run is in progress")
                 return RollupResult(None, None)
         started = timezone.now()
-        state = FeedbackRollup.objects.filter(name=WATERMARK).first()
+        rollups = FeedbackRollup.objects.db_manager(using)
+        state = rollups.filter(name=WATERMARK).first()
         days = _touched_days(state.watermark if state else None, first_recomputable_day())
         recompute_days(days)
-        FeedbackRollup.objects.update_or_create(
+        rollups.update_or_create(
             name=WATERMARK, defaults={"watermark": started, "finished_at": timezone.now(),
                                       "days": len(days)})
     return RollupResult(days, started)

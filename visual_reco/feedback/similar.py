@@ -32,6 +32,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from visual_reco.conf import reco_settings
+from visual_reco.databases import reading
 from visual_reco.diversity import PLAIN, diversity_for, diversity_lambda, top
 from visual_reco.feedback.evidence import evidence_for, prior_for
 from visual_reco.feedback.experiments import Variant
@@ -107,6 +108,7 @@ def ranked_similar(obj: models.Model, candidates: models.QuerySet | None = None,
     limit = reco_settings.DEFAULT_LIMIT if limit is None else int(limit)
     if candidates is None:
         candidates = type(obj)._default_manager.all()
+    candidates = reading(candidates)
     learned = serving_model(type(obj), field) if options.learned else None
     hidden = ({product for kind, product, _ in history(request) if kind in options.hide}
               if options.hide and request is not None else set())

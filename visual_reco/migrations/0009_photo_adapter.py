@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('visual_reco', '0007_text_documents'),
+        ('visual_reco', '0008_embedder_rollout'),
     ]
 
     operations = [
