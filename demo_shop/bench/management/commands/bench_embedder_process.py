@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ class Command(BaseCommand):
                 embedder = LiteRTEmbedder(weights=DEFAULT_WEIGHTS, **extra)
                 if not embedder.model_file.exists():
                     embedder.export()  # conversion is not part of any process's start-up
-        rows = []
+        rows, load_before = [], os.getloadavg()[0]
         for name in variants:
             backend, extra = VARIANTS[name]
             found = self.child(backend, {"weights": DEFAULT_WEIGHTS, **extra}, photos,
@@ -139,7 +140,7 @@ class Command(BaseCommand):
                 found["recall"] = recall(np.load(VECTORS_FILE), grocery[1], grocery[2])
             rows.append((name, found))
             self.stdout.write(f"{name}: {json.dumps(found)}")
-        section = self.section(rows, grocery is not None)
+        section = self.section(rows, grocery is not None, (load_before, os.getloadavg()[0]))
         self.stdout.write(section)
         if not no_write:
             self.stdout.write(f"Wrote {write_section(section)}")
@@ -157,7 +158,8 @@ class Command(BaseCommand):
             raise RuntimeError(result.stderr[-3000:])
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    def section(self, rows: list[tuple[str, dict[str, Any]]], with_recall: bool) -> str:
+    def section(self, rows: list[tuple[str, dict[str, Any]]], with_recall: bool,
+                loads: tuple[float, float]) -> str:
         """The markdown section."""
         lines = [
             "## Lighter embedding processes (issue 14 point 3)", "",
@@ -185,6 +187,7 @@ class Command(BaseCommand):
             if with_recall:
                 line += " {:.3f} / {:.3f} |".format(*found["recall"])
             lines.append(line)
-        lines += ["", f"{machine_line()}. Command: `python demo_shop/services.py run -- "
+        lines += ["", f"{machine_line()}; load average {loads[0]:.1f} at the start, "
+                  f"{loads[1]:.1f} at the end. Command: `python demo_shop/services.py run -- "
                   "python manage.py bench_embedder_process`."]
         return "\n".join(lines) + "\n"
