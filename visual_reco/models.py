@@ -8,7 +8,7 @@ storage after them).
 
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
-from django.db import connection, models
+from django.db import connection, models, router, transaction
 from pgvector.django import HalfVectorField
 
 from visual_reco.choices import EmbeddingStatus, EventType
@@ -197,16 +197,12 @@ class FeedbackRollup(models.Model):
         return f"{self.name}: up to {self.watermark:%Y-%m-%d %H:%M:%S}"
 
 
-class LearnedRanking(models.Model):
-    """One version of the ranking learned from feedback on top of an embedding field's
-    frozen vectors (`visual_reco.feedback.learning` writes it, `visual_reco.feedback.learned`
-    serves it).
-
-    ``version`` is a hash of what it was trained from: the embedder's fingerprint, the
-    parameters and the events read, so training again on the same data gives the same
-    version. It serves only while ``fingerprint`` is the field's embedder's fingerprint, and
-    at most one version serves per field.
-    """
+class LearnedVersion(models.Model):
+    """One version of something learned on top of an embedding field's frozen vectors: its
+    ``version`` (a hash of what it was trained from, so training again on the same data
+    gives the same version), the embedder ``fingerprint`` it was trained on, how it was
+    judged, and its weights. It serves only while ``fingerprint`` is the field's embedder's,
+    and at most one version serves per field (`make_serving` is what changes that)."""
 
     version = models.CharField(max_length=16, unique=True)
     model = models.CharField(max_length=100)
@@ -214,14 +210,37 @@ class LearnedRanking(models.Model):
     fingerprint = models.CharField(max_length=128)
     created_at = models.DateTimeField(auto_now_add=True)
     params = models.JSONField(default=dict)
-    # The events it was trained and judged on: count and highest id.
-    events = models.PositiveIntegerField(default=0)
-    last_event = models.BigIntegerField(default=0)
-    # Held-out numbers of the visual order and of this model (see `learning.evaluate`).
     metrics = models.JSONField(default=dict)
     serving = models.BooleanField(default=False)
     decision = models.CharField(max_length=200, blank=True, default="")
     weights = models.BinaryField(editable=False)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
+
+    def make_serving(self, serving: bool = True) -> None:
+        """Make this the version that serves for its field (the one before stops), or with
+        ``serving=False`` stop it serving (the field then has none)."""
+        rows = type(self)._base_manager.db_manager(router.db_for_write(type(self)))
+        with transaction.atomic(using=rows.db):
+            if serving:
+                (rows.filter(model=self.model, field=self.field, serving=True)
+                 .exclude(pk=self.pk).update(serving=False))
+            rows.filter(pk=self.pk).update(serving=serving)
+        self.serving = serving
+
+
+class LearnedRanking(LearnedVersion):
+    """One version of the ranking learned from feedback (`visual_reco.feedback.learning`
+    writes it, `visual_reco.feedback.learned` serves it); ``metrics`` are the held-out
+    numbers of the visual order and of this model (see `learning.evaluate`)."""
+
+    # The events it was trained and judged on: count and highest id.
+    events = models.PositiveIntegerField(default=0)
+    last_event = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name = "learned ranking"
@@ -229,44 +248,22 @@ class LearnedRanking(models.Model):
             fields=["model", "field"], condition=models.Q(serving=True),
             name="visual_reco_learned_one_serving")]
 
-    def __str__(self) -> str:
-        return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
 
-
-class PhotoAdapter(models.Model):
+class PhotoAdapter(LearnedVersion):
     """One version of the photo-search adapter of an embedding field: a map of its frozen
     vectors learned from the extra photos of a gallery (`visual_reco.photo_adapter_learning`
-    writes it, `visual_reco.photo_adapter` serves it to photo search only).
+    writes it, `visual_reco.photo_adapter` serves it to photo search only); ``metrics`` are
+    held-back R@1 / R@5 without and with it (see `photo_adapter_learning.judge`)."""
 
-    ``version`` is a hash of the field, the embedder's fingerprint, the parameters and the
-    images trained on, so training again on the same photos gives the same version. It
-    serves only while ``fingerprint`` is the field's embedder's, and at most one version
-    serves per field.
-    """
-
-    version = models.CharField(max_length=16, unique=True)
-    model = models.CharField(max_length=100)
-    field = models.CharField(max_length=100)
-    fingerprint = models.CharField(max_length=128)
-    created_at = models.DateTimeField(auto_now_add=True)
-    params = models.JSONField(default=dict)
     # Extra photos trained on and held back to judge it.
     photos = models.PositiveIntegerField(default=0)
     held = models.PositiveIntegerField(default=0)
-    # Held-back R@1 / R@5 without and with it (see `photo_adapter_learning.judge`).
-    metrics = models.JSONField(default=dict)
-    serving = models.BooleanField(default=False)
-    decision = models.CharField(max_length=200, blank=True, default="")
-    weights = models.BinaryField(editable=False)
 
     class Meta:
         verbose_name = "photo adapter"
         constraints = [models.UniqueConstraint(
             fields=["model", "field"], condition=models.Q(serving=True),
             name="visual_reco_photo_adapter_one_serving")]
-
-    def __str__(self) -> str:
-        return f"{self.model}.{self.field} {self.version}{' (serving)' if self.serving else ''}"
 
 
 class TextDocument(models.Model):

@@ -336,16 +336,11 @@ def serve(row: PhotoAdapter) -> None:
     if row.fingerprint != current:
         raise ValueError(f"{row.version} was trained on vectors of embedder {row.fingerprint}, "
                          f"not of the field's embedder {current}")
-    with transaction.atomic():
-        (PhotoAdapter.objects.filter(model=row.model, field=row.field, serving=True)
-         .exclude(pk=row.pk).update(serving=False))
-        PhotoAdapter.objects.filter(pk=row.pk).update(serving=True)
-    row.serving = True
+    row.make_serving()
     forget_serving()
 
 
 def retire(row: PhotoAdapter) -> None:
     """Stop serving ``row``: photo search on its field goes back to the raw vectors."""
-    PhotoAdapter.objects.filter(pk=row.pk).update(serving=False)
-    row.serving = False
+    row.make_serving(False)
     forget_serving()

@@ -572,16 +572,11 @@ def serve(row: LearnedRanking) -> None:
     if row.fingerprint != current_fingerprint(row):
         raise ValueError(f"{row.version} was trained on vectors of embedder {row.fingerprint}, "
                          f"not of the field's embedder {current_fingerprint(row)}")
-    with transaction.atomic():
-        (LearnedRanking.objects.filter(model=row.model, field=row.field, serving=True)
-         .exclude(pk=row.pk).update(serving=False))
-        LearnedRanking.objects.filter(pk=row.pk).update(serving=True)
-    row.serving = True
+    row.make_serving()
     forget_serving()
 
 
 def retire(row: LearnedRanking) -> None:
     """Stop serving ``row``: its field goes back to the visual order."""
-    LearnedRanking.objects.filter(pk=row.pk).update(serving=False)
-    row.serving = False
+    row.make_serving(False)
     forget_serving()
