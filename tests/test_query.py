@@ -13,7 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
 from tests.testapp.models import Item, Look
-from visual_reco.query import hnsw_settings
+from visual_reco import query as query_module
+from visual_reco.query import AUTO_EF_SEARCH, ef_search_for, hnsw_settings, table_rows
 
 N_ROWS, N_CLUSTERS, DIMS, K = 3000, 60, 2048, 10
 IN_STOCK_EVERY = 100  # 1% of rows pass the filter
@@ -307,3 +308,32 @@ def test_explain_runs_under_the_same_settings(few_rows, settings):
     connection.close()
     Item.objects.similar_to_vector(np.ones(DIMS), limit=3).explain()
     assert _show("hnsw.ef_search") == "91"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_auto_ef_search_grows_with_the_table_s_estimated_rows(few_rows, settings, monkeypatch):
+    """With "auto" (the default) a search of a table the planner thinks holds a million rows
+    walks the graph with ef_search 200, one of a few rows with 100; a number is used as is."""
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": "auto"}
+    monkeypatch.setattr(query_module, "_table_rows", {})
+    connection.close()
+    list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+    assert table_rows(Item, "default") < 200_000
+    assert _show("hnsw.ef_search") == str(AUTO_EF_SEARCH[0][1]) == "100"
+
+    table = connection.ops.quote_name(Item._meta.db_table)
+    with connection.cursor() as cursor:  # what ANALYZE would write for a 1M-row table
+        cursor.execute("UPDATE pg_class SET reltuples = 1000000 WHERE oid = to_regclass(%s)",
+                       [table])
+    try:
+        assert table_rows(Item, "default") < 200_000  # kept for TABLE_ROWS_TTL
+        monkeypatch.setattr(query_module, "_table_rows", {})
+        assert ef_search_for(Item, "default") == 200
+        found = list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+        assert len(found) == 3 and _show("hnsw.ef_search") == "200"
+        settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 64}
+        list(Item.objects.similar_to_vector(np.ones(DIMS), limit=3))
+        assert _show("hnsw.ef_search") == "64"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {table}")

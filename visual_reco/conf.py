@@ -91,7 +91,9 @@ DEFAULTS: dict[str, Any] = {
     },
     # HNSW search: candidate list size, and pgvector 0.8's iterative scan so that
     # filtered queries still return `limit` rows ("off", "relaxed_order", "strict_order").
-    "HNSW_EF_SEARCH": 100,
+    # "auto": by the table's estimated rows (visual_reco.query.AUTO_EF_SEARCH: 100 under 200k
+    # rows, 200 under 2M, 400 beyond), so recall@10 stays >= 0.95 as a catalog grows to 1M.
+    "HNSW_EF_SEARCH": "auto",
     "HNSW_ITERATIVE_SCAN": "relaxed_order",
     "HNSW_MAX_SCAN_TUPLES": 20_000,
     # A filtered search that the planner expects to pass at most this many rows ranks them

@@ -25,6 +25,7 @@ order, with their scores).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -67,6 +68,15 @@ MATCH_COLOUR = "visual_match_colour"
 # Rows of hnsw.ef_search beyond a blend's ASPECT_CANDIDATES (`candidate_ef_search`): the
 # source and rows that filters drop. Chosen in demo_shop/bench (bench_blend, docs/BENCHMARKS.md).
 CANDIDATE_EF_MARGIN = 20
+# HNSW_EF_SEARCH "auto": (tables under this many rows, ef_search); None: any size. Measured
+# on 2,048-d vectors (docs/BENCHMARKS.md "Nearest-neighbour queries at scale"): ef_search 100
+# keeps recall@10 at 0.998 at 100k rows but gives 0.922 at 1M, where 200 gives 0.952 (p99
+# 13.1 ms). 400 beyond 2M is an extrapolation, not a measurement.
+AUTO_EF_SEARCH: tuple[tuple[int | None, int], ...] = ((200_000, 100), (2_000_000, 200),
+                                                      (None, 400))
+# Seconds a process keeps a table's estimated size (`table_rows`).
+TABLE_ROWS_TTL = 600.0
+_table_rows: dict[tuple[str, str], tuple[float, float]] = {}
 # While set, a blend's candidate subquery ranks its rows exactly (`CandidateDistance`).
 _EXACT_CANDIDATES: ContextVar[bool] = ContextVar("visual_reco_exact_candidates", default=False)
 
@@ -480,7 +490,7 @@ class VisualQuerySet(models.QuerySet):
             if self._prefetch_related_lookups and not self._prefetch_done:
                 self._prefetch_related_objects()
         else:
-            with hnsw_settings_applied(self.db):
+            with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)):
                 super()._fetch_all()
             wanted = (self.query.high_mark or 0) - self.query.low_mark
             if len(self._result_cache) < wanted:
@@ -510,7 +520,8 @@ class VisualQuerySet(models.QuerySet):
             with exact_candidates():
                 super()._fetch_all()
         else:
-            with hnsw_settings_applied(self.db, candidate_ef_search()):
+            with hnsw_settings_applied(
+                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))):
                 super()._fetch_all()
             if len(self._result_cache) < self._visual_pool:
                 # A short walk (dead tuples, see `_fetch_all`): rank the candidates exactly.
@@ -565,12 +576,13 @@ class VisualQuerySet(models.QuerySet):
             if self._exact_candidates_wanted():
                 with exact_candidates():
                     return super().explain(format=format, **options)
-            with hnsw_settings_applied(self.db, candidate_ef_search()):
+            with hnsw_settings_applied(
+                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))):
                 return super().explain(format=format, **options)
         exact = self._exact()
         if exact is not None:
             return exact.explain(format=format, **options)
-        with hnsw_settings_applied(self.db):
+        with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)):
             return super().explain(format=format, **options)
 
     def _exact(self) -> Self | None:
@@ -775,7 +787,9 @@ class _GallerySearch:
         if exact:
             rows, names = self._execute(sql, params)
         else:
-            ef_search = None if self.blend is None else candidate_ef_search()
+            ef_search = ef_search_for(self.images.model, self.images.db)
+            if self.blend is not None:
+                ef_search = candidate_ef_search(ef_search)
             with hnsw_settings_applied(self.images.db, ef_search):
                 rows, names = self._execute(sql, params)
         return (rows[0][names["visual_fullest"]] if rows else None,
@@ -1028,26 +1042,56 @@ def estimated_rows(queryset: models.QuerySet) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
+def table_rows(model: type[models.Model], using: str) -> float:
+    """The planner's estimate of ``model``'s rows (``pg_class.reltuples``, kept up to date
+    by autovacuum's ANALYZE; 0 for a table never analysed), read once per `TABLE_ROWS_TTL`
+    seconds per process."""
+    key = (using, model._meta.db_table)
+    now = time.monotonic()
+    cached = _table_rows.get(key)
+    if cached is None or cached[0] < now:
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                           [connection.ops.quote_name(model._meta.db_table)])
+            found = cursor.fetchone()
+        cached = _table_rows[key] = (now + TABLE_ROWS_TTL, max(float(found[0]), 0.0)
+                                     if found else 0.0)
+    return cached[1]
+
+
+def ef_search_for(model: type[models.Model], using: str) -> int:
+    """``hnsw.ef_search`` for searches of ``model``'s table: ``HNSW_EF_SEARCH``, or with
+    "auto" the first of `AUTO_EF_SEARCH` whose size bound the table's estimated rows are
+    under."""
+    configured = reco_settings.HNSW_EF_SEARCH
+    if configured != "auto":
+        return int(configured)
+    rows = table_rows(model, using)
+    return next(ef for below, ef in AUTO_EF_SEARCH if below is None or rows < below)
+
+
 def hnsw_settings(ef_search: int | None = None) -> tuple[str, str, str]:
-    """``hnsw.ef_search`` (``HNSW_EF_SEARCH`` unless given), ``hnsw.iterative_scan`` and
-    ``hnsw.max_scan_tuples`` as set."""
-    ef_search = reco_settings.HNSW_EF_SEARCH if ef_search is None else ef_search
+    """``hnsw.ef_search`` (``HNSW_EF_SEARCH`` unless given; "auto" without a table is its
+    smallest table's value), ``hnsw.iterative_scan`` and ``hnsw.max_scan_tuples`` as set."""
+    if ef_search is None:
+        configured = reco_settings.HNSW_EF_SEARCH
+        ef_search = AUTO_EF_SEARCH[0][1] if configured == "auto" else configured
     return (str(ef_search), reco_settings.HNSW_ITERATIVE_SCAN,
             str(reco_settings.HNSW_MAX_SCAN_TUPLES))
 
 
-def candidate_ef_search() -> int:
+def candidate_ef_search(ef_search: int) -> int:
     """``hnsw.ef_search`` for a blend's candidate searches (each aspect's index walk):
-    ``HNSW_EF_SEARCH``, raised to ``ASPECT_CANDIDATES`` plus `CANDIDATE_EF_MARGIN` when
-    that is more.
+    the table's ``ef_search`` (`ef_search_for`), raised to ``ASPECT_CANDIDATES`` plus
+    `CANDIDATE_EF_MARGIN` when that is more.
 
     The graph walk's first pass yields ``ef_search`` rows; needing even one more (the source
     itself is among its own nearest and is filtered out) sends pgvector's iterative scan on
     a second pass that cost more than the first (EXPLAIN ANALYZE at 10k rows: first row
     after 2.7 ms, the 101st after 10.9 ms).
     """
-    return max(int(reco_settings.HNSW_EF_SEARCH),
-               int(reco_settings.ASPECT_CANDIDATES) + CANDIDATE_EF_MARGIN)
+    return max(int(ef_search), int(reco_settings.ASPECT_CANDIDATES) + CANDIDATE_EF_MARGIN)
 
 
 @contextmanager
