@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
+from django.db.migrations.state import StateApps
 from pgvector.django import HalfVectorField, HnswIndex
 
 from visual_reco import registry
@@ -188,8 +188,16 @@ class ImageEmbeddingField(HalfVectorField):
     def contribute_to_class(self, cls: type[models.Model], name: str,
                             private_only: bool = False) -> None:
         super().contribute_to_class(cls, name, private_only=private_only)
-        if cls._meta.abstract or not self.with_companions:
+        if cls._meta.abstract:
             return
+        if self.with_companions:
+            self._add_companions(cls, name)
+        # Not a migration's historical model (a model of another registry, such as the
+        # benchmarks' unmanaged ones, is searched like the shop's).
+        if not isinstance(cls._meta.apps, StateApps):
+            registry.register(self)
+
+    def _add_companions(self, cls: type[models.Model], name: str) -> None:
         verbose = name.replace("_", " ")
         companions = {
             "status": models.CharField(
@@ -212,8 +220,6 @@ class ImageEmbeddingField(HalfVectorField):
         # A new list: Meta.indexes may be shared with a parent. Migrations read original_attrs.
         cls._meta.indexes = [*cls._meta.indexes, *indexes]
         cls._meta.original_attrs["indexes"] = cls._meta.indexes
-        if cls._meta.apps is apps:  # not a migration's historical model
-            registry.register(self)
 
     def hnsw_index(self, cls: type[models.Model], name: str) -> HnswIndex:
         """The HNSW cosine index for the column of field ``name`` (this one or an aspect's),
