@@ -9,12 +9,13 @@ import io
 
 import numpy as np
 import pytest
+from django.apps.registry import Apps
 from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, models
 from django.db.migrations.loader import MigrationLoader
 from django.template import Context, Template
 from django.test import RequestFactory
@@ -24,6 +25,7 @@ from tests.celery_app import app as celery_app
 from tests.conftest import upload
 from tests.testapp.models import GarmentPhoto, Item, ItemImage, Kit, Look
 from visual_reco.classifier import classifier_path
+from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import reindex, sweep
 from visual_reco.models import EmbeddingStatus
 from visual_reco.registry import (
@@ -62,6 +64,19 @@ def test_historical_models_of_migrations_do_not_register():
     assert historical is not Look
     assert embedding_fields(historical) == []
     assert get_embedding_field(Look, "detail_embedding").model is Look
+
+
+def test_a_field_without_companions_on_a_model_of_another_registry_registers():
+    """The benchmarks' unmanaged tables (their own `Apps`, no companion columns) are
+    searched through the same field and queryset as a shop's model."""
+    meta = type("Meta", (), {"managed": False, "db_table": "elsewhere_rows",
+                             "app_label": "elsewhere", "apps": Apps()})
+    model = type("ElsewhereRow", (models.Model,), {
+        "__module__": __name__, "image": models.CharField(max_length=10),
+        "embedding": ImageEmbeddingField(source="image", dimensions=4, with_companions=False),
+        "Meta": meta})
+    assert get_embedding_field(model).name == "embedding"
+    assert [f.name for f in model._meta.fields] == ["id", "image", "embedding"]
 
 
 def test_each_field_has_its_own_lifecycle(photos, sent, django_capture_on_commit_callbacks):
