@@ -106,7 +106,11 @@ if "DEMO_QUERY_EMBEDDING" in os.environ:  # benchmarks: "process" or "worker"
     VISUAL_RECO["QUERY_EMBEDDING"] = os.environ["DEMO_QUERY_EMBEDDING"]
 if "DEMO_QUERY_QUEUE" in os.environ:  # benchmarks: the queue of the query worker
     VISUAL_RECO["QUEUES"] = {"query": os.environ["DEMO_QUERY_QUEUE"]}
-if "DEMO_EMBEDDER_PRECISION" in os.environ:  # benchmarks: float32, bfloat16 or auto
+if os.environ.get("DEMO_EMBEDDER_PRECISION") == "litert":  # benchmarks: no TensorFlow
+    VISUAL_RECO["EMBEDDER"] = {"BACKEND": "visual_reco.embedders.litert.LiteRTEmbedder",
+                               "OPTIONS": {**DEFAULTS["EMBEDDER"]["OPTIONS"],
+                                           "precision": "float32"}}
+elif "DEMO_EMBEDDER_PRECISION" in os.environ:  # benchmarks: float32, bfloat16 or auto
     VISUAL_RECO["EMBEDDER"] = {**DEFAULTS["EMBEDDER"], "OPTIONS": {
         **DEFAULTS["EMBEDDER"]["OPTIONS"], "precision": os.environ["DEMO_EMBEDDER_PRECISION"]}}
 

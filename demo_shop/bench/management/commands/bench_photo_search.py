@@ -39,12 +39,14 @@ SIX_CROPS = "0.7"  # the default until 2026-12-01
 QUERY_QUEUE = "bench_photo_search_query"
 # The words of the padding's products (`catalog_padding`): "synthetic" matches every one.
 COMMON_WORD = "synthetic"
-# name -> (query views, precision, words sent: none, the photo's class, or COMMON_WORD).
+# name -> (query views, precision or "litert" (the LiteRT embedder, float32), words sent:
+# none, the photo's class, or COMMON_WORD).
 VARIANTS: dict[str, tuple[str, str, str]] = {
     "six crops, float32": (SIX_CROPS, "float32", ""),
     "six crops, bfloat16": (SIX_CROPS, "bfloat16", ""),
     "one pass, float32": ("0", "float32", ""),
     "one pass, bfloat16": ("0", "bfloat16", ""),
+    "one pass, LiteRT float32": ("0", "litert", ""),
     "one pass, bfloat16, photo + class words": ("0", "bfloat16", "class"),
     "one pass, bfloat16, photo + a word every product has": ("0", "bfloat16", "common"),
 }
