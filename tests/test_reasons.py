@@ -77,6 +77,27 @@ def test_a_result_named_like_the_product_is_not_of_another_colour():
         "similar shape, other colour: green"
 
 
+def test_another_colour_name_needs_a_closer_colour_to_be_similar(settings):
+    # The demo's white Frankie Sweatshirt under the mint one: colour cosine 0.691, main
+    # colours "white" and "teal" (docs/QUALITY.md "Captions: a pale colour next to white").
+    frankie = {"shape": 0.93, "colour": 0.691}
+    assert reason(frankie, ["white"], "similar", source_colours=["teal"]) == \
+        "same shape, other colour: white"
+    # The same cosine under a product of the same main name, or with no name to compare.
+    assert reason(frankie, ["teal"], "similar", source_colours=["teal"]) == \
+        "same shape, similar colour: teal"
+    assert reason(frankie, ["white"], "similar") == "same shape, similar colour: white"
+    assert reason({**frankie, "colour": 0.71}, ["white"], "similar",
+                  source_colours=["teal"]) == "same shape, similar colour: white"
+    # Thresholds without the key keep one "similar" threshold for every name.
+    assert reason({"colour": 0.75}, ["red"], "similar", source_colours=["navy"],
+                  thresholds=LIMITS) == "similar colour: red"
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "REASON_THRESHOLDS": {
+        "colour": {"same": 0.86, "similar": 0.68, "similar_other_name": 0.8}}}
+    assert reason({"colour": 0.75}, ["red"], "similar", source_colours=["navy"]) == \
+        "other colour: red"
+
+
 def test_every_palette_colour_has_a_translatable_name():
     assert set(COLOUR_NAMES) == set(PALETTE)
     assert colour_label("light blue") == "light blue"

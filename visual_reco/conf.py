@@ -248,9 +248,11 @@ DEFAULTS: dict[str, Any] = {
     # The cosines from which a result's caption (visual_reco.reasons) calls its shape or
     # colour the "same" or "similar" (below: "other"): the best separation of Luma photo pairs
     # of neighbouring classes (same style / same category / other), chosen on the tune half by
-    # demo_shop/bench/reason_thresholds.py (docs/QUALITY.md).
+    # demo_shop/bench/reason_thresholds.py (docs/QUALITY.md). Colour's similar_other_name:
+    # the "similar" threshold of a result whose main colour name is not the product's.
     "REASON_THRESHOLDS": {"shape": {"same": 0.86, "similar": 0.65},
-                          "colour": {"same": 0.86, "similar": 0.68}},
+                          "colour": {"same": 0.86, "similar": 0.68,
+                                     "similar_other_name": 0.71}},
     "MAX_LIMIT": 100,
     # API requests per client ("N/s", "N/min", "N/hour", "N/day"; None: no limit), counted
     # in this cache alias (use one every process shares), and photo searches one process

@@ -105,15 +105,23 @@ def reason(aspect_scores: Mapping[str, float | None] | None,
 
     A result whose main colour has the name of the product's own main colour
     (``source_colours``) is never said to be of another colour: "other colour: green" under
-    a green product reads as a mistake, whatever the shades' cosine."""
+    a green product reads as a mistake, whatever the shades' cosine. One whose main colour
+    has another name is "similar" only from the colour threshold ``similar_other_name``
+    (default: ``similar``): a pale colour shares its histogram bins with white and grey."""
     if aspect_scores is None:
         return None
     blend = blend_for(mode, default=True)
     colour_leads = blend is not None and blend.lead_aspect == COLOUR
     shape = level(SHAPE, aspect_scores.get(SHAPE), thresholds)
     colour = level(COLOUR, aspect_scores.get(COLOUR), thresholds)
-    if colour == "other" and colours and source_colours and colours[0] == source_colours[0]:
-        colour = "similar"
+    if colours and source_colours:
+        if colour == "other" and colours[0] == source_colours[0]:
+            colour = "similar"
+        elif colour == "similar" and colours[0] != source_colours[0]:
+            limits = (reco_settings.REASON_THRESHOLDS if thresholds is None
+                      else thresholds)[COLOUR]
+            if aspect_scores[COLOUR] < limits.get("similar_other_name", limits["similar"]):
+                colour = "other"
     return _caption(get_language(), colour_leads, shape, colour,
                     colours[0] if colours else None)
 

@@ -111,22 +111,31 @@ def embedded(name: str, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return result.vectors, np.load(pixels_file, mmap_mode="r")
 
 
-def load_photos(datasets: Path) -> tuple[Photos, Photos]:
-    """Luma and fashion, embedded (cached)."""
-    luma_folder, fashion_folder = datasets / "magento_luma", datasets / "fashion_products"
-    rows = luma_rows(luma_folder)
-    paths = [luma_folder / r["path"] for r in rows]
+def load_luma(datasets: Path) -> Photos:
+    """The Luma photos, embedded (cached)."""
+    folder = datasets / "magento_luma"
+    rows = luma_rows(folder)
+    paths = [folder / r["path"] for r in rows]
     cnn, pixels = embedded("luma", paths)
-    luma = Photos("luma", paths, {key: np.array([r[key] for r in rows])
+    return Photos("luma", paths, {key: np.array([r[key] for r in rows])
                                   for key in ("item", "style", "colour", "category", "view")},
                   cnn, pixels)
-    rows = fashion_rows(fashion_folder)
-    paths = [fashion_folder / r["image"] for r in rows]
+
+
+def load_fashion(datasets: Path) -> Photos:
+    """The fashion photos, embedded (cached)."""
+    folder = datasets / "fashion_products"
+    rows = fashion_rows(folder)
+    paths = [folder / r["image"] for r in rows]
     cnn, pixels = embedded("fashion", paths)
-    fashion = Photos("fashion", paths, {key: np.array([r[key] for r in rows])
-                                        for key in ("articleType", "baseColour", "subCategory")},
-                      cnn, pixels)
-    return luma, fashion
+    return Photos("fashion", paths, {key: np.array([r[key] for r in rows])
+                                     for key in ("articleType", "baseColour", "subCategory")},
+                  cnn, pixels)
+
+
+def load_photos(datasets: Path) -> tuple[Photos, Photos]:
+    """Luma and fashion, embedded (cached)."""
+    return load_luma(datasets), load_fashion(datasets)
 
 
 
