@@ -20,18 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, models, router, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
-from django.db.models.functions import Cast
+from django.db import connections, router, transaction
+from django.db.models import Count, Exists, Q
 from django.utils import timezone
 
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import Embedder, get_embedder
 from visual_reco.fields import ImageEmbeddingField
-from visual_reco.jobs import QueueResult, queue_embeddings
+from visual_reco.jobs import QueueResult, fill_shadow
 from visual_reco.models import EmbedderRollout, EmbeddingShadow
 from visual_reco.result_cache import invalidate_on_commit
-from visual_reco.rollout import aliases, field_key
+from visual_reco.rollout import field_key, shadow_of
 
 
 class SwitchRefused(Exception):
@@ -111,18 +110,11 @@ def _primary(field: ImageEmbeddingField) -> str:
     return router.db_for_write(field.model)
 
 
-def _shadow_of(field: ImageEmbeddingField, fingerprint: str) -> QuerySet:
-    """The shadow vector of ``fingerprint`` of the outer row's current image."""
-    return EmbeddingShadow.objects.filter(
-        **field_key(field), fingerprint=fingerprint, source=OuterRef(field.source),
-        object_id=Cast(OuterRef("pk"), output_field=models.CharField()))
-
-
 def coverage(field: ImageEmbeddingField, alias: str) -> Coverage:
     """How many of ``field``'s rows with an image have a shadow vector of ``alias``."""
     found = fingerprint(field, alias)
     counts = field.model._base_manager.using(_primary(field)).filter(field.has_image()).aggregate(
-        total=Count("pk"), done=Count("pk", filter=Q(Exists(_shadow_of(field, found)))))
+        total=Count("pk"), done=Count("pk", filter=Q(Exists(shadow_of(field, found)))))
     return Coverage(found, counts["done"], counts["total"])
 
 
@@ -165,12 +157,7 @@ def start(field: ImageEmbeddingField, alias: str) -> QueueResult:
 
 def fill(field: ImageEmbeddingField) -> QueueResult:
     """Queue ``field``'s rows with an image that lack a vector of the shadow alias."""
-    shadow = aliases(field, using=_primary(field)).shadow
-    if not shadow:
-        return QueueResult()
-    missing = field.model._base_manager.using(_primary(field)).filter(field.has_image()).exclude(
-        Exists(_shadow_of(field, fingerprint(field, shadow))))
-    return queue_embeddings(field.model, missing.values_list("pk", flat=True), field=field.name)
+    return fill_shadow(field)
 
 
 def switch(field: ImageEmbeddingField, *, back: bool = False) -> Coverage:
