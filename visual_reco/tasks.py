@@ -113,7 +113,7 @@ def warm_aliases() -> list[str]:
     """The embedder aliases the registered fields embed with now: each one's live alias
     and, during a rollout, its shadow (`visual_reco.rollout`); a field's declared one when
     the rollout table cannot be read (not migrated yet, database down)."""
-    found = {}
+    found: set[str] = set()
     for model in embedded_models():
         for field in embedding_fields(model):
             try:
@@ -122,7 +122,7 @@ def warm_aliases() -> list[str]:
                 logger.warning("Could not read the live embedder of %s.%s; warming %r",
                                model._meta.label, field.name, field.embedder, exc_info=True)
                 current = Aliases(field.embedder)
-            found.update(dict.fromkeys(filter(None, (current.live, current.shadow))))
+            found.update(alias for alias in (current.live, current.shadow) if alias)
     return sorted(found)
 
 
