@@ -2,8 +2,9 @@
 
 `start` names a candidate alias: workers embed every row with it into
 `visual_reco.models.EmbeddingShadow` (queued as any embedding, ``BATCH_SIZE`` rows per
-task; running it again queues only what is missing), while the field's column keeps
-serving the live embedder's vectors. `coverage` says how many rows with an image have a
+task; running it again queues only what is missing, and so does the periodic sweep
+``SWEEP_GRACE`` after the last fill: `visual_reco.jobs.fill_shadow`), while the field's
+column keeps serving the live embedder's vectors. `coverage` says how many rows with an image have a
 shadow vector of the candidate for their current image. `switch`, once every row has one,
 swaps in one transaction: the live vectors go to the shadow table, the candidate's to the
 column, and the rollout row names the candidate live, so every process embeds new uploads
@@ -11,7 +12,9 @@ and search photos with it from the next read (`visual_reco.rollout`). The previo
 becomes the shadow, so uploads keep getting both vectors and `rollback` is the same swap
 back. `finish` drops the shadow. A switch rewrites every row with an image, so the column
 holds one fingerprint after it, and an embedder of another size is refused: the column's
-size and its HNSW index are fixed.
+size and its HNSW index are fixed. The rewrite is one ``UPDATE ... FROM`` the shadow table;
+nearly all its time is the rows' inserts into the HNSW indexes (docs/BENCHMARKS.md
+"Changing the embedder").
 """
 
 from __future__ import annotations
