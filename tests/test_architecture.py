@@ -22,7 +22,7 @@ LAYERS = {
     "fields": ["registry", "fields", "rollout", "checks"],
     "queries": ["pk_rows", "modes", "diversity", "gallery", "query", "reasons", "result_cache",
                 "inline_storage", "categories", "classifier", "fusion", "text_search",
-                "photo_adapter", "photo_adapter_learning", "search"],
+                "versions", "photo_adapter", "photo_adapter_learning", "search"],
     "feedback": ["feedback", "feedback.ranking", "feedback.tokens", "feedback.visitors",
                  "feedback.experiments", "feedback.evidence", "feedback.similar",
                  "feedback.taste", "feedback.picks",

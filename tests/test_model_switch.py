@@ -4,6 +4,7 @@ the same 2,048 dimensions), both in tests/settings.py's ``EMBEDDERS``."""
 
 import io
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -13,14 +14,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from tests.conftest import EMBED_TIMEOUT, upload, wait_for_status
+from tests.test_surfaces import render
 from tests.testapp.models import Item, Look
 from visual_reco import model_switch
+from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
+from visual_reco.feedback.tokens import read
 from visual_reco.images import open_image
+from visual_reco.jobs import sweep
 from visual_reco.models import EmbedderRollout, EmbeddingShadow, EmbeddingStatus
 from visual_reco.query import vector_of
 from visual_reco.registry import get_embedding_field
 from visual_reco.rollout import field_key, live_embedder
+from visual_reco.tasks import warm_models
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CANDIDATE = "xception_256"
@@ -195,3 +201,96 @@ def test_a_field_without_aspects_switches_and_rolls_back():
         assert np.array_equal(vector_of(rows[look.pk], "detail_embedding"), vector)
         assert rows[look.pk].detail_embedding_fingerprint == old_fp
         assert rows[look.pk].detail_embedding_status == EmbeddingStatus.READY
+
+
+def _backdate_fill(field) -> None:
+    """As if the rollout's missing rows were queued longer than ``SWEEP_GRACE`` ago."""
+    EmbedderRollout.objects.filter(**field_key(field)).update(
+        filled_at=timezone.now() - timedelta(seconds=reco_settings.SWEEP_GRACE + 1))
+
+
+@pytest.mark.worker
+def test_the_sweep_queues_shadow_vectors_that_went_missing(celery_worker, photos):
+    field = get_embedding_field(Item)
+    with transaction.atomic():
+        items = [Item.objects.create(name=p.label, photo=upload(p.path)) for p in photos[:2]]
+    for item in items:
+        assert wait_for_status(item, DONE).embedding_status == EmbeddingStatus.READY
+    _command("start", "--embedder", CANDIDATE)
+    _wait_for_coverage(field, CANDIDATE)
+    # A task lost with its worker: one row's shadow vector never arrived.
+    EmbeddingShadow.objects.filter(object_id=str(items[0].pk)).delete()
+    assert str(model_switch.coverage(field, CANDIDATE)) == "1/2 rows (50.0%)"
+    assert sweep()["testapp.Item"].queued == 0  # `start` queued it a moment ago
+    _backdate_fill(field)
+    assert sweep()["testapp.Item"].queued == 1
+    assert sweep()["testapp.Item"].queued == 0  # queued again: left alone for the grace
+    assert _wait_for_coverage(field, CANDIDATE).done == 2
+    _command("finish")
+
+
+def test_the_sweep_leaves_rows_waiting_for_their_live_vector_to_their_task():
+    """A pending row's own task embeds both vectors: the shadow refill does not queue it
+    a second time (the sweep's counts say what it sent)."""
+    field = get_embedding_field(Look, "detail_embedding")
+    looks = [Look.objects.create(name=f"look {i}") for i in range(3)]
+    status = [EmbeddingStatus.READY, EmbeddingStatus.READY, EmbeddingStatus.PENDING]
+    for look, state in zip(looks, status, strict=True):
+        Look.objects.filter(pk=look.pk).update(detail=f"looks/{look.pk}.jpg", **field.state(
+            state, fingerprint=field.fingerprint_for(get_embedder("default")),
+            at=timezone.now()))
+    EmbedderRollout.objects.create(**field_key(field), live="default", shadow=CANDIDATE,
+                                   started_at=timezone.now())
+    assert sweep()["testapp.Look"].queued == 2  # the pending row was queued a moment ago
+    assert sweep()["testapp.Look"].queued == 0  # and the two: left alone for the grace
+
+
+def test_warm_up_loads_the_live_and_the_shadow_embedders():
+    """After a switch the workers' first task finds the live model loaded, and during a
+    rollout the shadow one too."""
+    EmbedderRollout.objects.create(**field_key(get_embedding_field(Item)), live=CANDIDATE,
+                                   shadow="default", started_at=timezone.now())
+    assert warm_models() == ["default", CANDIDATE]
+
+
+def test_tokens_record_the_live_embedders_fingerprint(client, items):
+    """After a switch the served lists are ranked by the live embedder's vectors: their
+    tokens (and so the events credited to them) say so."""
+    field = get_embedding_field(Item)
+    EmbedderRollout.objects.create(**field_key(field), live=CANDIDATE, shadow="default",
+                                   started_at=timezone.now(), switched_at=timezone.now())
+    live = get_embedder(CANDIDATE).fingerprint.rsplit(":", 1)[-1][:12]
+    assert live != get_embedder("default").fingerprint.rsplit(":", 1)[-1][:12]
+    client.cookies["vr_vid"] = "visitor-id-0123456789abcdef"
+    body = client.get(f"/api/visual-reco/products/{items[0].pk}/similar/?limit=3").json()
+    assert read(body["token"]).fingerprint == live
+    html = render("{% visually_similar item limit=3 %}", item=items[0])
+    assert read(html.split('data-vr-token="', 1)[1].split('"', 1)[0]).fingerprint == live
+
+
+def test_a_deleted_rows_shadow_vectors_go_with_it():
+    field = get_embedding_field(Look, "detail_embedding")
+    new_fp = field.fingerprint_for(get_embedder(CANDIDATE))
+    looks = [Look.objects.create(name=f"look {i}") for i in range(3)]
+    for look in looks:
+        Look.objects.filter(pk=look.pk).update(detail=f"looks/{look.pk}.jpg", **field.state(
+            EmbeddingStatus.READY, vector=np.ones(2048, dtype=np.float32) / 2048 ** 0.5,
+            fingerprint=field.fingerprint_for(get_embedder("default"))))
+    EmbedderRollout.objects.create(**field_key(field), live="default", shadow=CANDIDATE,
+                                   started_at=timezone.now())
+    for look in looks:
+        for fingerprint in (new_fp, "an older one"):
+            EmbeddingShadow.objects.create(**field_key(field), object_id=str(look.pk),
+                                           fingerprint=fingerprint,
+                                           source=f"looks/{look.pk}.jpg", error="x")
+    gone = str(looks[0].pk)
+    with transaction.atomic():
+        Look.objects.get(pk=gone).delete()
+        assert not EmbeddingShadow.objects.filter(object_id=gone).exists()
+        transaction.set_rollback(True)  # kept when the delete is rolled back
+    assert EmbeddingShadow.objects.filter(object_id=gone).count() == 2
+    looks[0].delete()
+    assert not EmbeddingShadow.objects.filter(object_id=gone).exists()
+    assert EmbeddingShadow.objects.count() == 4
+    found = model_switch.coverage(field, CANDIDATE)
+    assert (found.done, found.total) == (2, 2)

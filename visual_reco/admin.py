@@ -5,6 +5,7 @@ versions with their held-back numbers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -22,12 +23,13 @@ from django.utils.translation import ngettext
 from visual_reco import photo_adapter_learning
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.feedback.analytics import Report, ctr_chart, default_period, report, to_csv
-from visual_reco.feedback.learning import current_fingerprint, retire, serve
+from visual_reco.feedback.learning import retire, serve
 from visual_reco.feedback.rollup import WATERMARK
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import QueueResult, reindex
 from visual_reco.models import FeedbackDaily, FeedbackRollup, LearnedRanking, PhotoAdapter
 from visual_reco.registry import gallery_fields, selected_fields
+from visual_reco.versions import current_fingerprint
 
 STATUS_COLOURS = {
     EmbeddingStatus.READY: "#1a7f37",
@@ -287,14 +289,44 @@ class FeedbackAnalyticsAdmin(admin.ModelAdmin):
         return response
 
 
-@admin.register(LearnedRanking)
-class LearnedRankingAdmin(admin.ModelAdmin):
-    """The versions `manage.py visual_reco_learn` trained, newest first: which one serves
-    and their numbers on the held-back lists against the visual order. Read-only; staff who
-    may change them can serve or retire one."""
+def version_actions(serve_row: Callable[[Any], None], retire_row: Callable[[Any], None], *,
+                    serves: str, retired: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The admin actions of a trained model's versions: "Serve this version" with
+    ``serve_row`` (its message says the version serves ``serves`` and the field) and "Stop
+    serving (``retired``)" with ``retire_row``."""
 
-    list_display = ["version", "created_at", "field_label", "serving_label", "held_back",
-                    "ndcg", "mrr", "auc", "decision"]
+    @admin.action(description="Serve this version", permissions=["change"])
+    def serve_version(modeladmin: admin.ModelAdmin, request: HttpRequest,
+                      queryset: QuerySet) -> None:
+        """Serve the one selected version (for its field; the one before stops)."""
+        if queryset.count() != 1:
+            modeladmin.message_user(request, "Select one version to serve.", messages.WARNING)
+            return
+        row = queryset.get()
+        try:
+            serve_row(row)
+        except ValueError as exc:
+            modeladmin.message_user(request, str(exc), messages.ERROR)
+            return
+        modeladmin.message_user(request, f"{row.version} serves {serves}{row.model}."
+                                f"{row.field}.", messages.SUCCESS)
+
+    @admin.action(description=f"Stop serving ({retired})", permissions=["change"])
+    def retire_version(modeladmin: admin.ModelAdmin, request: HttpRequest,
+                       queryset: QuerySet) -> None:
+        """Stop serving the selected versions."""
+        for row in queryset.filter(serving=True):
+            retire_row(row)
+        modeladmin.message_user(request, "The selected versions do not serve.",
+                                messages.SUCCESS)
+
+    return serve_version, retire_version
+
+
+class TrainedVersionAdmin(admin.ModelAdmin):
+    """The versions of a trained model (`visual_reco.models.LearnedVersion`), newest first:
+    read-only but for serving; a subclass adds its numbers and ``version_actions``."""
+
     list_filter = ["serving", "model", "field"]
     ordering = ["-created_at"]
     actions = ["serve_version", "retire_version"]
@@ -307,9 +339,21 @@ class LearnedRankingAdmin(admin.ModelAdmin):
         return [field.name for field in self.opts.fields if field.name != "weights"]
 
     @admin.display(description="field")
-    def field_label(self, obj: LearnedRanking) -> str:
+    def field_label(self, obj: Any) -> str:
         """``app.model.field``."""
         return f"{obj.model}.{obj.field}"
+
+
+@admin.register(LearnedRanking)
+class LearnedRankingAdmin(TrainedVersionAdmin):
+    """The versions `manage.py visual_reco_learn` trained, newest first: which one serves
+    and their numbers on the held-back lists against the visual order. Read-only; staff who
+    may change them can serve or retire one."""
+
+    list_display = ["version", "created_at", "field_label", "serving_label", "held_back",
+                    "ndcg", "mrr", "auc", "decision"]
+    serve_version, retire_version = version_actions(serve, retire, serves="",
+                                                    retired="visual order")
 
     @admin.display(description="serving")
     def serving_label(self, obj: LearnedRanking) -> str:
@@ -348,52 +392,18 @@ class LearnedRankingAdmin(admin.ModelAdmin):
         """Clicked ranked above skipped, visual order and this version."""
         return self._pair(obj, "auc")
 
-    @admin.action(description="Serve this version", permissions=["change"])
-    def serve_version(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Serve the one selected version (for its field; the one before stops)."""
-        if queryset.count() != 1:
-            self.message_user(request, "Select one version to serve.", messages.WARNING)
-            return
-        row = queryset.get()
-        try:
-            serve(row)
-        except ValueError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return
-        self.message_user(request, f"{row.version} serves {row.model}.{row.field}.",
-                          messages.SUCCESS)
-
-    @admin.action(description="Stop serving (visual order)", permissions=["change"])
-    def retire_version(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Stop serving the selected versions."""
-        for row in queryset.filter(serving=True):
-            retire(row)
-        self.message_user(request, "The selected versions do not serve.", messages.SUCCESS)
-
 
 @admin.register(PhotoAdapter)
-class PhotoAdapterAdmin(admin.ModelAdmin):
+class PhotoAdapterAdmin(TrainedVersionAdmin):
     """The photo adapters `manage.py visual_reco_train_photo_adapter` trained, newest
     first: which one serves photo search and its held-back R@1 without and with it.
     Read-only; staff who may change them can serve or retire one."""
 
     list_display = ["version", "created_at", "field_label", "serving", "held",
                     "catalog_r1", "gallery_r1", "decision"]
-    list_filter = ["serving", "model", "field"]
-    ordering = ["-created_at"]
-    actions = ["serve_version", "retire_version"]
-    exclude = ["weights"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return [field.name for field in self.opts.fields if field.name != "weights"]
-
-    @admin.display(description="field")
-    def field_label(self, obj: PhotoAdapter) -> str:
-        """``app.model.field``."""
-        return f"{obj.model}.{obj.field}"
+    serve_version, retire_version = version_actions(
+        photo_adapter_learning.serve, photo_adapter_learning.retire,
+        serves="photo search on ", retired="raw vectors")
 
     def _pair(self, obj: PhotoAdapter, before: str, after: str) -> str:
         without = (obj.metrics.get(before) or {}).get("r1")
@@ -409,26 +419,3 @@ class PhotoAdapterAdmin(admin.ModelAdmin):
     def gallery_r1(self, obj: PhotoAdapter) -> str:
         """Held-back photos against the whole gallery: without → with the adapter."""
         return self._pair(obj, "without", "adapted")
-
-    @admin.action(description="Serve this version", permissions=["change"])
-    def serve_version(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Serve the one selected version (for its field; the one before stops)."""
-        if queryset.count() != 1:
-            self.message_user(request, "Select one version to serve.", messages.WARNING)
-            return
-        row = queryset.get()
-        try:
-            photo_adapter_learning.serve(row)
-        except ValueError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return
-        self.message_user(request, f"{row.version} serves photo search on {row.model}."
-                          f"{row.field}.", messages.SUCCESS)
-
-    @admin.action(description="Stop serving (raw vectors)", permissions=["change"])
-    def retire_version(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Stop serving the selected versions."""
-        for row in queryset.filter(serving=True):
-            photo_adapter_learning.retire(row)
-        self.message_user(request, "The selected versions do not serve.", messages.SUCCESS)
-

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models, router
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, Q, QuerySet
 from django.utils import timezone
 
 from visual_reco.broker import publish
@@ -27,7 +28,7 @@ from visual_reco.embedders import get_embedder
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.registry import embedded_models, selected_fields
 from visual_reco.result_cache import invalidate_on_commit
-from visual_reco.rollout import live_embedder
+from visual_reco.rollout import aliases, field_key, live_embedder, rollout_model, shadow_of
 
 logger = logging.getLogger("visual_reco")
 
@@ -130,6 +131,39 @@ def reindex(queryset: QuerySet, *, field: str | None = None) -> QueueResult:
     return result
 
 
+def fill_shadow(field: ImageEmbeddingField, *, grace: timedelta | None = None) -> QueueResult:
+    """Queue ``field``'s rows with an image that lack a vector of its shadow alias
+    (`visual_reco.rollout`) for their current image; nothing without a rollout.
+
+    With ``grace`` (the sweep), only when the last fill was longer ago than that, and not
+    the rows waiting for their live vector: their own task embeds both. A lost task or a
+    killed worker leaves a row without its shadow vector; this queues it again.
+    """
+    primary = router.db_for_write(field.model)
+    now = timezone.now()
+    rollout = rollout_model()._base_manager.using(primary).filter(**field_key(field)).exclude(
+        shadow="")
+    if grace is not None:
+        rollout = rollout.filter(Q(filled_at__isnull=True) | Q(filled_at__lt=now - grace))
+    # Claiming the fill by its time: of two sweeps at once, one queues.
+    if not rollout.update(filled_at=now):
+        return QueueResult()
+    shadow = aliases(field, using=primary).shadow
+    if not shadow:
+        return QueueResult()
+    try:
+        fingerprint = field.fingerprint_for(get_embedder(shadow))
+    except ImproperlyConfigured as exc:  # check E011 says so; the other fields still sweep
+        logger.warning("Not filling the shadow of %s.%s: %s", field.model._meta.label,
+                       field.name, exc)
+        return QueueResult(error=str(exc))
+    rows = field.model._base_manager.using(primary).filter(field.has_image())
+    if grace is not None:
+        rows = rows.exclude(**{f"{field.status_name}__in": WAITING})
+    missing = rows.exclude(Exists(shadow_of(field, fingerprint)))
+    return queue_embeddings(field.model, missing.values_list("pk", flat=True), field=field.name)
+
+
 def select(model: type[models.Model], statuses: Iterable[str], *,
            field: str | None = None) -> QuerySet:
     """Rows of ``model`` whose embedding status (of any field, for None) is in ``statuses``,
@@ -144,8 +178,9 @@ def select(model: type[models.Model], statuses: Iterable[str], *,
 
 def sweep(grace: timedelta | None = None) -> dict[str, QueueResult]:
     """Queue what is waiting in every field of every embedded model, by model label: stale
-    rows, and pending rows never queued (broker down) or queued more than ``grace`` (default
-    ``SWEEP_GRACE`` seconds) ago."""
+    rows, pending rows never queued (broker down) or queued more than ``grace`` (default
+    ``SWEEP_GRACE`` seconds) ago, and during a rollout the rows still lacking a shadow
+    vector ``grace`` after they were last queued (`fill_shadow`)."""
     if grace is None:
         grace = timedelta(seconds=reco_settings.SWEEP_GRACE)
     results = {}
@@ -160,6 +195,7 @@ def sweep(grace: timedelta | None = None) -> dict[str, QueueResult]:
                 | Q(**{embedding.status_name: EmbeddingStatus.STALE}))
             result.add(queue_embeddings(model, waiting.values_list("pk", flat=True),
                                         field=embedding.name))
+            result.add(fill_shadow(embedding, grace=grace))
     return results
 
 

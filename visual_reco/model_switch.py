@@ -2,8 +2,9 @@
 
 `start` names a candidate alias: workers embed every row with it into
 `visual_reco.models.EmbeddingShadow` (queued as any embedding, ``BATCH_SIZE`` rows per
-task; running it again queues only what is missing), while the field's column keeps
-serving the live embedder's vectors. `coverage` says how many rows with an image have a
+task; running it again queues only what is missing, and so does the periodic sweep
+``SWEEP_GRACE`` after the last fill: `visual_reco.jobs.fill_shadow`), while the field's
+column keeps serving the live embedder's vectors. `coverage` says how many rows with an image have a
 shadow vector of the candidate for their current image. `switch`, once every row has one,
 swaps in one transaction: the live vectors go to the shadow table, the candidate's to the
 column, and the rollout row names the candidate live, so every process embeds new uploads
@@ -11,7 +12,9 @@ and search photos with it from the next read (`visual_reco.rollout`). The previo
 becomes the shadow, so uploads keep getting both vectors and `rollback` is the same swap
 back. `finish` drops the shadow. A switch rewrites every row with an image, so the column
 holds one fingerprint after it, and an embedder of another size is refused: the column's
-size and its HNSW index are fixed.
+size and its HNSW index are fixed. The rewrite is one ``UPDATE ... FROM`` the shadow table;
+nearly all its time is the rows' inserts into the HNSW indexes (docs/BENCHMARKS.md
+"Changing the embedder").
 """
 
 from __future__ import annotations
@@ -20,18 +23,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, models, router, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
-from django.db.models.functions import Cast
+from django.db import connections, router, transaction
+from django.db.models import Count, Exists, Q
 from django.utils import timezone
 
 from visual_reco.choices import EmbeddingStatus
 from visual_reco.embedders import Embedder, get_embedder
 from visual_reco.fields import ImageEmbeddingField
-from visual_reco.jobs import QueueResult, queue_embeddings
+from visual_reco.jobs import QueueResult, fill_shadow
 from visual_reco.models import EmbedderRollout, EmbeddingShadow
 from visual_reco.result_cache import invalidate_on_commit
-from visual_reco.rollout import aliases, field_key
+from visual_reco.rollout import field_key, shadow_of
 
 
 class SwitchRefused(Exception):
@@ -111,18 +113,11 @@ def _primary(field: ImageEmbeddingField) -> str:
     return router.db_for_write(field.model)
 
 
-def _shadow_of(field: ImageEmbeddingField, fingerprint: str) -> QuerySet:
-    """The shadow vector of ``fingerprint`` of the outer row's current image."""
-    return EmbeddingShadow.objects.filter(
-        **field_key(field), fingerprint=fingerprint, source=OuterRef(field.source),
-        object_id=Cast(OuterRef("pk"), output_field=models.CharField()))
-
-
 def coverage(field: ImageEmbeddingField, alias: str) -> Coverage:
     """How many of ``field``'s rows with an image have a shadow vector of ``alias``."""
     found = fingerprint(field, alias)
     counts = field.model._base_manager.using(_primary(field)).filter(field.has_image()).aggregate(
-        total=Count("pk"), done=Count("pk", filter=Q(Exists(_shadow_of(field, found)))))
+        total=Count("pk"), done=Count("pk", filter=Q(Exists(shadow_of(field, found)))))
     return Coverage(found, counts["done"], counts["total"])
 
 
@@ -165,12 +160,7 @@ def start(field: ImageEmbeddingField, alias: str) -> QueueResult:
 
 def fill(field: ImageEmbeddingField) -> QueueResult:
     """Queue ``field``'s rows with an image that lack a vector of the shadow alias."""
-    shadow = aliases(field, using=_primary(field)).shadow
-    if not shadow:
-        return QueueResult()
-    missing = field.model._base_manager.using(_primary(field)).filter(field.has_image()).exclude(
-        Exists(_shadow_of(field, fingerprint(field, shadow))))
-    return queue_embeddings(field.model, missing.values_list("pk", flat=True), field=field.name)
+    return fill_shadow(field)
 
 
 def switch(field: ImageEmbeddingField, *, back: bool = False) -> Coverage:

@@ -296,7 +296,9 @@ class EmbedderRollout(models.Model):
     ``live`` is the alias whose vectors the column holds, that new uploads and search
     photos are embedded with; ``shadow`` (``""`` for none) the alias whose vectors workers
     also write to `EmbeddingShadow`: the candidate before a switch, the previous embedder
-    after one (so that a rollback needs no re-embedding).
+    after one (so that a rollback needs no re-embedding). ``filled_at``: when the rows
+    lacking a shadow vector were last queued (`start`, `switch`, the sweep), so that the
+    sweep leaves that work alone for ``SWEEP_GRACE`` seconds.
     """
 
     model = models.CharField(max_length=100)
@@ -305,6 +307,7 @@ class EmbedderRollout(models.Model):
     shadow = models.CharField(max_length=100, blank=True, default="")
     started_at = models.DateTimeField()
     switched_at = models.DateTimeField(null=True, blank=True)
+    filled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "embedder rollout"
@@ -323,6 +326,7 @@ class EmbeddingShadow(models.Model):
     (a row whose image changed since is not covered), ``vector`` a ``halfvec`` of any size,
     None when the image could not be embedded (``error`` says why), ``aspects`` the aspect
     vectors by name as pgvector text. The shop's own table gets no column and no migration.
+    A row's shadow vectors are deleted with it (`visual_reco.signals`).
     """
 
     model = models.CharField(max_length=100)
@@ -340,6 +344,9 @@ class EmbeddingShadow(models.Model):
         constraints = [models.UniqueConstraint(
             fields=["model", "field", "fingerprint", "object_id"],
             name="visual_reco_shadow_once")]
+        # A deleted row's shadow vectors go with it, whatever their fingerprint.
+        indexes = [models.Index(fields=["model", "field", "object_id"],
+                                name="visual_reco_shadow_row")]
 
     def __str__(self) -> str:
         return f"{self.model}.{self.field} {self.object_id} ({self.fingerprint})"

@@ -12,13 +12,12 @@ no column or index holds projected vectors, and item-to-item similarity never se
 
 Each process loads the serving version of a field once and looks again every
 ``SERVING_TTL`` seconds; a version trained on another embedder's vectors (fingerprint) is
-never used.
+never used (`visual_reco.versions`).
 """
 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +31,12 @@ from pgvector.django import CosineDistance
 
 from visual_reco.aspects import get_aspect
 from visual_reco.conf import reco_settings
-from visual_reco.databases import read_database
-from visual_reco.embedders import get_embedder
 from visual_reco.gallery import COLOUR_ATTRIBUTE
 from visual_reco.models import PhotoAdapter
 from visual_reco.modes import SHAPE, Blend, Term, unit_rows
 from visual_reco.query import DISTANCE, binary_vector, from_binary, halfvec_text, score_name
 from visual_reco.registry import get_embedding_field, is_gallery
-from visual_reco.rollout import live_embedder
-
-SERVING_TTL = 60.0
+from visual_reco.versions import ServingVersions
 
 
 @dataclass(frozen=True)
@@ -71,39 +66,24 @@ class Adapter:
             return cls(row.version, row.fingerprint, arrays["a"], arrays["b"])
 
 
-_serving: dict[tuple[str, str], tuple[float, Adapter | None, str]] = {}
+# The serving version of each field, kept by this process.
+SERVING = ServingVersions(PhotoAdapter, Adapter.from_row)
 
 
 def serving_adapter(model: type[models.Model], field: str | None = None) -> Adapter | None:
     """The adapter serving photo search on ``field`` of ``model``: None when none serves,
     when ``PHOTO_ADAPTER["SERVE"]`` is off, or when it was trained on vectors of another
-    embedder than the one the field's column holds (both looked up again every
-    ``SERVING_TTL`` seconds, as `visual_reco.feedback.learned` does)."""
+    embedder than the one the field's column holds
+    (`visual_reco.versions.ServingVersions`: looked up again every ``SERVING_TTL``
+    seconds, as the learned ranking is)."""
     if not reco_settings.PHOTO_ADAPTER["SERVE"]:
         return None
-    embedding = get_embedding_field(model, field)
-    key = (model._meta.label_lower, embedding.name)
-    now = time.monotonic()
-    cached = _serving.get(key)
-    if cached is None or cached[0] < now:
-        versions = PhotoAdapter.objects.db_manager(read_database(PhotoAdapter))
-        row = versions.filter(model=key[0], field=key[1], serving=True).first()
-        loaded = cached[1] if cached else None
-        if row is None:
-            loaded = None
-        elif loaded is None or loaded.version != row.version:
-            loaded = Adapter.from_row(row)
-        live = get_embedder(live_embedder(embedding)).fingerprint
-        cached = _serving[key] = (now + SERVING_TTL, loaded, live)
-    adapter = cached[1]
-    if adapter is None or adapter.fingerprint != cached[2]:
-        return None
-    return adapter
+    return SERVING.get(model, field)
 
 
 def forget_serving() -> None:
     """Look for the serving versions again on next use (after serving another one)."""
-    _serving.clear()
+    SERVING.forget()
 
 
 def image_vectors(model: type[models.Model], field: str | None, pks: Sequence[Any],

@@ -31,11 +31,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from django.apps import apps
 from django.db import IntegrityError, models, router, transaction
 
 from visual_reco.aspects import get_aspect
@@ -43,10 +42,11 @@ from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
 from visual_reco.models import PhotoAdapter
 from visual_reco.modes import SHAPE, Blend, Term, blend_for, unit_rows
-from visual_reco.photo_adapter import Adapter, forget_serving
+from visual_reco.photo_adapter import SERVING, Adapter
 from visual_reco.query import binary_vector, from_binary
 from visual_reco.registry import get_embedding_field, is_gallery, product_model
 from visual_reco.rollout import live_embedder
+from visual_reco.versions import TrainingResult
 
 logger = logging.getLogger("visual_reco")
 
@@ -76,22 +76,6 @@ class Photos:
     def training(self) -> np.ndarray:
         """The extra photos trained on (queries of the pairs)."""
         return self.extra & ~self.held
-
-
-@dataclass
-class AdapterResult:
-    """What a run did: the version it trained (or found), its held-back numbers and whether
-    it serves; ``reason`` says why in words."""
-
-    model: str
-    field: str
-    version: str | None = None
-    serving: bool = False
-    reason: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    trained: bool = False
-    saved: bool = False
-    seconds: float = 0.0
 
 
 def split(owners: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +218,7 @@ def decide(metrics: dict[str, Any], params: dict[str, Any]) -> tuple[bool, str]:
 
 def learn(model: type[models.Model] | None = None, field_name: str | None = None, *,
           dry_run: bool = False, echo: Callable[[str], None] | None = None,
-          **overrides: Any) -> AdapterResult:
+          **overrides: Any) -> TrainingResult:
     """Train an adapter for ``field_name`` of ``model`` (default: the product model's first
     field; a gallery field is what has extra photos) from its images, judge it on the
     held-back photos and serve it when it beats the search without it there and the
@@ -246,7 +230,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     model = model or product_model()
     embedding = get_embedding_field(model, field_name)
     label = model._meta.label_lower
-    result = AdapterResult(label, embedding.name)
+    result = TrainingResult(label, embedding.name)
     fingerprint = get_embedder(live_embedder(embedding)).fingerprint
     params = {**reco_settings.PHOTO_ADAPTER, **overrides,
               "SEARCH_MODE": reco_settings.SEARCH_MODE}
@@ -331,16 +315,9 @@ def serve(row: PhotoAdapter) -> None:
     """Make ``row`` the version that serves photo search on its field (the one before
     stops). Raises `ValueError` for a version trained on another embedder's vectors than
     the one the field's column holds."""
-    embedding = get_embedding_field(apps.get_model(row.model), row.field)
-    current = get_embedder(live_embedder(embedding)).fingerprint
-    if row.fingerprint != current:
-        raise ValueError(f"{row.version} was trained on vectors of embedder {row.fingerprint}, "
-                         f"not of the field's embedder {current}")
-    row.make_serving()
-    forget_serving()
+    SERVING.serve(row)
 
 
 def retire(row: PhotoAdapter) -> None:
     """Stop serving ``row``: photo search on its field goes back to the raw vectors."""
-    row.make_serving(False)
-    forget_serving()
+    SERVING.retire(row)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db.models import OuterRef, QuerySet
+from django.db.models.functions import Cast
 
 if TYPE_CHECKING:
     from visual_reco.fields import ImageEmbeddingField
@@ -46,6 +48,14 @@ def shadow_model() -> type[models.Model]:
 def field_key(field: ImageEmbeddingField) -> dict[str, str]:
     """How the rollout and shadow tables name ``field``: its model's label and its name."""
     return {"model": field.model._meta.label_lower, "field": field.name}
+
+
+def shadow_of(field: ImageEmbeddingField, fingerprint: str) -> QuerySet:
+    """The shadow vector of ``fingerprint`` of the outer row's current image (a subquery
+    for ``Exists``): shadow rows of deleted products or of a replaced image never match."""
+    return shadow_model()._base_manager.filter(
+        **field_key(field), fingerprint=fingerprint, source=OuterRef(field.source),
+        object_id=Cast(OuterRef("pk"), output_field=models.CharField()))
 
 
 def aliases(field: ImageEmbeddingField, *, lock: bool = False,

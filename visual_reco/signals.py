@@ -4,7 +4,8 @@
 embedding field these receivers: ``post_init`` remembers the source file names,
 ``pre_save`` notices a new or changed image and marks that field pending, ``post_save``
 queues the changed fields' embeddings once the transaction commits, and ``post_save`` /
-``post_delete`` drop the model's cached similar-products lists. Raw saves (fixture loads) and
+``post_delete`` drop the model's cached similar-products lists, and ``post_delete`` drops the
+object's shadow vectors of a rollout (`visual_reco.model_switch`). Raw saves (fixture loads) and
 saves that leave the images alone queue nothing. The product models' words are indexed for
 search by text on ``post_save`` and dropped on ``post_delete`` (`visual_reco.text_search`).
 """
@@ -26,6 +27,7 @@ from visual_reco.fields import ImageEmbeddingField
 from visual_reco.jobs import queue_embeddings
 from visual_reco.registry import embedded_models, embedding_fields
 from visual_reco.result_cache import invalidate_on_commit
+from visual_reco.rollout import field_key, shadow_model
 
 SOURCES = "_visual_reco_sources"
 CHANGED = "_visual_reco_changed"
@@ -140,6 +142,14 @@ def forget_similar(sender: type, using: str = "default", **kwargs: Any) -> None:
     invalidate_on_commit(sender, using)
 
 
+def forget_shadow(sender: type, instance: Any, using: str = "default", **kwargs: Any) -> None:
+    """``post_delete``: delete the object's shadow vectors (any embedder), in the deleting
+    transaction, so that a rollout neither keeps nor switches in vectors of deleted rows."""
+    for field in embedding_fields(sender):
+        shadow_model()._base_manager.using(using).filter(
+            **field_key(field), object_id=str(instance.pk)).delete()
+
+
 def index_words(sender: type, instance: Any, raw: bool = False, using: str = "default",
                 update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
     """``post_save``: write the object's text document in the saving transaction (so it is
@@ -174,3 +184,4 @@ def connect_receivers() -> None:
         post_save.connect(schedule_embedding, sender=model, dispatch_uid=uid)
         post_save.connect(forget_similar, sender=model, dispatch_uid=f"{uid}:cache")
         post_delete.connect(forget_similar, sender=model, dispatch_uid=f"{uid}:cache")
+        post_delete.connect(forget_shadow, sender=model, dispatch_uid=f"{uid}:shadow")

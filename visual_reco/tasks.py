@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, Task, current_app, shared_task
 from celery.signals import worker_process_init
 from django.apps import apps
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import DEFAULT_EMBEDDER, get_embedder
@@ -28,6 +28,7 @@ from visual_reco.feedback.rollup import ROLLUP_TASK, rollup
 from visual_reco.jobs import EMBED_TASK, SWEEP_TASK, sweep
 from visual_reco.query_photos import EMBED_QUERY_TASK, embed_query_bytes
 from visual_reco.registry import embedded_models, embedding_fields
+from visual_reco.rollout import Aliases, aliases
 
 logger = logging.getLogger("visual_reco")
 
@@ -108,16 +109,44 @@ def learn_ranking_task() -> dict[str, Any]:
     return {"version": result.version, "serving": result.serving, "reason": result.reason}
 
 
-def warm_models() -> None:
-    """Load every embedder the registered fields use (errors are logged, not raised: the
-    tasks load the model again, and fail visibly if it still cannot be loaded)."""
-    aliases = {field.embedder for model in embedded_models() for field in embedding_fields(model)}
-    for alias in sorted(aliases):
+def warm_aliases() -> list[str]:
+    """The embedder aliases the registered fields embed with now: each one's live alias
+    and, during a rollout, its shadow (`visual_reco.rollout`); a field's declared one when
+    the rollout table cannot be read (not migrated yet, database down)."""
+    found: set[str] = set()
+    for model in embedded_models():
+        for field in embedding_fields(model):
+            try:
+                current = aliases(field, using=router.db_for_write(model))
+            except DatabaseError:
+                logger.warning("Could not read the live embedder of %s.%s; warming %r",
+                               model._meta.label, field.name, field.embedder, exc_info=True)
+                current = Aliases(field.embedder)
+            found.update(alias for alias in (current.live, current.shadow) if alias)
+    return sorted(found)
+
+
+def warm_models() -> list[str]:
+    """Load every embedder the registered fields embed with now (`warm_aliases`) and return
+    the aliases loaded (errors are logged, not raised: the tasks load the model again, and
+    fail visibly if it still cannot be loaded)."""
+    loaded = []
+    for alias in warm_aliases():
         try:
             get_embedder(alias).load()
         except Exception:
             logger.exception("Could not load embedding model %r; tasks will retry loading it",
                              alias)
+        else:
+            loaded.append(alias)
+    return loaded
+
+
+def _warm_up_thread() -> None:
+    try:
+        warm_models()
+    finally:
+        connections.close_all()  # this thread's: it read the rollout table, and it ends
 
 
 def embeds(app: Celery) -> bool:
@@ -136,4 +165,4 @@ def _warm_models_in_the_background(**kwargs: Any) -> None:
     # loop. A task that arrives first waits for the load (Embedder.load holds a lock).
     # A worker of the roll-up queue alone never embeds: it loads no model.
     if reco_settings.WARM_WORKERS and embeds(current_app._get_current_object()):
-        threading.Thread(target=warm_models, name="visual_reco-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_thread, name="visual_reco-warm-up", daemon=True).start()

@@ -50,7 +50,7 @@ def padding_count() -> int:
     return Product.objects.filter(sku__startswith=SKU_PREFIX).count()
 
 
-def _hnsw_indexes() -> dict[str, Any]:
+def hnsw_indexes() -> dict[str, Any]:
     """The HNSW indexes of the embedding and its aspects, by the column's field name."""
     field = get_embedding_field(Product)
     names = [field.name, *(field.aspect_name(a) for a in field.aspects)]
@@ -61,7 +61,7 @@ def _hnsw_indexes() -> dict[str, Any]:
 def _without_index(change: Callable[[], None], rows: int) -> dict[str, float]:
     """Run ``change`` without the HNSW indexes, then build them (one build beats 100k
     inserts); return each build's seconds by field name."""
-    indexes = _hnsw_indexes()
+    indexes = hnsw_indexes()
     with connection.cursor() as cursor:
         for index in indexes.values():
             cursor.execute(f"DROP INDEX IF EXISTS {connection.ops.quote_name(index.name)}")

@@ -207,7 +207,7 @@ class SimilarProductsView(VisualRecoAPIView):
             "id": str(product.pk),
             "embedding_status": status_of(product, embedding),
             "results": similar_items(results, context),
-            "token": token_for(tracked, self.surface, product.pk, results, embedding.embedder),
+            "token": token_for(tracked, self.surface, product.pk, results, embedding),
         }))
 
 
@@ -263,7 +263,7 @@ class PickedForYouView(VisualRecoAPIView):
             "source": picks.source,
             "results": similar_items(picks.products, context),
             "token": token_for(tracked, self.surface, picks.source, picks.products,
-                               embedding.embedder),
+                               embedding),
         }))
 
 
@@ -377,7 +377,7 @@ class PhotoSearchView(VisualRecoAPIView):
             "results": with_matches(similar_items(found.results, context), found.results),
             "timings_ms": {k: round(v, 1) for k, v in found.timings_ms.items()},
             "token": token_for(tracked, self.surface, "photo" if image is not None else "text",
-                               found.results, embedding.embedder),
+                               found.results, embedding),
         }))
 
 

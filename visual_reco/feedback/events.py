@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, router
 from django.http import HttpRequest
@@ -33,6 +33,10 @@ from visual_reco.feedback.visitors import (
     visitor_key,
 )
 from visual_reco.models import FeedbackEvent
+from visual_reco.rollout import live_embedder
+
+if TYPE_CHECKING:
+    from visual_reco.fields import ImageEmbeddingField
 
 # What a browser may report; purchases come from the shop's order code (`record`), where
 # the price is known, not from a script anyone can call.
@@ -75,13 +79,14 @@ def serving(request: HttpRequest | None, surface: str) -> Serving | None:
 
 
 def token_for(serving_: Serving | None, surface: str, source: object,
-              products: list[Any], embedder: str | None = None) -> str | None:
+              products: list[Any], field: ImageEmbeddingField | None = None) -> str | None:
     """The attribution token of a list about to be served, with the fingerprint of the
-    ``embedder`` alias that ranked it and the products' scores when they were re-ranked
-    (`visual_reco.feedback.similar`); None when not tracked."""
+    embedder whose vectors ranked it (``field``'s live one, `visual_reco.rollout`) and the
+    products' scores when they were re-ranked (`visual_reco.feedback.similar`); None when
+    not tracked."""
     if serving_ is None:
         return None
-    fingerprint = get_embedder(embedder).fingerprint if embedder else ""
+    fingerprint = get_embedder(live_embedder(field)).fingerprint if field else ""
     scores = ([(getattr(product, "visual_score", None), product.reco_score)
                for product in products]
               if products and all(hasattr(product, "reco_score") for product in products)

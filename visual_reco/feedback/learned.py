@@ -15,21 +15,17 @@ vectors (fingerprint) is never used.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from django.db import models
 
-from visual_reco.databases import read_database
-from visual_reco.embedders import get_embedder
 from visual_reco.models import LearnedRanking
 from visual_reco.query import binary_vector, from_binary, gallery_vectors
 from visual_reco.registry import get_embedding_field, is_gallery
-from visual_reco.rollout import live_embedder
+from visual_reco.versions import ServingVersions
 
-SERVING_TTL = 60.0
 # Read in chunks so a large catalogue never builds one huge IN list.
 VECTOR_CHUNK = 2000
 
@@ -70,40 +66,21 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms > 0, norms, 1.0)
 
 
-_serving: dict[tuple[str, str], tuple[float, LearnedModel | None, str]] = {}
+# The serving version of each field, kept by this process.
+SERVING = ServingVersions(LearnedRanking, LearnedModel.from_row)
 
 
 def serving_model(model: type[models.Model], field: str | None = None) -> LearnedModel | None:
     """The learned version serving for ``field`` of ``model``, None when none does or when
     it was trained on vectors of another embedder than the one the field's column holds
-    (both looked up again every ``SERVING_TTL`` seconds, so for at most that long after
-    `visual_reco.model_switch` switches the embedder a version may serve on the new
-    vectors)."""
-    embedding = get_embedding_field(model, field)
-    key = (model._meta.label_lower, embedding.name)
-    now = time.monotonic()
-    cached = _serving.get(key)
-    if cached is None or cached[0] < now:
-        rankings = LearnedRanking.objects.db_manager(read_database(LearnedRanking))
-        current = (rankings.filter(model=key[0], field=key[1], serving=True)
-                   .values_list("version", flat=True).first())
-        loaded = cached[1] if cached else None
-        if current is None:
-            loaded = None
-        elif loaded is None or loaded.version != current:
-            row = rankings.filter(version=current).first()
-            loaded = LearnedModel.from_row(row) if row is not None else None
-        live = get_embedder(live_embedder(embedding)).fingerprint
-        cached = _serving[key] = (now + SERVING_TTL, loaded, live)
-    learned = cached[1]
-    if learned is None or learned.fingerprint != cached[2]:
-        return None
-    return learned
+    (`visual_reco.versions.ServingVersions`: looked up again every ``SERVING_TTL``
+    seconds)."""
+    return SERVING.get(model, field)
 
 
 def forget_serving() -> None:
     """Look for the serving versions again on next use (after serving another one)."""
-    _serving.clear()
+    SERVING.forget()
 
 
 def stored_vectors(model: type[models.Model], field: str | None, pks: Sequence[object],

@@ -24,22 +24,22 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from django.apps import apps
 from django.db import IntegrityError, models, router, transaction
 from django.db.models import Q
 
 from visual_reco.choices import EventType
 from visual_reco.conf import reco_settings
 from visual_reco.embedders import get_embedder
-from visual_reco.feedback.learned import LearnedModel, forget_serving, stored_vectors, unit
+from visual_reco.feedback.learned import SERVING, LearnedModel, stored_vectors, unit
 from visual_reco.feedback.ranking import examination
 from visual_reco.models import FeedbackEvent, LearnedRanking
 from visual_reco.registry import get_embedding_field, product_model
 from visual_reco.rollout import live_embedder
+from visual_reco.versions import TrainingResult
 
 logger = logging.getLogger("visual_reco")
 
@@ -104,22 +104,6 @@ class Feedback:
     baskets: list[tuple[float, int, int]]
     events: int
     last_event: int
-
-
-@dataclass
-class LearnResult:
-    """What a run did: the version it trained (or found), its held-out numbers and whether
-    it serves; ``reason`` says why in words."""
-
-    model: str
-    field: str
-    version: str | None = None
-    serving: bool = False
-    reason: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    trained: bool = False
-    saved: bool = False
-    seconds: float = 0.0
 
 
 def gather_feedback(model: type[models.Model], field_name: str | None,
@@ -442,7 +426,7 @@ def decide(metrics: dict[str, Any], params: dict[str, Any]) -> tuple[bool, str]:
 
 def learn(model: type[models.Model] | None = None, field_name: str | None = None, *,
           dry_run: bool = False, echo: Callable[[str], None] | None = None,
-          **overrides: Any) -> LearnResult:
+          **overrides: Any) -> TrainingResult:
     """Train a version for ``field_name`` of ``model`` (default: the product model's first
     field) from the feedback so far, judge it on the held-back lists and serve it when it
     beats the visual order there and the version serving now; ``overrides`` replace
@@ -455,7 +439,7 @@ def learn(model: type[models.Model] | None = None, field_name: str | None = None
     model = model or product_model()
     embedding = get_embedding_field(model, field_name)
     label = model._meta.label_lower
-    result = LearnResult(label, embedding.name)
+    result = TrainingResult(label, embedding.name)
     fingerprint = get_embedder(live_embedder(embedding)).fingerprint
     params = {**reco_settings.LEARNING, **overrides,
               "SURFACES": sorted(reco_settings.RANKING["FEEDBACK_SURFACES"])}
@@ -558,25 +542,14 @@ def _current(label: str, field_name: str, fingerprint: str) -> LearnedRanking | 
                                          fingerprint=fingerprint).first()
 
 
-def current_fingerprint(row: LearnedRanking) -> str:
-    """The fingerprint of the embedder whose vectors ``row``'s field holds now."""
-    embedding = get_embedding_field(apps.get_model(row.model), row.field)
-    return get_embedder(live_embedder(embedding)).fingerprint
-
-
 def serve(row: LearnedRanking) -> None:
     """Make ``row`` the version that serves for its field (the one before stops).
 
     Raises `ValueError` for a version trained on another embedder's vectors.
     """
-    if row.fingerprint != current_fingerprint(row):
-        raise ValueError(f"{row.version} was trained on vectors of embedder {row.fingerprint}, "
-                         f"not of the field's embedder {current_fingerprint(row)}")
-    row.make_serving()
-    forget_serving()
+    SERVING.serve(row)
 
 
 def retire(row: LearnedRanking) -> None:
     """Stop serving ``row``: its field goes back to the visual order."""
-    row.make_serving(False)
-    forget_serving()
+    SERVING.retire(row)

@@ -14,6 +14,7 @@ from visual_reco.conf import reco_settings
 from visual_reco.feedback.events import Serving, serving, token_for
 from visual_reco.feedback.picks import note_shown, picks_for
 from visual_reco.feedback.similar import ranked_similar
+from visual_reco.fields import ImageEmbeddingField
 from visual_reco.gallery import status_of
 from visual_reco.query import colour_attribute
 from visual_reco.reasons import colour_names, reason_for
@@ -62,7 +63,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
         {"source": obj, "products": products, "title": title, "image_field": embedding.source,
          "status": status_of(obj, embedding), "mode": mode,
          "show_reasons": show_reasons,
-         "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding.embedder)},
+         "tracking": _tracking(tracked, SURFACE, obj.pk, products, embedding)},
         request=request,
     )
 
@@ -99,7 +100,7 @@ def picked_for_you(context: template.Context, limit: int | None = None, category
         {"products": picks.products, "source": picks.source, "title": title,
          "image_field": embedding.source,
          "tracking": _tracking(tracked, PICKS_SURFACE, picks.source, picks.products,
-                               embedding.embedder)},
+                               embedding)},
         request=request,
     )
 
@@ -114,15 +115,15 @@ def tracked_list(context: template.Context, surface: str, source: Any, products:
     on its items, and load ``visual_reco/feedback.js``, as ``visual_reco/similar.html``
     does."""
     products = list(products or [])
-    alias = get_embedding_field(type(products[0]), field).embedder if products else None
+    embedding = get_embedding_field(type(products[0]), field) if products else None
     tracked = serving(context.get("request"), surface) if _events_url() else None
-    return _tracking(tracked, surface, source, products, alias)
+    return _tracking(tracked, surface, source, products, embedding)
 
 
 def _tracking(tracked: Serving | None, surface: str, source: Any, products: list[Any],
-              embedder: str | None) -> dict[str, Any] | None:
+              embedding: ImageEmbeddingField | None) -> dict[str, Any] | None:
     """The token and the script's settings for a list served on ``surface``."""
-    token = token_for(tracked, surface, source, products, embedder) if products else None
+    token = token_for(tracked, surface, source, products, embedding) if products else None
     if token is None:
         return None
     return {"token": token, "events_url": _events_url(), "new_visitor": tracked.new_visitor_id,

@@ -8,6 +8,8 @@ The catalog is padded with synthetic products (`demo_shop.bench.catalog_padding`
 shadow table is filled in SQL with a candidate's vectors (each row gets the next row's
 vector and colour, so every value changes and no update is HOT). The candidate is the
 default Xception seeing 256 pixels (another fingerprint, the same size); no model runs.
+Each switch's two statements are timed apart, and the switch is run once first with the
+HNSW indexes dropped in a transaction that is rolled back, for what their inserts cost.
 The padding and the shadow are removed at the end. Writes the ``## Changing the embedder``
 section of docs/BENCHMARKS.md.
 
@@ -23,11 +25,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from demo_shop.bench.catalog_padding import SKU_PREFIX, pad_catalog, remove_padding
+from demo_shop.bench.catalog_padding import SKU_PREFIX, hnsw_indexes, pad_catalog, remove_padding
 from demo_shop.bench.helpers import machine_line, write_section
 from demo_shop.shop.models import Product
 from visual_reco import model_switch
@@ -75,7 +77,10 @@ class Command(BaseCommand):
             "| step | seconds |\n| --- | ---: |\n"
             + "".join(f"| {step} | {seconds:.1f} |\n" for step, seconds in timings.items())
             + "\n`switch` and `rollback` rewrite every product row and its entries in both "
-            "HNSW indexes; saves of those rows wait for them, searches do not.\n")
+            "HNSW indexes; saves of those rows wait for them, searches do not. The rewrite is "
+            "one `UPDATE ... FROM` the shadow table (a hash join); the row 'switch without the "
+            "HNSW indexes', the same switch with both dropped in a transaction that is "
+            "rolled back, is what it costs without their inserts.\n")
         self.stdout.write(section)
         if not options["no_write"]:
             self.stdout.write(f"Wrote {write_section(section)}")
@@ -116,9 +121,47 @@ class Command(BaseCommand):
         timings["rows"] = found.total
         if not found.complete:
             raise SystemExit(f"The shadow covers {found} only")
-        for step in ("switch", "rollback"):
+        # What the rewrite costs without the HNSW indexes' inserts: the same switch with
+        # both dropped, in a transaction rolled back (nothing is dropped for good).
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("DROP INDEX " + ", ".join(
+                    connection.ops.quote_name(index.name) for index in hnsw_indexes().values()))
             started = time.perf_counter()
-            getattr(model_switch, step)(field)
+            model_switch.switch(field)
+            timings[NO_HNSW] = time.perf_counter() - started
+            transaction.set_rollback(True)
+        self.stdout.write(f"{NO_HNSW}: {timings[NO_HNSW]:.1f} s")
+        shadow_table = EmbeddingShadow._meta.db_table
+        for step in ("switch", "rollback"):
+            statements: dict[str, float] = {}
+            started = time.perf_counter()
+            with connection.execute_wrapper(_timed(statements, {
+                    f"INSERT INTO {connection.ops.quote_name(shadow_table)}": "copy out",
+                    f"UPDATE {table}": "rewrite"})):
+                getattr(model_switch, step)(field)
             timings[step] = time.perf_counter() - started
-            self.stdout.write(f"{step}: {timings[step]:.1f} s")
+            for part in ("copy out", "rewrite"):
+                timings[f"{step}: {PARTS[part]}"] = statements.get(part, 0.0)
+            self.stdout.write(f"{step}: {timings[step]:.1f} s ({statements})")
         return timings
+
+
+NO_HNSW = "switch without the HNSW indexes (rolled back)"
+# What each statement of `model_switch._swap` does, as the table says it.
+PARTS = {"copy out": "the column's vectors to the shadow table",
+         "rewrite": "the shadow's vectors into the column"}
+
+
+def _timed(into: dict[str, float], prefixes: dict[str, str]) -> Any:
+    """An ``execute_wrapper`` adding each statement's seconds to ``into`` under the name of
+    the first of ``prefixes`` its SQL starts with."""
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            for prefix, name in prefixes.items():
+                if sql.startswith(prefix):
+                    into[name] = into.get(name, 0.0) + time.perf_counter() - started
+    return wrapper
