@@ -109,25 +109,31 @@ def rows_by_pk(queryset: models.QuerySet, pks: Iterable[Any],
 def _read(model: type[models.Model], using: str, statement: _Statement,
           pks: list[Any]) -> list[models.Model]:
     """The instances ``statement`` reads for ``pks``, made as ``raw()`` and the ORM make
-    them: each column through its field's converters, then ``from_db``."""
+    them: each column through its field's converters (`converted`), then ``from_db``."""
     connection = connections[using]
     pk = model._meta.pk
     values = [pk.get_db_prep_value(value, connection, prepared=False) for value in pks]
-    converters = [(position, column, found) for position, column in
-                  enumerate(statement.columns)
-                  if (found := connection.ops.get_db_converters(column)
-                      + column.get_db_converters(connection))]
     with connection.cursor() as cursor:
         cursor.execute(statement.sql, [values])
-        rows = cursor.fetchall()
-    instances = []
+        rows = converted(cursor.fetchall(), dict(enumerate(statement.columns)), connection)
+    return [model.from_db(using, statement.attnames, row) for row in rows]
+
+
+def converted(rows: list[tuple[Any, ...]], columns: dict[int, Any],
+              connection: Any) -> list[tuple[Any, ...]]:
+    """``rows`` from a cursor as the ORM reads them: the value at each position of
+    ``columns`` (position: column expression, e.g. ``field.get_col(table)``) through that
+    column's database converters (the backend's, then the field's ``from_db_value``)."""
+    converters = [(position, column, found) for position, column in columns.items()
+                  if (found := connection.ops.get_db_converters(column)
+                      + column.get_db_converters(connection))]
+    if not converters:
+        return rows
+    result = []
     for row in rows:
-        if converters:
-            row = list(row)
-            for position, column, functions in converters:
-                value = row[position]
-                for function in functions:
-                    value = function(value, column, connection)
-                row[position] = value
-        instances.append(model.from_db(using, statement.attnames, row))
-    return instances
+        values = list(row)
+        for position, column, functions in converters:
+            for function in functions:
+                values[position] = function(values[position], column, connection)
+        result.append(tuple(values))
+    return result

@@ -51,7 +51,7 @@ from visual_reco.feedback.taste import (
 )
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
-from visual_reco.pk_rows import rows_by_pk
+from visual_reco.pk_rows import converted, rows_by_pk
 from visual_reco.query import (
     DISTANCE,
     binary_vector,
@@ -303,24 +303,11 @@ def _taste_rows(model: type[models.Model], using: str, pks: list[Any], vectors: 
     table = model._meta.db_table
     read = {0: pk.get_col(table),
             **({len(columns) - 1: category.get_col(table)} if category is not None else {})}
-    converters = [(position, column, found) for position, column in read.items()
-                  if (found := connection.ops.get_db_converters(column)
-                      + column.get_db_converters(connection))]
     values = [pk.get_db_prep_value(value, connection, prepared=False) for value in pks]
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {', '.join(columns)} FROM {quote(table)} "
                        f"WHERE {quote(pk.column)} = ANY(%s)", [values])
-        rows = cursor.fetchall()
-    if not converters:
-        return rows
-    converted = []
-    for row in rows:
-        row = list(row)
-        for position, column, functions in converters:
-            for function in functions:
-                row[position] = function(row[position], column, connection)
-        converted.append(tuple(row))
-    return converted
+        return converted(cursor.fetchall(), read, connection)
 
 
 def history_taste(request: HttpRequest | None, model: type[models.Model],
