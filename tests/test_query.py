@@ -337,3 +337,20 @@ def test_auto_ef_search_grows_with_the_table_s_estimated_rows(few_rows, settings
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {table}")
+
+
+@pytest.mark.django_db
+def test_halfvec_text_gives_pgvector_every_float16_back_bit_for_bit():
+    """`halfvec_text` looks each number's text up by its bits: the same text as formatting
+    it to 9 significant digits, and pgvector parses every finite float16 back unchanged."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]
+    for start in range(0, len(finite), DIMS):
+        chunk = finite[start:start + DIMS]
+        vector = HalfVector(chunk.view(np.float16))
+        text = query_module.halfvec_text(vector)
+        assert text == "[" + ",".join(f"{value:.9g}" for value in vector.to_list()) + "]"
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT halfvec_send(%s::halfvec)", [text])
+            stored = query_module.from_binary(cursor.fetchone()[0])
+        assert np.array_equal(stored.astype(np.float16).view(np.uint16), chunk)

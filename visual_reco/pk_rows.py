@@ -5,8 +5,10 @@ every call: for the 8 rows of a cached similar list that was more Python than th
 reading them. When the queryset holds every row of its table as model instances (a default
 manager's ``all()``, what the API and the tag read from unless a shop filters),
 `rows_by_pk` compiles that ``SELECT ... WHERE pk = ANY(%s)`` once per model, database and
-deferred columns and reads through ``raw()`` (so the model's own field conversions apply);
-any other queryset (filters, annotations, ``select_related``, ``values()``, prefetches) is read
+deferred columns, keeping its columns' fields, and makes the instances as the ORM does
+(each field's database converters, then ``Model.from_db``) without ``raw()``'s per-call
+work (mapping the cursor's column names back to fields, looking up converters); any other
+queryset (filters, annotations, ``select_related``, ``values()``, prefetches) is read
 through the ORM as before. The statement depends on the model and the database only, never on
 ``VISUAL_RECO``, so a settings change cannot make a kept one wrong.
 """
@@ -14,13 +16,24 @@ through the ORM as before. The statement depends on the model and the database o
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
 from django.db.models.query import ModelIterable
 
-_STATEMENTS: dict[tuple[Any, ...], str] = {}
+
+@dataclass(frozen=True)
+class _Statement:
+    """A kept ``SELECT``: its SQL and the column expressions it reads, in order."""
+
+    sql: str
+    columns: tuple[Any, ...]
+    attnames: tuple[str, ...]
+
+
+_STATEMENTS: dict[tuple[Any, ...], _Statement] = {}
 _STATEMENTS_MAX = 256
 # Stands for the primary keys while the statement is compiled.
 _KEYS = object()
@@ -50,17 +63,25 @@ def _statement_key(queryset: models.QuerySet, defer: Sequence[str]) -> tuple[Any
             tuple(sorted(defer)))
 
 
-def _compiled(queryset: models.QuerySet, defer: Sequence[str]) -> str | None:
-    """``queryset``'s ``SELECT`` of the rows whose primary key is in one array parameter."""
+def _compiled(queryset: models.QuerySet, defer: Sequence[str]) -> _Statement | None:
+    """``queryset``'s ``SELECT`` of the rows whose primary key is in one array parameter,
+    with the model's columns it reads; None when it reads anything else."""
     model = queryset.model
     quote = connections[queryset.db].ops.quote_name
     condition = RawSQL(f"{quote(model._meta.db_table)}.{quote(model._meta.pk.column)} "
                        "= ANY(%s)", (_KEYS,), output_field=models.BooleanField())
     probe = queryset.order_by().defer(*defer).filter(condition)
-    sql, params = probe.query.get_compiler(using=probe.db).as_sql()
+    compiler = probe.query.get_compiler(using=probe.db)
+    sql, params = compiler.as_sql()
     if tuple(params) != (_KEYS,):  # something else took a parameter: not a plain read
         return None
-    return sql
+    columns = tuple(column for column, _, _ in compiler.select)
+    if (compiler.klass_info is None or compiler.annotation_col_map
+            or list(compiler.klass_info["select_fields"])
+            != list(range(len(columns)))
+            or any(getattr(column, "target", None) is None for column in columns)):
+        return None
+    return _Statement(sql, columns, tuple(column.target.attname for column in columns))
 
 
 def rows_by_pk(queryset: models.QuerySet, pks: Iterable[Any],
@@ -72,18 +93,47 @@ def rows_by_pk(queryset: models.QuerySet, pks: Iterable[Any],
     if not pks:
         return []
     key = _statement_key(queryset, defer)
-    sql = None if key is None else _STATEMENTS.get(key)
-    if sql is None and key is not None:
-        sql = _compiled(queryset, defer)
-        if sql is not None:
+    statement = None if key is None else _STATEMENTS.get(key)
+    if statement is None and key is not None:
+        statement = _compiled(queryset, defer)
+        if statement is not None:
             if len(_STATEMENTS) >= _STATEMENTS_MAX:
                 _STATEMENTS.clear()
-            _STATEMENTS[key] = sql
-    if sql is None:
+            _STATEMENTS[key] = statement
+    if statement is None:
         found = queryset.filter(pk__in=pks).order_by()
         return list(found.defer(*defer) if defer else found)
-    model = queryset.model
+    return _read(queryset.model, queryset.db, statement, pks)
+
+
+def _read(model: type[models.Model], using: str, statement: _Statement,
+          pks: list[Any]) -> list[models.Model]:
+    """The instances ``statement`` reads for ``pks``, made as ``raw()`` and the ORM make
+    them: each column through its field's converters (`converted`), then ``from_db``."""
+    connection = connections[using]
     pk = model._meta.pk
-    connection = connections[queryset.db]
     values = [pk.get_db_prep_value(value, connection, prepared=False) for value in pks]
-    return list(model._base_manager.raw(sql, [values], using=queryset.db))
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, [values])
+        rows = converted(cursor.fetchall(), dict(enumerate(statement.columns)), connection)
+    return [model.from_db(using, statement.attnames, row) for row in rows]
+
+
+def converted(rows: list[tuple[Any, ...]], columns: dict[int, Any],
+              connection: Any) -> list[tuple[Any, ...]]:
+    """``rows`` from a cursor as the ORM reads them: the value at each position of
+    ``columns`` (position: column expression, e.g. ``field.get_col(table)``) through that
+    column's database converters (the backend's, then the field's ``from_db_value``)."""
+    converters = [(position, column, found) for position, column in columns.items()
+                  if (found := connection.ops.get_db_converters(column)
+                      + column.get_db_converters(connection))]
+    if not converters:
+        return rows
+    result = []
+    for row in rows:
+        values = list(row)
+        for position, column, functions in converters:
+            for function in functions:
+                values[position] = function(values[position], column, connection)
+        result.append(tuple(values))
+    return result

@@ -24,6 +24,7 @@ order, with their scores).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -917,8 +918,18 @@ def _vector_text(vector: Any) -> str:
 def halfvec_text(vector: HalfVector) -> str:
     """``vector`` as ``halfvec`` text, each number to 9 significant digits: they name a
     float32 exactly, so pgvector parses back the same float16s as from `HalfVector.to_text`
-    (shortest float64 digits), from text a third shorter made in half the time."""
-    return "[" + ",".join([f"{value:.9g}" for value in vector.to_list()]) + "]"
+    (shortest float64 digits), from text a third shorter. Each number's text is looked up
+    by its 16 bits (`_half_texts`), not formatted: 2,048 formats were 0.6 ms a vector."""
+    bits = vector.to_numpy().view(np.uint16)
+    return "[" + b",".join(_half_texts()[bits].tolist()).decode("ascii") + "]"
+
+
+@functools.cache
+def _half_texts() -> np.ndarray:
+    """The text of every float16 (by its bits) to 9 significant digits, as ASCII bytes:
+    65,536 of at most 15 characters (1 MB), made once per process."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
+    return np.array([f"{value:.9g}".encode("ascii") for value in values.tolist()], dtype="S15")
 
 
 def candidate_similarity(model: type[models.Model], pks: list[Any], blend: Blend,

@@ -51,7 +51,7 @@ from visual_reco.feedback.taste import (
 )
 from visual_reco.feedback.visitors import keys_within, tracking_allowed, visitor_id
 from visual_reco.models import FeedbackEvent, FeedbackProductStats, quoted_table
-from visual_reco.pk_rows import rows_by_pk
+from visual_reco.pk_rows import converted, rows_by_pk
 from visual_reco.query import (
     DISTANCE,
     binary_vector,
@@ -256,19 +256,16 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
     category = _category_field(model)
     gallery = is_gallery(embedding, model)
     colours_at = row_colour_attname(embedding, model) if colour else None
-    wanted = {"shape": binary_vector(embedding.attname)} if shape and not gallery else {}
+    wanted = {"shape": embedding.attname} if shape and not gallery else {}
     if colours_at:
-        wanted["colour"] = binary_vector(colours_at)
-    columns = ["pk", *wanted] + ([category.attname] if category else [])
+        wanted["colour"] = colours_at
     found: dict[str, dict[str, np.ndarray]] = {name: {} for name in wanted}
     categories = {}
     chosen = strongest(weights, options.max_products)
     read = chosen + ([page] if page is not None and shape and options.context_weight > 0
                      else [])
-    # No ordering: the model's Meta.ordering would sort the rows, vectors and all.
     using = read_database(model)
-    rows = (model._base_manager.using(using).filter(pk__in=_pks(model, read)).annotate(**wanted)
-            .order_by().values_list(*columns))
+    rows = _taste_rows(model, using, _pks(model, read), list(wanted.values()), category)
     for row in rows:
         product = str(row[0])
         for position, name in enumerate(wanted, start=1):
@@ -285,6 +282,32 @@ def visitor_taste(model: type[models.Model], weights: dict[str, float], options:
         return taste
     return in_context(taste, vectors.get(page), options.context_weight,
                       (colours or {}).get(page))
+
+
+def _taste_rows(model: type[models.Model], using: str, pks: list[Any], vectors: list[str],
+                category: models.Field | None) -> list[tuple[Any, ...]]:
+    """``(pk, *vectors, category)`` of the rows with primary keys ``pks``, each vector
+    (``halfvec`` attnames) in pgvector's binary form (`visual_reco.query.from_binary`) and
+    None without one: a statement written here rather than built by the ORM per call (the
+    queryset and its compilation cost more than the query), and unordered (the model's
+    ``Meta.ordering`` would sort the rows, vectors and all)."""
+    if not pks:
+        return []
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    pk = model._meta.pk
+    columns = ([quote(pk.column)]
+               + [f"halfvec_send({quote(model._meta.get_field(name).column)})"
+                  for name in vectors]
+               + ([quote(category.column)] if category is not None else []))
+    table = model._meta.db_table
+    read = {0: pk.get_col(table),
+            **({len(columns) - 1: category.get_col(table)} if category is not None else {})}
+    values = [pk.get_db_prep_value(value, connection, prepared=False) for value in pks]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(columns)} FROM {quote(table)} "
+                       f"WHERE {quote(pk.column)} = ANY(%s)", [values])
+        return converted(cursor.fetchall(), read, connection)
 
 
 def history_taste(request: HttpRequest | None, model: type[models.Model],
