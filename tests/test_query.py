@@ -249,6 +249,41 @@ def test_exact_ranking_only_for_filtered_searches_under_the_threshold(catalog, s
             queries[0], limit=K).explain()
 
 
+def test_auto_path_choice_flips_with_the_estimated_cost(catalog, settings):
+    """With EXACT_SEARCH_MAX_ROWS "auto" (the default) the planner's estimate of the passing
+    rows decides by cost: the 30 rows of a 1% filter are ranked exactly, the 2,970 of a 99%
+    one (exact: ~8.6 ms; HNSW finds 10 of them within its first ef_search tuples) by HNSW."""
+    _, _, _, queries = catalog
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": "auto"}
+    few = Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K)
+    many = Item.objects.filter(in_stock=False).similar_to_vector(queries[0], limit=K)
+    assert few._exact() is not None
+    assert many._exact() is None
+    with index_path():
+        assert "_hnsw" in many.explain()
+        found = list(Item.objects.filter(in_stock=False).similar_to_vector(queries[0], K))
+    assert len(found) == K and not any(r.in_stock for r in found)
+    # A number still means a row count: 2,970 rows are at most 3,000.
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EXACT_SEARCH_MAX_ROWS": 3000}
+    assert many._exact() is not None
+
+
+@pytest.mark.parametrize("passing, table, ef_search, exact", [
+    (1_000, 100_000, 100, True),     # 1% of 100k: 1,000 rows against ~1,000 graph tuples
+    (10_000, 100_000, 100, False),   # 10% of 100k: ~100 tuples find 10 rows
+    (10_000, 1_000_000, 200, True),  # 1% of 1M: the graph no longer fits the cache
+    (100_000, 1_000_000, 200, False),
+    (10, 1_000_000, 200, True),      # past HNSW_MAX_SCAN_TUPLES the walk ends short anyway
+])
+def test_exact_is_cheaper_where_measured(passing, table, ef_search, exact):
+    """The cost model picks the faster path of docs/BENCHMARKS.md "Filtered queries at the
+    defaults" for each filter measured there."""
+    assert query_module.exact_is_cheaper(passing, table, K, ef_search) is exact
+    assert (query_module.exact_cost_ms(passing)
+            <= query_module.hnsw_cost_ms(passing, table, K, ef_search)) is exact
+
+
 # The HNSW session settings, outside transactions (``transaction=True``).
 
 @pytest.fixture
@@ -337,3 +372,14 @@ def test_auto_ef_search_grows_with_the_table_s_estimated_rows(few_rows, settings
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {table}")
+
+
+@pytest.mark.parametrize("value, valid", [("auto", True), (None, True), (20_000, True),
+                                          ("20000", False), (-1, False), (True, False)])
+def test_exact_search_max_rows_is_checked(settings, value, valid):
+    """E015: anything but "auto", a row count or None is reported at startup."""
+    from visual_reco.checks import check_exact_search
+
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": value}
+    assert [e.id for e in check_exact_search()] == ([] if valid else ["visual_reco.E015"])
