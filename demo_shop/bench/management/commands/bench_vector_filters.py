@@ -9,8 +9,9 @@ path ``EXACT_SEARCH_MAX_ROWS`` (default "auto") takes, and latency, recall@10 an
 answers with the defaults, with the exact path forced and with the HNSW path forced (the
 filter's B-tree dropped and sequential and bitmap scans off, rolled back afterwards).
 ``--runs ... partial`` adds a run at the defaults with a partial HNSW index over the passing
-rows (built in a transaction rolled back afterwards; its build time is printed too). The ground truth is recomputed
-from the same seed as the table's load. Prints markdown rows; nothing is written.
+rows (built in a transaction rolled back afterwards; its build time is printed too). The
+ground truth is recomputed from the same seed as the table's load. Prints markdown rows;
+nothing is written.
 """
 
 from __future__ import annotations
@@ -54,16 +55,22 @@ class Command(BaseCommand):
     """Measure filtered searches at the defaults and on each forced path."""
 
     help = "Filtered similar_to_vector at the app's defaults, exact and HNSW paths forced."
+    ef_override: dict[str, int] = {}
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--size", type=int, default=100_000)
         parser.add_argument("--queries", type=int, default=200)
         parser.add_argument("--warmup", type=int, default=10)
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--query-offset", type=int, default=0, help=(
+            "skip this many query vectors: other queries than a run with another offset "
+            "(calibrate on one set, report on another)"))
         parser.add_argument("--chunk-size", type=int, default=5_000)
         parser.add_argument("--runs", nargs="+", default=["defaults", "exact", "hnsw"],
                             choices=["defaults", "exact", "hnsw", "partial"])
         parser.add_argument("--filters", nargs="+", help="e.g. 'bucket < 10' (default: all)")
+        parser.add_argument("--ef-search", type=int, help=(
+            "HNSW_EF_SEARCH for every run (default: as configured, \"auto\")"))
 
     def handle(self, *args: Any, **options: Any) -> None:
         storage = Storage("halfvec", lib.DIMS)
@@ -73,16 +80,19 @@ class Command(BaseCommand):
                                f"{options['size']} --storages halfvec2048 --keep first")
         model = bench_model(table, storage)
         data = lib.SyntheticVectors(seed=options["seed"])
-        vectors = data.queries(options["warmup"] + options["queries"])
+        offset = options["query_offset"]
+        vectors = data.queries(offset + options["warmup"] + options["queries"])[offset:]
         warmup, queries = vectors[:options["warmup"]], vectors[options["warmup"]:]
         filters = [f for f in FILTERS if not options["filters"] or f.sql in options["filters"]]
         truth = GroundTruth(queries, filters, {})
         for rows in data.chunks(options["size"], options["chunk_size"]):
             truth.update(rows, storage.as_stored(rows.vectors), {})
+        if options["ef_search"]:
+            self.ef_override = {"HNSW_EF_SEARCH": options["ef_search"]}
         cpu, mhz = cpu_model_and_mhz()
         self._say(f"{cpu} at {mhz:.0f} MHz, load average {os.getloadavg()[0]:.2f}")
         rows_in_table = table_rows(model, "default")
-        ef_search = ef_search_for(model, "default")
+        ef_search = options["ef_search"] or ef_search_for(model, "default")
         self._say(f"{table}: {rows_in_table:,.0f} rows (reltuples), ef_search {ef_search}")
         self.stdout.write("| size | filter | rows passing (estimated) | run | path | "
                           "estimated ms | queries with 10 rows | p50 ms | p99 ms | "
@@ -115,7 +125,7 @@ class Command(BaseCommand):
         def search(vector: np.ndarray) -> models.QuerySet:
             return model.objects.filter(**row_filter.orm).similar_to_vector(vector, K)
 
-        configured = getattr(settings, "VISUAL_RECO", {})
+        configured = {**getattr(settings, "VISUAL_RECO", {}), **self.ef_override}
         overrides = {"defaults": configured,
                      "exact": {**configured, "EXACT_SEARCH_MAX_ROWS": ALWAYS_EXACT},
                      "hnsw": {**configured, "EXACT_SEARCH_MAX_ROWS": None},
