@@ -269,6 +269,33 @@ def test_auto_path_choice_flips_with_the_estimated_cost(catalog, settings):
     assert many._exact() is not None
 
 
+def test_a_partial_index_the_filter_implies_is_walked_at_a_higher_ef_search(
+        catalog, settings, monkeypatch):
+    """A shop's partial HNSW index on a filter it uses often (``Meta.indexes``, pgvector's
+    ``HnswIndex(condition=...)``): the 30 rows of the 1% filter, which the cost model alone
+    would rank exactly, are found by walking that small graph, at PARTIAL_INDEX_EF_SEARCH;
+    other filters keep the configured ef_search."""
+    pks, stored, in_stock, queries = catalog
+    monkeypatch.setattr(query_module, "_partial_indexes", {})
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": "auto", "HNSW_EF_SEARCH": 40}
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute("CREATE INDEX item_in_stock_hnsw ON testapp_item USING hnsw "
+                       "(embedding halfvec_cosine_ops) WHERE in_stock")
+        cursor.execute("ANALYZE testapp_item")
+    search = Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K)
+    assert search._exact() is None
+    assert "item_in_stock_hnsw" in search.explain()
+    found = list(search)
+    assert _show("hnsw.ef_search") == str(query_module.PARTIAL_INDEX_EF_SEARCH) == "200"
+    # 200 >= the 30 rows of that graph: the walk sees them all, so the order is exact.
+    assert [r.pk for r in found] == exact_top(stored, pks, queries[0], K, in_stock)[0]
+    others = Item.objects.filter(in_stock=False).similar_to_vector(queries[0], limit=K)
+    assert others._exact() is None and not others._visual_partial
+    list(others)
+    assert _show("hnsw.ef_search") == "40"
+
+
 @pytest.mark.parametrize("passing, table, ef_search, exact", [
     (1_000, 100_000, 100, True),     # 1% of 100k: 1,000 rows against ~1,000 graph tuples
     (10_000, 100_000, 100, False),   # 10% of 100k: ~100 tuples find 10 rows

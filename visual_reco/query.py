@@ -83,7 +83,13 @@ EXACT_MS_PER_ROW = 0.0029
 HNSW_MS_PER_TUPLE: tuple[tuple[int | None, float], ...] = ((200_000, 0.014), (None, 0.079))
 # Seconds a process keeps a table's estimated size (`table_rows`).
 TABLE_ROWS_TTL = 600.0
-_table_rows: dict[tuple[str, str], tuple[float, float]] = {}
+_table_rows: dict[tuple[str, str], tuple[float, Any]] = {}
+_partial_indexes: dict[tuple[str, str], tuple[float, Any]] = {}
+# ef_search, at least, of a filtered search that walks a partial HNSW index (one whose
+# condition its filter implies): measured at 100k rows on the 10% of `category < 100` (whole
+# clusters, docs/BENCHMARKS.md "Filtered queries at the defaults"), 100 gave recall@10 0.93,
+# 200 0.974, 400 0.995 at a third more time.
+PARTIAL_INDEX_EF_SEARCH = 200
 # While set, a blend's candidate subquery ranks its rows exactly (`CandidateDistance`).
 _EXACT_CANDIDATES: ContextVar[bool] = ContextVar("visual_reco_exact_candidates", default=False)
 
@@ -190,6 +196,8 @@ class VisualQuerySet(models.QuerySet):
     _visual_embedding: str | None = None
     # A gallery search's matches by product primary key (`visual_reco.gallery.Match`).
     _visual_gallery: dict[Any, Match] | None = None
+    # Whether this filtered search walks a partial HNSW index (None: not looked at yet).
+    _visual_partial: bool | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
@@ -499,7 +507,8 @@ class VisualQuerySet(models.QuerySet):
             if self._prefetch_related_lookups and not self._prefetch_done:
                 self._prefetch_related_objects()
         else:
-            with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)), \
+            with hnsw_settings_applied(
+                    self.db, self._ef_search(ef_search_for(self.model, self.db))), \
                     index_walk(self.db, self._visual_candidates is not None):
                 super()._fetch_all()
             wanted = (self.query.high_mark or 0) - self.query.low_mark
@@ -530,8 +539,8 @@ class VisualQuerySet(models.QuerySet):
             with exact_candidates():
                 super()._fetch_all()
         else:
-            with hnsw_settings_applied(
-                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))), \
+            with hnsw_settings_applied(self.db, self._ef_search(
+                    candidate_ef_search(ef_search_for(self.model, self.db)))), \
                     index_walk(self.db, self._visual_candidates is not None):
                 super()._fetch_all()
             if len(self._result_cache) < self._visual_pool:
@@ -585,10 +594,34 @@ class VisualQuerySet(models.QuerySet):
         threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
         if self._visual_candidates is None or not threshold:
             return False
+        if threshold == "auto" and self._walks_partial_index(ef_search):
+            return False
         passing = estimated_rows(self._visual_candidates)
         if threshold != "auto":
             return passing <= int(threshold)
         return exact_is_cheaper(passing, table_rows(self.model, self.db), wanted, ef_search)
+
+    def _walks_partial_index(self, ef_search: int) -> bool:
+        """Whether this filtered search, sent to HNSW, would walk a partial HNSW index (the
+        planner proves its condition from the filter): all its rows pass, so the walk costs
+        what an unfiltered one does, and recall stays up where a filter that removes whole
+        clusters leaves the full graph's walk far from the rows that pass. One more
+        ``EXPLAIN``, only for tables that have such an index; kept for `_ef_search`."""
+        if self._visual_partial is None:
+            self._visual_partial = False
+            if partial_hnsw_indexes(self.model, self.db):
+                with hnsw_settings_applied(self.db, ef_search), index_walk(self.db):
+                    plan = json.loads(models.QuerySet.explain(self, format="json"))
+                self._visual_partial = bool(
+                    index_names(plan) & partial_hnsw_indexes(self.model, self.db))
+        return self._visual_partial
+
+    def _ef_search(self, ef_search: int) -> int:
+        """``ef_search`` for this search's walk: at least `PARTIAL_INDEX_EF_SEARCH` when it
+        walks a partial index (`_walks_partial_index`, decided on the way to the walk)."""
+        if self._visual_partial:
+            return max(ef_search, PARTIAL_INDEX_EF_SEARCH)
+        return ef_search
 
     def explain(self, *, format: str | None = None, **options: Any) -> str:
         """``EXPLAIN`` under the HNSW settings the query runs with (they change the plan)."""
@@ -598,14 +631,15 @@ class VisualQuerySet(models.QuerySet):
             if self._exact_candidates_wanted():
                 with exact_candidates():
                     return super().explain(format=format, **options)
-            with hnsw_settings_applied(
-                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))), \
+            with hnsw_settings_applied(self.db, self._ef_search(
+                    candidate_ef_search(ef_search_for(self.model, self.db)))), \
                     index_walk(self.db, self._visual_candidates is not None):
                 return super().explain(format=format, **options)
         exact = self._exact()
         if exact is not None:
             return exact.explain(format=format, **options)
-        with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)), \
+        with hnsw_settings_applied(
+                self.db, self._ef_search(ef_search_for(self.model, self.db))), \
                 index_walk(self.db, self._visual_candidates is not None):
             return super().explain(format=format, **options)
 
@@ -1095,22 +1129,49 @@ def exact_is_cheaper(passing: float, table: float, wanted: int, ef_search: int) 
     return exact_cost_ms(passing) <= hnsw_cost_ms(passing, table, wanted, ef_search)
 
 
+def _kept(store: dict[tuple[str, str], tuple[float, Any]], model: type[models.Model],
+          using: str, sql: str) -> Any:
+    """The rows ``sql`` (with the quoted table name as its parameter) returns for
+    ``model``'s table, read once per `TABLE_ROWS_TTL` seconds per process into ``store``."""
+    key = (using, model._meta.db_table)
+    now = time.monotonic()
+    cached = store.get(key)
+    if cached is None or cached[0] < now:
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [connection.ops.quote_name(model._meta.db_table)])
+            cached = store[key] = (now + TABLE_ROWS_TTL, cursor.fetchall())
+    return cached[1]
+
+
 def table_rows(model: type[models.Model], using: str) -> float:
     """The planner's estimate of ``model``'s rows (``pg_class.reltuples``, kept up to date
     by autovacuum's ANALYZE; 0 for a table never analysed), read once per `TABLE_ROWS_TTL`
     seconds per process."""
-    key = (using, model._meta.db_table)
-    now = time.monotonic()
-    cached = _table_rows.get(key)
-    if cached is None or cached[0] < now:
-        connection = connections[using]
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
-                           [connection.ops.quote_name(model._meta.db_table)])
-            found = cursor.fetchone()
-        cached = _table_rows[key] = (now + TABLE_ROWS_TTL, max(float(found[0]), 0.0)
-                                     if found else 0.0)
-    return cached[1]
+    found = _kept(_table_rows, model, using,
+                  "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)")
+    return max(float(found[0][0]), 0.0) if found else 0.0
+
+
+def partial_hnsw_indexes(model: type[models.Model], using: str) -> frozenset[str]:
+    """The names of the partial HNSW indexes on ``model``'s table (a ``WHERE`` condition, as
+    a shop declares for a filter it uses often), read once per `TABLE_ROWS_TTL` seconds."""
+    found = _kept(_partial_indexes, model, using,
+                  "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                  "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = to_regclass(%s) "
+                  "AND i.indpred IS NOT NULL AND a.amname = 'hnsw'")
+    return frozenset(name for (name,) in found)
+
+
+def index_names(plan: Any) -> set[str]:
+    """Every ``Index Name`` in an ``EXPLAIN (FORMAT JSON)`` plan (parsed)."""
+    if isinstance(plan, list):
+        return set().union(*(index_names(item) for item in plan))
+    if not isinstance(plan, dict):
+        return set()
+    names = {plan["Index Name"]} if "Index Name" in plan else set()
+    return names.union(*(index_names(value) for value in plan.values()
+                         if isinstance(value, (list, dict))))
 
 
 def ef_search_for(model: type[models.Model], using: str) -> int:

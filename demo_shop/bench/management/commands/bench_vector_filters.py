@@ -39,6 +39,7 @@ from demo_shop.bench.management.commands.bench_vectors import (
     table_name,
 )
 from demo_shop.bench.vectors_lib import FILTERS, GroundTruth, K, RowFilter, Storage
+from visual_reco import query as query_module
 from visual_reco.query import (
     ef_search_for,
     estimated_rows,
@@ -154,7 +155,11 @@ class Command(BaseCommand):
                 self._say(f"partial index WHERE {row_filter.sql}: built in "
                           f"{time.perf_counter() - started:.1f} s")
                 cursor.execute(f"ANALYZE {table}")
+                # A process looks for partial indexes once per TABLE_ROWS_TTL: now, and again
+                # once the index is gone.
+                query_module._partial_indexes.clear()
                 yield
                 transaction.set_rollback(True)
+            query_module._partial_indexes.clear()
         else:
             yield
