@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
@@ -362,6 +362,21 @@ def test_transaction_scope_sets_nothing_for_the_session(few_rows, settings):
     found = list(Item.objects.filter(in_stock=True).similar_to_vector(np.ones(DIMS), limit=3))
     assert len(found) == 3
     assert _show("hnsw.ef_search") == "40"  # pgvector's default: nothing leaked
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_filtered_index_walk_puts_enable_sort_back(few_rows, settings):
+    """The HNSW path of a filtered search turns ``enable_sort`` off for its query only: the
+    session has it back afterwards, after an error too."""
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EXACT_SEARCH_MAX_ROWS": None}
+    search = Item.objects.filter(in_stock=True)
+    with CaptureQueriesContext(connection) as run:
+        assert len(list(search.similar_to_vector(np.ones(DIMS), limit=3))) == 3
+    assert [q for q in run.captured_queries if "enable_sort" in q["sql"]]
+    assert _show("enable_sort") == "on"
+    with pytest.raises(DataError):  # an invalid regular expression, raised by Postgres
+        list(search.filter(name__regex="(").similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("enable_sort") == "on"
 
 
 @pytest.mark.django_db(transaction=True)
