@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pgvector import HalfVector
 
@@ -249,6 +249,68 @@ def test_exact_ranking_only_for_filtered_searches_under_the_threshold(catalog, s
             queries[0], limit=K).explain()
 
 
+def test_auto_path_choice_flips_with_the_estimated_cost(catalog, settings):
+    """With EXACT_SEARCH_MAX_ROWS "auto" (the default) the planner's estimate of the passing
+    rows decides by cost: the 30 rows of a 1% filter are ranked exactly, the 2,970 of a 99%
+    one (exact: ~8.6 ms; HNSW finds 10 of them within its first ef_search tuples) by HNSW."""
+    _, _, _, queries = catalog
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": "auto"}
+    few = Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K)
+    many = Item.objects.filter(in_stock=False).similar_to_vector(queries[0], limit=K)
+    assert few._exact() is not None
+    assert many._exact() is None
+    with index_path():
+        assert "_hnsw" in many.explain()
+        found = list(Item.objects.filter(in_stock=False).similar_to_vector(queries[0], K))
+    assert len(found) == K and not any(r.in_stock for r in found)
+    # A number still means a row count: 2,970 rows are at most 3,000.
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EXACT_SEARCH_MAX_ROWS": 3000}
+    assert many._exact() is not None
+
+
+def test_a_partial_index_the_filter_implies_is_walked_at_a_higher_ef_search(
+        catalog, settings, monkeypatch):
+    """A shop's partial HNSW index on a filter it uses often (``Meta.indexes``, pgvector's
+    ``HnswIndex(condition=...)``): the 30 rows of the 1% filter, which the cost model alone
+    would rank exactly, are found by walking that small graph, at PARTIAL_INDEX_EF_SEARCH;
+    other filters keep the configured ef_search."""
+    pks, stored, in_stock, queries = catalog
+    monkeypatch.setattr(query_module, "_partial_indexes", {})
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": "auto", "HNSW_EF_SEARCH": 40}
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute("CREATE INDEX item_in_stock_hnsw ON testapp_item USING hnsw "
+                       "(embedding halfvec_cosine_ops) WHERE in_stock")
+        cursor.execute("ANALYZE testapp_item")
+    search = Item.objects.filter(in_stock=True).similar_to_vector(queries[0], limit=K)
+    assert search._exact() is None
+    assert "item_in_stock_hnsw" in search.explain()
+    found = list(search)
+    assert _show("hnsw.ef_search") == str(query_module.PARTIAL_INDEX_EF_SEARCH) == "200"
+    # 200 >= the 30 rows of that graph: the walk sees them all, so the order is exact.
+    assert [r.pk for r in found] == exact_top(stored, pks, queries[0], K, in_stock)[0]
+    others = Item.objects.filter(in_stock=False).similar_to_vector(queries[0], limit=K)
+    assert others._exact() is None and not others._visual_partial
+    list(others)
+    assert _show("hnsw.ef_search") == "40"
+
+
+@pytest.mark.parametrize("passing, table, ef_search, exact", [
+    (1_000, 100_000, 100, True),     # 1% of 100k: 1,000 rows against ~1,000 graph tuples
+    (10_000, 100_000, 100, False),   # 10% of 100k: ~100 tuples find 10 rows
+    (10_000, 1_000_000, 200, True),  # 1% of 1M: the graph no longer fits the cache
+    (100_000, 1_000_000, 200, False),
+    (10, 1_000_000, 200, True),      # past HNSW_MAX_SCAN_TUPLES the walk ends short anyway
+])
+def test_exact_is_cheaper_where_measured(passing, table, ef_search, exact):
+    """The cost model picks the faster path of docs/BENCHMARKS.md "Filtered queries at the
+    defaults" for each filter measured there."""
+    assert query_module.exact_is_cheaper(passing, table, K, ef_search) is exact
+    assert (query_module.exact_cost_ms(passing)
+            <= query_module.hnsw_cost_ms(passing, table, K, ef_search)) is exact
+
+
 # The HNSW session settings, outside transactions (``transaction=True``).
 
 @pytest.fixture
@@ -303,6 +365,21 @@ def test_transaction_scope_sets_nothing_for_the_session(few_rows, settings):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_filtered_index_walk_puts_enable_sort_back(few_rows, settings):
+    """The HNSW path of a filtered search turns ``enable_sort`` off for its query only: the
+    session has it back afterwards, after an error too."""
+    settings.VISUAL_RECO = {**settings.VISUAL_RECO, "EXACT_SEARCH_MAX_ROWS": None}
+    search = Item.objects.filter(in_stock=True)
+    with CaptureQueriesContext(connection) as run:
+        assert len(list(search.similar_to_vector(np.ones(DIMS), limit=3))) == 3
+    assert [q for q in run.captured_queries if "enable_sort" in q["sql"]]
+    assert _show("enable_sort") == "on"
+    with pytest.raises(DataError):  # an invalid regular expression, raised by Postgres
+        list(search.filter(name__regex="(").similar_to_vector(np.ones(DIMS), limit=3))
+    assert _show("enable_sort") == "on"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_explain_runs_under_the_same_settings(few_rows, settings):
     settings.VISUAL_RECO = {**settings.VISUAL_RECO, "HNSW_EF_SEARCH": 91}
     connection.close()
@@ -354,3 +431,14 @@ def test_halfvec_text_gives_pgvector_every_float16_back_bit_for_bit():
             cursor.execute("SELECT halfvec_send(%s::halfvec)", [text])
             stored = query_module.from_binary(cursor.fetchone()[0])
         assert np.array_equal(stored.astype(np.float16).view(np.uint16), chunk)
+
+
+@pytest.mark.parametrize("value, valid", [("auto", True), (None, True), (20_000, True),
+                                          ("20000", False), (-1, False), (True, False)])
+def test_exact_search_max_rows_is_checked(settings, value, valid):
+    """E015: anything but "auto", a row count or None is reported at startup."""
+    from visual_reco.checks import check_exact_search
+
+    settings.VISUAL_RECO = {**getattr(settings, "VISUAL_RECO", {}),
+                            "EXACT_SEARCH_MAX_ROWS": value}
+    assert [e.id for e in check_exact_search()] == ([] if valid else ["visual_reco.E015"])

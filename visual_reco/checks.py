@@ -243,3 +243,16 @@ def check_search_modes(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
                          hint=f"Use None or one of {', '.join(sorted(modes))}.",
                          id="visual_reco.E014")
             for where, name in found if name is not None and name not in modes]
+
+
+@checks.register()
+def check_exact_search(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E015: ``EXACT_SEARCH_MAX_ROWS`` is neither "auto", a row count nor None (every
+    filtered search would fail on it)."""
+    value = reco_settings.EXACT_SEARCH_MAX_ROWS
+    if value is None or value == "auto" or (isinstance(value, int) and value >= 0
+                                            and not isinstance(value, bool)):
+        return []
+    return [checks.Error(f"VISUAL_RECO['EXACT_SEARCH_MAX_ROWS'] = {value!r} is not valid.",
+                         hint='"auto" (exact or HNSW by estimated cost), a number of rows, '
+                              "or None (always HNSW).", id="visual_reco.E015")]

@@ -28,13 +28,13 @@ import functools
 import json
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import IO, Any, Self
 
 import numpy as np
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections, models, transaction
+from django.db import DatabaseError, connections, models, transaction
 from django.db.models import Case, Exists, F, Func, Subquery, Value, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
@@ -75,9 +75,22 @@ CANDIDATE_EF_MARGIN = 20
 # 13.1 ms). 400 beyond 2M is an extrapolation, not a measurement.
 AUTO_EF_SEARCH: tuple[tuple[int | None, int], ...] = ((200_000, 100), (2_000_000, 200),
                                                       (None, 400))
+# EXACT_SEARCH_MAX_ROWS "auto": a filtered search takes the path of lower estimated cost
+# (`exact_is_cheaper`). Milliseconds per filtered row ranked exactly (bitmap heap scan of a
+# row per page + a 2,048-d distance), and per tuple HNSW's iterative scan visits by table
+# size (tables under this many rows, ms; None: any size), calibrated by
+# `manage.py bench_vector_filters` (docs/BENCHMARKS.md "Filtered queries at the defaults").
+EXACT_MS_PER_ROW = 0.0029
+HNSW_MS_PER_TUPLE: tuple[tuple[int | None, float], ...] = ((200_000, 0.014), (None, 0.079))
 # Seconds a process keeps a table's estimated size (`table_rows`).
 TABLE_ROWS_TTL = 600.0
-_table_rows: dict[tuple[str, str], tuple[float, float]] = {}
+_table_rows: dict[tuple[str, str], tuple[float, Any]] = {}
+_partial_indexes: dict[tuple[str, str], tuple[float, Any]] = {}
+# ef_search, at least, of a filtered search that walks a partial HNSW index (one whose
+# condition its filter implies): measured at 100k rows on the 10% of `category < 100` (whole
+# clusters, docs/BENCHMARKS.md "Filtered queries at the defaults"), 100 gave recall@10 0.93,
+# 200 0.974, 400 0.995 at a third more time.
+PARTIAL_INDEX_EF_SEARCH = 200
 # While set, a blend's candidate subquery ranks its rows exactly (`CandidateDistance`).
 _EXACT_CANDIDATES: ContextVar[bool] = ContextVar("visual_reco_exact_candidates", default=False)
 
@@ -184,6 +197,8 @@ class VisualQuerySet(models.QuerySet):
     _visual_embedding: str | None = None
     # A gallery search's matches by product primary key (`visual_reco.gallery.Match`).
     _visual_gallery: dict[Any, Match] | None = None
+    # Whether this filtered search walks a partial HNSW index (None: not looked at yet).
+    _visual_partial: bool | None = None
 
     def _clone(self) -> Self:
         clone = super()._clone()
@@ -207,9 +222,11 @@ class VisualQuerySet(models.QuerySet):
         """The ``limit`` rows nearest to ``vector``, annotated with ``visual_distance``
         (cosine distance, 0 = same direction) and ``visual_score`` (1 - distance).
 
-        When the queryset is filtered and the planner expects at most
-        ``EXACT_SEARCH_MAX_ROWS`` rows to pass, those rows are ranked exactly instead of
-        walking the HNSW graph, which would have to skip almost everything it visits.
+        When the queryset is filtered, the rows that pass are ranked exactly instead of
+        walking the HNSW graph when that is expected to cost less (``EXACT_SEARCH_MAX_ROWS``
+        "auto": by the planner's estimate of the passing rows, `exact_is_cheaper`; a
+        number: when at most that many pass): a selective filter would make the walk skip
+        almost everything it visits.
 
         With ``mode`` (a name in ``ASPECT_MODES``) or ``aspects`` (a blend spec,
         `visual_reco.modes`), rows are ranked by the blend of ``vector`` ("shape") and
@@ -491,7 +508,9 @@ class VisualQuerySet(models.QuerySet):
             if self._prefetch_related_lookups and not self._prefetch_done:
                 self._prefetch_related_objects()
         else:
-            with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)):
+            with hnsw_settings_applied(
+                    self.db, self._ef_search(ef_search_for(self.model, self.db))), \
+                    index_walk(self.db, self._visual_candidates is not None):
                 super()._fetch_all()
             wanted = (self.query.high_mark or 0) - self.query.low_mark
             if len(self._result_cache) < wanted:
@@ -521,8 +540,9 @@ class VisualQuerySet(models.QuerySet):
             with exact_candidates():
                 super()._fetch_all()
         else:
-            with hnsw_settings_applied(
-                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))):
+            with hnsw_settings_applied(self.db, self._ef_search(
+                    candidate_ef_search(ef_search_for(self.model, self.db)))), \
+                    index_walk(self.db, self._visual_candidates is not None):
                 super()._fetch_all()
             if len(self._result_cache) < self._visual_pool:
                 # A short walk (dead tuples, see `_fetch_all`): rank the candidates exactly.
@@ -563,11 +583,46 @@ class VisualQuerySet(models.QuerySet):
         return [rows[index] for index in order]
 
     def _exact_candidates_wanted(self) -> bool:
-        """Whether a filtered blended search should rank its few candidate rows exactly."""
+        """Whether a filtered blended search should rank its candidate rows exactly: each
+        aspect's index walk looks for ``ASPECT_CANDIDATES`` rows (`exact_is_cheaper`)."""
+        return self._exact_wanted(int(reco_settings.ASPECT_CANDIDATES), candidate_ef_search(
+            ef_search_for(self.model, self.db)))
+
+    def _exact_wanted(self, wanted: int, ef_search: int) -> bool:
+        """Whether this filtered search's rows cost less ranked exactly than found by HNSW
+        (``EXACT_SEARCH_MAX_ROWS``: "auto" by `exact_is_cheaper`, a number of rows, or None
+        for never); one ``EXPLAIN`` of the filtered rows."""
         threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
         if self._visual_candidates is None or not threshold:
             return False
-        return estimated_rows(self._visual_candidates) <= threshold
+        if threshold == "auto" and self._walks_partial_index(ef_search):
+            return False
+        passing = estimated_rows(self._visual_candidates)
+        if threshold != "auto":
+            return passing <= int(threshold)
+        return exact_is_cheaper(passing, table_rows(self.model, self.db), wanted, ef_search)
+
+    def _walks_partial_index(self, ef_search: int) -> bool:
+        """Whether this filtered search, sent to HNSW, would walk a partial HNSW index (the
+        planner proves its condition from the filter): all its rows pass, so the walk costs
+        what an unfiltered one does, and recall stays up where a filter that removes whole
+        clusters leaves the full graph's walk far from the rows that pass. One more
+        ``EXPLAIN``, only for tables that have such an index; kept for `_ef_search`."""
+        if self._visual_partial is None:
+            self._visual_partial = False
+            if partial_hnsw_indexes(self.model, self.db):
+                with hnsw_settings_applied(self.db, ef_search), index_walk(self.db):
+                    plan = json.loads(models.QuerySet.explain(self, format="json"))
+                self._visual_partial = bool(
+                    index_names(plan) & partial_hnsw_indexes(self.model, self.db))
+        return self._visual_partial
+
+    def _ef_search(self, ef_search: int) -> int:
+        """``ef_search`` for this search's walk: at least `PARTIAL_INDEX_EF_SEARCH` when it
+        walks a partial index (`_walks_partial_index`, decided on the way to the walk)."""
+        if self._visual_partial:
+            return max(ef_search, PARTIAL_INDEX_EF_SEARCH)
+        return ef_search
 
     def explain(self, *, format: str | None = None, **options: Any) -> str:
         """``EXPLAIN`` under the HNSW settings the query runs with (they change the plan)."""
@@ -577,21 +632,23 @@ class VisualQuerySet(models.QuerySet):
             if self._exact_candidates_wanted():
                 with exact_candidates():
                     return super().explain(format=format, **options)
-            with hnsw_settings_applied(
-                    self.db, candidate_ef_search(ef_search_for(self.model, self.db))):
+            with hnsw_settings_applied(self.db, self._ef_search(
+                    candidate_ef_search(ef_search_for(self.model, self.db)))), \
+                    index_walk(self.db, self._visual_candidates is not None):
                 return super().explain(format=format, **options)
         exact = self._exact()
         if exact is not None:
             return exact.explain(format=format, **options)
-        with hnsw_settings_applied(self.db, ef_search_for(self.model, self.db)):
+        with hnsw_settings_applied(
+                self.db, self._ef_search(ef_search_for(self.model, self.db))), \
+                index_walk(self.db, self._visual_candidates is not None):
             return super().explain(format=format, **options)
 
     def _exact(self) -> Self | None:
-        """This search as an exact ranking of the filtered rows, when few enough pass."""
-        threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
-        if self._visual_candidates is None or not threshold:
-            return None
-        if estimated_rows(self._visual_candidates) > threshold:
+        """This search as an exact ranking of the filtered rows, when that is the cheaper
+        path (`_exact_wanted`)."""
+        wanted = max((self.query.high_mark or 0) - self.query.low_mark, 1)
+        if not self._exact_wanted(wanted, ef_search_for(self.model, self.db)):
             return None
         return self._exact_ranking()
 
@@ -1053,22 +1110,79 @@ def estimated_rows(queryset: models.QuerySet) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
+def exact_cost_ms(passing: float) -> float:
+    """Milliseconds an exact ranking of ``passing`` filtered rows is expected to take."""
+    return EXACT_MS_PER_ROW * passing
+
+
+def hnsw_cost_ms(passing: float, table: float, wanted: int, ef_search: int) -> float:
+    """Milliseconds a filtered HNSW search for ``wanted`` rows is expected to take, when
+    ``passing`` of the table's ``table`` rows pass its filter independently of the image.
+
+    The iterative scan visits about ``wanted / selectivity`` tuples (at least
+    ``ef_search``) until enough pass; at ``HNSW_MAX_SCAN_TUPLES`` it stops short and the
+    search ranks the filtered rows exactly after all (`VisualQuerySet._fetch_all`).
+    """
+    if passing <= 0:
+        return 0.0
+    visited = max(float(ef_search), wanted * max(table, passing) / passing)
+    limit = float(reco_settings.HNSW_MAX_SCAN_TUPLES)
+    per_tuple = next(ms for below, ms in HNSW_MS_PER_TUPLE if below is None or table < below)
+    if visited > limit:
+        return per_tuple * limit + exact_cost_ms(passing)
+    return per_tuple * visited
+
+
+def exact_is_cheaper(passing: float, table: float, wanted: int, ef_search: int) -> bool:
+    """Whether ranking the ``passing`` filtered rows exactly is expected to cost less than
+    HNSW's iterative scan for ``wanted`` of them in a table of ``table`` rows
+    (`exact_cost_ms`, `hnsw_cost_ms`)."""
+    return exact_cost_ms(passing) <= hnsw_cost_ms(passing, table, wanted, ef_search)
+
+
+def _kept(store: dict[tuple[str, str], tuple[float, Any]], model: type[models.Model],
+          using: str, sql: str) -> Any:
+    """The rows ``sql`` (with the quoted table name as its parameter) returns for
+    ``model``'s table, read once per `TABLE_ROWS_TTL` seconds per process into ``store``."""
+    key = (using, model._meta.db_table)
+    now = time.monotonic()
+    cached = store.get(key)
+    if cached is None or cached[0] < now:
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [connection.ops.quote_name(model._meta.db_table)])
+            cached = store[key] = (now + TABLE_ROWS_TTL, cursor.fetchall())
+    return cached[1]
+
+
 def table_rows(model: type[models.Model], using: str) -> float:
     """The planner's estimate of ``model``'s rows (``pg_class.reltuples``, kept up to date
     by autovacuum's ANALYZE; 0 for a table never analysed), read once per `TABLE_ROWS_TTL`
     seconds per process."""
-    key = (using, model._meta.db_table)
-    now = time.monotonic()
-    cached = _table_rows.get(key)
-    if cached is None or cached[0] < now:
-        connection = connections[using]
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
-                           [connection.ops.quote_name(model._meta.db_table)])
-            found = cursor.fetchone()
-        cached = _table_rows[key] = (now + TABLE_ROWS_TTL, max(float(found[0]), 0.0)
-                                     if found else 0.0)
-    return cached[1]
+    found = _kept(_table_rows, model, using,
+                  "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)")
+    return max(float(found[0][0]), 0.0) if found else 0.0
+
+
+def partial_hnsw_indexes(model: type[models.Model], using: str) -> frozenset[str]:
+    """The names of the partial HNSW indexes on ``model``'s table (a ``WHERE`` condition, as
+    a shop declares for a filter it uses often), read once per `TABLE_ROWS_TTL` seconds."""
+    found = _kept(_partial_indexes, model, using,
+                  "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                  "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = to_regclass(%s) "
+                  "AND i.indpred IS NOT NULL AND a.amname = 'hnsw'")
+    return frozenset(name for (name,) in found)
+
+
+def index_names(plan: Any) -> set[str]:
+    """Every ``Index Name`` in an ``EXPLAIN (FORMAT JSON)`` plan (parsed)."""
+    if isinstance(plan, list):
+        return set().union(*(index_names(item) for item in plan))
+    if not isinstance(plan, dict):
+        return set()
+    names = {plan["Index Name"]} if "Index Name" in plan else set()
+    return names.union(*(index_names(value) for value in plan.values()
+                         if isinstance(value, (list, dict))))
 
 
 def ef_search_for(model: type[models.Model], using: str) -> int:
@@ -1132,6 +1246,41 @@ def hnsw_settings_applied(using: str, ef_search: int | None = None) -> Iterator[
         with transaction.atomic(using=using, savepoint=False):
             _set_hnsw(connection, values, local=True)
             yield
+
+
+@contextmanager
+def index_walk(using: str, filtered: bool = True) -> Iterator[None]:
+    """Run the block's queries with ``enable_sort`` off when ``filtered``: a filtered search
+    sent to HNSW (`VisualQuerySet._exact_wanted` found it cheaper) then walks the index
+    instead of the planner's own choice, which for a filter on an indexed column is to read
+    every passing row through its B-tree and sort them (at 100k rows, ``bucket < 10``:
+    p50 92 ms that way, 11 ms by the index). Every plan but the index walk sorts, so no
+    other plan is left; the setting is put back after the block, in one more round trip
+    each way."""
+    if not filtered:
+        yield
+        return
+    connection = connections[using]
+    local = connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_sort'), "
+                       "set_config('enable_sort', 'off', %s)", [local])
+        previous = cursor.fetchone()[0]
+
+    def restore() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('enable_sort', %s, %s)", [previous, local])
+
+    try:
+        yield
+    except Exception:
+        # In a transaction its end (the rollback an error leads to) restores a local
+        # setting; outside one the session keeps it, unless the connection is gone too.
+        if not local:
+            with suppress(DatabaseError):
+                restore()
+        raise
+    restore()
 
 
 def _set_hnsw(connection: Any, values: tuple[str, str, str], *, local: bool) -> None:

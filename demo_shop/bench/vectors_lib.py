@@ -836,11 +836,13 @@ own embeddings before choosing it.
 
 {filtered_table(report)}
 
-Each filter runs with the app's defaults (when the planner expects at most
-`EXACT_SEARCH_MAX_ROWS` = 20,000 rows to pass, visual_reco ranks them exactly, which the
-planner does through the filter's B-tree; otherwise the planner's choice, iterative scan
-`relaxed_order`), then forced onto the HNSW index ("forced": in a transaction that drops
-the B-trees and turns `enable_seqscan` and `enable_bitmapscan` off, rolled back afterwards;
+Each filter runs with the app's defaults (`EXACT_SEARCH_MAX_ROWS` "auto" since 2026-12-01:
+the rows that pass are ranked exactly, through the filter's B-tree, when the planner's
+estimate of them makes that cheaper than HNSW, and otherwise the index is walked with the
+iterative scan `relaxed_order`; before, at most 20,000 passing rows were ranked exactly and
+the planner chose for more; see "Filtered queries at the defaults"), then forced onto the
+HNSW index ("forced": in a transaction that drops the B-trees and turns `enable_seqscan`
+and `enable_bitmapscan` off, rolled back afterwards;
 the HNSW settings are then set per transaction, one more round trip per query) with the
 iterative scan on and off (the forced run with it on is left out when
 the planner chose the index anyway). Which plan the planner picks depends on the table size
