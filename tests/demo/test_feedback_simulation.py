@@ -195,12 +195,17 @@ def test_expected_clicks_are_what_the_sampled_clicks_average(scenario):
         visitor, 0, best[::-1])
 
 
-def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
-    rng = np.random.default_rng(3)
+def toy_catalog(seed: int) -> Catalog:
+    """30 products of random shape and colour vectors, 3 categories, 4 colour families."""
+    rng = np.random.default_rng(seed)
     n = 30
-    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
-                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
-                      rng.normal(size=(n, 5)))
+    return Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
+                   ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
+                   rng.normal(size=(n, 5)))
+
+
+def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
+    catalog = toy_catalog(3)
     looks = LooksScenario(catalog, seed=4)
     ceilings = looks.ceilings(pool=12, limit=4)
     # Knowing each visitor's tastes beats any one order per page, which beats the visual one.
@@ -223,11 +228,7 @@ def test_cascade_ctr_of_each_row_is_that_of_the_row_alone():
 
 
 def test_picks_ceilings_order_what_knowing_more_of_the_visitor_gains():
-    rng = np.random.default_rng(3)
-    n = 30
-    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
-                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
-                      rng.normal(size=(n, 5)))
+    catalog = toy_catalog(3)
     looks = LooksScenario(catalog, seed=4)
     # The vectorised attraction is the click model's, taste by taste.
     keys, _ = looks._tastes()
@@ -236,7 +237,8 @@ def test_picks_ceilings_order_what_knowing_more_of_the_visitor_gains():
     category = np.array([categories == c for _, c in keys], dtype=int)
     attraction, cart = looks._page_attraction(7, family, category)
     for row, taste in enumerate(keys):
-        assert np.allclose(attraction[row], looks._taste_attraction(taste, 7, np.arange(n)))
+        assert np.allclose(attraction[row],
+                           looks._taste_attraction(taste, 7, np.arange(len(catalog))))
     assert set(np.unique(cart).round(2)) <= {0.08, 0.18, 0.28}
     ceilings = looks.picks_ceilings(limit=4)
     # Sorted by a visitor's own attraction is the cascade's best list for that visitor: no
@@ -247,16 +249,18 @@ def test_picks_ceilings_order_what_knowing_more_of_the_visitor_gains():
     # A list per liked category (or colour family) of the page's visitors does better than
     # the page's one list for all of them.
     assert min(ceilings.category, ceilings.colour) > ceilings.page
-    # A scenario where nothing the clicks teach tells products apart has no ceiling.
+    # The report says them; a scenario where nothing the clicks teach tells products apart
+    # has none, and the report says nothing of them.
+    assert f"both {ceilings.personal:+.0%}" in Report._picks_ceilings(ceilings)
     assert Simulator(catalog, Options(scenario="unrelated")).scenario.picks_ceilings(4) == \
         PicksCeilings()
+    assert Report._picks_ceilings(PicksCeilings()) == ""
 
 
 def test_the_best_list_for_a_visitor_beats_any_other_it_could_be_shown():
+    catalog = toy_catalog(5)
+    n = len(catalog)
     rng = np.random.default_rng(5)
-    n = 30
-    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
-                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6)
     simulator = Simulator(catalog, Options(scenario="looks", seed=4))
     visitor = Visitor("v", "blue", "mug", 0, np.zeros(n, dtype=int))
     hidden = [7, 1, 2]
