@@ -292,6 +292,7 @@ class LooksScenario(Scenario):
     def __init__(self, catalog: Catalog, seed: int = 0) -> None:
         super().__init__(catalog, seed)
         self.appeal = np.random.default_rng([seed, 99]).normal(0.0, APPEAL_SD, len(catalog))
+        self._rates: tuple[np.ndarray, np.ndarray] | None = None
 
     def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
         if rng.random() < LIKED_LANDING:
@@ -390,6 +391,43 @@ class LooksScenario(Scenario):
         attraction[list(hidden)] = -np.inf
         return cascade_ctr(np.sort(attraction)[::-1][:limit]) * limit
 
+    def _true_rates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each product's expected conversions (carts + purchases) and clicks per examined
+        impression for everyone, on the pages of its own category over their landings
+        (where best sellers show it); computed once."""
+        if self._rates is not None:
+            return self._rates
+        catalog = self.catalog
+        n = len(catalog)
+        keys, landed = self._tastes()
+        categories = np.array(catalog.categories)
+        family = np.array([np.array(catalog.families) == f for f, _ in keys], dtype=int)
+        category = np.array([categories == c for _, c in keys], dtype=int)
+        converts, clicks, shown = np.zeros(n), np.zeros(n), np.zeros(n)
+        for page in range(n):
+            attraction, cart = self._page_attraction(page, family, category)
+            own = categories == categories[page]
+            converts[own] += (landed[page] @ (attraction * cart * (1 + BUY)))[own]
+            clicks[own] += (landed[page] @ attraction)[own]
+            shown[own] += landed[page].sum()
+        self._rates = (converts / shown, clicks / shown)
+        return self._rates
+
+    def true_best_sellers_clicks(self, visitor: Visitor, page: int, hidden: Iterable[int],
+                                 limit: int) -> float:
+        """The expected clicks of ``visitor`` on ``page`` on the best sellers of the page's
+        category ranked by their true conversion rates (`_true_rates`), none of ``hidden``:
+        the baseline of `PicksCeilings`, for one served list."""
+        catalog = self.catalog
+        converts, _ = self._true_rates()
+        own = np.array(catalog.categories) == catalog.categories[page]
+        scores = converts + own
+        scores[list(hidden)] = -np.inf
+        family = np.array([[f == visitor.family for f in catalog.families]], dtype=int)
+        category = np.array([[c == visitor.category for c in catalog.categories]], dtype=int)
+        attraction = self._page_attraction(page, family, category)[0][0]
+        return cascade_ctr(attraction[np.argsort(-scores, kind="stable")[:limit]]) * limit
+
     def picks_ceilings(self, limit: int) -> PicksCeilings:
         """`PicksCeilings` of this scenario: on each page, the visitors weighted by how often
         their tastes land there (pages weighted by their landings), each list's CTR the
@@ -410,17 +448,7 @@ class LooksScenario(Scenario):
             similar = catalog.visual_scores(page)
             similar[page] = -np.inf
             left_out.append(np.append(np.argsort(-similar, kind="stable")[:limit], page))
-        # Pass 1: each product's conversions per examination, and its clicks per examination
-        # for everyone, on the pages of its category.
-        converts, clicks, shown = np.zeros(n), np.zeros(n), np.zeros(n)
-        for page in range(n):
-            attraction, cart = self._page_attraction(page, family, category)
-            own = categories == categories[page]
-            converts[own] += (landed[page] @ (attraction * cart * (1 + BUY)))[own]
-            clicks[own] += (landed[page] @ attraction)[own]
-            shown[own] += landed[page].sum()
-        converts /= shown
-        clicks /= shown
+        converts, clicks = self._true_rates()
 
         def best(scores: np.ndarray, page: int) -> np.ndarray:
             """The ``limit`` best-scoring products (rows: per group) the page may show."""
@@ -494,6 +522,9 @@ class SurfaceLog:
     # without the page's product and its similar list (`Scenario.best_clicks`; picks only,
     # where the scenario says).
     best_clicks: float = 0.0
+    # And those of best sellers ranked by their true rates on the same pages
+    # (`LooksScenario.true_best_sellers_clicks`; picks only, looks scenario only).
+    true_best_sellers_clicks: float = 0.0
 
 
 @dataclass
@@ -572,8 +603,10 @@ class Simulator:
                           for name, row in rows.items())
         picks = picks_gap([log for log in self.logs if log.round == round_index])
         if picks:
-            cells += "; picks expected CTR (of the best for each visitor's tastes): " + ", ".join(
-                f"{name} {mine:.2%} ({mine / best:.0%})" for name, (mine, best) in picks.items())
+            cells += ("; picks expected CTR (share of the best list for each visitor's tastes; "
+                      "true best sellers' on the same pages): " + ", ".join(
+                          f"{name} {mine:.2%} ({mine / best:.0%}; {true:.2%})"
+                          for name, (mine, best, true) in picks.items()))
         return f"{self.options.scenario} round {round_index}: {cells}"
 
     def visitor(self, number: int) -> Visitor:
@@ -632,6 +665,9 @@ class Simulator:
                 known = [self.catalog.index[p] for p in served[0][1] if p in self.catalog.index]
                 stats.best_clicks += self.scenario.best_clicks(
                     visitor, page, [page, *known], len(ids)) or 0.0
+                if isinstance(self.scenario, LooksScenario):
+                    stats.true_best_sellers_clicks += self.scenario.true_best_sellers_clicks(
+                        visitor, page, [page, *known], len(ids))
             choice = self._cascade(visitor, page, ids, rng) if opened is None else None
             if choice is not None:
                 events.append(self._raw("click", token, ids[choice]))
@@ -722,20 +758,21 @@ def cascade_ctr(attraction: Sequence[float] | np.ndarray) -> Any:
     return float(clicks) if values.ndim == 1 else clicks
 
 
-def picks_gap(logs: Iterable[SessionLog]) -> dict[str, tuple[float, float]]:
-    """Per picked-for-you variant: its expected CTR and that of the best lists for each
-    visitor's tastes on the same pages (`SurfaceLog.best_clicks`); empty where the scenario
-    has no best lists."""
+def picks_gap(logs: Iterable[SessionLog]) -> dict[str, tuple[float, float, float]]:
+    """Per picked-for-you variant: its expected CTR, that of the best lists for each
+    visitor's tastes on the same pages (`SurfaceLog.best_clicks`) and that of best sellers
+    ranked by their true rates there; empty where the scenario has no best lists."""
     found: dict[str, list[float]] = {}
     for log in logs:
         stats = log.surfaces.get(PICKS_SURFACE)
         if stats is not None:
-            into = found.setdefault(stats.variant, [0.0, 0.0, 0.0])
+            into = found.setdefault(stats.variant, [0.0, 0.0, 0.0, 0.0])
             into[0] += stats.expected_clicks
             into[1] += stats.best_clicks
-            into[2] += stats.impressions
-    return {name: (mine / shown, best / shown) for name, (mine, best, shown)
-            in sorted(found.items()) if best and shown}
+            into[2] += stats.true_best_sellers_clicks
+            into[3] += stats.impressions
+    return {name: (mine / shown, best / shown, true / shown)
+            for name, (mine, best, true, shown) in sorted(found.items()) if best and shown}
 
 
 def landed_ctr(weights: np.ndarray, attraction: np.ndarray, lists: np.ndarray) -> float:

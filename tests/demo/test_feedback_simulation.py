@@ -271,7 +271,10 @@ def test_the_best_list_for_a_visitor_beats_any_other_it_could_be_shown():
         allowed, 4, replace=False)]) for _ in range(300)]
     assert max(shown) <= best + 1e-12 and best > 0
     log = SessionLog(1, "v", surfaces={PICKS_SURFACE: SurfaceLog(
-        "picked", impressions=8, expected_clicks=0.2, best_clicks=0.4)})
-    assert picks_gap([log]) == {"picked": (0.025, 0.05)}
+        "picked", impressions=8, expected_clicks=0.2, best_clicks=0.4,
+        true_best_sellers_clicks=0.16)})
+    assert picks_gap([log]) == {"picked": (0.025, 0.05, 0.02)}
+    # Best sellers by true rates are one of the lists the visitor could be shown.
+    assert 0 < simulator.scenario.true_best_sellers_clicks(visitor, 7, hidden, 4) <= best
     assert Simulator(catalog, Options(scenario="unrelated")).scenario.best_clicks(
         visitor, 7, hidden, 4) is None
