@@ -222,6 +222,17 @@ class Scenario:
         where no order is better than another)."""
         return Ceilings()
 
+    def picks_ceilings(self, limit: int) -> PicksCeilings:
+        """What picked-for-you lists that know the click model would gain over best sellers
+        (nothing where no list is better than another for what the clicks could teach)."""
+        return PicksCeilings()
+
+    def best_clicks(self, visitor: Visitor, page: int, hidden: Iterable[int],
+                    limit: int) -> float | None:
+        """The expected clicks of the best list of ``limit`` products for ``visitor``'s own
+        tastes on ``page``, none of ``hidden`` (None where the scenario does not say)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Ceilings:
@@ -237,6 +248,30 @@ class Ceilings:
 
     fixed: float = 0.0
     appeal: float = 0.0
+    personal: float = 0.0
+
+
+@dataclass(frozen=True)
+class PicksCeilings:
+    """Relative expected-CTR gains of lists of any products over best sellers, for lists
+    that know the click model: the bounds picked-for-you works under.
+
+    The baseline is each page's best sellers as the picks' ``best_sellers`` arm serves them
+    once its rates are exact: the products of the page's category by their true
+    conversions (carts and purchases) per examined impression, the page's product and its
+    similar list left out, the rest from every category. Against it:
+    ``category_list``: the best list of each category by expected CTR (the best any ranking
+    of a category's products for everyone can serve).
+    ``page``: the best list of each page, the same for every visitor of it.
+    ``colour`` / ``category``: the best list for a visitor of whom only the liked colour
+    family / category is known (what a history that reveals one of them is worth).
+    ``personal``: the best list for each visitor's own tastes (knowing both).
+    """
+
+    category_list: float = 0.0
+    page: float = 0.0
+    colour: float = 0.0
+    category: float = 0.0
     personal: float = 0.0
 
 
@@ -257,6 +292,7 @@ class LooksScenario(Scenario):
     def __init__(self, catalog: Catalog, seed: int = 0) -> None:
         super().__init__(catalog, seed)
         self.appeal = np.random.default_rng([seed, 99]).normal(0.0, APPEAL_SD, len(catalog))
+        self._rates: tuple[np.ndarray, np.ndarray] | None = None
 
     def landing(self, visitor: Visitor, rng: np.random.Generator) -> int:
         if rng.random() < LIKED_LANDING:
@@ -333,6 +369,116 @@ class LooksScenario(Scenario):
             appeal=max(totals[f"appeal {w}"] for w in APPEAL_WEIGHTS) / visual - 1,
             personal=totals["personal"] / visual - 1)
 
+    def _page_attraction(self, page: int, family: np.ndarray, category: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """The expected attraction of every product on ``page`` and its cart probability,
+        for each taste (rows; ``family`` / ``category``: whether each product matches each
+        taste's, as 0/1 rows). `_taste_logit` takes four values per product only (no match,
+        either, both), so the noise is integrated four times per product, not per taste."""
+        cosines = self.catalog.vectors @ self.catalog.vectors[page]
+        base = -3.2 + 3.0 * (cosines - 0.75) + self.appeal
+        matches = family + category
+        by_match = np.stack([expected_sigmoid(base + 1.4 * m) for m in range(3)])
+        attraction = np.take_along_axis(by_match, matches, axis=0)
+        return attraction, 0.08 + 0.1 * matches
+
+    def best_clicks(self, visitor: Visitor, page: int, hidden: Iterable[int],
+                    limit: int) -> float | None:
+        catalog = self.catalog
+        family = np.array([[f == visitor.family for f in catalog.families]], dtype=int)
+        category = np.array([[c == visitor.category for c in catalog.categories]], dtype=int)
+        attraction = self._page_attraction(page, family, category)[0][0]
+        attraction[list(hidden)] = -np.inf
+        return cascade_ctr(np.sort(attraction)[::-1][:limit]) * limit
+
+    def _true_rates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each product's expected conversions (carts + purchases) and clicks per examined
+        impression for everyone, on the pages of its own category over their landings
+        (where best sellers show it); computed once."""
+        if self._rates is not None:
+            return self._rates
+        catalog = self.catalog
+        n = len(catalog)
+        keys, landed = self._tastes()
+        categories = np.array(catalog.categories)
+        family = np.array([np.array(catalog.families) == f for f, _ in keys], dtype=int)
+        category = np.array([categories == c for _, c in keys], dtype=int)
+        converts, clicks, shown = np.zeros(n), np.zeros(n), np.zeros(n)
+        for page in range(n):
+            attraction, cart = self._page_attraction(page, family, category)
+            own = categories == categories[page]
+            converts[own] += (landed[page] @ (attraction * cart * (1 + BUY)))[own]
+            clicks[own] += (landed[page] @ attraction)[own]
+            shown[own] += landed[page].sum()
+        self._rates = (converts / shown, clicks / shown)
+        return self._rates
+
+    def true_best_sellers_clicks(self, visitor: Visitor, page: int, hidden: Iterable[int],
+                                 limit: int) -> float:
+        """The expected clicks of ``visitor`` on ``page`` on the best sellers of the page's
+        category ranked by their true conversion rates (`_true_rates`), none of ``hidden``:
+        the baseline of `PicksCeilings`, for one served list."""
+        catalog = self.catalog
+        converts, _ = self._true_rates()
+        own = np.array(catalog.categories) == catalog.categories[page]
+        scores = converts + own
+        scores[list(hidden)] = -np.inf
+        family = np.array([[f == visitor.family for f in catalog.families]], dtype=int)
+        category = np.array([[c == visitor.category for c in catalog.categories]], dtype=int)
+        attraction = self._page_attraction(page, family, category)[0][0]
+        return cascade_ctr(attraction[np.argsort(-scores, kind="stable")[:limit]]) * limit
+
+    def picks_ceilings(self, limit: int) -> PicksCeilings:
+        """`PicksCeilings` of this scenario: on each page, the visitors weighted by how often
+        their tastes land there (pages weighted by their landings), each list's CTR the
+        cascade's for each taste (the per-look noise averaged), every list without the
+        page's product and the page's visual similar list (``limit`` products by
+        `Catalog.visual_scores`), as the page's script asks for picks. A best seller's
+        true conversion rate is its expected (carts + purchases) per examined impression on
+        the pages of its own category (where best sellers show it), over their landings."""
+        catalog = self.catalog
+        n = len(catalog)
+        keys, landed = self._tastes()
+        families = np.array(catalog.families)
+        categories = np.array(catalog.categories)
+        family = np.array([families == f for f, _ in keys], dtype=int)
+        category = np.array([categories == c for _, c in keys], dtype=int)
+        left_out = []
+        for page in range(n):
+            similar = catalog.visual_scores(page)
+            similar[page] = -np.inf
+            left_out.append(np.append(np.argsort(-similar, kind="stable")[:limit], page))
+        converts, clicks = self._true_rates()
+
+        def best(scores: np.ndarray, page: int) -> np.ndarray:
+            """The ``limit`` best-scoring products (rows: per group) the page may show."""
+            scores = np.array(scores, dtype=np.float64)
+            scores[..., left_out[page]] = -np.inf
+            return np.argsort(-scores, axis=-1, kind="stable")[..., :limit]
+
+        groups = {"colour": [f for f, _ in keys], "category": [c for _, c in keys]}
+        totals = dict.fromkeys(("best_sellers", "category_list", "page", *groups,
+                                "personal"), 0.0)
+        for page in range(n):
+            attraction, _ = self._page_attraction(page, family, category)
+            weights = landed[page]
+            # The page's category first (rates are below 1), too few of it left: the rest
+            # by their own rates, as best sellers are served.
+            own = categories == categories[page]
+            totals["best_sellers"] += landed_ctr(weights, attraction, best(converts + own, page))
+            totals["category_list"] += landed_ctr(weights, attraction, best(clicks + own, page))
+            totals["page"] += landed_ctr(weights, attraction, best(weights @ attraction, page))
+            for name, labels in groups.items():
+                lists = np.zeros((len(keys), limit), dtype=int)
+                for label in set(labels):
+                    members = np.array([value == label for value in labels])
+                    lists[members] = best(weights[members] @ attraction[members], page)
+                totals[name] += landed_ctr(weights, attraction, lists)
+            totals["personal"] += landed_ctr(weights, attraction, best(attraction, page))
+        base = totals["best_sellers"]
+        return PicksCeilings(**{name: value / base - 1 for name, value in totals.items()
+                                if name != "best_sellers"})
+
     def logit(self, visitor: Visitor, page: int, item: int) -> float:
         return self._taste_logit(visitor.family, visitor.category, page, item)
 
@@ -372,6 +518,13 @@ class SurfaceLog:
     purchases: int = 0
     # The clicks the lists would get on average, read from the top (`expected_clicks`).
     expected_clicks: float = 0.0
+    # Those of the best lists for the visitor's tastes on the same pages, as long and
+    # without the page's product and its similar list (`Scenario.best_clicks`; picks only,
+    # where the scenario says).
+    best_clicks: float = 0.0
+    # And those of best sellers ranked by their true rates on the same pages
+    # (`LooksScenario.true_best_sellers_clicks`; picks only, looks scenario only).
+    true_best_sellers_clicks: float = 0.0
 
 
 @dataclass
@@ -448,6 +601,12 @@ class Simulator:
                          SIMILAR_SURFACE)
         cells = ", ".join(f"{name} CTR {row.ctr:.2%} ({row.sessions} visits)"
                           for name, row in rows.items())
+        picks = picks_gap([log for log in self.logs if log.round == round_index])
+        if picks:
+            cells += ("; picks expected CTR (share of the best list for each visitor's tastes; "
+                      "true best sellers' on the same pages): " + ", ".join(
+                          f"{name} {mine:.2%} ({mine / best:.0%}; {true:.2%})"
+                          for name, (mine, best, true) in picks.items()))
         return f"{self.options.scenario} round {round_index}: {cells}"
 
     def visitor(self, number: int) -> Visitor:
@@ -502,6 +661,13 @@ class Simulator:
             stats.impressions += len(ids)
             events = [self._raw("impression", token, product) for product in ids]
             stats.expected_clicks += self.expected_clicks(visitor, page, ids)
+            if surface == PICKS_SURFACE and ids:
+                known = [self.catalog.index[p] for p in served[0][1] if p in self.catalog.index]
+                stats.best_clicks += self.scenario.best_clicks(
+                    visitor, page, [page, *known], len(ids)) or 0.0
+                if isinstance(self.scenario, LooksScenario):
+                    stats.true_best_sellers_clicks += self.scenario.true_best_sellers_clicks(
+                        visitor, page, [page, *known], len(ids))
             choice = self._cascade(visitor, page, ids, rng) if opened is None else None
             if choice is not None:
                 events.append(self._raw("click", token, ids[choice]))
@@ -578,16 +744,43 @@ class Simulator:
                 log.surfaces[surface].purchases += 1
 
 
-def cascade_ctr(attraction: Sequence[float]) -> float:
+def cascade_ctr(attraction: Sequence[float] | np.ndarray) -> Any:
     """Clicks per impression of a list whose items attract with these probabilities, read
-    from the top under the cascade model."""
-    reach, clicks = 1.0, 0.0
-    for position, value in enumerate(attraction):
-        if position:
-            reach *= CONTINUE
-        clicks += reach * value
-        reach *= 1 - value
-    return clicks / len(attraction) if len(attraction) else 0.0
+    from the top under the cascade model; for a matrix, that of each row (one list each)."""
+    values = np.asarray(attraction, dtype=np.float64)
+    length = values.shape[-1]
+    if not length:
+        return 0.0 if values.ndim == 1 else np.zeros(values.shape[:-1])
+    # Position k is read if the reader went on k times and clicked none of the k before.
+    unclicked = np.cumprod(1 - values, axis=-1)
+    before = np.concatenate([np.ones_like(unclicked[..., :1]), unclicked[..., :-1]], axis=-1)
+    clicks = (CONTINUE ** np.arange(length) * before * values).sum(axis=-1) / length
+    return float(clicks) if values.ndim == 1 else clicks
+
+
+def picks_gap(logs: Iterable[SessionLog]) -> dict[str, tuple[float, float, float]]:
+    """Per picked-for-you variant: its expected CTR, that of the best lists for each
+    visitor's tastes on the same pages (`SurfaceLog.best_clicks`) and that of best sellers
+    ranked by their true rates there; empty where the scenario has no best lists."""
+    found: dict[str, list[float]] = {}
+    for log in logs:
+        stats = log.surfaces.get(PICKS_SURFACE)
+        if stats is not None:
+            into = found.setdefault(stats.variant, [0.0, 0.0, 0.0, 0.0])
+            into[0] += stats.expected_clicks
+            into[1] += stats.best_clicks
+            into[2] += stats.true_best_sellers_clicks
+            into[3] += stats.impressions
+    return {name: (mine / shown, best / shown, true / shown)
+            for name, (mine, best, true, shown) in sorted(found.items()) if best and shown}
+
+
+def landed_ctr(weights: np.ndarray, attraction: np.ndarray, lists: np.ndarray) -> float:
+    """The expected clicks per impression, summed over tastes by ``weights``, of one list of
+    products (or of one list per taste, rows) for tastes that find each product as
+    attractive as ``attraction`` says (rows: tastes)."""
+    lists = np.broadcast_to(lists, (len(weights), lists.shape[-1]))
+    return float(weights @ cascade_ctr(np.take_along_axis(attraction, lists, axis=1)))
 
 
 def picks_url() -> str | None:
@@ -890,7 +1083,10 @@ def run_scenario(catalog: Catalog, options: Options) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     from_log = log_counts(logs)
     pool = int(reco_settings.RANKING["POOL"]) * options.limit
-    return {"ceilings": simulator.scenario.ceilings(pool, options.limit), "logs": logs,
+    return {"ceilings": simulator.scenario.ceilings(pool, options.limit),
+            "picks_ceilings": (simulator.scenario.picks_ceilings(options.limit)
+                               if options.picks else PicksCeilings()),
+            "logs": logs,
             "visitors": len(simulator.visitors), "return_rate": options.return_rate,
             "seconds": seconds, "requests": simulator.requests,
             "agrees": from_log == rollup_counts(), "counts": from_log,
@@ -1090,7 +1286,9 @@ overrides of the settings, equal shares).
                 f"(impressions, clicks, carts, purchases per variant). Ranking settings: "
                 f"`{json.dumps(self._ranking(result['ranking']))}`; picks: "
                 f"`{json.dumps(self._picks(result.get('picks', {})))}`. "
-                f"{self._ceilings(result['ceilings'])} Command: `{self.command}`.\n"]
+                f"{self._ceilings(result['ceilings'])} "
+                f"{self._picks_ceilings(result.get('picks_ceilings', PicksCeilings()))}"
+                f"Command: `{self.command}`.\n"]
         for surface in (SIMILAR_SURFACE, PICKS_SURFACE):
             rows = self.rows(scenario, surface)
             if not any(row for _, row in rows):
@@ -1129,6 +1327,18 @@ overrides of the settings, equal shares).
                 f"appeal (what per-product click rates alone can learn) "
                 f"{_signed(ceilings.appeal)}; the best order for each visitor's own tastes "
                 f"{_signed(ceilings.personal)}.")
+
+    @staticmethod
+    def _picks_ceilings(ceilings: PicksCeilings) -> str:
+        """The scenario's `PicksCeilings`, in words (nothing when there are none)."""
+        if ceilings == PicksCeilings():
+            return ""
+        return ("Picked-for-you ceilings, expected CTR over best sellers ranked by their "
+                "true conversion rates (`Scenario.picks_ceilings()`): the best list of each "
+                f"category {_signed(ceilings.category_list)}, of each page "
+                f"{_signed(ceilings.page)}; knowing the visitor's colour family "
+                f"{_signed(ceilings.colour)}, its category {_signed(ceilings.category)}, "
+                f"both {_signed(ceilings.personal)}. ")
 
     @staticmethod
     def _ranking(ranking: dict[str, Any]) -> dict[str, Any]:

@@ -10,16 +10,23 @@ from django.test.utils import override_settings
 
 from demo_shop.bench.feedback_sim import (
     NOISE_SD,
+    PICKS_SURFACE,
     SIMILAR_SURFACE,
     Catalog,
     Ceilings,
     LooksScenario,
     Options,
+    PicksCeilings,
     Report,
+    SessionLog,
     Simulator,
+    SurfaceLog,
+    Visitor,
+    cascade_ctr,
     event_counts,
     expected_sigmoid,
     lift,
+    picks_gap,
     rollup_counts,
     run_scenario,
     simulation_settings,
@@ -188,12 +195,17 @@ def test_expected_clicks_are_what_the_sampled_clicks_average(scenario):
         visitor, 0, best[::-1])
 
 
-def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
-    rng = np.random.default_rng(3)
+def toy_catalog(seed: int) -> Catalog:
+    """30 products of random shape and colour vectors, 3 categories, 4 colour families."""
+    rng = np.random.default_rng(seed)
     n = 30
-    catalog = Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
-                      ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
-                      rng.normal(size=(n, 5)))
+    return Catalog([str(i) for i in range(n)], rng.normal(size=(n, 8)),
+                   ["cup", "mug", "jug"] * 10, ["blue", "warm", "neutral", "green", "blue"] * 6,
+                   rng.normal(size=(n, 5)))
+
+
+def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
+    catalog = toy_catalog(3)
     looks = LooksScenario(catalog, seed=4)
     ceilings = looks.ceilings(pool=12, limit=4)
     # Knowing each visitor's tastes beats any one order per page, which beats the visual one.
@@ -204,3 +216,65 @@ def test_ceilings_order_what_knowing_more_of_the_click_model_gains():
     # A scenario where no order is better than another has no ceiling above the visual one.
     assert Simulator(catalog, Options(scenario="unrelated")).scenario.ceilings(12, 4) == \
         Ceilings()
+
+
+def test_cascade_ctr_of_each_row_is_that_of_the_row_alone():
+    # Position 2 is read 0.85 of the time after no click on position 1: (0.5 + 0.85 x 0.5
+    # x 0.4) / 2 clicks per impression.
+    assert cascade_ctr([0.5, 0.4]) == pytest.approx(0.335)
+    rows = np.random.default_rng(1).uniform(size=(5, 6))
+    assert np.allclose(cascade_ctr(rows), [cascade_ctr(row) for row in rows])
+    assert cascade_ctr([]) == 0.0
+
+
+def test_picks_ceilings_order_what_knowing_more_of_the_visitor_gains():
+    catalog = toy_catalog(3)
+    looks = LooksScenario(catalog, seed=4)
+    # The vectorised attraction is the click model's, taste by taste.
+    keys, _ = looks._tastes()
+    families, categories = np.array(catalog.families), np.array(catalog.categories)
+    family = np.array([families == f for f, _ in keys], dtype=int)
+    category = np.array([categories == c for _, c in keys], dtype=int)
+    attraction, cart = looks._page_attraction(7, family, category)
+    for row, taste in enumerate(keys):
+        assert np.allclose(attraction[row],
+                           looks._taste_attraction(taste, 7, np.arange(len(catalog))))
+    assert set(np.unique(cart).round(2)) <= {0.08, 0.18, 0.28}
+    ceilings = looks.picks_ceilings(limit=4)
+    # Sorted by a visitor's own attraction is the cascade's best list for that visitor: no
+    # list that knows less of the visitor does better, and each beats true best sellers.
+    assert ceilings.personal > 0
+    assert ceilings.personal >= max(ceilings.category, ceilings.colour, ceilings.page,
+                                    ceilings.category_list)
+    # A list per liked category (or colour family) of the page's visitors does better than
+    # the page's one list for all of them.
+    assert min(ceilings.category, ceilings.colour) > ceilings.page
+    # The report says them; a scenario where nothing the clicks teach tells products apart
+    # has none, and the report says nothing of them.
+    assert f"both {ceilings.personal:+.0%}" in Report._picks_ceilings(ceilings)
+    assert Simulator(catalog, Options(scenario="unrelated")).scenario.picks_ceilings(4) == \
+        PicksCeilings()
+    assert Report._picks_ceilings(PicksCeilings()) == ""
+
+
+def test_the_best_list_for_a_visitor_beats_any_other_it_could_be_shown():
+    catalog = toy_catalog(5)
+    n = len(catalog)
+    rng = np.random.default_rng(5)
+    simulator = Simulator(catalog, Options(scenario="looks", seed=4))
+    visitor = Visitor("v", "blue", "mug", 0, np.zeros(n, dtype=int))
+    hidden = [7, 1, 2]
+    best = simulator.scenario.best_clicks(visitor, 7, hidden, 4)
+    allowed = [i for i in range(n) if i not in hidden]
+    # Scored by the simulator's own per-item path (`Scenario.logit`), never above the best.
+    shown = [simulator.expected_clicks(visitor, 7, [str(i) for i in rng.choice(
+        allowed, 4, replace=False)]) for _ in range(300)]
+    assert max(shown) <= best + 1e-12 and best > 0
+    log = SessionLog(1, "v", surfaces={PICKS_SURFACE: SurfaceLog(
+        "picked", impressions=8, expected_clicks=0.2, best_clicks=0.4,
+        true_best_sellers_clicks=0.16)})
+    assert picks_gap([log]) == {"picked": (0.025, 0.05, 0.02)}
+    # Best sellers by true rates are one of the lists the visitor could be shown.
+    assert 0 < simulator.scenario.true_best_sellers_clicks(visitor, 7, hidden, 4) <= best
+    assert Simulator(catalog, Options(scenario="unrelated")).scenario.best_clicks(
+        visitor, 7, hidden, 4) is None

@@ -42,6 +42,7 @@ from demo_shop.bench.feedback_sim import (
     Catalog,
     Ceilings,
     Options,
+    PicksCeilings,
     Report,
     colour_family,
     learned_available,
@@ -285,13 +286,23 @@ class Command(BaseCommand):
             with override_settings(VISUAL_RECO=config):
                 pool = int(reco_settings.RANKING["POOL"]) * LIMIT
                 for scenario in scenarios:
-                    found = SCENARIOS[scenario](catalog, options["seed"]).ceilings(pool, LIMIT)
+                    model = SCENARIOS[scenario](catalog, options["seed"])
+                    found = model.ceilings(pool, LIMIT)
                     described = (
                         f"best fixed order {found.fixed:+.1%}, visual + true appeal "
                         f"{found.appeal:+.1%}, best order per visitor {found.personal:+.1%}"
                         if found != Ceilings() else "none (nothing the clicks could teach)")
                     self.stdout.write(f"{scenario} seed {options['seed']}, pool {pool}, "
                                       f"list {LIMIT}: {described}")
+                    picks = model.picks_ceilings(LIMIT)
+                    described = (
+                        f"best list per category {picks.category_list:+.1%}, per page "
+                        f"{picks.page:+.1%}, knowing the colour family {picks.colour:+.1%}, "
+                        f"the category {picks.category:+.1%}, both {picks.personal:+.1%}"
+                        if picks != PicksCeilings()
+                        else "none (nothing the clicks could teach)")
+                    self.stdout.write(f"{scenario} seed {options['seed']}, picked-for-you "
+                                      f"over true best sellers, list {LIMIT}: {described}")
 
     def _in_processes(self, scenarios: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Each scenario in a process of its own (this command with ``--scenario``), at
