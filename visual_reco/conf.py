@@ -98,9 +98,9 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_MAX_SCAN_TUPLES": 20_000,
     # When a filtered search ranks the rows that pass exactly (B-tree on the filter + exact
     # distances) instead of using HNSW: "auto", when that is expected to cost less by the
-    # planner's estimate of the passing rows (visual_reco.query.exact_is_cheaper), and never
-    # when the search can walk a partial HNSW index its filter implies (declared in the
-    # model's Meta.indexes, README); a number, when at most that many rows are expected to
+    # planner's estimate of the passing rows (visual_reco.query.exact_is_cheaper; a search
+    # sent to HNSW walks a partial HNSW index its filter implies, declared in the model's
+    # Meta.indexes, README); a number, when at most that many rows are expected to
     # pass (20,000 before 2026-12-01); None: never.
     "EXACT_SEARCH_MAX_ROWS": "auto",
     # "session": set them once per database connection; "transaction": per query, in a

@@ -595,12 +595,15 @@ class VisualQuerySet(models.QuerySet):
         threshold = reco_settings.EXACT_SEARCH_MAX_ROWS
         if self._visual_candidates is None or not threshold:
             return False
-        if threshold == "auto" and self._walks_partial_index(ef_search):
-            return False
         passing = estimated_rows(self._visual_candidates)
         if threshold != "auto":
             return passing <= int(threshold)
-        return exact_is_cheaper(passing, table_rows(self.model, self.db), wanted, ef_search)
+        if exact_is_cheaper(passing, table_rows(self.model, self.db), wanted, ef_search):
+            # Even where a partial index would serve: exact is exact, and at 1M rows a
+            # partial graph of 1% in whole clusters gave recall@10 0.76 (docs/BENCHMARKS.md).
+            return True
+        self._walks_partial_index(ef_search)  # the walk then runs at `_ef_search`
+        return False
 
     def _walks_partial_index(self, ef_search: int) -> bool:
         """Whether this filtered search, sent to HNSW, would walk a partial HNSW index (the
