@@ -30,6 +30,7 @@ from visual_reco.colour import DIMENSIONS as COLOUR_DIMS
 from visual_reco.gallery import Match, best_of
 from visual_reco.modes import SHAPE, mode_blend
 from visual_reco.query import DISTANCE, candidate_similarity, to_array
+from visual_reco.reasons import colour_names, own_colour_names
 from visual_reco.registry import (
     embedded_models,
     gallery_fields,
@@ -528,3 +529,15 @@ def test_a_changed_or_reindexed_gallery_photo_goes_through_the_pipeline(celery_w
     assert first.embedding_status in {EmbeddingStatus.PENDING, EmbeddingStatus.READY}
     first = wait_for_status(first, {EmbeddingStatus.READY, EmbeddingStatus.FAILED})
     assert first.embedding_status == EmbeddingStatus.READY
+
+
+def test_a_gallery_products_own_colour_names_are_its_first_photos(rack):
+    """Captions compare a result's colour names with the product's own: for a gallery
+    product those of its first photo with a colour vector (the product row has none)."""
+    embedding = get_embedding_field(Garment)
+    for garment in rack[:6]:
+        first = GarmentPhoto.objects.filter(garment=garment).order_by("pk").first()
+        names = own_colour_names(garment, embedding)
+        assert names and names == colour_names(first, "embedding_colour")
+    bare = Garment.objects.create(name="no photos")
+    assert own_colour_names(bare, embedding) is None

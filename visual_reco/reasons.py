@@ -25,6 +25,7 @@ from visual_reco.colour import DIMENSIONS, dominant_colours
 from visual_reco.conf import reco_settings
 from visual_reco.modes import SHAPE, blend_for
 from visual_reco.query import to_array
+from visual_reco.registry import is_gallery
 
 __all__ = ["COLOUR", "COLOUR_NAMES", "LEVELS", "colour_label", "colour_names", "level",
            "reason", "reason_for"]
@@ -162,7 +163,27 @@ setting_changed.connect(_forget_captions, dispatch_uid="visual_reco.reasons.capt
 def colour_names(obj: Any, column: str | None) -> list[str] | None:
     """The 1-3 main palette names of ``obj``'s stored colour vector in ``column``
     (`visual_reco.colour.dominant_colours`), or None when it has none."""
-    vector = to_array(obj.__dict__.get(column)) if column else None
+    return _vector_names(obj.__dict__.get(column) if column else None)
+
+
+def own_colour_names(product: Any, embedding: Any) -> list[str] | None:
+    """`colour_names` of the product results are similar to, compared on ``embedding``:
+    its own colour vector, or for a gallery field its first photo's with one (the photo a
+    product page shows first; the product row has no colour of its own)."""
+    column = embedding.colour_attname
+    if column is None:
+        return None
+    if not is_gallery(embedding, type(product)):
+        return colour_names(product, column)
+    photos = embedding.model._default_manager.filter(**{embedding.product: product.pk})
+    first = (photos.exclude(**{f"{column}__isnull": True})
+             .order_by(*(embedding.model._meta.ordering or ["pk"]))
+             .values_list(column, flat=True)[:1])
+    return _vector_names(first[0] if first else None)
+
+
+def _vector_names(value: Any) -> list[str] | None:
+    vector = to_array(value)
     if vector is None or len(vector) != DIMENSIONS:
         return None
     return list(_names_of(vector.tobytes()))

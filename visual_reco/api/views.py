@@ -51,7 +51,7 @@ from visual_reco.modes import UnknownMode, mode_blend
 from visual_reco.pk_rows import rows_by_pk
 from visual_reco.query import colour_attribute, deferrable
 from visual_reco.query_photos import SearchUnavailable
-from visual_reco.reasons import colour_names
+from visual_reco.reasons import own_colour_names
 from visual_reco.registry import (
     get_embedding_field,
     product_model,
@@ -202,7 +202,7 @@ class SimilarProductsView(VisualRecoAPIView):
         colour_field = colour_attribute(embedding, model)
         context = {"request": request, "source_field": embedding.source, "mode": mode,
                    "colour_field": colour_field,
-                   "source_colours": colour_names(product, colour_field)}
+                   "source_colours": own_colour_names(product, embedding)}
         return _tracked(request, tracked, Response({
             "id": str(product.pk),
             "embedding_status": status_of(product, embedding),

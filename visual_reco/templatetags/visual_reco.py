@@ -17,7 +17,7 @@ from visual_reco.feedback.similar import ranked_similar
 from visual_reco.fields import ImageEmbeddingField
 from visual_reco.gallery import status_of
 from visual_reco.query import colour_attribute
-from visual_reco.reasons import colour_names, reason_for
+from visual_reco.reasons import own_colour_names, reason_for
 from visual_reco.registry import get_embedding_field, product_model
 
 register = template.Library()
@@ -55,7 +55,7 @@ def visually_similar(context: template.Context, obj: Any, limit: int | None = No
     show_reasons = mode is not None if reasons is None else bool(reasons)
     if show_reasons:
         column = colour_attribute(embedding, model)
-        own = colour_names(obj, column)
+        own = own_colour_names(obj, embedding)
         for product in products:
             product.visual_reason = reason_for(product, column, mode, source_colours=own)
     return render_to_string(
