@@ -91,7 +91,7 @@ class ServingVersions(Generic[T]):
             elif loaded is None or loaded.version != current:
                 row = rows.filter(version=current).first()
                 loaded = self.load(row) if row is not None else None
-            live = get_embedder(live_embedder(embedding)).fingerprint
+            live = get_embedder(live_embedder(embedding, read_database(model))).fingerprint
             cached = self._cache[key] = (now + SERVING_TTL, loaded, live)
         found = cached[1]
         if found is None or found.fingerprint != cached[2]:

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from visual_reco.choices import EventType
 from visual_reco.conf import reco_settings
+from visual_reco.databases import read_database
 from visual_reco.embedders import get_embedder
 from visual_reco.feedback.experiments import Variant, assign
 from visual_reco.feedback.tokens import BadToken, ServedList, issue, read
@@ -86,7 +87,9 @@ def token_for(serving_: Serving | None, surface: str, source: object,
     not tracked."""
     if serving_ is None:
         return None
-    fingerprint = get_embedder(live_embedder(field)).fingerprint if field else ""
+    # Read where the list's vectors were read (a replica's rollout row matches its column).
+    fingerprint = (get_embedder(live_embedder(field, read_database(field.model))).fingerprint
+                   if field else "")
     scores = ([(getattr(product, "visual_score", None), product.reco_score)
                for product in products]
               if products and all(hasattr(product, "reco_score") for product in products)
